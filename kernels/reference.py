@@ -1,0 +1,186 @@
+"""The readable NumPy specification of every fused kernel: plain arrays in, plain arrays out.
+
+Each function here is what `kernels/cpu/` (Numba) and `kernels/cuda/` (CuPy) implement faster,
+with the same name and signature; tests and benchmarks check those against these. The code is
+array-module generic (`xp` is numpy or cupy, taken from the inputs), so the same reference runs on
+both devices when kernels are switched off (TINYGRAD_GPT_KERNELS=reference).
+
+Follows: llm.c's `doc/layernorm/layernorm.py` and `dev/cuda` references (forward caches, backward
+recomputes); FlashAttention (keep only the row log-sum-exp of the attention softmax, recompute the
+probabilities in backward). Does not: import tinygrad_gpt, allocate anything it does not return.
+
+Dimension legend: N rows, C channels, V vocabulary, B batch, nh heads, T time, hs head size.
+"""
+import math
+
+import numpy as np
+
+
+def get_array_module(x):
+    """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU-only machines)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+# ------------------------------------------------------------------------------------------------
+# layer norm over the last axis
+# ------------------------------------------------------------------------------------------------
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """out = (x - mean) * rstd * weight + bias, per row. x (N, C); returns out, mean, rstd."""
+    xp = get_array_module(x)
+    mean = x.mean(axis=1)                                          # (N,)      1
+    xc = x - mean[:, None]                                         # (N, C)    2
+    var = (xc * xc).mean(axis=1)                                   # (N,)      3
+    rstd = 1.0 / xp.sqrt(var + x.dtype.type(eps))                  # (N,)      4
+    xhat = xc * rstd[:, None]                                      # (N, C)    5
+    out = xhat * weight + bias                                     # (N, C)    6
+    return out, mean, rstd.astype(x.dtype, copy=False)
+
+
+def layernorm_backward(dout, x, weight, mean, rstd):
+    """Gradients of layernorm_forward: dx (N, C), dweight (C,), dbias (C,)."""
+    xhat = (x - mean[:, None]) * rstd[:, None]                     # (N, C)  recompute line 5
+    # forward 6: out = xhat * weight + bias
+    dbias = dout.sum(axis=0)                                       # (C,)
+    dweight = (dout * xhat).sum(axis=0)                            # (C,)
+    dxhat = dout * weight                                          # (N, C)
+    # forward 1-5: xhat = (x - mean) * rstd with mean and rstd functions of x; the standard result
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dx = rstd[:, None] * (dxhat - dxhat.mean(axis=1, keepdims=True)
+                          - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))  # (N, C)
+    return dx, dweight, dbias
+
+
+# ------------------------------------------------------------------------------------------------
+# GELU, tanh approximation (GPT-2)
+# ------------------------------------------------------------------------------------------------
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+
+
+def gelu_forward(x):
+    """out = 0.5 * x * (1 + tanh(s * (x + 0.044715 x^3))), s = sqrt(2/pi). Any shape."""
+    xp = get_array_module(x)
+    s = x.dtype.type(GELU_SCALE)
+    c = x.dtype.type(0.044715)
+    u = s * (x + c * x * x * x)                                    # 1
+    return x.dtype.type(0.5) * x * (1 + xp.tanh(u))                # 2
+
+
+def gelu_backward(dout, x):
+    """dx of gelu_forward."""
+    xp = get_array_module(x)
+    s = x.dtype.type(GELU_SCALE)
+    c = x.dtype.type(0.044715)
+    u = s * (x + c * x * x * x)                                    # recompute 1
+    th = xp.tanh(u)
+    # forward 2: out = 0.5 x (1 + tanh u), u = s (x + c x^3)
+    # dout/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) s (1 + 3 c x^2)
+    half = x.dtype.type(0.5)
+    local = half * (1 + th) + half * x * (1 - th * th) * s * (1 + 3 * c * x * x)
+    return dout * local
+
+
+# ------------------------------------------------------------------------------------------------
+# softmax + cross-entropy, fused: no one-hot, no stored probabilities
+# ------------------------------------------------------------------------------------------------
+def softmax_cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Per-row loss = lse(logits) - logits[target]; 0 where target == ignore_index.
+
+    logits (N, V), targets (N,) integers. Returns losses (N,) and lse (N,) (row log-sum-exp).
+    """
+    xp = get_array_module(logits)
+    rowmax = logits.max(axis=1)                                    # (N,)
+    lse = rowmax + xp.log(xp.exp(logits - rowmax[:, None]).sum(axis=1))  # (N,)
+    valid = targets != ignore_index                                # (N,)
+    safe = xp.where(valid, targets, 0)                             # (N,)
+    picked = logits[xp.arange(logits.shape[0]), safe]              # (N,)
+    losses = xp.where(valid, lse - picked, 0).astype(logits.dtype, copy=False)  # (N,)
+    return losses, lse
+
+
+def softmax_cross_entropy_backward(dlosses, logits, lse, targets, ignore_index=-100):
+    """dlogits (N, V) = dloss * (softmax(logits) - onehot(target)); zero rows where ignored."""
+    xp = get_array_module(logits)
+    valid = targets != ignore_index                                # (N,)
+    scale = xp.where(valid, dlosses, 0).astype(logits.dtype, copy=False)  # (N,)
+    dlogits = xp.exp(logits - lse[:, None]) * scale[:, None]        # (N, V)  softmax * dloss
+    rows = xp.arange(logits.shape[0])[valid]
+    dlogits[rows, targets[valid]] -= scale[valid]                  # minus onehot * dloss
+    return dlogits
+
+
+# ------------------------------------------------------------------------------------------------
+# causal self-attention per (batch, head), flash-style: keep only the row log-sum-exp
+# ------------------------------------------------------------------------------------------------
+def attention_forward(q, k, v, scale):
+    """out = softmax(mask(q k^T * scale)) v, causal. q, k, v (B, nh, T, hs).
+
+    Returns out (B, nh, T, hs) and lse (B, nh, T), the log-sum-exp of each row of masked scores.
+    """
+    xp = get_array_module(q)
+    T = q.shape[-2]
+    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, T)   1
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)             # (T, T)
+    scores = xp.where(future, -xp.inf, scores)                     # (B, nh, T, T)   2
+    rowmax = scores.max(axis=-1, keepdims=True)                    # (B, nh, T, 1)
+    p = xp.exp(scores - rowmax)                                    # (B, nh, T, T)
+    denom = p.sum(axis=-1, keepdims=True)                          # (B, nh, T, 1)
+    p = p / denom                                                  # (B, nh, T, T)   3
+    out = p @ v                                                    # (B, nh, T, hs)  4
+    lse = (rowmax + xp.log(denom))[..., 0]                         # (B, nh, T)
+    return out, lse.astype(q.dtype, copy=False)
+
+
+def attention_backward(dout, q, k, v, out, lse, scale):
+    """dq, dk, dv of attention_forward, recomputing the probabilities from lse."""
+    xp = get_array_module(q)
+    T = q.shape[-2]
+    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, T)  recompute 1
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)
+    p = xp.where(future, 0, xp.exp(scores - lse[..., None]))       # (B, nh, T, T)  recompute 2-3
+    # forward 4: out = p v, so dp = dout v^T and dv = p^T dout
+    dv = p.swapaxes(-1, -2) @ dout                                 # (B, nh, T, hs)
+    dp = dout @ v.swapaxes(-1, -2)                                 # (B, nh, T, T)
+    # forward 3: p = softmax(scores) per row, so dscores = p * (dp - sum_j p_j dp_j);
+    # sum_j p_j dp_j = sum_j p_j (dout . v_j) = dout . out, one dot product per row
+    rowdot = (dout * out).sum(axis=-1, keepdims=True)              # (B, nh, T, 1)
+    dscores = p * (dp - rowdot)                                    # (B, nh, T, T)
+    # forward 2: masked entries were constants, and p is 0 there, so dscores is 0 there already
+    # forward 1: scores = q k^T * scale
+    dq = (dscores @ k) * q.dtype.type(scale)                       # (B, nh, T, hs)
+    dk = (dscores.swapaxes(-1, -2) @ q) * q.dtype.type(scale)      # (B, nh, T, hs)
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------------------
+# embedding backward: scatter-add rows of dout into the rows of dweight the indices chose
+# ------------------------------------------------------------------------------------------------
+def embedding_backward(dout, idx, num_embeddings):
+    """dweight (V, C) with dweight[idx[n]] += dout[n]. dout (N, C), idx (N,) integers."""
+    xp = get_array_module(dout)
+    dweight = xp.zeros((num_embeddings, dout.shape[1]), dtype=dout.dtype)  # (V, C)
+    xp.add.at(dweight, idx, dout)
+    return dweight
+
+
+# ------------------------------------------------------------------------------------------------
+# AdamW, one pass over a parameter (in place)
+# ------------------------------------------------------------------------------------------------
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """Decoupled-weight-decay Adam (Loshchilov & Hutter), updating param, m and v in place.
+
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  mhat = m / (1 - b1^t);  vhat = v / (1 - b2^t)
+    param -= lr * (mhat / (sqrt(vhat) + eps) + wd * param)      (t = step, counted from 1)
+    """
+    xp = get_array_module(param)
+    dt = param.dtype.type
+    m *= dt(beta1)
+    m += dt(1 - beta1) * grad
+    v *= dt(beta2)
+    v += dt(1 - beta2) * (grad * grad)
+    mhat_scale = dt(1.0 / (1 - beta1 ** step))
+    vhat_scale = dt(1.0 / (1 - beta2 ** step))
+    update = (m * mhat_scale) / (xp.sqrt(v * vhat_scale) + dt(eps)) + dt(weight_decay) * param
+    param -= dt(lr) * update

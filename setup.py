@@ -1,0 +1,29 @@
+"""Packaging for tinygrad_gpt (the library) and kernels (its fused kernels).
+
+Run-time dependencies are deliberately few: numpy, numba, tqdm. Features that need more pull it in
+through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `checkpoint`
+(safetensors), `rlhf` (vaderSentiment). `all` is everything a CPU user needs.
+"""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "bpe": ["regex"],
+    "checkpoint": ["safetensors"],
+    "rlhf": ["vaderSentiment"],
+    "cuda": ["cupy-cuda12x"],
+}
+EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf") for dep in EXTRAS[name]})
+# the test suite exercises every CPU feature, so it installs them all
+EXTRAS["test"] = ["pytest", "hypothesis"] + EXTRAS["all"]
+
+setup(
+    name="tinygrad_gpt",
+    version="0.1.0",
+    description="A from-scratch NumPy autograd engine, GPT, BPE tokenizer and PPO, every gradient written out",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tinygrad_gpt", "tinygrad_gpt.*", "kernels", "kernels.*"]),
+    python_requires=">=3.10",
+    install_requires=["numpy", "numba", "tqdm"],
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,87 @@
+"""Device -> array module: the one place that knows "cpu" means numpy and "cuda" means cupy.
+
+Everything else asks this file for `xp` (the array module) instead of importing numpy or cupy
+directly, so the same op code runs on both devices. cupy is imported lazily, only when a cuda
+tensor is asked for, so CPU users never need it installed.
+
+Does not: move data implicitly between devices (an op that mixes devices is an error, see
+`device_of_tensors`), or manage more than one GPU.
+"""
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+
+CUDA_INSTALL_HINT = (
+    "install the CUDA extra with `pip install -e \".[cuda]\"` (cupy-cuda12x, for CUDA 12) "
+    "on a machine with an NVIDIA GPU, or run with --device cpu"
+)
+
+_cupy = None
+
+
+def _import_cupy():
+    """Import cupy once and check that a GPU is visible; raise a RuntimeError that says how to fix it."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError(f"device 'cuda' needs cupy, which is not installed: {CUDA_INSTALL_HINT}") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # cupy raises CUDARuntimeError without a driver
+        raise RuntimeError(f"device 'cuda': cupy is installed but no CUDA GPU/driver is usable ({exc}); "
+                           f"{CUDA_INSTALL_HINT}") from exc
+    if count < 1:
+        raise RuntimeError(f"device 'cuda': cupy found no GPU; {CUDA_INSTALL_HINT}")
+    _cupy = cupy
+    return cupy
+
+
+def check_device(device):
+    """Return `device` if it names a known device, else raise a ValueError listing the choices."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {DEVICES}")
+    return device
+
+
+def get_xp(device):
+    """The array module for `device`: numpy for "cpu", cupy for "cuda"."""
+    check_device(device)
+    return np if device == "cpu" else _import_cupy()
+
+
+def device_of_array(arr):
+    """"cpu" for a numpy array (or scalar), "cuda" for a cupy array."""
+    if isinstance(arr, (np.ndarray, np.generic)):
+        return "cpu"
+    if _cupy is not None and isinstance(arr, _cupy.ndarray):
+        return "cuda"
+    if type(arr).__module__.startswith("cupy"):
+        return "cuda"
+    return "cpu"
+
+
+def cuda_available():
+    """True when cupy imports and sees a GPU; never raises."""
+    try:
+        _import_cupy()
+        return True
+    except RuntimeError:
+        return False
+
+
+def to_device(arr, device):
+    """Copy `arr` to `device` (no copy if it is already there)."""
+    check_device(device)
+    if device_of_array(arr) == device:
+        return arr
+    if device == "cpu":
+        return arr.get()  # cupy -> numpy
+    return get_xp("cuda").asarray(arr)
+
+
+def to_numpy(arr):
+    """A numpy array for `arr`, copying from the GPU if needed."""
+    return arr if isinstance(arr, np.ndarray) else to_device(arr, "cpu")

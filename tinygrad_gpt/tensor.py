@@ -1,0 +1,484 @@
+"""Tensor, Function and reverse-mode backward: the whole autograd engine in one file.
+
+A `Tensor` holds an array (`numpy` on "cpu", `cupy` on "cuda"), its gradient, and - when it was
+made by an op while gradients are enabled - a `Context` that remembers the op (`Function`
+subclass) and its inputs. `Tensor.backward()` walks that graph from the output back to the leaves
+in reverse topological order, calling each op's hand-written `backward(ctx, dout)`.
+
+Follows: the first tinygrad release (`Function` with forward/backward side by side, `ctx`),
+micrograd (the scalar version of the same idea; its PR #64 on reused nodes), autodidact
+(iterative toposort). Deliberately does not: support higher-order gradients (backward does not
+build a graph), in-place ops on tensors that require grad, or lazy evaluation.
+
+Dimension legend for the whole package: B batch, T time (sequence), C channels (n_embd),
+nh heads, hs head size (C // nh), V vocabulary size, N rows (B * T).
+"""
+import contextlib
+
+import numpy as np
+
+from tinygrad_gpt import backend
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block ops record nothing: no graph, no memory kept for backward."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+class Context:
+    """What one op application remembers for its backward: its inputs and saved arrays.
+
+    `fn` is the Function subclass, `parents` the input Tensors (positional arguments of apply),
+    `needs_input_grad` which of them require a gradient. Ops store what they need as attributes
+    named for what they hold (`ctx.mean`, `ctx.rstd`, ...).
+    """
+
+    def __init__(self, fn, parents):
+        self.fn = fn
+        self.parents = parents
+        self.needs_input_grad = tuple(p.requires_grad for p in parents)
+
+
+class Function:
+    """One differentiable op: `forward(ctx, *arrays, **params)` and `backward(ctx, dout)`.
+
+    Positional arguments of `apply` are Tensors (the differentiable inputs); keyword arguments are
+    plain parameters (axes, shapes, integer index arrays). `backward` returns one gradient per
+    positional input, with that input's shape, or None where no gradient flows.
+    """
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, dout):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        device = inputs[0].device
+        for t in inputs:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{cls.__name__}: expected Tensor inputs, got {type(t).__name__}")
+            if t.device != device:
+                raise RuntimeError(f"{cls.__name__}: tensors on different devices, {device} and {t.device}; "
+                                   f"move them with .to(device) first")
+        ctx = Context(cls, inputs)
+        out_data = cls.forward(ctx, *[t.data for t in inputs], **params)
+        requires_grad = _grad_enabled and any(ctx.needs_input_grad)
+        out = Tensor._wrap(out_data, device, requires_grad)
+        if requires_grad:
+            out._ctx = ctx
+        return out
+
+
+def _toposort(root):
+    """Tensors reachable from `root` (that require grad), each after all of its inputs.
+
+    Iterative depth-first search, so a 10,000-op chain does not hit Python's recursion limit.
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._ctx is not None:
+            for parent in node._ctx.parents:
+                if parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+def _as_array(data, dtype, xp):
+    if isinstance(data, Tensor):
+        data = data.data
+    arr = xp.asarray(data)
+    if dtype is not None:
+        return arr.astype(dtype, copy=False)
+    if arr.dtype.kind in "fc":
+        return arr
+    if arr.dtype.kind in "iub" and not np.isscalar(data) and not isinstance(data, (list, tuple)):
+        return arr  # integer / bool arrays stay as they are (token ids, masks)
+    return arr.astype(np.float32)
+
+
+class Tensor:
+    """An array with a gradient. float32 by default; float64 everywhere for gradient checks."""
+
+    __array_priority__ = 100  # so that `ndarray * Tensor` calls Tensor.__rmul__
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        if device is None:
+            device = backend.device_of_array(data.data if isinstance(data, Tensor) else data)
+        xp = backend.get_xp(device)
+        if backend.device_of_array(data) != device and not isinstance(data, (list, tuple, int, float)):
+            data = backend.to_device(data, device)
+        self.data = _as_array(data, dtype, xp)
+        self.device = device
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(f"Tensor: only floating-point tensors can require grad, got dtype {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._ctx = None
+
+    @classmethod
+    def _wrap(cls, data, device, requires_grad):
+        """Fast constructor for op outputs: no conversion, no checks."""
+        t = cls.__new__(cls)
+        t.data, t.device, t.requires_grad, t.grad, t._ctx = data, device, requires_grad, None, None
+        return t
+
+    # ---- constructors ------------------------------------------------------------------------
+    @staticmethod
+    def zeros(*shape, dtype=np.float32, device="cpu", requires_grad=False):
+        return Tensor(backend.get_xp(device).zeros(shape, dtype=dtype), requires_grad, device=device)
+
+    @staticmethod
+    def ones(*shape, dtype=np.float32, device="cpu", requires_grad=False):
+        return Tensor(backend.get_xp(device).ones(shape, dtype=dtype), requires_grad, device=device)
+
+    @staticmethod
+    def randn(*shape, dtype=np.float32, device="cpu", requires_grad=False, rng=None):
+        rng = rng if rng is not None else np.random.default_rng()
+        data = rng.standard_normal(shape).astype(dtype)
+        return Tensor(data, requires_grad, device="cpu").to(device)
+
+    # ---- properties --------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def xp(self):
+        return backend.get_xp(self.device)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        op = f", op={self._ctx.fn.__name__}" if self._ctx is not None else ""
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device}{grad}{op})"
+
+    # ---- leaving the graph -------------------------------------------------------------------
+    def numpy(self):
+        """The data as a numpy array (copied from the GPU if needed)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item: tensor has {self.data.size} elements (shape {self.shape}), expected 1")
+        return self.data.reshape(()).item()
+
+    def detach(self):
+        """The same data, cut from the graph (no grad, no history)."""
+        return Tensor._wrap(self.data, self.device, False)
+
+    def to(self, device):
+        """A copy on `device` (the tensor itself if it is already there); a leaf keeps requires_grad."""
+        backend.check_device(device)
+        if device == self.device:
+            return self
+        return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad, device=device)
+
+    def astype(self, dtype):
+        """A detached copy with another dtype (e.g. float64 for a gradient check)."""
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad, device=self.device)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ---- backward ----------------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad.
+
+        `grad` is d(loss)/d(self); it may be omitted only for a one-element tensor (then it is 1).
+        After the pass the graph is released (each op's saved arrays are dropped) unless
+        `retain_graph`, so memory stays flat over training steps.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad (no input had requires_grad=True, "
+                               "or it was computed under no_grad())")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward: called on a tensor of shape {self.shape} without a gradient; "
+                                   f"reduce it to a scalar (e.g. .sum()) or pass grad= of the same shape")
+            grad = self.xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else self.xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape}, tensor has shape {self.shape}")
+        grads = {id(self): grad}
+        for node in reversed(_toposort(self)):
+            dout = grads.pop(id(node), None)
+            ctx = node._ctx
+            if ctx is None:  # a leaf: accumulate across backward calls, as PyTorch does
+                if dout is not None:
+                    node.grad = dout if node.grad is None else node.grad + dout
+                continue
+            if not retain_graph:
+                node._ctx = None  # release the graph behind us
+            if dout is None:
+                continue
+            dinputs = ctx.fn.backward(ctx, dout)
+            if not isinstance(dinputs, tuple):
+                dinputs = (dinputs,)
+            if len(dinputs) != len(ctx.parents):
+                raise RuntimeError(f"{ctx.fn.__name__}.backward returned {len(dinputs)} gradients "
+                                   f"for {len(ctx.parents)} inputs")
+            for i, (parent, dparent) in enumerate(zip(ctx.parents, dinputs)):
+                if dparent is None or not parent.requires_grad:
+                    continue
+                if dparent.shape != parent.shape:
+                    raise RuntimeError(f"{ctx.fn.__name__}.backward: gradient for input {i} has shape "
+                                       f"{dparent.shape}, the input has shape {parent.shape}")
+                # subtle: a tensor used twice gets the sum; never add in place, dparent may alias dout
+                previous = grads.get(id(parent))
+                grads[id(parent)] = dparent if previous is None else previous + dparent
+
+    # ---- operators and methods: bound by hand so that `grep "def relu"` finds them ---------
+    def _lift(self, other):
+        """A Python number or array as a constant Tensor of this tensor's dtype and device."""
+        if isinstance(other, Tensor):
+            return other
+        return Tensor._wrap(self.xp.asarray(other, dtype=self.dtype), self.device, False)
+
+    def __add__(self, other):
+        return ops.Add.apply(self, self._lift(other))
+
+    def __radd__(self, other):
+        return ops.Add.apply(self._lift(other), self)
+
+    def __sub__(self, other):
+        return ops.Sub.apply(self, self._lift(other))
+
+    def __rsub__(self, other):
+        return ops.Sub.apply(self._lift(other), self)
+
+    def __mul__(self, other):
+        return ops.Mul.apply(self, self._lift(other))
+
+    def __rmul__(self, other):
+        return ops.Mul.apply(self._lift(other), self)
+
+    def __truediv__(self, other):
+        return ops.Div.apply(self, self._lift(other))
+
+    def __rtruediv__(self, other):
+        return ops.Div.apply(self._lift(other), self)
+
+    def __neg__(self):
+        return ops.Neg.apply(self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            return ops.Pow.apply(self, exponent)
+        return ops.PowScalar.apply(self, exponent=float(exponent))
+
+    def __rpow__(self, base):
+        return ops.Pow.apply(self._lift(base), self)
+
+    def __matmul__(self, other):
+        return self.matmul(other)
+
+    def __getitem__(self, index):
+        return ops.GetItem.apply(self, index=_unwrap_index(index))
+
+    # comparisons: no gradient, return a bool Tensor (== and != keep Python identity semantics;
+    # use .eq() / .ne())
+    def __lt__(self, other):
+        return Tensor._wrap(self.data < self._lift(other).data, self.device, False)
+
+    def __le__(self, other):
+        return Tensor._wrap(self.data <= self._lift(other).data, self.device, False)
+
+    def __gt__(self, other):
+        return Tensor._wrap(self.data > self._lift(other).data, self.device, False)
+
+    def __ge__(self, other):
+        return Tensor._wrap(self.data >= self._lift(other).data, self.device, False)
+
+    def eq(self, other):
+        return Tensor._wrap(self.data == self._lift(other).data, self.device, False)
+
+    def ne(self, other):
+        return Tensor._wrap(self.data != self._lift(other).data, self.device, False)
+
+    __hash__ = object.__hash__
+
+    def add(self, other):
+        return self + other
+
+    def sub(self, other):
+        return self - other
+
+    def mul(self, other):
+        return self * other
+
+    def div(self, other):
+        return self / other
+
+    def neg(self):
+        return -self
+
+    def pow(self, exponent):
+        return self ** exponent
+
+    def exp(self):
+        return ops.Exp.apply(self)
+
+    def log(self):
+        return ops.Log.apply(self)
+
+    def sqrt(self):
+        return ops.Sqrt.apply(self)
+
+    def tanh(self):
+        return ops.Tanh.apply(self)
+
+    def relu(self):
+        return ops.Relu.apply(self)
+
+    def gelu(self):
+        return ops.Gelu.apply(self)
+
+    def sigmoid(self):
+        return ops.Sigmoid.apply(self)
+
+    def maximum(self, other):
+        return ops.Maximum.apply(self, self._lift(other))
+
+    def minimum(self, other):
+        return ops.Minimum.apply(self, self._lift(other))
+
+    def clip(self, low=None, high=None):
+        return ops.Clip.apply(self, low=low, high=high)
+
+    def masked_fill(self, mask, value):
+        return ops.MaskedFill.apply(self, mask=_unwrap(mask), value=value)
+
+    def sum(self, axis=None, keepdims=False):
+        return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return ops.Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, keepdims=False, correction=0):
+        return ops.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
+
+    def matmul(self, other):
+        other = self._lift(other)
+        if self.ndim == 0 or other.ndim == 0:
+            raise ValueError(f"matmul: scalars are not allowed, got shapes {self.shape} and {other.shape}")
+        # 1-D operands are promoted to matrices and the added axis removed again, as numpy does
+        a = self.reshape(1, -1) if self.ndim == 1 else self
+        b = other.reshape(-1, 1) if other.ndim == 1 else other
+        out = ops.MatMul.apply(a, b)
+        if self.ndim == 1:
+            out = out.reshape(*out.shape[:-2], out.shape[-1])
+        if other.ndim == 1:
+            out = out.reshape(*out.shape[:-1])
+        return out
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return ops.Reshape.apply(self, shape=tuple(shape))
+
+    def view(self, *shape):
+        return self.reshape(*shape)
+
+    def flatten(self):
+        return self.reshape(-1)
+
+    def permute(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return ops.Permute.apply(self, axes=tuple(axes))
+
+    def transpose(self, axis0=-2, axis1=-1):
+        axes = list(range(self.ndim))
+        axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
+        return ops.Permute.apply(self, axes=tuple(axes))
+
+    @property
+    def T(self):
+        return self.permute(*reversed(range(self.ndim)))
+
+    def gather(self, index):
+        """out[..., j] = self[..., index[..., j]] along the last axis (e.g. log-prob of chosen tokens)."""
+        return ops.Gather.apply(self, index=_unwrap(index))
+
+    def split(self, sizes, axis=-1):
+        """Split along `axis` into pieces of `sizes` (an int: equal pieces of that size)."""
+        length = self.shape[axis]
+        if isinstance(sizes, int):
+            if sizes <= 0 or length % sizes:
+                raise ValueError(f"split: axis {axis} of length {length} is not divisible by {sizes}")
+            sizes = [sizes] * (length // sizes)
+        if sum(sizes) != length:
+            raise ValueError(f"split: sizes {list(sizes)} sum to {sum(sizes)}, axis {axis} has length {length}")
+        axis = axis % self.ndim
+        pieces, start = [], 0
+        for size in sizes:
+            index = (slice(None),) * axis + (slice(start, start + size),)
+            pieces.append(self[index])
+            start += size
+        return pieces
+
+    def softmax(self, axis=-1):
+        return ops.Softmax.apply(self, axis=axis)
+
+    def log_softmax(self, axis=-1):
+        return ops.LogSoftmax.apply(self, axis=axis)
+
+
+def _unwrap(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _unwrap_index(index):
+    if isinstance(index, tuple):
+        return tuple(_unwrap(i) for i in index)
+    return _unwrap(index)
+
+
+def tensor(data, requires_grad=False, dtype=None, device=None):
+    """Shorthand for Tensor(...)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+from tinygrad_gpt import ops  # noqa: E402  (ops subclass Function, defined above)

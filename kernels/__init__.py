@@ -33,14 +33,20 @@ def fused_enabled():
     return os.environ.get("TINYGRAD_GPT_KERNELS", "fused").strip().lower() not in _OFF_VALUES
 
 
+def _complete(module):
+    """`module` if it provides every kernel in reference.KERNELS, else the reference."""
+    missing = [name for name in reference.KERNELS if not hasattr(module, name)]
+    return reference if missing else module
+
+
 def _load_cpu():
     global _cpu
     if _cpu is None:
         try:
             from kernels import cpu as module
-        except ImportError:  # numba missing or the cpu package not built yet
+        except ImportError:  # numba missing
             module = reference
-        _cpu = module
+        _cpu = _complete(module)
     return _cpu
 
 
@@ -49,9 +55,9 @@ def _load_cuda():
     if _cuda is None:
         try:
             from kernels import cuda as module
-        except ImportError:
+        except ImportError:  # cupy missing
             module = reference
-        _cuda = module
+        _cuda = _complete(module)
     return _cuda
 
 

@@ -15,6 +15,13 @@ import math
 
 import numpy as np
 
+# the names every kernel module (cpu/, cuda/) must provide, with these signatures
+KERNELS = (
+    "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
+    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "attention_forward", "attention_backward", "embedding_backward", "adamw_update",
+)
+
 
 def get_array_module(x):
     """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU-only machines)."""

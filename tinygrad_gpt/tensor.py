@@ -109,16 +109,14 @@ def _toposort(root):
 
 
 def _as_array(data, dtype, xp):
-    if isinstance(data, Tensor):
-        data = data.data
+    """Arrays keep their dtype; Python floats and lists of floats become float32 (the default)."""
+    from_python = not hasattr(data, "dtype")
     arr = xp.asarray(data)
     if dtype is not None:
         return arr.astype(dtype, copy=False)
-    if arr.dtype.kind in "fc":
-        return arr
-    if arr.dtype.kind in "iub" and not np.isscalar(data) and not isinstance(data, (list, tuple)):
-        return arr  # integer / bool arrays stay as they are (token ids, masks)
-    return arr.astype(np.float32)
+    if from_python and arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    return arr
 
 
 class Tensor:
@@ -246,7 +244,8 @@ class Tensor:
             ctx = node._ctx
             if ctx is None:  # a leaf: accumulate across backward calls, as PyTorch does
                 if dout is not None:
-                    node.grad = dout if node.grad is None else node.grad + dout
+                    # subtle: copy, because one array may be the gradient of two leaves (a + b)
+                    node.grad = dout.copy() if node.grad is None else node.grad + dout
                 continue
             if not retain_graph:
                 node._ctx = None  # release the graph behind us

@@ -1,0 +1,158 @@
+"""Every op's hand-written backward against central finite differences, float64, fresh inputs.
+
+Each case is (name, function of Tensors, input shapes, input kind). Shapes are odd and, for binary
+ops, broadcast (a (3, 1, 5) against a (4, 1)), so the shared `unbroadcast` is exercised too.
+Tolerance: worst per-element relative error (measure in tinygrad_gpt/gradcheck.py) < 1e-6.
+The last tests are controls: a deliberately wrong backward must be caught.
+"""
+import numpy as np
+import pytest
+
+from tinygrad_gpt import Function, Tensor, gradcheck, ops
+
+TOL = 1e-6
+
+
+def _inputs(rng, shapes, kind):
+    out = []
+    for shape in shapes:
+        x = rng.standard_normal(shape)
+        if kind == "positive":
+            x = rng.uniform(0.5, 2.0, shape)
+        elif kind == "apart":  # values far from kinks/ties (relu at 0, max ties, clip edges)
+            x = rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape) + rng.uniform(-0.01, 0.01, shape)
+        out.append(Tensor(x, requires_grad=True, dtype=np.float64))
+    return out
+
+
+def _idx(shape, high, seed=7):
+    return np.random.default_rng(seed).integers(0, high, shape)
+
+
+CASES = [
+    ("add", lambda a, b: a + b, [(3, 1, 5), (4, 1)], "normal"),
+    ("sub", lambda a, b: a - b, [(4, 1), (3, 1, 5)], "normal"),
+    ("mul", lambda a, b: a * b, [(3, 4, 5), (5,)], "normal"),
+    ("div", lambda a, b: a / b, [(3, 4, 5), (4, 1)], "positive"),
+    ("neg", lambda a: -a, [(3, 5)], "normal"),
+    ("pow_scalar_2", lambda a: a ** 2, [(3, 5)], "normal"),
+    ("pow_scalar_3", lambda a: a ** 3, [(3, 5)], "normal"),
+    ("pow_scalar_frac", lambda a: a ** 1.7, [(3, 5)], "positive"),
+    ("pow_tensor", lambda a, b: a ** b, [(3, 5), (5,)], "positive"),
+    ("rsub_rdiv", lambda a: (2.0 - a) * (3.0 / a), [(3, 5)], "positive"),
+    ("exp", lambda a: a.exp(), [(3, 5)], "normal"),
+    ("log", lambda a: a.log(), [(3, 5)], "positive"),
+    ("sqrt", lambda a: a.sqrt(), [(3, 5)], "positive"),
+    ("tanh", lambda a: a.tanh(), [(3, 5)], "normal"),
+    ("relu", lambda a: a.relu(), [(3, 7)], "apart"),
+    ("gelu", lambda a: a.gelu(), [(3, 7)], "normal"),
+    ("sigmoid", lambda a: a.sigmoid(), [(3, 7)], "normal"),
+    ("maximum", lambda a, b: a.maximum(b), [(3, 5), (5,)], "normal"),
+    ("minimum", lambda a, b: a.minimum(b), [(3, 5), (3, 1)], "normal"),
+    ("clip", lambda a: a.clip(-0.5, 0.7), [(4, 5)], "apart"),
+    ("where", lambda a, b: ops.where(a > 0.1, a, b), [(3, 5), (5,)], "apart"),
+    ("masked_fill", lambda a: a.masked_fill(np.triu(np.ones((5, 5), bool), 1), -3.0), [(2, 5, 5)], "normal"),
+    ("sum_all", lambda a: a.sum(), [(3, 4, 5)], "normal"),
+    ("sum_axis", lambda a: a.sum(axis=1), [(3, 4, 5)], "normal"),
+    ("sum_axes_keepdims", lambda a: a.sum(axis=(0, 2), keepdims=True), [(3, 4, 5)], "normal"),
+    ("mean_axis", lambda a: a.mean(axis=-1), [(3, 4, 5)], "normal"),
+    ("mean_all", lambda a: a.mean(), [(3, 4, 5)], "normal"),
+    ("max_axis", lambda a: a.max(axis=1), [(3, 4, 5)], "normal"),
+    ("max_all_keepdims", lambda a: a.max(keepdims=True), [(3, 4, 5)], "normal"),
+    ("var_axis", lambda a: a.var(axis=2), [(3, 4, 5)], "normal"),
+    ("var_unbiased", lambda a: a.var(axis=(0, 1), keepdims=True, correction=1), [(3, 4, 5)], "normal"),
+    ("matmul_2d", lambda a, b: a @ b, [(3, 5), (5, 4)], "normal"),
+    ("matmul_3d_2d", lambda a, b: a @ b, [(2, 3, 5), (5, 4)], "normal"),
+    ("matmul_batched", lambda a, b: a @ b, [(2, 3, 7, 5), (2, 3, 5, 7)], "normal"),
+    ("matmul_broadcast", lambda a, b: a @ b, [(2, 3, 4, 5), (3, 5, 2)], "normal"),
+    ("matmul_vec", lambda a, b: a @ b, [(3, 5), (5,)], "normal"),
+    ("reshape", lambda a: a.reshape(5, 3, 4) * 1.0, [(3, 4, 5)], "normal"),
+    ("permute", lambda a: a.permute(2, 0, 1), [(3, 4, 5)], "normal"),
+    ("transpose", lambda a: a.transpose(0, 2), [(3, 4, 5)], "normal"),
+    ("slice", lambda a: a[1:, ::2, -3:], [(3, 4, 5)], "normal"),
+    ("int_index_repeat", lambda a: a[np.array([0, 2, 0, 0])], [(3, 5)], "normal"),
+    ("mixed_index", lambda a: a[:, np.array([1, 1, 3]), 2], [(3, 4, 5)], "normal"),
+    ("gather_last", lambda a: a.gather(_idx((3, 4, 6), 5)), [(3, 4, 5)], "normal"),
+    ("concat", lambda a, b: ops.concat([a, b, a], axis=1), [(3, 2, 5), (3, 4, 5)], "normal"),
+    ("split", lambda a: a.split([1, 3, 1], axis=-1)[1] * a.split(1, axis=0)[2][..., :3], [(3, 4, 5)], "normal"),
+    ("stack", lambda a, b: ops.stack([a, b], axis=1), [(3, 5), (3, 5)], "normal"),
+    ("embedding", lambda w: ops.embedding(w, _idx((3, 7), 11)), [(11, 6)], "normal"),
+    ("softmax", lambda a: a.softmax(axis=-1), [(3, 4, 7)], "normal"),
+    ("softmax_axis0", lambda a: a.softmax(axis=0), [(3, 4, 7)], "normal"),
+    ("log_softmax", lambda a: a.log_softmax(axis=-1), [(3, 4, 7)], "normal"),
+    ("cross_entropy", lambda a: ops.cross_entropy(a, _idx((3, 4), 7)), [(3, 4, 7)], "normal"),
+    ("layer_norm", lambda x, w, b: ops.layer_norm(x, w, b), [(3, 4, 9), (9,), (9,)], "normal"),
+    ("dropout", lambda a: ops.dropout(a, 0.3, np.random.default_rng(5)), [(4, 9)], "normal"),
+    ("attention", lambda q, k, v: ops.causal_self_attention(q, k, v), [(2, 3, 7, 5)] * 3, "normal"),
+]
+
+
+@pytest.mark.parametrize("name,fn,shapes,kind", CASES, ids=[c[0] for c in CASES])
+def test_op_gradient(name, fn, shapes, kind, rng):
+    inputs = _inputs(rng, shapes, kind)
+    result = gradcheck(fn, inputs, tol=TOL)
+    assert result.ok, f"{name}: {result}"
+
+
+def test_cross_entropy_ignore_index_gradient(rng):
+    logits = Tensor(rng.standard_normal((5, 7, 11)), requires_grad=True, dtype=np.float64)
+    targets = rng.integers(0, 11, (5, 7))
+    targets[rng.random((5, 7)) < 0.3] = -1
+    targets[0, 0] = 3  # at least one valid target
+    result = gradcheck(lambda a: ops.cross_entropy(a, targets, ignore_index=-1), [logits], tol=TOL)
+    assert result.ok, str(result)
+
+
+@pytest.mark.parametrize("name", ["gelu", "layer_norm", "cross_entropy", "embedding", "attention"])
+def test_fused_op_gradient_both_backends(name, kernel_backend, rng):
+    """The fused ops pass the finite-difference check with the reference AND the Numba kernels."""
+    _, fn, shapes, kind = next(c for c in CASES if c[0] == name)
+    result = gradcheck(fn, _inputs(rng, shapes, kind), tol=TOL)
+    assert result.ok, f"{name} ({kernel_backend}): {result}"
+
+
+def test_attention_odd_sizes_several_heads(rng):
+    q, k, v = _inputs(rng, [(1, 4, 9, 3)] * 3, "normal")
+    result = gradcheck(lambda q, k, v: ops.causal_self_attention(q, k, v), [q, k, v], tol=TOL)
+    assert result.ok, str(result)
+
+
+# ---- controls: gradcheck must catch wrong gradients -------------------------------------------
+class WrongSquare(Function):
+    """forward x^2, backward deliberately 2x too small (x instead of 2x)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.a = a
+        return a * a
+
+    @staticmethod
+    def backward(ctx, dout):
+        return dout * ctx.a
+
+
+class SlightlyWrongExp(Function):
+    """forward exp(x), backward off by 1e-4 relative: must still be caught at tol 1e-6."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.out = np.exp(a)
+        return ctx.out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return dout * ctx.out * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("wrong", [WrongSquare, SlightlyWrongExp])
+def test_control_wrong_gradient_is_caught(wrong, rng):
+    a = Tensor(rng.standard_normal((3, 4)), requires_grad=True, dtype=np.float64)
+    result = gradcheck(lambda a: wrong.apply(a), [a], tol=TOL)
+    assert not result.ok, f"gradcheck missed a wrong gradient: {result}"
+    assert result.max_rel_error > TOL
+
+
+def test_gradcheck_refuses_float32():
+    a = Tensor(np.ones((2, 2), np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda a: a * a, [a])

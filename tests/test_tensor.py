@@ -1,0 +1,223 @@
+"""The engine itself: forward values against plain NumPy, gradient accumulation, the long chain,
+no_grad, detach, graph release, devices, and the errors a user sees."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import Tensor, backend, no_grad, ops
+
+
+def T(x, grad=True):
+    return Tensor(np.asarray(x, dtype=np.float64), requires_grad=grad)
+
+
+# ---- forward values against NumPy formulas ----------------------------------------------------
+def test_forward_values_match_numpy(rng):
+    a_np, b_np = rng.standard_normal((3, 4)), rng.uniform(0.5, 2, (4,))
+    a, b = T(a_np), T(b_np)
+    checks = {
+        "add": ((a + b).data, a_np + b_np),
+        "div": ((a / b).data, a_np / b_np),
+        "pow": ((b ** 1.5).data, b_np ** 1.5),
+        "exp": (a.exp().data, np.exp(a_np)),
+        "log": (b.log().data, np.log(b_np)),
+        "tanh": (a.tanh().data, np.tanh(a_np)),
+        "sigmoid": (a.sigmoid().data, 1 / (1 + np.exp(-a_np))),
+        "relu": (a.relu().data, np.maximum(a_np, 0)),
+        "gelu": (a.gelu().data, 0.5 * a_np * (1 + np.tanh(np.sqrt(2 / np.pi) * (a_np + 0.044715 * a_np ** 3)))),
+        "var": (a.var(axis=0).data, a_np.var(axis=0)),
+        "max": (a.max(axis=1).data, a_np.max(axis=1)),
+        "softmax": (a.softmax().data, np.exp(a_np) / np.exp(a_np).sum(-1, keepdims=True)),
+        "log_softmax": (a.log_softmax().data, a_np - np.log(np.exp(a_np).sum(-1, keepdims=True))),
+        "matmul": ((a @ b).data, a_np @ b_np),
+        "clip": (a.clip(-0.3, 0.4).data, np.clip(a_np, -0.3, 0.4)),
+    }
+    for name, (got, want) in checks.items():
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_layer_norm_and_cross_entropy_values(rng):
+    x = rng.standard_normal((5, 8))
+    w, b = rng.standard_normal(8), rng.standard_normal(8)
+    got = ops.layer_norm(T(x), T(w), T(b)).data
+    want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    targets = np.array([1, 0, 7, 3, -100])
+    logp = x - np.log(np.exp(x).sum(1, keepdims=True))
+    want_ce = -np.mean([logp[i, t] for i, t in enumerate(targets) if t != -100])
+    assert abs(ops.cross_entropy(T(x), targets).item() - want_ce) < 1e-12
+
+
+def test_attention_matches_composition_from_primitive_ops(rng):
+    """The fused attention op equals the same attention built from matmul, masked_fill, softmax."""
+    B, nh, Tn, hs = 2, 3, 7, 4
+    q, k, v = (T(rng.standard_normal((B, nh, Tn, hs))) for _ in range(3))
+    fused = ops.causal_self_attention(q, k, v)
+    mask = np.triu(np.ones((Tn, Tn), bool), k=1)
+    composed = ((q @ k.transpose(-1, -2)) * (1.0 / np.sqrt(hs))).masked_fill(mask, -np.inf).softmax() @ v
+    np.testing.assert_allclose(fused.data, composed.data, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(fused.shape)
+    fused.backward(dout)
+    g_fused = [t.grad.copy() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    composed.backward(dout)
+    for gf, t in zip(g_fused, (q, k, v)):
+        np.testing.assert_allclose(gf, t.grad, rtol=1e-10, atol=1e-12)
+
+
+# ---- the engine -------------------------------------------------------------------------------
+def test_reused_tensor_accumulates():
+    """b = a + a; c = b + b: dc/da = 4 (micrograd's classic bug was 2)."""
+    a = T([3.0])
+    b = a + a
+    c = b + b
+    c.backward()
+    assert a.grad.tolist() == [4.0]
+
+
+def test_diamond_graph_accumulates():
+    """y = a * a + a at a = 2: dy/da = 2a + 1 = 5."""
+    a = T(2.0)
+    y = a * a + a
+    y.backward()
+    assert a.grad.item() == 5.0
+
+
+def test_ten_thousand_op_chain_does_not_recurse():
+    """x -> x + 1 ten thousand times: dy/dx = 1, value x + 10000."""
+    x = T([0.5])
+    y = x
+    for _ in range(10_000):
+        y = y + 1.0
+    y.backward(np.ones(1))
+    assert y.item() == 10_000.5
+    assert x.grad.tolist() == [1.0]
+
+
+def test_grad_accumulates_over_backward_calls_and_zero_grad():
+    a = T([1.0, 2.0])
+    (a * 3.0).sum().backward()
+    (a * 3.0).sum().backward()
+    assert a.grad.tolist() == [6.0, 6.0]
+    a.zero_grad()
+    assert a.grad is None
+
+
+def test_backward_on_non_scalar_without_grad_raises():
+    a = T(np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match=r"shape \(2, 3\) without a gradient"):
+        (a * 2.0).backward()
+
+
+def test_backward_without_requires_grad_raises():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Tensor(np.ones(2)).sum().backward()
+
+
+def test_no_grad_builds_no_graph_and_detach_cuts():
+    a = T([1.0, 2.0])
+    with no_grad():
+        b = a * 2.0
+    assert not b.requires_grad and b._ctx is None
+    c = (a * 2.0).detach()
+    assert not c.requires_grad and c._ctx is None
+    d = a * 2.0
+    assert d.requires_grad and d._ctx is not None
+
+
+def test_graph_released_after_backward():
+    """After backward no op context is alive: memory stays flat over training steps."""
+    a = T(np.ones((4, 4)))
+    y = (a * 2.0).exp()
+    ctx_ref = weakref.ref(y._ctx)
+    y.sum().backward()
+    gc.collect()
+    assert y._ctx is None and ctx_ref() is None
+
+
+def test_backward_shape_mismatch_names_the_op():
+    from tinygrad_gpt import Function
+
+    class BadShape(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2
+
+        @staticmethod
+        def backward(ctx, dout):
+            return dout.sum(axis=0)
+
+    a = T(np.ones((3, 2)))
+    with pytest.raises(RuntimeError, match=r"BadShape.backward: gradient for input 0 has shape \(2,\)"):
+        BadShape.apply(a).sum().backward()
+
+
+def test_dtype_default_float32_and_float64_kept():
+    assert Tensor([1.0, 2.0]).dtype == np.float32
+    assert Tensor(np.ones(2)).dtype == np.float64
+    x = Tensor(np.ones((2, 2), np.float32), requires_grad=True)
+    y = (x * 2.0 + 1.0) / 3.0
+    assert y.dtype == np.float32  # Python scalars do not upcast
+    assert ops.layer_norm(x, Tensor.ones(2), Tensor.zeros(2)).dtype == np.float32
+
+
+def test_numpy_item_and_errors():
+    t = Tensor([[1.5]])
+    assert t.item() == 1.5 and isinstance(t.numpy(), np.ndarray)
+    with pytest.raises(ValueError, match="2 elements"):
+        Tensor([1.0, 2.0]).item()
+
+
+def test_readable_errors():
+    with pytest.raises(ValueError, match=r"matmul: shapes \(4, 3\) and \(5, 2\) do not align on 3 != 5"):
+        Tensor(np.ones((4, 3))) @ Tensor(np.ones((5, 2)))
+    with pytest.raises(TypeError, match="dtypes differ"):
+        Tensor(np.ones(3, np.float32)) + Tensor(np.ones(3, np.float64))
+    with pytest.raises(ValueError, match=r"add: shapes \(3,\) and \(4,\) do not broadcast"):
+        Tensor(np.ones(3)) + Tensor(np.ones(4))
+    with pytest.raises(IndexError, match="token id 9 is out of range for a table of 5 rows"):
+        ops.embedding(Tensor(np.ones((5, 2)), requires_grad=True), np.array([1, 9]))
+    with pytest.raises(IndexError, match="target 7 is out of range for 3 classes"):
+        ops.cross_entropy(Tensor(np.ones((2, 3))), np.array([0, 7]))
+    with pytest.raises(ValueError, match="cannot reshape"):
+        Tensor(np.ones(6)).reshape(4, 2)
+
+
+def test_comparisons_have_no_grad():
+    a = T([1.0, -2.0])
+    m = a > 0
+    assert m.data.tolist() == [True, False] and not m.requires_grad
+    assert a.eq(1.0).data.tolist() == [True, False]
+
+
+def test_dropout_is_seedable_and_scales(rng):
+    x = Tensor(np.ones((200, 50), np.float32))
+    y1 = ops.dropout(x, 0.25, np.random.default_rng(3)).data
+    y2 = ops.dropout(x, 0.25, np.random.default_rng(3)).data
+    np.testing.assert_array_equal(y1, y2)
+    assert set(np.unique(y1).tolist()) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y1 == 0).mean() - 0.25) < 0.02
+    assert ops.dropout(x, 0.25, rng, training=False) is x
+
+
+# ---- devices ----------------------------------------------------------------------------------
+def test_unknown_device_and_cuda_without_cupy():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        backend.get_xp("tpu")
+    if backend.cuda_available():
+        pytest.skip("a GPU is present: the no-cupy error cannot be shown here")
+    with pytest.raises(RuntimeError, match=r"pip install -e \"\.\[cuda\]\""):
+        backend.get_xp("cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        Tensor([1.0], device="cuda")
+
+
+def test_mixed_devices_raise():
+    a = Tensor([1.0])
+    b = Tensor([2.0])
+    b.device = "cuda"  # pretend: the check is on the device tag, before any array maths
+    with pytest.raises(RuntimeError, match="different devices, cpu and cuda"):
+        a + b

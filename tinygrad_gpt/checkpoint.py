@@ -1,0 +1,365 @@
+"""Checkpoints: weights in safetensors, everything else in JSON, written so a crash cannot corrupt them.
+
+A checkpoint is a directory holding
+    checkpoint.json                 the commit record: names the files below, holds `meta`
+    model-00000007.safetensors      the state dict (GPT-2 names: wte.weight, h.0.ln_1.weight, ...)
+    optimizer-00000007.safetensors  the optimizer's arrays, if it has any
+where 7 is the save's generation number (one more than the highest in the directory).
+
+Crash safety (the choice, and why): every file is written to a temp file in the same directory,
+flushed, fsync'ed and `os.replace`d into place, then the directory is fsync'ed. Weight files get
+*new* names each save, and checkpoint.json is replaced *last*; it is the single atomic commit point.
+  - crash before the JSON is replaced: the old JSON still names the old weight files, which are
+    untouched; the new files are orphans, deleted by the next successful save;
+  - crash after: the new JSON names the new files, which are already complete on disk.
+Overwriting a fixed `model.safetensors` instead would leave a window where new weights sit beside
+an old JSON (a torn checkpoint); renaming a whole directory over another is not atomic on POSIX
+when the target exists. The JSON records each file's size and SHA-256, checked on load, so a
+truncated or bit-flipped weight file is reported instead of silently loaded.
+
+`meta` is free-form JSON (config, tokenizer.to_dict(), step, epoch, batch index, RNG state...):
+Python's json keeps ints of any size exactly, so a numpy Generator's 128-bit state survives (see
+`rng_state` / `restore_rng`). NumPy scalars in meta are stored as Python numbers; arrays belong in
+the state dict or the optimizer state. The optimizer state is any nest of dicts/lists whose array
+leaves go to optimizer-*.safetensors (under their JSON-Pointer path, e.g. "m/wte.weight") while the
+rest (step counts, hyper-parameters) stays in the JSON.
+
+Follows the safetensors format (https://github.com/huggingface/safetensors) so the weights open in
+other tools, and the write-temp-fsync-rename pattern for atomic files.
+
+Deliberately does not: guard against two processes saving into one directory at once, keep more
+than the latest checkpoint (use one directory per checkpoint to keep several), rename parameters
+(real GPT-2 weights already use our names), or handle cupy arrays (call .get() first).
+safetensors is imported lazily, so only code that saves or loads needs it.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import re
+import tempfile
+
+import numpy as np
+
+FORMAT = "tinygrad_gpt.checkpoint"
+VERSION = 1
+JSON_NAME = "checkpoint.json"
+_VERSIONED = re.compile(r"^(model|optimizer)-(\d{8,})\.safetensors$")
+_TMP_PREFIX = ".ckpt-tmp-"
+_ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safetensors__": "m/wte.weight"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but its content is not what it should be (corrupt, torn, wrong format)."""
+
+
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy
+    except ImportError as exc:
+        raise ImportError("checkpoints need the safetensors package, which is not installed: "
+                          "pip install safetensors (or pip install -e \".[checkpoint]\")") from exc
+    return safetensors.numpy
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state helpers
+# ---------------------------------------------------------------------------------------------
+
+def rng_state(rng):
+    """The JSON-able state of a numpy Generator (a dict; its ints may exceed 2**64)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng_state: rng must be a numpy Generator, got {type(rng).__name__}")
+    return rng.bit_generator.state
+
+
+def restore_rng(state):
+    """A new numpy Generator in `state` (as returned by `rng_state`, possibly via JSON)."""
+    if not isinstance(state, dict) or "bit_generator" not in state:
+        raise ValueError(f"restore_rng: expected a dict with a 'bit_generator' key, got {state!r:.200}")
+    name = state["bit_generator"]
+    bit_generator_class = getattr(np.random, str(name), None)
+    if not (isinstance(bit_generator_class, type)
+            and issubclass(bit_generator_class, np.random.BitGenerator)):
+        raise ValueError(f"restore_rng: unknown bit_generator {name!r} (expected e.g. 'PCG64')")
+    bit_generator = bit_generator_class()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic file writing
+# ---------------------------------------------------------------------------------------------
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; rename durability is then the OS's
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path, write):
+    """Call write(tmp_path) on a temp file next to `path`, fsync it, os.replace it onto `path`."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + path.name, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# converting what we are given into what the files can hold
+# ---------------------------------------------------------------------------------------------
+
+def _tensor(value, where):
+    """A C-contiguous, native-byte-order numpy array that safetensors can store, or an error."""
+    if not isinstance(value, np.ndarray):
+        hint = " (cupy arrays: call .get() first)" if hasattr(value, "get") and hasattr(value, "shape") else ""
+        raise TypeError(f"save_checkpoint: {where} must be a numpy array, got {type(value).__name__}{hint}")
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"save_checkpoint: {where} has dtype {value.dtype}; safetensors stores "
+                        f"bool, int, uint and float arrays")
+    if not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
+    return np.ascontiguousarray(value)
+
+
+def _json_value(value, where):
+    """Make meta JSON-able: numpy scalars -> Python numbers, tuples -> lists; reject the rest."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"save_checkpoint: {where} has a key {k!r} of type {type(k).__name__}; "
+                                f"JSON keys must be str")
+            out[k] = _json_value(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"save_checkpoint: {where} is a numpy array of shape {value.shape}; meta must "
+                        f"be plain JSON (put arrays in state_dict or optimizer_state)")
+    raise TypeError(f"save_checkpoint: {where} has type {type(value).__name__}, which JSON cannot store")
+
+
+def _pointer_token(key):
+    return key.replace("~", "~0").replace("/", "~1")  # RFC 6901, so distinct paths never collide
+
+
+def _split_arrays(value, path, arrays, where):
+    """Replace each array leaf of a dict/list nest by a placeholder; collect the arrays by path."""
+    if isinstance(value, np.ndarray):
+        name = path or "/"
+        arrays[name] = _tensor(value, f"{where} at {name!r}")
+        return {_ARRAY_KEY: name}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"save_checkpoint: optimizer_state key {k!r} at {path or '/'!r} "
+                                f"must be a str, got {type(k).__name__}")
+            if k == _ARRAY_KEY:
+                raise ValueError(f"save_checkpoint: optimizer_state may not use the reserved key {k!r}")
+            out[k] = _split_arrays(v, f"{path}/{_pointer_token(k)}" if path else _pointer_token(k),
+                                   arrays, where)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_split_arrays(v, f"{path}/{i}" if path else str(i), arrays, where)
+                for i, v in enumerate(value)]
+    return _json_value(value, f"{where} at {path or '/'!r}")
+
+
+def _join_arrays(value, arrays, source):
+    """Inverse of _split_arrays: put the arrays back where the placeholders are."""
+    if isinstance(value, dict):
+        if set(value) == {_ARRAY_KEY}:
+            name = value[_ARRAY_KEY]
+            if name not in arrays:
+                raise CheckpointError(f"{source}: the optimizer state names array {name!r}, which is "
+                                      f"not in its safetensors file")
+            return arrays[name]
+        return {k: _join_arrays(v, arrays, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join_arrays(v, arrays, source) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+# ---------------------------------------------------------------------------------------------
+
+def _next_generation(directory):
+    highest = 0
+    for entry in os.listdir(directory):
+        match = _VERSIONED.match(entry)
+        if match:
+            highest = max(highest, int(match.group(2)))
+    return highest + 1
+
+
+def _remove_stale(directory, keep):
+    """Delete versioned weight files not in `keep` and our leftover temp files; best effort."""
+    for entry in os.listdir(directory):
+        if (_VERSIONED.match(entry) and entry not in keep) or entry.startswith(_TMP_PREFIX):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass
+
+
+def save_checkpoint(directory, state_dict, meta, optimizer_state=None):
+    """Save a checkpoint into `directory` (created if missing), replacing the one there atomically.
+
+    state_dict: {name: numpy array}, e.g. the model's parameters.
+    meta: JSON-able dict (config, tokenizer, step, epoch, batch index, rng state, ...).
+    optimizer_state: optional nest of dicts/lists; its numpy arrays go to a safetensors file.
+    Returns the path of checkpoint.json.
+    """
+    st = _safetensors_numpy()
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"save_checkpoint: state_dict must be a dict of name -> numpy array, "
+                        f"got {type(state_dict).__name__}")
+    if not isinstance(meta, dict):
+        raise TypeError(f"save_checkpoint: meta must be a dict, got {type(meta).__name__}")
+    tensors = {}
+    for name, value in state_dict.items():
+        if not isinstance(name, str):
+            raise TypeError(f"save_checkpoint: state_dict key {name!r} must be a str")
+        tensors[name] = _tensor(value, f"state_dict[{name!r}]")
+    meta_json = _json_value(meta, "meta")
+    optimizer_arrays = {}
+    optimizer_json = None
+    if optimizer_state is not None:
+        optimizer_json = _split_arrays(optimizer_state, "", optimizer_arrays, "optimizer_state")
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    generation = _next_generation(directory)
+    files = {"model": f"model-{generation:08d}.safetensors"}
+    to_write = {"model": tensors}
+    if optimizer_arrays:
+        files["optimizer"] = f"optimizer-{generation:08d}.safetensors"
+        to_write["optimizer"] = optimizer_arrays
+
+    # 1. the weight files, under names no committed JSON refers to
+    records = {}
+    for role, arrays in to_write.items():
+        path = directory / files[role]
+        _write_atomic(path, lambda tmp, arrays=arrays: st.save_file(arrays, tmp, metadata={"format": "np"}))
+        records[role] = {"file": files[role], "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    _fsync_dir(directory)
+
+    # 2. the commit: checkpoint.json, replaced last
+    record = {"format": FORMAT, "version": VERSION, "generation": generation, "files": records,
+              "optimizer": optimizer_json, "meta": meta_json}
+    text = json.dumps(record, indent=1)
+    _write_atomic(directory / JSON_NAME, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+    _fsync_dir(directory)
+
+    # 3. now nothing refers to older weight files
+    _remove_stale(directory, keep={r["file"] for r in records.values()})
+    return directory / JSON_NAME
+
+
+def _read_record(directory):
+    path = pathlib.Path(directory) / JSON_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"load_checkpoint: no checkpoint at {str(directory)!r}: "
+                                f"{str(path)!r} does not exist")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is corrupt, not valid JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a tinygrad_gpt checkpoint "
+                              f"(expected \"format\": {FORMAT!r})")
+    if record.get("version") != VERSION:
+        raise CheckpointError(f"{str(path)!r} has checkpoint version {record.get('version')!r}; "
+                              f"this code reads version {VERSION}")
+    for key in ("files", "meta"):
+        if key not in record:
+            raise CheckpointError(f"{str(path)!r} lacks the key {key!r}")
+    if not isinstance(record["files"], dict) or "model" not in record["files"]:
+        raise CheckpointError(f"{str(path)!r}: 'files' must name the 'model' weights")
+    return path, record
+
+
+def _load_tensors(directory, json_path, entry, verify):
+    st = _safetensors_numpy()
+    try:
+        name = entry["file"]
+    except (TypeError, KeyError):
+        raise CheckpointError(f"{str(json_path)!r}: a 'files' entry lacks 'file': {entry!r}") from None
+    path = pathlib.Path(directory) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist, but {str(json_path)!r} refers to it")
+    if verify:
+        size = path.stat().st_size
+        if "bytes" in entry and size != entry["bytes"]:
+            raise CheckpointError(f"{str(path)!r} has {size} bytes, but {str(json_path)!r} "
+                                  f"recorded {entry['bytes']}: the file is truncated or was replaced")
+        if "sha256" in entry and _sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"{str(path)!r} does not match the SHA-256 recorded in "
+                                  f"{str(json_path)!r}: the file is corrupt")
+    try:
+        return st.load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+
+
+def load_checkpoint(directory, verify=True):
+    """Load what `save_checkpoint` wrote: returns (state_dict, optimizer_state, meta).
+
+    optimizer_state is None when none was saved. verify=False skips the SHA-256 check of the
+    weight files (it reads every byte twice, about 1 s for GPT-2 small's 500 MB).
+    Raises FileNotFoundError or CheckpointError naming the file at fault.
+    """
+    json_path, record = _read_record(directory)
+    files = record["files"]
+    state_dict = _load_tensors(directory, json_path, files["model"], verify)
+    optimizer_state = record.get("optimizer")
+    if optimizer_state is not None:
+        arrays = _load_tensors(directory, json_path, files["optimizer"], verify) if "optimizer" in files else {}
+        optimizer_state = _join_arrays(optimizer_state, arrays, json_path)
+    return state_dict, optimizer_state, record["meta"]
+
+
+def load_safetensors_state_dict(path):
+    """Read any .safetensors file (e.g. Hugging Face's GPT-2 model.safetensors) as {name: array}.
+
+    Names are returned as stored; nothing is renamed or transposed.
+    """
+    st = _safetensors_numpy()
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"load_safetensors_state_dict: {str(path)!r} does not exist")
+    try:
+        return st.load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file "
+                              f"(numpy cannot hold bfloat16, for one): {exc}") from exc

@@ -1,0 +1,24 @@
+"""Tokenizers: text <-> lists of int ids for the GPT.
+
+What it is: `CharTokenizer` (one id per character, from `char.py`) and the byte-level BPE tiers
+`BasicTokenizer`, `RegexTokenizer`, `BPETokenizer` (`bpe.py`; file formats in `formats.py`, the
+split patterns and the fast GPT-2 pre-tokenizer in `pretokenize.py`, Numba kernels in
+`fastbpe.py`). Every tokenizer offers encode(str) -> list[int], decode(list[int]) -> str,
+vocab_size and to_dict() / from_dict() for checkpoints.
+
+Follows: minbpe's layout (one tier per idea), tiktoken's special-token rules.
+
+Deliberately does not: pick a tokenizer for you; scripts choose (`--tokenizer char|bpe`).
+"""
+from tinygrad_gpt.tokenizers.bpe import (
+    ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BasicTokenizer, BPETokenizer, RegexTokenizer)
+from tinygrad_gpt.tokenizers.formats import TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer
+
+try:  # written by a colleague in char.py; the BPE side must import without it
+    from tinygrad_gpt.tokenizers.char import CharTokenizer
+except ImportError:
+    CharTokenizer = None
+
+__all__ = ["BasicTokenizer", "RegexTokenizer", "BPETokenizer", "CharTokenizer", "TokenizerFileError",
+           "load_gpt2", "load_tiktoken", "load_tokenizer", "ENDOFTEXT", "GPT2_SPLIT_PATTERN",
+           "GPT4_SPLIT_PATTERN"]

@@ -247,6 +247,8 @@ class BasicTokenizer:
     def decode_bytes(self, ids):
         """The bytes of `ids` joined; an id outside the vocabulary raises, naming it."""
         table = self._decode_table
+        if not isinstance(ids, (list, tuple, np.ndarray)):
+            ids = list(ids)  # a generator would be consumed by the first pass
         try:
             parts = [table[i] for i in ids]
             bad = None in parts or (len(parts) and min(ids) < 0)
@@ -431,6 +433,7 @@ class BPETokenizer(RegexTokenizer):
                     f"disallowed_special=() to encode it as ordinary text")
         if not allowed:
             return self.encode_ordinary(text)
+        codepoints(text)  # subtle: reports a lone surrogate's index in `text`, not in a piece of it
         ids = []
         for part, is_special in self._segments(text, allowed):
             if is_special:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, RegexTokenizer, load_gpt2, load_tiktoken
-from tinygrad_gpt.tokenizers import load_tokenizer
+from tinygrad_gpt.tokenizers import load_tokenizer, tokenizer_from_dict
 
 CORPUS = ("The quick brown fox jumps over the lazy dog; I'll say it's 1234 times.\n"
           "Ünïcödé: 日本語 テキスト, emoji 🙂🙂, tabs\t\tand   spaces.\n") * 4
@@ -82,6 +82,7 @@ def test_saved_and_loaded_encodes_identically(name, tmp_path):
 
     again = type(tok).from_dict(json.loads(json.dumps(tok.to_dict())))
     assert again.encode(probe, **kwargs) == expected
+    assert tokenizer_from_dict(tok.to_dict()).encode(probe, **kwargs) == expected  # the checkpoint reader
 
     if name in ("regex-gpt2", "special"):  # these two formats assume the GPT-2 split pattern
         tok.save_gpt2(tmp_path / "gpt2")

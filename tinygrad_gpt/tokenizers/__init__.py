@@ -4,7 +4,8 @@ What it is: `CharTokenizer` (one id per character, from `char.py`) and the byte-
 `BasicTokenizer`, `RegexTokenizer`, `BPETokenizer` (`bpe.py`; file formats in `formats.py`, the
 split patterns and the fast GPT-2 pre-tokenizer in `pretokenize.py`, Numba kernels in
 `fastbpe.py`). Every tokenizer offers encode(str) -> list[int], decode(list[int]) -> str,
-vocab_size and to_dict() / from_dict() for checkpoints.
+vocab_size and to_dict() / from_dict() for checkpoints; `tokenizer_from_dict(d)` rebuilds either
+kind from its dict (the "type" key: "char" or "bpe").
 
 Follows: minbpe's layout (one tier per idea), tiktoken's special-token rules.
 
@@ -12,6 +13,7 @@ Deliberately does not: pick a tokenizer for you; scripts choose (`--tokenizer ch
 """
 from tinygrad_gpt.tokenizers.bpe import (
     ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BasicTokenizer, BPETokenizer, RegexTokenizer)
+from tinygrad_gpt.tokenizers import formats as _formats
 from tinygrad_gpt.tokenizers.formats import TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer
 
 try:  # written by a colleague in char.py; the BPE side must import without it
@@ -19,6 +21,17 @@ try:  # written by a colleague in char.py; the BPE side must import without it
 except ImportError:
     CharTokenizer = None
 
-__all__ = ["BasicTokenizer", "RegexTokenizer", "BPETokenizer", "CharTokenizer", "TokenizerFileError",
+
+
+def tokenizer_from_dict(d):
+    """Any tokenizer of this package from its `to_dict()` (e.g. read back from a checkpoint)."""
+    if isinstance(d, dict) and d.get("type") == "char":
+        if CharTokenizer is None:
+            raise ImportError("tokenizer_from_dict: the dict is a CharTokenizer's, but tokenizers/char.py is missing")
+        return CharTokenizer.from_dict(d)
+    return _formats.tokenizer_from_dict(d, source="tokenizer_from_dict")
+
+
+__all__ = ["tokenizer_from_dict", "BasicTokenizer", "RegexTokenizer", "BPETokenizer", "CharTokenizer", "TokenizerFileError",
            "load_gpt2", "load_tiktoken", "load_tokenizer", "ENDOFTEXT", "GPT2_SPLIT_PATTERN",
            "GPT4_SPLIT_PATTERN"]

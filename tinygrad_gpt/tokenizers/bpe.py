@@ -270,6 +270,7 @@ class BasicTokenizer:
     def to_dict(self):
         """A JSON-serialisable description that `from_dict` turns back into an equal tokenizer."""
         return {
+            "type": "bpe",  # the key CharTokenizer's dict uses too, so one reader can tell them apart
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "tier": self.tier,

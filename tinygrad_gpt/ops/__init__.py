@@ -18,4 +18,5 @@ from tinygrad_gpt.ops.movement import Concat, Gather, GetItem, Permute, Reshape,
 from tinygrad_gpt.ops.matmul import MatMul
 from tinygrad_gpt.ops.nn import (CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax, cross_entropy,
                                  dropout, embedding, layer_norm)
-from tinygrad_gpt.ops.attention import CausalSelfAttention, causal_self_attention
+from tinygrad_gpt.ops.attention import (CausalSelfAttention, CausalSelfAttentionQKV, causal_self_attention,
+                                        causal_self_attention_qkv)

@@ -19,6 +19,7 @@ attention_backward. Deliberately does not: support padding masks or cross-attent
 import math
 
 import kernels
+from kernels.reference import get_array_module
 from tinygrad_gpt.tensor import Function
 
 
@@ -42,3 +43,48 @@ class CausalSelfAttention(Function):
 def causal_self_attention(q, k, v):
     """Causal softmax attention of q, k, v Tensors (B, nh, T, hs)."""
     return CausalSelfAttention.apply(q, k, v)
+
+
+class CausalSelfAttentionQKV(Function):
+    """The same attention, taking the packed c_attn output: qkv (B, T, 3C) -> y (B, T, C).
+
+    Splitting the heads and merging them again happen inside the op, so the model's graph holds one
+    node instead of split + 3 transposes + merge, and backward writes dq, dk, dv straight into one
+    (B, T, 3C) gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, n_head):
+        B, T, C3 = qkv.shape
+        if C3 % (3 * n_head):
+            raise ValueError(f"attention: qkv width {C3} is not 3 * n_head ({n_head}) * head size")
+        hs = C3 // (3 * n_head)
+        xp = get_array_module(qkv)
+        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view
+        q = xp.ascontiguousarray(heads[0])                        # (B, nh, T, hs)
+        k = xp.ascontiguousarray(heads[1])                        # (B, nh, T, hs)
+        v = xp.ascontiguousarray(heads[2])                        # (B, nh, T, hs)
+        scale = 1.0 / math.sqrt(hs)
+        out, lse = kernels.for_array(q).attention_forward(q, k, v, scale)  # (B, nh, T, hs), (B, nh, T)
+        ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse, ctx.scale = q, k, v, out, lse, scale
+        return out.transpose(0, 2, 1, 3).reshape(B, T, n_head * hs)  # (B, T, C) merge heads
+
+    @staticmethod
+    def backward(ctx, dy):
+        xp = get_array_module(dy)
+        B, nh, T, hs = ctx.q.shape
+        # forward, last line: y = out merged over heads, so dout = dy split into heads
+        dout = xp.ascontiguousarray(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))  # (B, nh, T, hs)
+        dq, dk, dv = kernels.for_array(dout).attention_backward(dout, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse,
+                                                                ctx.scale)
+        # forward, first lines: q, k, v were slices of qkv, so dqkv is the three stacked back
+        dqkv = xp.empty((B, T, 3, nh, hs), dtype=dy.dtype)       # (B, T, 3, nh, hs)
+        dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
+        dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
+        dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+        return dqkv.reshape(B, T, 3 * nh * hs)                    # (B, T, 3C)
+
+
+def causal_self_attention_qkv(qkv, n_head):
+    """Causal attention straight from the packed projection qkv (B, T, 3C); returns (B, T, C)."""
+    return CausalSelfAttentionQKV.apply(qkv, n_head=n_head)

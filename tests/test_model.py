@@ -1,0 +1,138 @@
+"""The GPT: whole-model gradient, initial loss, Hugging Face names, KV cache, sampling, bad input."""
+import math
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import Tensor, gradcheck, ops
+from tinygrad_gpt.model import GPT, GPTConfig, sample_from_logits
+
+TINY = GPTConfig(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=8, dropout=0.0)
+
+
+def test_whole_model_gradient_float64(rng, kernel_backend):
+    """Sampled entries of EVERY parameter against central differences (float64, odd T = 7)."""
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    # perturb LayerNorm/bias parameters away from their 1/0 init so their gradients are generic
+    for name, p in model.named_parameters():
+        if p.ndim == 1:
+            p.data += rng.normal(0, 0.1, p.shape)
+    idx = rng.integers(0, TINY.vocab_size, (3, 7))
+    targets = rng.integers(0, TINY.vocab_size, (3, 7))
+    params = model.parameters()
+    result = gradcheck(lambda *ps: model(idx, targets)[1], params, max_checks=6, tol=1e-6,
+                       seed=int(rng.integers(1 << 30)))
+    assert result.checked == sum(min(6, p.size) for p in params)
+    assert result.ok, f"{kernel_backend}: {result} (parameter {list(dict(model.named_parameters()))[result.where[0]]})"
+
+
+def test_initial_loss_near_log_vocab(rng):
+    config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    model = GPT(config, seed=int(rng.integers(1 << 30)))
+    idx = rng.integers(0, 65, (4, 64))
+    _, loss = model(idx, rng.integers(0, 65, (4, 64)))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_hugging_face_names_and_layouts():
+    model = GPT(GPTConfig(vocab_size=13, block_size=5, n_layer=2, n_head=2, n_embd=8))
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    assert shapes["wte.weight"] == (13, 8) and shapes["wpe.weight"] == (5, 8)
+    assert shapes["h.1.attn.c_attn.weight"] == (8, 24)   # (in, out), as GPT-2's Conv1D
+    assert shapes["h.0.attn.c_proj.weight"] == (8, 8)
+    assert shapes["h.0.mlp.c_fc.weight"] == (8, 32) and shapes["h.0.mlp.c_proj.weight"] == (32, 8)
+    assert {"h.0.ln_1.weight", "h.0.ln_2.bias", "ln_f.weight", "ln_f.bias"} <= set(shapes)
+    assert not any("lm_head" in n for n in shapes)  # tied to wte
+
+
+def test_gpt2_init_scales_residual_projections(rng):
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=8, n_head=4, n_embd=64)
+    model = GPT(config, seed=3)
+    std_fc = model.h[0].mlp.c_fc.weight.data.std()
+    std_proj = model.h[0].mlp.c_proj.weight.data.std()
+    assert abs(std_fc - 0.02) < 0.002
+    assert abs(std_proj - 0.02 / math.sqrt(16)) < 0.0005
+
+
+def test_kv_cache_logits_equal_full_forward_at_every_position(rng):
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64).eval()
+    idx = rng.integers(0, TINY.vocab_size, (2, TINY.block_size))
+    full, _ = model(idx)
+    caches = model.new_caches(2)
+    pieces = [model(idx[:, :3], caches=caches)[0].data]              # a prefill of 3 tokens
+    for t in range(3, TINY.block_size):
+        pieces.append(model(idx[:, t:t + 1], caches=caches)[0].data)  # then one token at a time
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full.data, rtol=1e-10, atol=1e-12)
+
+
+def test_generate_cached_equals_uncached_within_block(rng):
+    model = GPT(TINY, seed=5, dtype=np.float64)
+    prompt = rng.integers(0, TINY.vocab_size, (2, 2))
+    new = TINY.block_size - 2
+    a = model.generate(prompt, new, seed=11, use_cache=True)
+    b = model.generate(prompt, new, seed=11, use_cache=False)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, TINY.block_size)
+    longer = model.generate(prompt, 3 * TINY.block_size, seed=1)  # runs past block_size with the cache
+    assert longer.shape == (2, 2 + 3 * TINY.block_size) and longer.max() < TINY.vocab_size
+
+
+def test_generate_is_seeded_and_builds_no_graph():
+    model = GPT(TINY, seed=1)
+    a = model.generate(np.array([[1, 2]]), 10, seed=3)
+    b = model.generate(np.array([[1, 2]]), 10, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_top_k_and_top_p_filtering():
+    """logits log([0.5, 0.3, 0.15, 0.05]): top_k=2 only ever picks 0 or 1; top_p=0.6 keeps {0, 1}
+    (mass before token 1 is 0.5 < 0.6, before token 2 is 0.8 >= 0.6); top_p=0.4 keeps only 0."""
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    assert set(sample_from_logits(logits, rng, top_k=2).tolist()) == {0, 1}
+    assert set(sample_from_logits(logits, rng, top_p=0.6).tolist()) == {0, 1}
+    assert set(sample_from_logits(logits, rng, top_p=0.4).tolist()) == {0}
+    counts = np.bincount(sample_from_logits(logits, rng), minlength=4) / 4000
+    np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_bad_input_errors():
+    model = GPT(TINY)
+    with pytest.raises(ValueError, match="longer than block_size 9"):
+        model(np.zeros((1, 10), np.int64))
+    with pytest.raises(IndexError, match="token id 11 is out of range for vocab_size 11"):
+        model(np.array([[1, 11]]))
+    with pytest.raises(ValueError, match=r"idx must be \(B, T\)"):
+        model(np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="n_embd 10 is not divisible by n_head 4"):
+        GPTConfig(n_embd=10, n_head=4)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(np.array([[1]]), 2, temperature=0)
+
+
+def test_training_reduces_loss_with_kernels_on_and_off_identically():
+    """20 AdamW steps: the fused kernels and the NumPy references give the same loss curve."""
+    import kernels
+    from tinygrad_gpt.optim import AdamW, decay_groups
+    curves = {}
+    for backend in ("reference", "fused"):
+        kernels.set_backend(backend)
+        try:
+            model = GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16), seed=0)
+            opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3)
+            data_rng = np.random.default_rng(0)
+            losses = []
+            for _ in range(20):
+                x = data_rng.integers(0, 8, (4, 16))
+                y = (x + 1) % 17  # a learnable rule: next token = this token + 1
+                _, loss = model(x, y)
+                model.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            curves[backend] = np.array(losses)
+        finally:
+            kernels.set_backend(None)
+    np.testing.assert_allclose(curves["fused"], curves["reference"], rtol=2e-4)
+    assert curves["fused"][-1] < curves["fused"][0] - 0.5

@@ -1,0 +1,228 @@
+"""GPT: the GPT-2 architecture on the tinygrad_gpt engine, with a KV-cache sampler.
+
+    idx (B, T) -> wte[idx] + wpe[0..T) -> n_layer x Block -> ln_f -> x @ wte^T -> logits (B, T, V)
+    Block: x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))          (pre-LayerNorm, as GPT-2)
+    attn:  qkv = c_attn(x); causal attention per head; c_proj     (one fused op, ops/attention.py)
+    mlp:   c_proj(gelu(c_fc(x)))                                   (4x wide, tanh-GELU)
+
+Parameter names and layouts are Hugging Face GPT-2's (`wte`, `wpe`, `h.{i}.ln_1`,
+`h.{i}.attn.c_attn`, ..., `ln_f`; Linear weights (in, out)), so a state dict saved here is readable
+by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte`.
+
+Dimension legend: B batch, T time, C n_embd, nh n_head, hs head size C // nh, V vocab_size.
+Follows: nanoGPT model.py (GPTConfig, init, generate), HF GPT-2 (names), Radford et al. 2019.
+Deliberately does not: apply dropout to the attention probabilities (the fused attention never
+materialises them; residual, embedding and MLP dropout are applied), or support padding masks.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinygrad_gpt import nn, ops
+from tinygrad_gpt.backend import get_xp, to_numpy
+from tinygrad_gpt.tensor import Tensor, no_grad
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65       # 65 characters in tiny Shakespeare; 50257 for GPT-2's BPE
+    block_size: int = 64       # the longest context the position table covers
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128          # C; must be divisible by n_head
+    dropout: float = 0.0       # on embeddings, residual branches and the MLP; 0 for small data
+    bias: bool = True          # biases in Linear and LayerNorm, as GPT-2
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, rng, drop_rng, dtype, device):
+        C = config.n_embd
+        proj_std = 0.02 / math.sqrt(2 * config.n_layer)  # GPT-2: residual projections scaled down
+        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias, rng=rng, std=0.02, dtype=dtype, device=device)
+        self.c_proj = nn.Linear(C, C, bias=config.bias, rng=rng, std=proj_std, dtype=dtype, device=device)
+        self.resid_dropout = nn.Dropout(config.dropout, rng=drop_rng)
+        self.n_head = config.n_head
+
+    def forward(self, x, cache=None):
+        qkv = self.c_attn(x)                                      # (B, T, 3C)
+        if cache is None:
+            y = ops.causal_self_attention_qkv(qkv, self.n_head)   # (B, T, C)
+        else:
+            y = Tensor._wrap(cache.attend(qkv.data, self.n_head), x.device, False)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))                 # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config, rng, drop_rng, dtype, device):
+        C = config.n_embd
+        proj_std = 0.02 / math.sqrt(2 * config.n_layer)
+        self.c_fc = nn.Linear(C, 4 * C, bias=config.bias, rng=rng, std=0.02, dtype=dtype, device=device)
+        self.c_proj = nn.Linear(4 * C, C, bias=config.bias, rng=rng, std=proj_std, dtype=dtype, device=device)
+        self.dropout = nn.Dropout(config.dropout, rng=drop_rng)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.c_fc(x).gelu()))     # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config, rng, drop_rng, dtype, device):
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype, device=device)
+        self.attn = CausalSelfAttention(config, rng, drop_rng, dtype, device)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype, device=device)
+        self.mlp = MLP(config, rng, drop_rng, dtype, device)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)                    # (B, T, C)
+        return x + self.mlp(self.ln_2(x))                         # (B, T, C)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one layer: (B, nh, block_size, hs) each."""
+
+    def __init__(self, batch, config, dtype, xp):
+        hs = config.n_embd // config.n_head
+        self.k = xp.zeros((batch, config.n_head, config.block_size, hs), dtype=dtype)  # (B, nh, Tmax, hs)
+        self.v = xp.zeros_like(self.k)                                                # (B, nh, Tmax, hs)
+        self.length = 0
+        self.xp = xp
+
+    def attend(self, qkv, n_head):
+        """Causal attention of the new positions (qkv (B, T, 3C)) over cached + new keys."""
+        xp = self.xp
+        B, T, C3 = qkv.shape
+        hs = C3 // (3 * n_head)
+        t0 = self.length
+        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        self.k[:, :, t0:t0 + T] = heads[1]
+        self.v[:, :, t0:t0 + T] = heads[2]
+        self.length = t0 + T
+        keys, values = self.k[:, :, :t0 + T], self.v[:, :, :t0 + T]      # (B, nh, L, hs)
+        scores = heads[0] @ keys.swapaxes(-1, -2) * qkv.dtype.type(1.0 / math.sqrt(hs))  # (B, nh, T, L)
+        # query i sits at position t0 + i and may see keys at positions <= t0 + i
+        future = xp.arange(t0 + T)[None, :] > (t0 + xp.arange(T))[:, None]  # (T, L)
+        scores = xp.where(future, -xp.inf, scores)
+        scores = xp.exp(scores - scores.max(axis=-1, keepdims=True))
+        p = scores / scores.sum(axis=-1, keepdims=True)           # (B, nh, T, L)
+        out = p @ values                                          # (B, nh, T, hs)
+        return out.transpose(0, 2, 1, 3).reshape(B, T, n_head * hs)  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, config, seed=0, dtype=np.float32, device="cpu"):
+        self.config = config
+        rng = np.random.default_rng(seed)
+        drop_rng = np.random.default_rng(seed + 1)  # one stream shared by every Dropout (resumable)
+        self.drop_rng = drop_rng
+        C = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (V, C)
+        self.wpe = nn.Embedding(config.block_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (Tmax, C)
+        self.drop = nn.Dropout(config.dropout, rng=drop_rng)
+        self.h = [Block(config, rng, drop_rng, dtype, device) for _ in range(config.n_layer)]
+        self.ln_f = nn.LayerNorm(C, bias=config.bias, dtype=dtype, device=device)
+        self.device = device
+
+    def forward(self, idx, targets=None, caches=None):
+        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
+        xp = get_xp(self.device)
+        idx = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"GPT.forward: idx must be (B, T) token ids, got shape {idx.shape}")
+        B, T = idx.shape
+        t0 = caches[0].length if caches else 0
+        if t0 + T > self.config.block_size:
+            raise ValueError(f"GPT.forward: sequence of {t0 + T} tokens is longer than block_size "
+                             f"{self.config.block_size}")
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            bad = int(idx.max()) if int(idx.max()) >= self.config.vocab_size else int(idx.min())
+            raise IndexError(f"GPT.forward: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+        pos = xp.arange(t0, t0 + T)                               # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))              # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, caches[i] if caches else None)           # (B, T, C)
+        x = self.ln_f(x)                                          # (B, T, C)
+        logits = x @ self.wte.weight.T                            # (B, T, V) tied lm_head
+        loss = None if targets is None else ops.cross_entropy(logits, targets.data if isinstance(targets, Tensor)
+                                                              else xp.asarray(targets))
+        return logits, loss
+
+    def new_caches(self, batch):
+        xp = get_xp(self.device)
+        return [KVCache(batch, self.config, self.wte.weight.dtype, xp) for _ in self.h]
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 use_cache=True, rng=None):
+        """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + max_new_tokens) numpy ids.
+
+        temperature divides the logits; top_k keeps the k most likely tokens; top_p keeps the
+        smallest set whose probability reaches p (nucleus). With use_cache, keys and values of past
+        positions are kept (KVCache) and each step runs the model on one new token only.
+        # subtle: when the context fills block_size the cache is rebuilt from the last
+        # block_size // 2 tokens (and then grows again), where the uncached path slides a full
+        # window every token; both see only real past tokens, at most block_size of them.
+        """
+        if temperature <= 0:
+            raise ValueError(f"generate: temperature must be > 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        out = np.array(to_numpy(idx.data if isinstance(idx, Tensor) else np.asarray(idx)), dtype=np.int64)
+        if out.ndim == 1:
+            out = out[None, :]
+        if out.shape[1] == 0:
+            raise ValueError("generate: the prompt must hold at least one token")
+        block = self.config.block_size
+        was_training = self.training
+        self.eval()
+        xp = get_xp(self.device)
+        try:
+            with no_grad():
+                caches, fed = None, 0  # fed: how many tokens of `out` the caches hold
+                for _ in range(max_new_tokens):
+                    if use_cache:
+                        if caches is None or caches[0].length >= block:
+                            keep = out.shape[1] if caches is None else block // 2
+                            keep = min(keep, block)
+                            caches, fed = self.new_caches(out.shape[0]), out.shape[1] - keep
+                        logits, _ = self(xp.asarray(out[:, fed:]), caches=caches)  # (B, t, V)
+                        fed = out.shape[1]
+                    else:
+                        logits, _ = self(xp.asarray(out[:, -block:]))             # (B, t, V)
+                    logits = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
+                    nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p)          # (B,)
+                    out = np.concatenate([out, nxt[:, None]], axis=1)
+        finally:
+            self.train(was_training)
+        return out
+
+
+def sample_from_logits(logits, rng, top_k=None, top_p=None):
+    """One token id per row of logits (B, V) (float64 numpy), after top-k and nucleus filtering."""
+    logits = logits.copy()
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
+        logits[logits < kth] = -np.inf
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)                     # (B, V)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1)                        # (B, V) most likely first
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
+        # keep a token if the mass before it is still below top_p (so the first is always kept)
+        keep_sorted = (np.cumsum(sorted_p, axis=-1) - sorted_p) < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    u = rng.random((probs.shape[0], 1))
+    return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1).astype(np.int64)

@@ -79,6 +79,16 @@ def test_gpt2_corpus_matches_reference_ids(gpt2, name, fast):
 
 
 @needs_gpt2
+def test_control_wrong_split_pattern_is_caught(gpt2):
+    """Control: the corpus test must be able to fail. The same GPT-2 merges behind the GPT-4 split
+    (digits in runs of at most 3, no space before digits) give other ids for "numbers"."""
+    wrong = BPETokenizer.from_dict({**gpt2.to_dict(), "pattern": "gpt4"})
+    text, expected = CORPUS["numbers"]
+    assert wrong.encode(text) != expected
+    assert wrong.decode(wrong.encode(text)) == text
+
+
+@needs_gpt2
 def test_gpt2_hand_derived(gpt2):
     """Short strings whose ids can be read straight off vocab.json and the split pattern.
 

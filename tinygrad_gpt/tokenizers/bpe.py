@@ -342,7 +342,8 @@ class RegexTokenizer(BasicTokenizer):
 class BPETokenizer(RegexTokenizer):
     """RegexTokenizer plus special tokens, with tiktoken's allowed/disallowed rules.
 
-    special_tokens: names (ids are assigned after the merges when training) or {name: id}.
+    special_tokens: names or {name: id}; `train` (re)assigns their ids right after the merges, in
+    the order given, so that they count towards `vocab_size`.
     encode(text, allowed_special=(), disallowed_special="all"): a special token of
     `allowed_special` (or "all") becomes its id; one of `disallowed_special` ("all" means every
     special token not allowed) found in the text raises ValueError; any other is ordinary text.

@@ -1,8 +1,8 @@
 """Numba kernels for byte-level BPE: incremental training and cached chunk encoding.
 
 What it is: plain arrays in, plain arrays out (the tokenizer classes in `bpe.py` own the state).
-- `PairTable`-style open-addressing hash over int64 pair keys `(a << 32) | b`, linear probing,
-  sized up front so it never grows inside a kernel.
+- An open-addressing hash (`table_find` / `table_insert`) over int64 pair keys `(a << 32) | b`,
+  linear probing, sized up front so it never grows inside a kernel.
 - `train_merges`: BPE training with incremental pair counts. Symbols of the distinct chunks live in
   one flat array threaded by prev/next links; each pair keeps a list of the positions where it
   occurs, and a max-heap orders pairs by (count desc, left id asc, right id asc). A merge visits

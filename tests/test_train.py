@@ -1,0 +1,116 @@
+"""The training example end to end on a small synthetic corpus: resume equality, Ctrl-C, NaN stop,
+and the errors (with non-zero exits) a user sees for bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import checkpoint
+from tinygrad_gpt.train import NonFiniteLoss
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+import shakespeare  # noqa: E402
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "shall", "not", "love", "thee", "my", "lord", "good", "night", "sweet", "prince"]
+    lines = [" ".join(rng.choice(words, 8)).capitalize() + "." for _ in range(400)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _args(corpus, out, *extra):
+    return ["--preset", "tiny", "--data", str(corpus), "--out", str(out), "--no-progress",
+            "--epochs", "2", "--iters-per-epoch", "6", "--log-every", "1", "--eval-batches", "2",
+            "--sample-tokens", "20", "--dropout", "0.1", *extra]
+
+
+def _losses(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys):
+    """12 steps straight, versus 4 steps + stop + resume for 8 more: the same loss at every step
+    (dropout on, so the dropout generator's state must survive the checkpoint too)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert shakespeare.main(_args(corpus, straight)) == 0
+    assert shakespeare.main(_args(corpus, resumed, "--stop-after", "4")) == 130
+    assert "continue with --resume" in capsys.readouterr().out
+    assert max(_losses(resumed)) == 4
+    assert shakespeare.main(_args(corpus, resumed, "--resume")) == 0
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert shakespeare.main(_args(corpus, out, "--stop-after", "3")) == 130
+    good_step = checkpoint.load_checkpoint(out)[2]["state"]["step"]
+    # resume with a poisoned parameter: the first step's loss is NaN
+    from tinygrad_gpt import train as train_mod
+    original = train_mod.Trainer.restore
+
+    def poisoned_restore(self, meta, optimizer_state):
+        original(self, meta, optimizer_state)
+        self.model.wte.weight.data[:] = np.nan
+
+    train_mod.Trainer.restore = poisoned_restore
+    try:
+        assert shakespeare.main(_args(corpus, out, "--resume")) == 3
+    finally:
+        train_mod.Trainer.restore = original
+    assert checkpoint.load_checkpoint(out)[2]["state"]["step"] == good_step == 3
+
+
+def test_nonfinite_loss_message_names_the_step(corpus, tmp_path):
+    from tinygrad_gpt.model import GPT, GPTConfig
+    from tinygrad_gpt.tokenizers.char import CharTokenizer
+    from tinygrad_gpt.train import Trainer, TrainConfig
+    text = corpus.read_text()
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode_array(text)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    model.ln_f.weight.data[:] = np.inf
+    trainer = Trainer(model, tok, ids[:5000], ids[5000:], TrainConfig(batch_size=2, out_dir=str(tmp_path / "o"),
+                                                                       iters_per_epoch=3), progress=False)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 1 \(epoch 1, batch 1\)"):
+        trainer.train()
+    assert not (tmp_path / "o" / "checkpoint.json").exists()
+
+
+def test_sample_mode_from_checkpoint(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert shakespeare.main(_args(corpus, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    shakespeare.main(["--sample", "--out", str(out), "--prompt", "The king", "--num-tokens", "30", "--seed", "1"])
+    text = capsys.readouterr().out
+    assert text.startswith("The king") and len(text.rstrip("\n")) >= 38
+
+
+def _run_cli(*args, env=None):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, str(REPO / "examples" / "shakespeare.py"), *args],
+                          capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_cli_errors_are_readable_and_exit_nonzero(corpus, tmp_path):
+    missing = _run_cli("--data", str(tmp_path / "nope.txt"), "--preset", "tiny", "--out", str(tmp_path / "o"))
+    assert missing.returncode != 0 and "nope.txt" in missing.stderr
+    out = tmp_path / "run"
+    assert shakespeare.main(_args(corpus, out, "--epochs", "1")) == 0
+    unknown = _run_cli("--sample", "--out", str(out), "--prompt", "The king§")
+    assert unknown.returncode != 0 and "'§'" in unknown.stderr
+    from tinygrad_gpt import backend
+    if not backend.cuda_available():
+        cuda = _run_cli("--device", "cuda", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "c"))
+        assert cuda.returncode != 0 and "cupy" in cuda.stderr and "[cuda]" in cuda.stderr

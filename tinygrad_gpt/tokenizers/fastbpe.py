@@ -2,7 +2,8 @@
 
 What it is: plain arrays in, plain arrays out (the tokenizer classes in `bpe.py` own the state).
 - An open-addressing hash (`table_find` / `table_insert`) over int64 pair keys `(a << 32) | b`,
-  linear probing, sized up front so it never grows inside a kernel.
+  linear probing at load factor <= 0.5 (the merge table is sized once; the trainer's pair table
+  doubles and rehashes when half full).
 - `train_merges`: BPE training with incremental pair counts. Symbols of the distinct chunks live in
   one flat array threaded by prev/next links; each pair keeps a list of the positions where it
   occurs, and a max-heap orders pairs by (count desc, left id asc, right id asc). A merge visits
@@ -19,8 +20,9 @@ Follows: Sennrich et al. 2016 (BPE), the position-list trainer of Hugging Face `
 The readable references that these kernels are tested against live in `bpe.py`
 (`train_merges_reference`, `bpe_reference`).
 
-Deliberately does not: run in parallel (one thread, deterministic), grow its tables (the bounds are
-derived below), or cache chunks longer than `CACHE_MAX_CHUNK` bytes.
+Deliberately does not: run in parallel (one thread, deterministic), free the position nodes of
+merged pairs (memory stays linear: at most 3 nodes per input symbol), or cache chunks longer than
+`CACHE_MAX_CHUNK` bytes.
 """
 import numpy as np
 from numba import njit
@@ -28,14 +30,6 @@ from numba import njit
 EMPTY = np.int64(-1)
 CACHE_MAX_CHUNK = 256  # bytes; longer chunks are encoded every time and never cached
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def table_capacity(n_items):
-    """A power of two at least twice `n_items` (load factor <= 0.5)."""
-    cap = 16
-    while cap < 2 * n_items:
-        cap *= 2
-    return cap
 
 
 @njit(cache=True, inline="always")
@@ -96,25 +90,24 @@ def build_merge_table(lefts, rights, news):
 
 
 @njit(cache=True)
-def _heap_better(cnt_a, slot_a, cnt_b, slot_b, pair_a, pair_b):
-    """True when heap entry a should come out before b: higher count, then smaller (left, right)."""
+def _heap_better(cnt_a, key_a, cnt_b, key_b):
+    """True when heap entry a comes out before b: higher count, then smaller key = (left, right)."""
     if cnt_a != cnt_b:
         return cnt_a > cnt_b
-    if pair_a[slot_a] != pair_a[slot_b]:
-        return pair_a[slot_a] < pair_a[slot_b]
-    return pair_b[slot_a] < pair_b[slot_b]
+    return key_a < key_b
 
 
 @njit(cache=True)
-def _heap_push(h_cnt, h_slot, size, cnt, slot, pair_a, pair_b):
+def _heap_push(h_cnt, h_key, size, cnt, key):
+    """Pushes (cnt, key) at index `size` (the caller made room); returns the new size."""
     i = size
     h_cnt[i] = cnt
-    h_slot[i] = slot
+    h_key[i] = key
     while i > 0:
         parent = (i - 1) >> 1
-        if _heap_better(h_cnt[i], h_slot[i], h_cnt[parent], h_slot[parent], pair_a, pair_b):
+        if _heap_better(h_cnt[i], h_key[i], h_cnt[parent], h_key[parent]):
             h_cnt[i], h_cnt[parent] = h_cnt[parent], h_cnt[i]
-            h_slot[i], h_slot[parent] = h_slot[parent], h_slot[i]
+            h_key[i], h_key[parent] = h_key[parent], h_key[i]
             i = parent
         else:
             break
@@ -122,11 +115,11 @@ def _heap_push(h_cnt, h_slot, size, cnt, slot, pair_a, pair_b):
 
 
 @njit(cache=True)
-def _heap_pop(h_cnt, h_slot, size, pair_a, pair_b):
+def _heap_pop(h_cnt, h_key, size):
     """Removes the top entry (left at index `size - 1`); returns the new size."""
     size -= 1
     h_cnt[0], h_cnt[size] = h_cnt[size], h_cnt[0]
-    h_slot[0], h_slot[size] = h_slot[size], h_slot[0]
+    h_key[0], h_key[size] = h_key[size], h_key[0]
     i = 0
     while True:
         left = 2 * i + 1
@@ -134,11 +127,11 @@ def _heap_pop(h_cnt, h_slot, size, pair_a, pair_b):
             break
         best = left
         right = left + 1
-        if right < size and _heap_better(h_cnt[right], h_slot[right], h_cnt[left], h_slot[left], pair_a, pair_b):
+        if right < size and _heap_better(h_cnt[right], h_key[right], h_cnt[left], h_key[left]):
             best = right
-        if _heap_better(h_cnt[best], h_slot[best], h_cnt[i], h_slot[i], pair_a, pair_b):
+        if _heap_better(h_cnt[best], h_key[best], h_cnt[i], h_key[i]):
             h_cnt[i], h_cnt[best] = h_cnt[best], h_cnt[i]
-            h_slot[i], h_slot[best] = h_slot[best], h_slot[i]
+            h_key[i], h_key[best] = h_key[best], h_key[i]
             i = best
         else:
             break
@@ -146,11 +139,30 @@ def _heap_pop(h_cnt, h_slot, size, pair_a, pair_b):
 
 
 @njit(cache=True)
-def _pair_slot(keys, pair_a, pair_b, a, b):
-    s = table_insert(keys, (np.int64(a) << 32) | np.int64(b))
-    pair_a[s] = a
-    pair_b[s] = b
-    return s
+def _grown(arr, size):
+    """`arr` copied into a new array of `size` entries (the tail uninitialised)."""
+    out = np.empty(size, dtype=arr.dtype)
+    out[:arr.shape[0]] = arr
+    return out
+
+
+@njit(cache=True)
+def _rehash(keys, count, head, tail, stamp):
+    """The pair table at twice the capacity (slot numbers change; keys do not)."""
+    cap = 2 * keys.shape[0]
+    new_keys = np.full(cap, EMPTY, dtype=np.int64)
+    new_count = np.zeros(cap, dtype=np.int64)
+    new_head = np.full(cap, -1, dtype=np.int64)
+    new_tail = np.full(cap, -1, dtype=np.int64)
+    new_stamp = np.full(cap, -1, dtype=np.int64)
+    for s in range(keys.shape[0]):
+        if keys[s] != EMPTY:
+            t = table_insert(new_keys, keys[s])
+            new_count[t] = count[s]
+            new_head[t] = head[s]
+            new_tail[t] = tail[s]
+            new_stamp[t] = stamp[s]
+    return new_keys, new_count, new_head, new_tail, new_stamp
 
 
 @njit(cache=True)
@@ -161,24 +173,20 @@ def train_merges(sym, word_end, weight, first_new_id, n_merges):
     word_end: bool (N,) True at the last symbol of each chunk; weight: int64 (N,) the chunk's count
     at each of its positions. Merge m creates id `first_new_id + m`.
 
-    Bounds (why nothing grows): every merge occurrence removes one live symbol, so there are at most
-    N occurrences in all, each adding at most 2 new pairs and 2 position nodes; hence at most 3N
-    distinct pairs, 3N nodes, and 3N + 1 heap entries (a stale pop re-pushes at most once).
+    A pair is known by its key (left << 32) | right, so ordering keys ascending is ordering pairs by
+    (left, right): the heap holds (count, key) and never a slot number, which lets the pair table
+    double and rehash whenever it is half full. Node and heap arrays double when full.
     """
     n = sym.shape[0]
-    cap = 16
-    while cap < 6 * n + 16:
-        cap *= 2
+    cap = 1024
     keys = np.full(cap, EMPTY, dtype=np.int64)  # (cap,) pair key per slot
-    pair_a = np.zeros(cap, dtype=np.int64)  # (cap,) left id of the slot's pair
-    pair_b = np.zeros(cap, dtype=np.int64)  # (cap,) right id
-    count = np.zeros(cap, dtype=np.int64)  # (cap,) weighted occurrences
+    count = np.zeros(cap, dtype=np.int64)  # (cap,) weighted occurrences of the pair
     head = np.full(cap, -1, dtype=np.int64)  # (cap,) first position node of the pair
-    tail = np.full(cap, -1, dtype=np.int64)  # (cap,) last position node (append keeps order)
-    stamp = np.full(cap, -1, dtype=np.int64)  # (cap,) merge that last created the pair
-    n_nodes_cap = 3 * n + 16
-    node_pos = np.empty(n_nodes_cap, dtype=np.int64)  # (3N,) position of the pair's left symbol
-    node_next = np.empty(n_nodes_cap, dtype=np.int64)  # (3N,)
+    tail = np.full(cap, -1, dtype=np.int64)  # (cap,) last position node (appending keeps order)
+    stamp = np.full(cap, -1, dtype=np.int64)  # (cap,) the pass that last listed the pair in `touched`
+    n_pairs = 0
+    node_pos = np.empty(n + 16, dtype=np.int64)  # (nodes,) position of the pair's left symbol
+    node_next = np.empty(n + 16, dtype=np.int64)  # (nodes,) next node of the same pair, -1 at the end
     n_nodes = 0
     nxt = np.empty(n, dtype=np.int64)  # (N,) next live symbol in the chunk, -1 at its end
     prv = np.empty(n, dtype=np.int64)  # (N,) previous live symbol, -1 at its start
@@ -186,89 +194,97 @@ def train_merges(sym, word_end, weight, first_new_id, n_merges):
         nxt[i] = -1 if word_end[i] else i + 1
         prv[i] = -1 if (i == 0 or word_end[i - 1]) else i - 1
 
-    # initial counts; positions appended left to right, so each list is ascending within a chunk
-    for i in range(n):
-        if nxt[i] >= 0:
-            s = _pair_slot(keys, pair_a, pair_b, sym[i], sym[nxt[i]])
-            count[s] += weight[i]
-            node_pos[n_nodes] = i
-            node_next[n_nodes] = -1
-            if tail[s] >= 0:
-                node_next[tail[s]] = n_nodes
-            else:
-                head[s] = n_nodes
-            tail[s] = n_nodes
-            n_nodes += 1
-
-    h_cap = 3 * n + 16
-    h_cnt = np.empty(h_cap, dtype=np.int64)  # (3N,)
-    h_slot = np.empty(h_cap, dtype=np.int64)  # (3N,)
+    h_cnt = np.empty(1024, dtype=np.int64)  # (heap,) stored count (may overestimate: lazy)
+    h_key = np.empty(1024, dtype=np.int64)  # (heap,) pair key
     h_size = 0
-    for s in range(cap):
-        if keys[s] != EMPTY and count[s] > 0:
-            h_size = _heap_push(h_cnt, h_slot, h_size, count[s], s, pair_a, pair_b)
-
     merges = np.empty((n_merges, 2), dtype=np.int64)  # (n_merges, 2)
-    touched = np.empty(2 * n + 16, dtype=np.int64)  # slots of new pairs created by one merge
+    touched = np.empty(1024, dtype=np.int64)  # keys of the pairs one merge created
     n_done = 0
-    while n_done < n_merges:
-        # pop until the top is current: stored counts only ever overestimate (pairs that exist
-        # only lose occurrences; new pairs are pushed after their merge with exact counts)
-        best = -1
-        while h_size > 0:
-            c = h_cnt[0]
-            s = h_slot[0]
-            h_size = _heap_pop(h_cnt, h_slot, h_size, pair_a, pair_b)
-            if c == count[s]:
-                best = s
-                break
-            if count[s] > 0:
-                h_size = _heap_push(h_cnt, h_slot, h_size, count[s], s, pair_a, pair_b)
-        if best < 0:
-            break  # no pair is left: every chunk is a single token
-        a = pair_a[best]
-        b = pair_b[best]
-        new = first_new_id + n_done
-        merges[n_done, 0] = a
-        merges[n_done, 1] = b
+    # Pass -1 counts the pairs as they are; pass m >= 0 applies merge m. Both add pairs through
+    # the same code below, so the initial lists are ascending within a chunk and so are later ones.
+    best_key = np.int64(-1)
+    a = np.int64(0)
+    b = np.int64(0)
+    new = np.int64(0)
+    w = np.int64(0)
+    pass_id = -1
+    while n_done <= n_merges:
         n_touched = 0
-        node = head[best]
-        head[best] = -1
-        tail[best] = -1
-        while node >= 0:
-            i = node_pos[node]
-            node = node_next[node]
-            # lazy check: the position may have been merged away or changed since it was listed
-            if sym[i] != a:
-                continue
-            j = nxt[i]
-            if j < 0 or sym[j] != b:
-                continue
-            w = weight[i]
-            p = prv[i]
-            q = nxt[j]
-            count[best] -= w
-            if p >= 0:
-                count[table_find(keys, (np.int64(sym[p]) << 32) | a)] -= w
-            if q >= 0:
-                count[table_find(keys, (b << 32) | np.int64(sym[q]))] -= w
-            sym[i] = new
-            sym[j] = -1
-            nxt[i] = q
-            if q >= 0:
-                prv[q] = i
-            for side in range(2):
-                if side == 0:
+        pass_id += 1
+        if best_key < 0:
+            # initial pass: every adjacent pair, left to right
+            node = -1
+            i = 0
+        else:
+            a = best_key >> 32
+            b = best_key & 0xFFFFFFFF
+            new = np.int64(first_new_id + n_done)
+            merges[n_done, 0] = a
+            merges[n_done, 1] = b
+            s = table_find(keys, best_key)
+            node = head[s]
+            head[s] = -1
+            tail[s] = -1
+        while True:
+            if best_key < 0:
+                if i >= n:
+                    break
+                p = i
+                i += 1
+                if nxt[p] < 0:
+                    continue
+                adds = 1
+            else:
+                if node < 0:
+                    break
+                i = node_pos[node]
+                node = node_next[node]
+                # lazy check: the position may have been merged away or changed since it was listed
+                if sym[i] != a:
+                    continue
+                j = nxt[i]
+                if j < 0 or sym[j] != b:
+                    continue
+                w = weight[i]
+                p = prv[i]
+                q = nxt[j]
+                count[table_find(keys, best_key)] -= w
+                if p >= 0:
+                    count[table_find(keys, (np.int64(sym[p]) << 32) | a)] -= w
+                if q >= 0:
+                    count[table_find(keys, (b << 32) | np.int64(sym[q]))] -= w
+                sym[i] = new
+                sym[j] = -1
+                nxt[i] = q
+                if q >= 0:
+                    prv[q] = i
+                adds = 2
+            for side in range(adds):
+                if best_key < 0:
+                    pos = p
+                    key = (np.int64(sym[p]) << 32) | np.int64(sym[nxt[p]])
+                    w = weight[p]
+                elif side == 0:
                     if p < 0:
                         continue
-                    s = _pair_slot(keys, pair_a, pair_b, sym[p], new)
                     pos = p
+                    key = (np.int64(sym[p]) << 32) | new
                 else:
                     if q < 0:
                         continue
-                    s = _pair_slot(keys, pair_a, pair_b, new, sym[q])
                     pos = i
+                    key = (new << 32) | np.int64(sym[q])
+                s = table_find(keys, key)
+                if s < 0:
+                    if 2 * (n_pairs + 1) > cap:
+                        keys, count, head, tail, stamp = _rehash(keys, count, head, tail, stamp)
+                        cap = keys.shape[0]
+                    s = table_insert(keys, key)
+                    n_pairs += 1
                 count[s] += w
+                if n_nodes == node_pos.shape[0]:
+                    node_pos = _grown(node_pos, 2 * n_nodes)
+                    node_next = _grown(node_next, 2 * n_nodes)
                 node_pos[n_nodes] = pos
                 node_next[n_nodes] = -1
                 if tail[s] >= 0:
@@ -277,15 +293,38 @@ def train_merges(sym, word_end, weight, first_new_id, n_merges):
                     head[s] = n_nodes
                 tail[s] = n_nodes
                 n_nodes += 1
-                if stamp[s] != n_done:
-                    stamp[s] = n_done
-                    touched[n_touched] = s
+                if stamp[s] != pass_id:
+                    stamp[s] = pass_id
+                    if n_touched == touched.shape[0]:
+                        touched = _grown(touched, 2 * n_touched)
+                    touched[n_touched] = key
                     n_touched += 1
+        # push the pairs this pass created, with their final counts; pairs that already existed
+        # only lost occurrences, so their heap entries overestimate and are fixed when they surface
         for t in range(n_touched):
-            s = touched[t]
-            if count[s] > 0:
-                h_size = _heap_push(h_cnt, h_slot, h_size, count[s], s, pair_a, pair_b)
-        n_done += 1
+            c = count[table_find(keys, touched[t])]
+            if c > 0:
+                if h_size == h_cnt.shape[0]:
+                    h_cnt = _grown(h_cnt, 2 * h_size)
+                    h_key = _grown(h_key, 2 * h_size)
+                h_size = _heap_push(h_cnt, h_key, h_size, c, touched[t])
+        if best_key >= 0:
+            n_done += 1
+        if n_done == n_merges:
+            break
+        best_key = -1
+        while h_size > 0:
+            c = h_cnt[0]
+            key = h_key[0]
+            h_size = _heap_pop(h_cnt, h_key, h_size)
+            actual = count[table_find(keys, key)]
+            if c == actual:
+                best_key = key
+                break
+            if actual > 0:  # stale: re-push with the true count (the pop made room)
+                h_size = _heap_push(h_cnt, h_key, h_size, actual, key)
+        if best_key < 0:
+            break  # no pair is left: every chunk is a single token
     return merges[:n_done]
 
 

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tinygrad_gpt.tokenizers import BPETokenizer, GPT2_SPLIT_PATTERN, load_gpt2
 from tinygrad_gpt.tokenizers.formats import bytes_to_unicode
@@ -109,6 +111,20 @@ def test_gpt2_hand_derived(gpt2):
     assert gpt2.encode(" 2024") == [48609]
     assert gpt2.vocab_size == 50257
     assert gpt2.special_tokens == {"<|endoftext|>": 50256}
+
+
+@needs_gpt2
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text())
+def test_gpt2_kernel_equals_gpt2_bpe_on_any_unicode(gpt2, text):
+    """The Numba path (scanner + heap merge + cache) against GPT-2's own algorithm (regex + bpe())."""
+    ids = gpt2.encode_ordinary(text)
+    gpt2.fast = False
+    try:
+        assert gpt2.encode_ordinary(text) == ids
+    finally:
+        gpt2.fast = True
+    assert gpt2.decode(ids) == text
 
 
 @needs_gpt2

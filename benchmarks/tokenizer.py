@@ -150,11 +150,12 @@ def bench_encoding(text, gpt2_dir, repeats, rows):
     if "tiktoken" in mbs:
         import tiktoken
         rows.append((f"encode, same text and ranks: tiktoken {tiktoken.__version__} encode_ordinary",
-                     f"{mbs['tiktoken']:.1f} MB/s", f"ours / tiktoken = {mbs['ours'] / mbs['tiktoken']:.2f}x throughput, "
-                                                    "identical ids"))
+                     f"{mbs['tiktoken']:.1f} MB/s",
+                     f"ours / tiktoken = {mbs['ours'] / mbs['tiktoken']:.2f}x throughput, identical ids"))
     rows.append(("  of which: GPT-2 split, Numba scanner alone", f"{mbs['scanner']:.1f} MB/s", ""))
     rows.append(("  for scale: regex.findall with the GPT-2 pattern alone", f"{mbs['regex']:.1f} MB/s", ""))
-    rows.append(("  readable reference path (regex + Python bpe, chunk cache)", f"{n_bytes / t_ref / 1e6:.1f} MB/s", ""))
+    rows.append(("  readable reference path (regex + Python bpe, chunk cache)",
+                 f"{n_bytes / t_ref / 1e6:.1f} MB/s", ""))
 
 
 def main():

@@ -32,6 +32,7 @@ def tokenizer_from_dict(d):
     return _formats.tokenizer_from_dict(d, source="tokenizer_from_dict")
 
 
-__all__ = ["tokenizer_from_dict", "BasicTokenizer", "RegexTokenizer", "BPETokenizer", "CharTokenizer", "TokenizerFileError",
+__all__ = ["tokenizer_from_dict", "BasicTokenizer", "RegexTokenizer", "BPETokenizer", "CharTokenizer",
+           "TokenizerFileError",
            "load_gpt2", "load_tiktoken", "load_tokenizer", "ENDOFTEXT", "GPT2_SPLIT_PATTERN",
            "GPT4_SPLIT_PATTERN"]

@@ -353,24 +353,23 @@ class BPETokenizer(RegexTokenizer):
 
     def __init__(self, pattern="gpt2", special_tokens=(ENDOFTEXT,)):
         super().__init__(pattern)
-        if isinstance(special_tokens, dict):
-            self._names = list(special_tokens)
-            self.special_tokens = dict(special_tokens)
-        else:
-            self._names = list(special_tokens)
-            first = 256
-            self.special_tokens = {name: first + k for k, name in enumerate(self._names)}
-        for name in self._names:
+        if isinstance(special_tokens, str):
+            raise TypeError(f"special_tokens: expected a list of names or a {{name: id}} dict, got the "
+                            f"string {special_tokens!r}")
+        for name in special_tokens:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"special_tokens: expected non-empty strings, got {name!r}")
+        if isinstance(special_tokens, dict):
+            self.special_tokens = dict(special_tokens)
+        else:  # until training, the ids follow the 256 byte tokens
+            self.special_tokens = {name: 256 + k for k, name in enumerate(special_tokens)}
         self._rebuild()
 
     def _special_names(self):
-        return list(self._names) if hasattr(self, "_names") else list(self.special_tokens)
+        return list(self.special_tokens)  # insertion order: the order they were given in
 
     def _rebuild(self):
         super()._rebuild()
-        self._names = list(self.special_tokens)
         self._special_re = {}  # frozenset(names) -> compiled alternation, longest first
 
     def register_special_tokens(self, special_tokens):

@@ -48,7 +48,8 @@ def bytes_to_unicode():
     Printable Latin-1 bytes map to themselves; the other 68 (control characters, space, ...) map to
     U+0100 upwards in byte order, so that `Ġ` (U+0120) is the space byte 0x20.
     """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     mapping = {}
     n = 0
     for b in range(256):
@@ -159,7 +160,8 @@ def load_tokenizer(path):
             if len(parts) != 3:
                 raise ValueError
         except ValueError:
-            raise TokenizerFileError(path, lineno, f"expected 'left right new' (three ints), got {line[:60]!r}") from None
+            raise TokenizerFileError(path, lineno,
+                                     f"expected 'left right new' (three ints), got {line[:60]!r}") from None
         for side, tok_id in (("left", a), ("right", b)):
             if tok_id not in defined:
                 raise TokenizerFileError(path, lineno, f"{side} id {tok_id} is not defined by an earlier line")
@@ -210,7 +212,8 @@ def load_gpt2(directory, pattern="gpt2"):
     by_str = {}
     for s, i in encoder.items():
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-            raise TokenizerFileError(vocab_path, _line_of(raw, json.dumps(s)), f"id of {s!r} must be an int >= 0, got {i!r}")
+            raise TokenizerFileError(vocab_path, _line_of(raw, json.dumps(s)),
+                                     f"id of {s!r} must be an int >= 0, got {i!r}")
         try:
             token_bytes[i] = bytes(decoder[ch] for ch in s)
         except KeyError as err:

@@ -1,0 +1,36 @@
+"""Numba versions of every kernel in `kernels/reference.py`: same names, same signatures.
+
+Each function is a thin Python wrapper (checks dtypes, makes inputs contiguous, allocates the
+outputs) around an `@njit(cache=True)` kernel; the first call of each (kernel, dtype) compiles and
+caches it under `kernels/cpu/__pycache__` (or NUMBA_CACHE_DIR), later processes load it from there.
+
+float32 and float64 run in their own dtype (no upcasts, accumulators included). Anything else
+(float16, mixed dtypes, shapes the reference broadcasts) is handed to the NumPy reference, so a
+call here never gives a different answer than the reference would, only a slower one.
+
+Threads: the parallel kernels use Numba's pool (NUMBA_NUM_THREADS, or numba.set_num_threads).
+
+Follows: llm.c's `dev/cpu` style (one function per kernel, plain loops). Does not: import
+tinygrad_gpt, or keep any state between calls.
+
+subtle: Numba's cache is keyed on the file that holds the kernel, not on the helpers it calls;
+after editing `_common.py`, delete `kernels/cpu/__pycache__` or the kernels keep the old helpers.
+"""
+from kernels.reference import GELU_SCALE, get_array_module
+from kernels.cpu.adamw import adamw_update
+from kernels.cpu.attention import attention_backward, attention_forward
+from kernels.cpu.cross_entropy import (softmax_cross_entropy_backward,
+                                       softmax_cross_entropy_forward)
+from kernels.cpu.embedding import embedding_backward
+from kernels.cpu.gelu import gelu_backward, gelu_forward
+from kernels.cpu.layernorm import layernorm_backward, layernorm_forward
+
+__all__ = [
+    "GELU_SCALE", "get_array_module",
+    "layernorm_forward", "layernorm_backward",
+    "gelu_forward", "gelu_backward",
+    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "attention_forward", "attention_backward",
+    "embedding_backward",
+    "adamw_update",
+]

@@ -1,0 +1,165 @@
+"""Shared pieces of the Numba kernels: the jit settings, and exp / tanh that vectorise in float32.
+
+Why this file exists: without Intel's SVML, Numba lowers `math.exp` and `math.tanh` on float32 to
+scalar libm calls (about 4 ns and 20 ns each here), which stop LLVM from vectorising the loop they
+sit in; that alone made a Numba GELU slower than NumPy. `fast_exp` and `fast_tanh` below are
+branch-free polynomials that LLVM does vectorise (AVX2/AVX-512), used for float32 only. float64
+keeps libm (`math.exp`, `math.tanh`): the float64 path is for gradient checks, where accuracy to
+1e-10 matters and speed does not.
+
+Follows: Cephes `expf` (Cody-Waite range reduction, degree-5 polynomial, 2^n from the exponent
+bits); Eigen's `generic_fast_tanh_float` (a [13/6] rational approximation, clamped to [-9, 9]).
+Accuracy (float32, measured by tests/test_kernels.py::test_fast_exp_tanh_accuracy): relative error
+of exp < 3e-7 on [-87, 88], absolute error of tanh < 5e-7 everywhere.
+
+Does not: handle float16 or complex (the wrappers send those to the NumPy reference), or use
+`fastmath` in these helpers (reassociation would undo the Cody-Waite split).
+
+subtle: every kernel uses error_model="numpy". With Numba's default ("python") each division gets
+a zero check that raises ZeroDivisionError, a branch that stops vectorisation; that one setting
+made the float32 GELU loop 30x faster.
+"""
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# Settings shared by every kernel. fastmath is limited to reassociation (so that row sums and dot
+# products vectorise) and contraction (fused multiply-add); no "nnan"/"ninf", so inf and nan still
+# behave as IEEE says.
+KERNEL_OPTIONS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+HELPER_OPTIONS = dict(cache=True, error_model="numpy")  # exact IEEE order (no fastmath)
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def kernel(parallel=False):
+    """The decorator for a kernel: njit with KERNEL_OPTIONS, optionally parallel (prange)."""
+    return njit(parallel=parallel, **KERNEL_OPTIONS)
+
+
+# ------------------------------------------------------------------------------------------------
+# bit casts (LLVM bitcast, no memory round trip), used to build 2^n from its exponent bits
+# ------------------------------------------------------------------------------------------------
+@intrinsic
+def _int32_bits_as_float32(typingctx, bits):
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+# ------------------------------------------------------------------------------------------------
+# float32 exp: Cephes expf
+# ------------------------------------------------------------------------------------------------
+@njit(**HELPER_OPTIONS)
+def exp_f32(x):
+    """exp(x) for a float32 x; 0 below -87.33 (where exp is subnormal), inf above 88.72, nan kept."""
+    f = np.float32
+    big = x > f(88.72283)
+    small = x < f(-87.33654)
+    xc = min(max(x, f(-87.33654)), f(88.72283))
+    n = np.floor(xc * f(1.44269504088896341) + f(0.5))    # round(x / ln 2), a float32
+    r = xc - n * f(0.693359375)                            # Cody-Waite: ln 2 = C1 - C2, C1 exact
+    r = r - n * f(-2.12194440e-4)
+    z = r * r
+    y = f(1.9875691500e-4)
+    y = y * r + f(1.3981999507e-3)
+    y = y * r + f(8.3334519073e-3)
+    y = y * r + f(4.1665795894e-2)
+    y = y * r + f(1.6666665459e-1)
+    y = y * r + f(5.0000001201e-1)
+    y = y * z + r + f(1.0)
+    # subtle: n reaches 128 near the top of the range, where 2^n alone is not a float32; split
+    # it as 2^n1 * 2^n2 with both halves in [-63, 64]
+    ni = np.int32(n)
+    n1 = ni >> np.int32(1)
+    n2 = ni - n1
+    out = y * _int32_bits_as_float32((n1 + np.int32(127)) << np.int32(23))   # y * 2^n1
+    out = out * _int32_bits_as_float32((n2 + np.int32(127)) << np.int32(23))  # * 2^n2
+    if small:
+        out = f(0.0)
+    if big:
+        out = f(np.inf)
+    if x != x:
+        out = x
+    return out
+
+
+@njit(**HELPER_OPTIONS)
+def tanh_f32(x):
+    """tanh(x) for a float32 x: Eigen's [13/6] rational approximation on [-9, 9], +-1 outside."""
+    f = np.float32
+    xc = min(max(x, f(-9.0)), f(9.0))
+    x2 = xc * xc
+    p = x2 * f(-2.76076847742355e-16) + f(2.00018790482477e-13)
+    p = x2 * p + f(-8.60467152213735e-11)
+    p = x2 * p + f(5.12229709037114e-08)
+    p = x2 * p + f(1.48572235717979e-05)
+    p = x2 * p + f(6.37261928875436e-04)
+    p = x2 * p + f(4.89352455891786e-03)
+    p = xc * p
+    q = x2 * f(1.19825839466702e-06) + f(1.18534705686654e-04)
+    q = x2 * q + f(2.26843463243900e-03)
+    q = x2 * q + f(4.89352518554385e-03)
+    t = p / q
+    t = min(max(t, f(-1.0)), f(1.0))
+    if x != x:
+        t = x
+    return t
+
+
+# ------------------------------------------------------------------------------------------------
+# dtype dispatch at compile time: fast_exp / fast_tanh pick the float32 polynomial or libm
+# ------------------------------------------------------------------------------------------------
+def fast_exp(x):
+    """exp(x): exp_f32 for float32, math.exp for float64 (resolved when Numba compiles)."""
+    return math.exp(x)
+
+
+def fast_tanh(x):
+    """tanh(x): tanh_f32 for float32, math.tanh for float64 (resolved when Numba compiles)."""
+    return math.tanh(x)
+
+
+@overload(fast_exp, jit_options=HELPER_OPTIONS)
+def _fast_exp_overload(x):
+    if x == types.float32:
+        return lambda x: exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@overload(fast_tanh, jit_options=HELPER_OPTIONS)
+def _fast_tanh_overload(x):
+    if x == types.float32:
+        return lambda x: tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# wrapper helpers (plain Python)
+# ------------------------------------------------------------------------------------------------
+def common_float_dtype(*arrays):
+    """The dtype shared by all `arrays` if it is float32 or float64 and all are numpy arrays, else
+    None (the wrapper then runs the NumPy reference, which handles mixed or other dtypes)."""
+    dtype = None
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            return None
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            return None
+    return dtype if dtype in FLOAT_DTYPES else None
+
+
+def as_index_array(idx, name, fn):
+    """idx as a contiguous int64 array (no copy if it already is one); integers only."""
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: {name} must hold integers, got dtype {idx.dtype}")
+    return np.ascontiguousarray(idx, dtype=np.int64)

@@ -1,0 +1,379 @@
+"""Every Numba kernel in kernels/cpu against its NumPy reference in kernels/reference.py.
+
+What "equal" means here: for every output array, the norm-based relative error
+    rel_err(a, ref) = ||a - ref||_2 / ||ref||_2        (Frobenius norm over the whole array)
+is below 1e-5 in float32 and 1e-10 in float64. Elementwise relative error is ill-posed for these
+kernels in float32: layer-norm backward and the attention gradients are differences of nearly
+equal sums (dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))), so single entries near
+zero carry a relative error of order one in both implementations, while the array as a whole
+agrees to ~1e-7 (float32) and ~1e-16 (float64). Where the reference is (nearly) zero because terms
+cancel (layer-norm dx at C = 1, attention dq and dk at T = 1), the denominator is the norm of the
+cancelling terms instead (`scale` below); 0 / 0 counts as equal.
+
+Inputs are fresh random draws each run (the seed is in the failure message, so a failure can be
+replayed with KERNEL_TEST_SEED=<seed>), at several shapes each: odd sizes, size-1 edges, the `cpu`
+preset's training sizes, and non-contiguous views (every other column of a wider array, or a
+transposed view of a fused qkv array, as the model produces).
+
+Follows: llm.c `dev/cuda` (every kernel validated against the CPU reference before it is timed).
+Does not: time anything (benchmarks/kernels.py does), or test the CuPy kernels.
+
+The first run compiles every kernel in both dtypes (tens of seconds on a 2-core machine); Numba's
+cache (`cache=True`) makes later runs load them in about a second.
+"""
+import inspect
+import os
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+import kernels  # noqa: E402
+from kernels import cpu, reference  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-10}
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def rng(request):
+    """A fresh generator per test; its seed is printed if the test fails."""
+    seed = int(os.environ.get("KERNEL_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    request.node.user_properties.append(("seed", seed))
+    print(f"seed {seed} (replay with KERNEL_TEST_SEED={seed})")
+    return np.random.default_rng(seed)
+
+
+def rel_err(a, ref, scale=0.0):
+    """||a - ref|| / max(||ref||, scale), computed in float64; 0 when both sides are 0.
+
+    `scale` is for outputs that are differences of nearly equal terms and can be (almost) exactly
+    zero in the reference: it is the norm of those terms, the size rounding errors are relative to.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    diff = np.linalg.norm(a - ref)
+    denom = max(np.linalg.norm(ref), scale)
+    return 0.0 if diff == 0 else diff / denom
+
+
+def assert_close(got, want, dtype, what, scale=0.0):
+    """Same shape, same dtype, rel_err below the dtype's tolerance."""
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != reference {want.shape}"
+    assert got.dtype == want.dtype == np.dtype(dtype), \
+        f"{what}: dtype {got.dtype}, reference {want.dtype}, expected {np.dtype(dtype)}"
+    err = rel_err(got, want, scale)
+    assert err < TOL[dtype], f"{what}: relative error {err:.3g} >= {TOL[dtype]:g} ({np.dtype(dtype)})"
+
+
+def noncontig(a):
+    """A non-contiguous view holding the same values as a: every other entry of a wider array."""
+    a = np.asarray(a)
+    wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)  # (..., 2 * last)
+    wide[..., ::2] = a
+    view = wide[..., ::2]                                          # a.shape, strided
+    assert not view.flags.c_contiguous or a.size <= 1
+    return view
+
+
+def normal(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# the module itself
+# ------------------------------------------------------------------------------------------------
+def test_cpu_exports_every_reference_function_with_the_same_signature():
+    public = [name for name, obj in vars(reference).items()
+              if not name.startswith("_") and inspect.isfunction(obj)
+              and obj.__module__ == reference.__name__]
+    assert "attention_backward" in public and "adamw_update" in public
+    for name in public:
+        assert hasattr(cpu, name), f"kernels.cpu does not export {name}"
+        assert inspect.signature(getattr(cpu, name)) == inspect.signature(getattr(reference, name)), \
+            f"{name}: signature differs from the reference"
+        assert name in cpu.__all__, f"{name} missing from kernels.cpu.__all__"
+
+
+def test_dispatch_picks_cpu_kernels_for_numpy_arrays():
+    kernels.set_backend("fused")
+    try:
+        assert kernels.for_array(np.zeros(3)) is cpu
+    finally:
+        kernels.set_backend(None)
+    kernels.set_backend("reference")
+    try:
+        assert kernels.for_array(np.zeros(3)) is reference
+    finally:
+        kernels.set_backend(None)
+
+
+def test_fast_exp_tanh_accuracy():
+    """The float32 polynomials in _common.py: exp relative error < 3e-7, tanh absolute < 5e-7."""
+    from kernels.cpu._common import exp_f32, tanh_f32
+    vexp = numba.vectorize(["float32(float32)"])(exp_f32.py_func)
+    vtanh = numba.vectorize(["float32(float32)"])(tanh_f32.py_func)
+    x = np.linspace(-87.0, 88.0, 400_001, dtype=np.float32)       # (400001,)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(vexp(x) - want) / want) < 3e-7
+    x = np.linspace(-20.0, 20.0, 400_001, dtype=np.float32)       # (400001,)
+    assert np.max(np.abs(vtanh(x) - np.tanh(x.astype(np.float64)))) < 5e-7
+    special = np.array([-np.inf, np.inf, np.nan, -200.0, 200.0, 0.0], dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # inf - inf inside the polynomials, selected away
+        np.testing.assert_array_equal(vexp(special), [0.0, np.inf, np.nan, 0.0, np.inf, 1.0])
+        np.testing.assert_array_equal(vtanh(special), [-1.0, 1.0, np.nan, -1.0, 1.0, 0.0])
+
+
+# ------------------------------------------------------------------------------------------------
+# layer norm
+# ------------------------------------------------------------------------------------------------
+LN_SHAPES = [(1, 1), (7, 13), (768, 128), (5, 384)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LN_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_layernorm(rng, dtype, shape, contiguous):
+    N, C = shape
+    x = normal(rng, (N, C), dtype, 3.0) + dtype(1.5)               # (N, C) off-centre
+    weight = normal(rng, C, dtype)                                 # (C,)
+    bias = normal(rng, C, dtype)                                   # (C,)
+    dout = normal(rng, (N, C), dtype)                              # (N, C)
+    if not contiguous:
+        x, weight, dout = noncontig(x), noncontig(weight), noncontig(dout)
+    want = reference.layernorm_forward(x, weight, bias)
+    got = cpu.layernorm_forward(x, weight, bias)
+    for name, g, w in zip(("out", "mean", "rstd"), got, want):
+        assert_close(g, w, dtype, f"layernorm_forward {name} {shape}")
+    _, mean, rstd = want
+    want = reference.layernorm_backward(dout, x, weight, mean, rstd)
+    got = cpu.layernorm_backward(dout, x, weight, mean, rstd)
+    # dx = rstd * (dout * weight - ...): at C = 1 the terms cancel to 0, so measure against them
+    terms = np.linalg.norm(rstd[:, None] * dout * weight)
+    for name, g, w in zip(("dx", "dweight", "dbias"), got, want):
+        assert_close(g, w, dtype, f"layernorm_backward {name} {shape}", scale=terms)
+
+
+# ------------------------------------------------------------------------------------------------
+# GELU
+# ------------------------------------------------------------------------------------------------
+GELU_SHAPES = [(), (1,), (7, 13), (3, 5, 17), (768, 512)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GELU_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_gelu(rng, dtype, shape, contiguous):
+    if not contiguous and len(shape) == 0:
+        pytest.skip("a 0-d array has no stride")
+    x = normal(rng, shape, dtype, 2.0)                             # shape
+    dout = normal(rng, shape, dtype)                               # shape
+    if not contiguous:
+        x, dout = noncontig(x), noncontig(dout)
+    assert_close(cpu.gelu_forward(x), reference.gelu_forward(x), dtype, f"gelu_forward {shape}")
+    assert_close(cpu.gelu_backward(dout, x), reference.gelu_backward(dout, x), dtype,
+                 f"gelu_backward {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_saturates_like_the_reference(dtype):
+    """Large |x|: tanh saturates to +-1, so gelu(x) = x for x >> 0 and 0 for x << 0."""
+    x = np.array([-60.0, -12.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 12.0, 60.0], dtype=dtype)  # (9,)
+    np.testing.assert_allclose(cpu.gelu_forward(x), reference.gelu_forward(x),
+                               rtol=TOL[dtype], atol=1e-30)
+    dout = np.ones_like(x)                                         # (9,)
+    np.testing.assert_allclose(cpu.gelu_backward(dout, x), reference.gelu_backward(dout, x),
+                               rtol=TOL[dtype], atol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+# ------------------------------------------------------------------------------------------------
+# softmax + cross-entropy
+# ------------------------------------------------------------------------------------------------
+CE_SHAPES = [(1, 1), (7, 13), (768, 65), (5, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CE_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_softmax_cross_entropy(rng, dtype, shape, contiguous):
+    N, V = shape
+    logits = normal(rng, (N, V), dtype, 4.0)                       # (N, V)
+    targets = rng.integers(0, V, size=N)                           # (N,)
+    targets[rng.random(N) < 0.3] = -100                            # some ignored rows
+    targets[0] = V - 1
+    dlosses = normal(rng, N, dtype)                                # (N,)
+    if not contiguous:
+        logits, dlosses = noncontig(logits), noncontig(dlosses)
+        targets = noncontig(targets)
+    want = reference.softmax_cross_entropy_forward(logits, targets)
+    got = cpu.softmax_cross_entropy_forward(logits, targets)
+    for name, g, w in zip(("losses", "lse"), got, want):
+        assert_close(g, w, dtype, f"softmax_cross_entropy_forward {name} {shape}")
+    lse = want[1]
+    assert_close(cpu.softmax_cross_entropy_backward(dlosses, logits, lse, targets),
+                 reference.softmax_cross_entropy_backward(dlosses, logits, lse, targets),
+                 dtype, f"softmax_cross_entropy_backward {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_ignore_index(rng, dtype):
+    """Ignored rows: loss 0, dlogits row 0; a custom ignore_index; negative targets wrap; all rows
+    ignored; int32 targets; large logits (stability)."""
+    N, V = 9, 11
+    logits = normal(rng, (N, V), dtype, 30.0)                      # (N, V) large: exp would overflow
+    targets = np.array([0, 3, -1, 10, 4, -1, 7, 2, 9], dtype=np.int32)  # (N,) -1 = ignore here
+    dlosses = np.full(N, 1.0 / N, dtype=dtype)                     # (N,)
+    losses, lse = cpu.softmax_cross_entropy_forward(logits, targets, ignore_index=-1)
+    ref_losses, ref_lse = reference.softmax_cross_entropy_forward(logits, targets, ignore_index=-1)
+    assert np.all(losses[targets == -1] == 0)
+    assert_close(losses, ref_losses, dtype, "losses, ignore_index=-1")
+    assert_close(lse, ref_lse, dtype, "lse, ignore_index=-1")
+    dlogits = cpu.softmax_cross_entropy_backward(dlosses, logits, lse, targets, ignore_index=-1)
+    assert np.all(dlogits[targets == -1] == 0)
+    assert_close(dlogits, reference.softmax_cross_entropy_backward(dlosses, logits, ref_lse,
+                                                                   targets, ignore_index=-1),
+                 dtype, "dlogits, ignore_index=-1")
+    # each valid row of dlogits sums to 0 (softmax sums to 1, minus the one-hot), times dloss
+    np.testing.assert_allclose(dlogits.sum(axis=1), 0, atol=1e-6)
+    # with the default ignore_index, -1 is an ordinary target: the last class, as in NumPy indexing
+    losses, _ = cpu.softmax_cross_entropy_forward(logits, targets)
+    assert_close(losses, reference.softmax_cross_entropy_forward(logits, targets)[0], dtype,
+                 "losses, negative targets")
+    # every row ignored
+    ignored = np.full(N, -100)                                     # (N,)
+    losses, lse = cpu.softmax_cross_entropy_forward(logits, ignored)
+    assert np.all(losses == 0)
+    assert np.all(cpu.softmax_cross_entropy_backward(dlosses, logits, lse, ignored) == 0)
+
+
+def test_cross_entropy_rejects_out_of_range_targets():
+    logits = np.zeros((3, 5), dtype=np.float32)                    # (3, 5)
+    with pytest.raises(IndexError, match=r"targets\[1\] = 5"):
+        cpu.softmax_cross_entropy_forward(logits, np.array([0, 5, 1]))
+    with pytest.raises(IndexError, match="targets"):
+        cpu.softmax_cross_entropy_backward(np.ones(3, np.float32), logits,
+                                           np.zeros(3, np.float32), np.array([0, 1, -6]))
+
+
+# ------------------------------------------------------------------------------------------------
+# causal attention
+# ------------------------------------------------------------------------------------------------
+ATTN_SHAPES = [(1, 1, 1, 4), (2, 3, 1, 5), (2, 3, 7, 5), (1, 2, 33, 9), (12, 4, 64, 32)]
+
+
+def _qkv(rng, shape, dtype, contiguous):
+    """q, k, v of shape (B, nh, T, hs): contiguous, or views of one (B, T, 3, nh, hs) array."""
+    B, nh, T, hs = shape
+    qkv = normal(rng, (B, T, 3, nh, hs), dtype)                    # (B, T, 3, nh, hs) as c_attn gives
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, nh, T, hs) views
+    if contiguous:
+        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    elif T > 1:
+        assert not q.flags.c_contiguous
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ATTN_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_attention(rng, dtype, shape, contiguous):
+    q, k, v = _qkv(rng, shape, dtype, contiguous)
+    dout = normal(rng, shape, dtype)                               # (B, nh, T, hs)
+    if not contiguous:
+        dout = noncontig(dout)
+    scale = 1.0 / np.sqrt(shape[-1])
+    want_out, want_lse = reference.attention_forward(q, k, v, scale)
+    got_out, got_lse = cpu.attention_forward(q, k, v, scale)
+    assert_close(got_out, want_out, dtype, f"attention_forward out {shape}")
+    assert_close(got_lse, want_lse, dtype, f"attention_forward lse {shape}")
+    want = reference.attention_backward(dout, q, k, v, want_out, want_lse, scale)
+    got = cpu.attention_backward(dout, q, k, v, want_out, want_lse, scale)
+    # dscores = p * (dout . v_j - dout . out): at T = 1, out = v and the two cancel (dq = dk = 0
+    # up to rounding, in both), so measure dq and dk against the size of the cancelling terms
+    terms = np.linalg.norm(dout) * np.linalg.norm(v) * np.linalg.norm(k) * scale
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert_close(g, w, dtype, f"attention_backward {name} {shape}", scale=terms)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_is_causal(rng, dtype):
+    """Changing key/value t must not change outputs at rows before t."""
+    q, k, v = _qkv(rng, (1, 2, 9, 4), dtype, True)
+    out, _ = cpu.attention_forward(q, k, v, 0.5)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, 5:] += 10.0
+    v2[:, :, 5:] -= 3.0
+    out2, _ = cpu.attention_forward(q, k2, v2, 0.5)
+    np.testing.assert_array_equal(out[:, :, :5], out2[:, :, :5])
+    assert not np.allclose(out[:, :, 5:], out2[:, :, 5:])
+
+
+# ------------------------------------------------------------------------------------------------
+# embedding backward
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,V", [(1, 1, 1), (7, 13, 5), (768, 128, 65), (64, 128, 64)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_embedding_backward(rng, dtype, N, C, V, contiguous):
+    dout = normal(rng, (N, C), dtype)                              # (N, C)
+    idx = rng.integers(0, V, size=N)                               # (N,) repeats when N > V
+    if not contiguous:
+        dout, idx = noncontig(dout), noncontig(idx)
+    assert_close(cpu.embedding_backward(dout, idx, V), reference.embedding_backward(dout, idx, V),
+                 dtype, f"embedding_backward {(N, C, V)}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_backward_repeated_indices(dtype):
+    """Hand-derived: idx = [2, 0, 2, 2, -1], V = 4: rows 2 and 0 get sums, row 3 gets dout[4]
+    (-1 is the last row, as in NumPy), row 1 stays 0."""
+    dout = np.arange(10, dtype=dtype).reshape(5, 2)                # (5, 2) rows [0,1],[2,3],...
+    idx = np.array([2, 0, 2, 2, -1], dtype=np.int32)               # (5,)
+    want = np.array([[2, 3], [0, 0], [0 + 4 + 6, 1 + 5 + 7], [8, 9]], dtype=dtype)  # (4, 2)
+    got = cpu.embedding_backward(dout, idx, 4)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, reference.embedding_backward(dout, idx, 4))
+    with pytest.raises(IndexError, match=r"idx\[1\] = 4"):
+        cpu.embedding_backward(dout[:2], np.array([0, 4]), 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# AdamW
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (7,), (13, 17), (128, 512)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_adamw_update(rng, dtype, shape, contiguous):
+    param = normal(rng, shape, dtype)                              # shape
+    m = normal(rng, shape, dtype, 0.1)                             # shape
+    v = np.abs(normal(rng, shape, dtype, 0.01))                    # shape
+    mine = [param.copy(), m.copy(), v.copy()]
+    theirs = [param.copy(), m.copy(), v.copy()]
+    if not contiguous:
+        mine = [noncontig(a) for a in mine]
+    hyper = dict(lr=3e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+    for step in (1, 2, 3):
+        grad = normal(rng, shape, dtype)                           # shape
+        g_mine = grad if contiguous else noncontig(grad)
+        assert cpu.adamw_update(mine[0], g_mine, mine[1], mine[2], step=step, **hyper) is None
+        reference.adamw_update(theirs[0], grad, theirs[1], theirs[2], step=step, **hyper)
+    for name, a, b in zip(("param", "m", "v"), mine, theirs):
+        assert_close(a, b, dtype, f"adamw_update {name} {shape} (updated in place)")
+    assert not np.array_equal(mine[0], param)
+
+
+# ------------------------------------------------------------------------------------------------
+# what the kernels do not handle goes to the reference, with the reference's answer
+# ------------------------------------------------------------------------------------------------
+def test_other_dtypes_fall_back_to_the_reference(rng):
+    x = normal(rng, (4, 6), np.float16)                            # (4, 6)
+    np.testing.assert_array_equal(cpu.gelu_forward(x), reference.gelu_forward(x))
+    w64 = normal(rng, 6, np.float64)                               # (6,) mixed with float32 x
+    x32 = normal(rng, (4, 6), np.float32)                          # (4, 6)
+    for g, w in zip(cpu.layernorm_forward(x32, w64, w64), reference.layernorm_forward(x32, w64, w64)):
+        np.testing.assert_array_equal(g, w)

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from tinygrad_gpt import backend, data  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
+from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.train import PRESETS, NonFiniteLoss, Trainer, TrainConfig, load_model, preset_configs  # noqa: E402
 
@@ -78,13 +79,6 @@ def load_tokens(args):
         tokenizer.train(train_part, args.vocab_size)
         tokens = np.asarray(tokenizer.encode(text), dtype=np.int64)
     return tokenizer, tokens
-
-
-def tokenizer_from_dict(d):
-    if d.get("type") == "char":
-        return CharTokenizer.from_dict(d)
-    from tinygrad_gpt.tokenizers import tokenizer_from_dict as bpe_from_dict
-    return bpe_from_dict(d)
 
 
 def sample_only(args, out_dir):

@@ -114,3 +114,14 @@ def test_cli_errors_are_readable_and_exit_nonzero(corpus, tmp_path):
     if not backend.cuda_available():
         cuda = _run_cli("--device", "cuda", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "c"))
         assert cuda.returncode != 0 and "cupy" in cuda.stderr and "[cuda]" in cuda.stderr
+
+
+def test_bpe_tokenizer_trains_the_gpt_and_samples(corpus, tmp_path, capsys):
+    """--tokenizer bpe: the GPT trains on BPE ids and --sample decodes them back to text."""
+    out = tmp_path / "bpe"
+    assert shakespeare.main(_args(corpus, out, "--epochs", "1", "--tokenizer", "bpe", "--vocab-size", "300")) == 0
+    meta = checkpoint.load_checkpoint(out)[2]
+    assert meta["tokenizer"]["type"] == "bpe" and meta["model_config"]["vocab_size"] == 300
+    capsys.readouterr()
+    shakespeare.main(["--sample", "--out", str(out), "--prompt", "The king", "--num-tokens", "10"])
+    assert capsys.readouterr().out.startswith("The king")

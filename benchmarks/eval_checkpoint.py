@@ -1,0 +1,58 @@
+"""Loss of a checkpoint on the WHOLE validation (and optionally training) split, not a sample.
+
+    python benchmarks/eval_checkpoint.py /work/runs/cpu2000 [--data PATH] [--train]
+
+The split is cut into consecutive block_size windows (each token predicted once, with up to
+block_size - 1 tokens of context, as in training), evaluated in batches under no_grad. This is the
+figure recorded in RESULTS.md; the per-epoch val loss the training script prints is an estimate on
+eval_batches random batches. Does not: use a sliding window (which would give every token the full
+context and a slightly lower loss).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinygrad_gpt import data  # noqa: E402
+from tinygrad_gpt.tensor import no_grad  # noqa: E402
+from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt.train import load_model  # noqa: E402
+
+
+def split_loss(model, tokens, batch=64):
+    T = model.config.block_size
+    n = (len(tokens) - 1) // T
+    x_all = tokens[:n * T].reshape(n, T)
+    y_all = tokens[1:n * T + 1].reshape(n, T)
+    total = 0.0
+    with no_grad():
+        for i in range(0, n, batch):
+            _, loss = model(x_all[i:i + batch], y_all[i:i + batch])
+            total += loss.item() * len(x_all[i:i + batch])
+    return total / n, n * T
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default=None)
+    p.add_argument("--train", action="store_true", help="also evaluate the training split")
+    args = p.parse_args()
+    model, meta, _ = load_model(args.checkpoint)
+    model.eval()
+    tok = tokenizer_from_dict(meta["tokenizer"])
+    text = data.load_text(data.find_data(args.data))
+    ids = np.asarray(tok.encode_array(text) if hasattr(tok, "encode_array") else tok.encode(text), dtype=np.int64)
+    train, val = data.split_train_val(ids, meta["train_config"]["val_fraction"])
+    print(f"checkpoint {args.checkpoint}: step {meta['state']['step']}")
+    loss, count = split_loss(model, val)
+    print(f"val loss {loss:.4f} over {count:,} tokens (the whole validation split)")
+    if args.train:
+        loss, count = split_loss(model, train)
+        print(f"train loss {loss:.4f} over {count:,} tokens")
+
+
+if __name__ == "__main__":
+    main()

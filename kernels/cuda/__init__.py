@@ -1,0 +1,46 @@
+"""CuPy versions of every kernel in `kernels/reference.py`: same names, same signatures, CUDA C in
+`RawModule` strings (one `SOURCE` per file, templated on float / double).
+
+Importing this package imports cupy, so `from kernels import cuda` raises ImportError where cupy
+is not installed, which is how `kernels.for_array` decides to run the reference instead; it does
+not need a GPU (kernels compile with NVRTC at their first launch, not at import).
+Matmuls are not here: the engine's `@` on cupy arrays goes to cuBLAS.
+
+| kernel                          | file             | launch                                           |
+|---------------------------------|------------------|--------------------------------------------------|
+| layernorm_forward / backward    | layernorm.py     | warp per row; dweight/dbias: chunked column sums |
+| gelu_forward / backward         | gelu.py          | grid-stride elementwise                          |
+| softmax_cross_entropy_*         | cross_entropy.py | warp (V <= 1024) or block per row; flat backward |
+| attention_forward / backward    | attention.py     | flash-style tiles: forward, dq, dk/dv kernels    |
+| embedding_backward              | embedding.py     | thread per element, atomicAdd                    |
+| adamw_update                    | adamw.py         | grid-stride, in place                            |
+
+float32 and float64 only; other dtypes, and shapes the kernels do not take (hs > 64 in attention),
+run the reference (array-module generic, so on the GPU too). See `_common.py` for the index-check
+policy (TINYGRAD_GPT_CUDA_CHECKS=1).
+
+Status: written and compiled with NVRTC (tests/test_cuda_compile.py), the attention tiling checked
+by a NumPy emulation (tests/test_cuda_emulation.py); the GPU tests (tests/test_cuda_kernels.py,
+tests/test_cuda_engine.py) have to be run on a machine with a GPU, see benchmarks/RESULTS.md.
+"""
+from kernels.reference import GELU_SCALE, get_array_module
+from kernels.cuda.adamw import adamw_update
+from kernels.cuda.attention import attention_backward, attention_forward
+from kernels.cuda.cross_entropy import (softmax_cross_entropy_backward,
+                                        softmax_cross_entropy_forward)
+from kernels.cuda.embedding import embedding_backward
+from kernels.cuda.gelu import gelu_backward, gelu_forward
+from kernels.cuda.layernorm import layernorm_backward, layernorm_forward
+
+__all__ = [
+    "GELU_SCALE", "get_array_module",
+    "layernorm_forward", "layernorm_backward",
+    "gelu_forward", "gelu_backward",
+    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "attention_forward", "attention_backward",
+    "embedding_backward",
+    "adamw_update",
+]
+
+# the files whose SOURCE / NAME_EXPRESSIONS the compile test and the benchmark walk through
+KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw")

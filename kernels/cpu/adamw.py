@@ -1,7 +1,8 @@
 """AdamW update as a Numba kernel: one pass over a parameter, updating param, m and v in place.
 
 Same name, signature and result as `kernels.reference.adamw_update` (every scalar is cast to the
-parameter dtype first, as there). Contiguous arrays are updated where they lie; a non-contiguous
+parameter dtype first, as there). Serial: the optimizer calls it once per parameter tensor, most
+of them small. Contiguous arrays are updated where they lie; a non-contiguous
 param, m or v is updated through a contiguous copy that is written back (correct, one extra pass).
 
 Follows: Loshchilov & Hutter, "Decoupled Weight Decay Regularization"; llm.c `adamw_kernel`.
@@ -11,16 +12,15 @@ weight_decay per parameter group), or handle float16 / mixed dtypes (those go to
 import math
 
 import numpy as np
-from numba import prange
 
 from kernels import reference
 from kernels.cpu._common import common_float_dtype, kernel
 
 
-@kernel(parallel=True)
+@kernel()
 def _adamw_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
                   mhat_scale, vhat_scale, eps, weight_decay):
-    for i in prange(param.size):
+    for i in range(param.size):
         g = grad[i]
         mi = beta1 * m[i] + one_minus_beta1 * g                    # m = b1 m + (1 - b1) g
         vi = beta2 * v[i] + one_minus_beta2 * (g * g)              # v = b2 v + (1 - b2) g^2

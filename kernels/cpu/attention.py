@@ -24,10 +24,14 @@ Dimension legend: B batch, nh heads, T time, hs head size; BH = B * nh.
 import math
 
 import numpy as np
+import numba
 from numba import prange
 
 from kernels import reference
-from kernels.cpu._common import common_float_dtype, fast_exp, kernel
+from kernels.cpu._common import common_float_dtype, fast_exp, kernel, row_max
+
+# B * nh * T * T * hs from which the heads are split over threads (the cpu preset has 6.3M)
+PARALLEL_MIN_WORK = 1 << 20
 
 
 @kernel()
@@ -35,20 +39,20 @@ def _attention_forward_head(q, k, v, scale, out, lse):
     """One head: q, k, v, out (T, hs), lse (T,)."""
     T, hs = q.shape
     dt = q.dtype.type
-    Tp = (T + 3) // 4 * 4                                          # T rounded up to the 4-row block
-    # zero-padded copies of this head (rows T..Tp-1 are 0), q pre-multiplied by scale
+    Tp = (T + 63) // 64 * 64                                       # keys padded to a vector body
+    # zero-padded copies of this head (rows / columns T..Tp-1 are 0), q pre-multiplied by scale
     qs = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)  q * scale
     kh = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)
-    vh = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)
+    vT = np.zeros((hs, Tp), dtype=q.dtype)                         # (hs, Tp)  v transposed
     for j in range(T):
         for d in range(hs):
             qs[j, d] = q[j, d] * scale
             kh[j, d] = k[j, d]
-            vh[j, d] = v[j, d]
+            vT[d, j] = v[j, d]
     p = np.empty((4, Tp), dtype=q.dtype)                           # (4, Tp)  scores, then probs
-    acc = np.empty((4, hs), dtype=q.dtype)                         # (4, hs)  rows of out
-    for i0 in range(0, Tp, 4):                                 # rows i0..i0+3 together
-        n = i0 + 4                                             # keys 0..i0+3 (the block's causal span)
+    for i0 in range(0, T, 4):                                      # query rows i0..i0+3 together
+        n = i0 + 4                                                 # keys 0..i0+3: the causal span
+        n64 = (n + 63) // 64 * 64                                  # ... padded with zero probs
         # forward 1: scores = q k^T * scale, four query rows per pass over the keys
         for j in range(n):
             s0 = dt(0.0)
@@ -67,39 +71,39 @@ def _attention_forward_head(q, k, v, scale, out, lse):
             p[3, j] = s3
         # forward 2-3: causal mask (row i0+c sees keys j <= i0+c), softmax
         for c in range(4):
-            m = i0 + c + 1                                     # keys this row sees
-            rowmax = p[c, 0]
-            for j in range(1, m):
-                rowmax = max(rowmax, p[c, j])
+            m = i0 + c + 1                                         # keys this row sees
+            rowmax = row_max(p, c, m)
             denom = dt(0.0)
             for j in range(m):
                 e = fast_exp(p[c, j] - rowmax)
                 p[c, j] = e
                 denom += e
-            for j in range(m, n):
-                p[c, j] = dt(0.0)
-            if i0 + c < T:
-                lse[i0 + c] = rowmax + math.log(denom)
             inv = dt(1.0) / denom
             for j in range(m):
-                p[c, j] *= inv                                 # forward 3: p = p / denom
-            for d in range(hs):
-                acc[c, d] = dt(0.0)
-        # forward 4: out = p v, four rows per pass over the keys
-        for j in range(n):
-            p0 = p[0, j]
-            p1 = p[1, j]
-            p2 = p[2, j]
-            p3 = p[3, j]
-            for d in range(hs):
-                vd = vh[j, d]
-                acc[0, d] += p0 * vd
-                acc[1, d] += p1 * vd
-                acc[2, d] += p2 * vd
-                acc[3, d] += p3 * vd
-        for c in range(min(4, T - i0)):
-            for d in range(hs):
-                out[i0 + c, d] = acc[c, d]
+                p[c, j] *= inv                                     # forward 3: p = p / denom
+            for j in range(m, n64):
+                p[c, j] = dt(0.0)                                  # forward 2: masked
+            if i0 + c < T:
+                lse[i0 + c] = rowmax + math.log(denom)
+        # forward 4: out = p v, as dot products over the (padded) keys, four rows at a time
+        for d in range(hs):
+            a0 = dt(0.0)
+            a1 = dt(0.0)
+            a2 = dt(0.0)
+            a3 = dt(0.0)
+            for j in range(n64):
+                vd = vT[d, j]
+                a0 += p[0, j] * vd
+                a1 += p[1, j] * vd
+                a2 += p[2, j] * vd
+                a3 += p[3, j] * vd
+            out[i0, d] = a0
+            if i0 + 1 < T:
+                out[i0 + 1, d] = a1
+            if i0 + 2 < T:
+                out[i0 + 2, d] = a2
+            if i0 + 3 < T:
+                out[i0 + 3, d] = a3
 
 
 @kernel()
@@ -107,28 +111,30 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
     """One head: dout, q, k, v, out, dq, dk, dv (T, hs), lse (T,)."""
     T, hs = q.shape
     dt = q.dtype.type
-    Tp = (T + 3) // 4 * 4
+    Tp = (T + 63) // 64 * 64
     qs = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)  q * scale
     kh = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)
+    kT = np.zeros((hs, Tp), dtype=q.dtype)                         # (hs, Tp)  k transposed
     vh = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)
     gh = np.zeros((Tp, hs), dtype=q.dtype)                         # (Tp, hs)  dout
     dkh = np.zeros((Tp, hs), dtype=q.dtype)                        # (Tp, hs)  dk
-    dvh = np.zeros((Tp, hs), dtype=q.dtype)                        # (Tp, hs)
-    rowdot = np.zeros(Tp, dtype=q.dtype)                           # (Tp,)  dout . out per row
+    dvh = np.zeros((Tp, hs), dtype=q.dtype)                        # (Tp, hs)  dv
+    rowdot = np.zeros(Tp, dtype=q.dtype)                           # (Tp,)     dout . out per row
     for j in range(T):
         r = dt(0.0)
         for d in range(hs):
             qs[j, d] = q[j, d] * scale
             kh[j, d] = k[j, d]
+            kT[d, j] = k[j, d]
             vh[j, d] = v[j, d]
             gh[j, d] = dout[j, d]
             r += dout[j, d] * out[j, d]
         rowdot[j] = r
     p = np.empty((4, Tp), dtype=q.dtype)                           # (4, Tp)  probs
     ds = np.empty((4, Tp), dtype=q.dtype)                          # (4, Tp)  dp, then dscores
-    acc = np.empty((4, hs), dtype=q.dtype)                         # (4, hs)  rows of dq
-    for i0 in range(0, Tp, 4):                                 # query rows i0..i0+3 together
-        n = i0 + 4                                             # keys 0..i0+3
+    for i0 in range(0, T, 4):                                      # query rows i0..i0+3 together
+        n = i0 + 4                                                 # keys 0..i0+3
+        n64 = (n + 63) // 64 * 64
         # recompute forward 1: scores = q k^T * scale; forward 4: out = p v, so dp = dout v^T
         for j in range(n):
             s0 = dt(0.0)
@@ -160,7 +166,7 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
             ds[3, j] = g3
         for c in range(4):
             i = i0 + c
-            m = i + 1 if i < T else 0                          # keys row i sees (0: padding)
+            m = i + 1 if i < T else 0                              # keys row i sees (0: padding)
             row_lse = lse[i] if i < T else dt(0.0)
             row_dot = rowdot[i]
             for j in range(n):
@@ -171,9 +177,9 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
                 p[c, j] = pj
                 # forward 3: dscores = p * (dp - rowdot), rowdot = sum_j p_j dp_j = dout . out
                 ds[c, j] = pj * (ds[c, j] - row_dot)
-            for d in range(hs):
-                acc[c, d] = dt(0.0)
-        # forward 4: dv = p^T dout;  forward 1: dk = dscores^T (q * scale), dq = dscores k * scale
+            for j in range(n, n64):
+                ds[c, j] = dt(0.0)
+        # forward 4: dv = p^T dout;  forward 1: dk = dscores^T (q * scale)
         for j in range(n):
             p0 = p[0, j]
             p1 = p[1, j]
@@ -188,33 +194,61 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
                     + p3 * gh[i0 + 3, d]
                 dkh[j, d] += d0 * qs[i0, d] + d1 * qs[i0 + 1, d] + d2 * qs[i0 + 2, d] \
                     + d3 * qs[i0 + 3, d]
-                kd = kh[j, d]
-                acc[0, d] += d0 * kd
-                acc[1, d] += d1 * kd
-                acc[2, d] += d2 * kd
-                acc[3, d] += d3 * kd
-        for c in range(min(4, T - i0)):
-            for d in range(hs):
-                dq[i0 + c, d] = acc[c, d] * scale
+        # forward 1: dq = dscores k * scale, as dot products over the (padded) keys
+        for d in range(hs):
+            a0 = dt(0.0)
+            a1 = dt(0.0)
+            a2 = dt(0.0)
+            a3 = dt(0.0)
+            for j in range(n64):
+                kd = kT[d, j]
+                a0 += ds[0, j] * kd
+                a1 += ds[1, j] * kd
+                a2 += ds[2, j] * kd
+                a3 += ds[3, j] * kd
+            dq[i0, d] = a0 * scale
+            if i0 + 1 < T:
+                dq[i0 + 1, d] = a1 * scale
+            if i0 + 2 < T:
+                dq[i0 + 2, d] = a2 * scale
+            if i0 + 3 < T:
+                dq[i0 + 3, d] = a3 * scale
     for j in range(T):
         for d in range(hs):
             dk[j, d] = dkh[j, d]
             dv[j, d] = dvh[j, d]
 
 
-@kernel(parallel=True)
-def _attention_forward(q, k, v, scale, out, lse):
-    """All heads, split over threads: q, k, v, out (BH, T, hs), lse (BH, T)."""
-    for bh in prange(q.shape[0]):
+# drivers: the same per-head functions, heads in order or split over threads
+@kernel()
+def _attention_forward_serial(q, k, v, scale, out, lse):
+    for bh in range(q.shape[0]):
         _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh])
 
 
 @kernel(parallel=True)
-def _attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv):
-    """All heads, split over threads: every array (BH, T, hs) but lse (BH, T)."""
+def _attention_forward_parallel(q, k, v, scale, out, lse):
+    for bh in prange(q.shape[0]):
+        _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh])
+
+
+@kernel()
+def _attention_backward_serial(dout, q, k, v, out, lse, scale, dq, dk, dv):
+    for bh in range(q.shape[0]):
+        _attention_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale,
+                                 dq[bh], dk[bh], dv[bh])
+
+
+@kernel(parallel=True)
+def _attention_backward_parallel(dout, q, k, v, out, lse, scale, dq, dk, dv):
     for bh in prange(q.shape[0]):
         _attention_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale,
                                  dq[bh], dk[bh], dv[bh])
+
+
+def _use_threads(BH, T, hs):
+    """Split heads over threads when there are threads and at least ~0.1 ms of work."""
+    return BH > 1 and BH * T * T * hs >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
 
 
 def _heads(a):
@@ -233,8 +267,10 @@ def attention_forward(q, k, v, scale):
     T, hs = q.shape[-2:]
     out = np.empty(q.shape, dtype=dtype)                           # (B, nh, T, hs)
     lse = np.empty(q.shape[:-1], dtype=dtype)                      # (B, nh, T)
-    _attention_forward(_heads(q), _heads(k), _heads(v), dtype.type(scale),
-                       out.reshape(-1, T, hs), lse.reshape(-1, T))
+    q3, k3, v3 = _heads(q), _heads(k), _heads(v)                   # (BH, T, hs)
+    run = _attention_forward_parallel if _use_threads(q3.shape[0], T, hs) \
+        else _attention_forward_serial
+    run(q3, k3, v3, dtype.type(scale), out.reshape(-1, T, hs), lse.reshape(-1, T))
     return out, lse
 
 
@@ -249,7 +285,9 @@ def attention_backward(dout, q, k, v, out, lse, scale):
     dq = np.empty(q.shape, dtype=dtype)                            # (B, nh, T, hs)
     dk = np.empty(q.shape, dtype=dtype)                            # (B, nh, T, hs)
     dv = np.empty(q.shape, dtype=dtype)                            # (B, nh, T, hs)
-    _attention_backward(_heads(dout), _heads(q), _heads(k), _heads(v), _heads(out),
-                        np.ascontiguousarray(lse).reshape(-1, T), dtype.type(scale),
-                        dq.reshape(-1, T, hs), dk.reshape(-1, T, hs), dv.reshape(-1, T, hs))
+    BH = q.size // (T * hs)
+    run = _attention_backward_parallel if _use_threads(BH, T, hs) else _attention_backward_serial
+    run(_heads(dout), _heads(q), _heads(k), _heads(v), _heads(out),
+        np.ascontiguousarray(lse).reshape(-1, T), dtype.type(scale),
+        dq.reshape(-1, T, hs), dk.reshape(-1, T, hs), dv.reshape(-1, T, hs))
     return dq, dk, dv

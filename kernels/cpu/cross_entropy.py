@@ -5,6 +5,7 @@ Same names, signatures and results as `kernels.reference.softmax_cross_entropy_f
 targets equal to `ignore_index` give loss 0 and a zero dlogits row; other negative targets count
 from the end (as NumPy indexing does) and targets outside [-V, V) raise IndexError, as the
 reference does. float32 uses the vectorisable `exp_f32` of `_common.py`; float64 uses libm.
+Serial (a call is tens of microseconds at the `cpu` preset; see `_common.py` on threads).
 
 Follows: llm.c `crossentropy_softmax_backward` (dlogits = dloss * (p - onehot) in one sweep).
 Does not: average the losses (the op does that, and hands each row its share as dlosses), apply
@@ -15,54 +16,48 @@ Dimension legend: N rows (B*T), V vocabulary.
 import math
 
 import numpy as np
-from numba import prange
 
 from kernels import reference
-from kernels.cpu._common import as_index_array, common_float_dtype, fast_exp, kernel
+from kernels.cpu._common import as_index_array, common_float_dtype, fast_exp, kernel, row_max
 
 
 @kernel()
-def _first_bad_target(targets, V, ignore_index):
-    """Position of the first target outside [-V, V) that is not ignore_index, or -1."""
-    for i in range(targets.shape[0]):
+def _ce_forward(logits, targets, ignore_index, losses, lse):
+    """Fills losses and lse; returns -1, or the position of the first bad target (then stops)."""
+    N, V = logits.shape
+    dt = logits.dtype.type
+    for i in range(N):
         t = targets[i]
         if t != ignore_index and (t < -V or t >= V):
             return i
-    return -1
-
-
-@kernel(parallel=True)
-def _ce_forward(logits, targets, ignore_index, losses, lse):
-    N, V = logits.shape
-    dt = logits.dtype.type
-    for i in prange(N):
-        rowmax = logits[i, 0]
-        for j in range(1, V):
-            rowmax = max(rowmax, logits[i, j])
+        rowmax = row_max(logits, i, V)
         s = dt(0.0)
         for j in range(V):
             s += fast_exp(logits[i, j] - rowmax)
         row_lse = rowmax + math.log(s)                             # lse = max + log sum exp
         lse[i] = row_lse
-        t = targets[i]
         if t == ignore_index:
             losses[i] = dt(0.0)
         else:
             if t < 0:
                 t += V
             losses[i] = row_lse - logits[i, t]                     # loss = lse - logits[target]
+    return -1
 
 
-@kernel(parallel=True)
+@kernel()
 def _ce_backward(dlosses, logits, lse, targets, ignore_index, dlogits):
+    """Fills dlogits; returns -1, or the position of the first bad target (then stops)."""
     N, V = logits.shape
     dt = logits.dtype.type
-    for i in prange(N):
+    for i in range(N):
         t = targets[i]
         if t == ignore_index:
             for j in range(V):
                 dlogits[i, j] = dt(0.0)
             continue
+        if t < -V or t >= V:
+            return i
         if t < 0:
             t += V
         # forward: loss = lse - logits[t], so dlogits = dloss * (softmax(logits) - onehot(t))
@@ -71,13 +66,12 @@ def _ce_backward(dlosses, logits, lse, targets, ignore_index, dlogits):
         for j in range(V):
             dlogits[i, j] = fast_exp(logits[i, j] - row_lse) * d
         dlogits[i, t] -= d
+    return -1
 
 
-def _check_targets(targets, V, ignore_index, fn):
-    bad = _first_bad_target(targets, V, ignore_index)
-    if bad >= 0:
-        raise IndexError(f"{fn}: targets[{bad}] = {targets[bad]} is outside [0, {V}) and is not "
-                         f"ignore_index ({ignore_index})")
+def _raise_bad_target(targets, bad, V, ignore_index, fn):
+    raise IndexError(f"{fn}: targets[{bad}] = {targets[bad]} is outside [0, {V}) and is not "
+                     f"ignore_index ({ignore_index})")
 
 
 def softmax_cross_entropy_forward(logits, targets, ignore_index=-100):
@@ -91,10 +85,11 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=-100):
         return reference.softmax_cross_entropy_forward(logits, targets, ignore_index)
     targets = as_index_array(targets, "targets", "softmax_cross_entropy_forward")  # (N,)
     N, V = logits.shape
-    _check_targets(targets, V, ignore_index, "softmax_cross_entropy_forward")
     losses = np.empty(N, dtype=dtype)                              # (N,)
     lse = np.empty(N, dtype=dtype)                                 # (N,)
-    _ce_forward(np.ascontiguousarray(logits), targets, ignore_index, losses, lse)
+    bad = _ce_forward(np.ascontiguousarray(logits), targets, ignore_index, losses, lse)
+    if bad >= 0:
+        _raise_bad_target(targets, bad, V, ignore_index, "softmax_cross_entropy_forward")
     return losses, lse
 
 
@@ -107,10 +102,12 @@ def softmax_cross_entropy_backward(dlosses, logits, lse, targets, ignore_index=-
                                                         ignore_index)
     targets = as_index_array(targets, "targets", "softmax_cross_entropy_backward")  # (N,)
     N, V = logits.shape
-    _check_targets(targets, V, ignore_index, "softmax_cross_entropy_backward")
     # like the reference, dlosses is cast to the logits dtype (and may be a broadcastable scalar)
-    dlosses = np.ascontiguousarray(np.broadcast_to(np.asarray(dlosses, dtype=dtype), (N,)))  # (N,)
+    if not (isinstance(dlosses, np.ndarray) and dlosses.dtype == dtype and dlosses.shape == (N,)):
+        dlosses = np.broadcast_to(np.asarray(dlosses, dtype=dtype), (N,))  # (N,)
     dlogits = np.empty((N, V), dtype=dtype)                        # (N, V)
-    _ce_backward(dlosses, np.ascontiguousarray(logits), np.ascontiguousarray(lse), targets,
-                 ignore_index, dlogits)
+    bad = _ce_backward(np.ascontiguousarray(dlosses), np.ascontiguousarray(logits),
+                       np.ascontiguousarray(lse), targets, ignore_index, dlogits)
+    if bad >= 0:
+        _raise_bad_target(targets, bad, V, ignore_index, "softmax_cross_entropy_backward")
     return dlogits

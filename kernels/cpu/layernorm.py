@@ -1,8 +1,8 @@
 """Layer norm over the last axis, forward and backward, as Numba kernels (one pass over each row).
 
 Same names, signatures and results as `kernels.reference.layernorm_forward/backward`; float32 and
-float64, the input dtype kept throughout (accumulators included). Rows are independent, so both
-kernels split rows over threads (prange).
+float64, the input dtype kept throughout (accumulators included). Serial: at the `cpu` preset a
+call is ~30 us, less than what waking threads can cost (see kernels/cpu/_common.py).
 
 Follows: llm.c `layernorm_forward` / `layernorm_backward` (forward caches mean and rstd, backward
 recomputes xhat from them). Does not: normalise over any axis but the last, or accept weights of a
@@ -13,22 +13,15 @@ Dimension legend: N rows, C channels.
 import math
 
 import numpy as np
-from numba import prange
-
 from kernels import reference
 from kernels.cpu._common import common_float_dtype, kernel
 
-# backward splits rows into fixed chunks, each with its own dweight/dbias partial sums, added in
-# chunk order afterwards: the result does not depend on the number of threads
-_ROWS_PER_CHUNK = 64
-
-
-@kernel(parallel=True)
+@kernel()
 def _layernorm_forward(x, weight, bias, eps, out, mean, rstd):
     N, C = x.shape
     dt = x.dtype.type
     n_c = dt(C)
-    for i in prange(N):
+    for i in range(N):
         s = dt(0.0)
         for c in range(C):
             s += x[i, c]
@@ -44,44 +37,35 @@ def _layernorm_forward(x, weight, bias, eps, out, mean, rstd):
         rstd[i] = r
 
 
-@kernel(parallel=True)
-def _layernorm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias, dw_part, db_part):
+@kernel()
+def _layernorm_backward(dout, x, weight, mean, rstd, dx, dweight, dbias):
     N, C = x.shape
     dt = x.dtype.type
     n_c = dt(C)
-    n_chunks = dw_part.shape[0]
-    for chunk in prange(n_chunks):
-        for c in range(C):
-            dw_part[chunk, c] = dt(0.0)
-            db_part[chunk, c] = dt(0.0)
-        for i in range(chunk * _ROWS_PER_CHUNK, min(N, (chunk + 1) * _ROWS_PER_CHUNK)):
-            mu = mean[i]
-            r = rstd[i]
-            # forward 6: out = xhat * weight + bias, so dbias += dout, dweight += dout * xhat,
-            # dxhat = dout * weight; also the two row means the dx formula needs
-            s_dxhat = dt(0.0)
-            s_dxhat_xhat = dt(0.0)
-            for c in range(C):
-                xhat = (x[i, c] - mu) * r
-                g = dout[i, c]
-                dxhat = g * weight[c]
-                db_part[chunk, c] += g
-                dw_part[chunk, c] += g * xhat
-                s_dxhat += dxhat
-                s_dxhat_xhat += dxhat * xhat
-            m1 = s_dxhat / n_c
-            m2 = s_dxhat_xhat / n_c
-            # forward 1-5: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-            for c in range(C):
-                xhat = (x[i, c] - mu) * r
-                dx[i, c] = r * (dout[i, c] * weight[c] - m1 - xhat * m2)
     for c in range(C):
         dweight[c] = dt(0.0)
         dbias[c] = dt(0.0)
-    for chunk in range(n_chunks):
+    for i in range(N):
+        mu = mean[i]
+        r = rstd[i]
+        # forward 6: out = xhat * weight + bias, so dbias += dout, dweight += dout * xhat,
+        # dxhat = dout * weight; also the two row means the dx formula needs
+        s_dxhat = dt(0.0)
+        s_dxhat_xhat = dt(0.0)
         for c in range(C):
-            dweight[c] += dw_part[chunk, c]
-            dbias[c] += db_part[chunk, c]
+            xhat = (x[i, c] - mu) * r
+            g = dout[i, c]
+            dxhat = g * weight[c]
+            dbias[c] += g
+            dweight[c] += g * xhat
+            s_dxhat += dxhat
+            s_dxhat_xhat += dxhat * xhat
+        m1 = s_dxhat / n_c
+        m2 = s_dxhat_xhat / n_c
+        # forward 1-5: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        for c in range(C):
+            xhat = (x[i, c] - mu) * r
+            dx[i, c] = r * (dout[i, c] * weight[c] - m1 - xhat * m2)
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5):
@@ -105,13 +89,10 @@ def layernorm_backward(dout, x, weight, mean, rstd):
     if dtype is None or x.ndim != 2 or dout.shape != x.shape:
         return reference.layernorm_backward(dout, x, weight, mean, rstd)
     N, C = x.shape
-    n_chunks = max(1, -(-N // _ROWS_PER_CHUNK))
     dx = np.empty((N, C), dtype=dtype)                             # (N, C)
     dweight = np.empty(C, dtype=dtype)                             # (C,)
     dbias = np.empty(C, dtype=dtype)                               # (C,)
-    dw_part = np.empty((n_chunks, C), dtype=dtype)                 # (chunks, C) per-chunk sums
-    db_part = np.empty((n_chunks, C), dtype=dtype)                 # (chunks, C)
     _layernorm_backward(np.ascontiguousarray(dout), np.ascontiguousarray(x),
                         np.ascontiguousarray(weight), np.ascontiguousarray(mean),
-                        np.ascontiguousarray(rstd), dx, dweight, dbias, dw_part, db_part)
+                        np.ascontiguousarray(rstd), dx, dweight, dbias)
     return dx, dweight, dbias

@@ -1,0 +1,220 @@
+"""The engine on device "cuda": gradients, the GPT, training steps, checkpoints across devices,
+KV-cache sampling, no host syncs inside a training step; and the error a user without a GPU sees.
+
+Every test but the last group needs cupy and a GPU and is skipped, with the backend's reason
+(what is missing, how to install it), where they are absent. Where a result is compared with the
+CPU, the same model (same seed) runs on both devices; float64 for gradients (tight tolerances,
+differences are only summation order), float32 for the training-step comparison.
+
+`test_training_step_does_not_sync` needs the engine patches listed in benchmarks/RESULTS.md
+("## CUDA (issue 5)"): until they land, CrossEntropy's count, Embedding's range check,
+clip_grad_norm's per-parameter float() and the CPU-drawn dropout masks each copy to the host.
+
+Follows: PyTorch's device-parametrised tests. Does not: time anything (benchmarks/gpu_train.py).
+Dimension legend: B batch, T time, V vocabulary.
+"""
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import backend, ops
+from tinygrad_gpt.gradcheck import gradcheck
+from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
+from tinygrad_gpt.tensor import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+
+try:
+    backend.get_xp("cuda")
+    CUDA_SKIP = None
+except RuntimeError as exc:
+    CUDA_SKIP = f"needs cupy and a GPU: {exc}"
+
+needs_cuda = pytest.mark.skipif(CUDA_SKIP is not None, reason=CUDA_SKIP or "")
+
+TINY = dict(vocab_size=37, block_size=24, n_layer=2, n_head=2, n_embd=32)
+
+
+def _model(device, dtype=np.float32, **overrides):
+    return GPT(GPTConfig(**{**TINY, **overrides}), seed=3, dtype=dtype, device=device)
+
+
+def _batch(rng, B=3, T=24, V=37):
+    x = rng.integers(0, V, size=(B, T))                            # (B, T)
+    y = rng.integers(0, V, size=(B, T))                            # (B, T)
+    return x, y
+
+
+# ------------------------------------------------------------------------------------------------
+# gradients on the GPU
+# ------------------------------------------------------------------------------------------------
+GRAD_CASES = [
+    ("gelu", lambda a: a.gelu(), [(4, 9)]),
+    ("layer_norm", lambda x, w, b: ops.layer_norm(x, w, b), [(3, 4, 9), (9,), (9,)]),
+    ("cross_entropy", lambda a: ops.cross_entropy(a, Tensor(np.array([[1, 4, 0, 6]]), device="cuda")),
+     [(1, 4, 7)]),
+    ("attention", lambda q, k, v: ops.causal_self_attention(q, k, v), [(2, 3, 7, 5)] * 3),
+    ("attention_qkv", lambda qkv: ops.causal_self_attention_qkv(qkv, 2), [(2, 5, 18)]),
+    ("embedding", lambda w: ops.embedding(w, Tensor(np.array([[1, 3, 1], [0, 3, 3]]), device="cuda")),
+     [(5, 4)]),
+    ("matmul", lambda a, b: a @ b, [(2, 3, 5), (5, 4)]),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("name,fn,shapes", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
+def test_gradcheck_on_cuda(name, fn, shapes, rng):
+    inputs = [Tensor(rng.standard_normal(s), requires_grad=True, dtype=np.float64, device="cuda")
+              for s in shapes]
+    result = gradcheck(fn, inputs, tol=1e-6, max_checks=40)
+    assert result.ok, f"{name} on cuda: {result}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the GPT: same loss and gradients on both devices
+# ------------------------------------------------------------------------------------------------
+@needs_cuda
+def test_gpt_forward_backward_matches_cpu(rng):
+    x, y = _batch(rng)
+    grads = {}
+    for device in ("cpu", "cuda"):
+        model = _model(device, np.float64)
+        xp = backend.get_xp(device)
+        logits, loss = model(xp.asarray(x), xp.asarray(y))
+        loss.backward()
+        assert isinstance(logits.data, xp.ndarray) and logits.device == device
+        grads[device] = (loss.item(), {n: backend.to_numpy(p.grad) for n, p in model.named_parameters()})
+    assert abs(grads["cpu"][0] - grads["cuda"][0]) < 1e-10
+    for name, g in grads["cpu"][1].items():
+        np.testing.assert_allclose(grads["cuda"][1][name], g, rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+@needs_cuda
+def test_training_steps_match_cpu(rng):
+    """Five AdamW steps with clipping: parameters, moments and batches on the GPU; losses as on CPU."""
+    batches = [_batch(rng) for _ in range(5)]
+    losses = {}
+    for device in ("cpu", "cuda"):
+        model = _model(device)
+        opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3, betas=(0.9, 0.99))
+        assert all(backend.device_of_array(m) == device for m in opt.m)
+        xp = backend.get_xp(device)
+        losses[device] = []
+        for x, y in batches:
+            _, loss = model(xp.asarray(x), xp.asarray(y))
+            model.zero_grad()
+            loss.backward()
+            clip_grad_norm(model.parameters(), 1.0)
+            opt.step()
+            losses[device].append(loss.item())
+    np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=2e-4)
+    assert losses["cuda"][-1] < losses["cuda"][0]
+
+
+@needs_cuda
+def test_training_step_does_not_sync(rng):
+    """Nothing in a training step waits for the GPU: a 1-second spin kernel queued first must
+    still be running when the step (forward, backward, clip, AdamW) returns to Python.
+
+    Any host copy (int(), float(), .item(), .get(), a numpy array built from device data) would
+    wait for the spin kernel, and the step would take >= 1 s of host time.
+    """
+    import cupy
+    spin = cupy.RawKernel(r"""
+    extern "C" __global__ void spin(long long cycles) {
+        long long start = clock64();
+        while (clock64() - start < cycles) { }
+    }""", "spin")
+    model = _model("cuda", dropout=0.1)
+    opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3)
+    x, y = (cupy.asarray(a) for a in _batch(rng))
+
+    def step():
+        _, loss = model(x, y)
+        model.zero_grad()
+        loss.backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    step().item()                                                  # compile every kernel, fill the pool
+    cupy.cuda.Device().synchronize()
+    clock_hz = cupy.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1000
+    spin((1,), (1,), (np.int64(clock_hz * 1.0),))                  # ~1 s of GPU time
+    t0 = time.perf_counter()
+    loss = step()
+    host_s = time.perf_counter() - t0
+    cupy.cuda.Device().synchronize()
+    assert np.isfinite(loss.item())
+    assert host_s < 0.5, (f"a training step took {host_s:.2f} s of host time behind a 1 s GPU kernel: "
+                          f"something in it waits for the GPU (a host copy); see the engine patches "
+                          f"in benchmarks/RESULTS.md")
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints across devices, sampling on the GPU
+# ------------------------------------------------------------------------------------------------
+@needs_cuda
+@pytest.mark.parametrize("save_on,load_on", [("cuda", "cpu"), ("cpu", "cuda")])
+def test_checkpoint_moves_between_devices(tmp_path, rng, save_on, load_on):
+    from tinygrad_gpt import checkpoint
+    from tinygrad_gpt.train import load_model
+    model = _model(save_on)
+    opt = AdamW(model.parameters(), lr=1e-3)
+    x, y = _batch(rng)
+    xp = backend.get_xp(save_on)
+    _, loss = model(xp.asarray(x), xp.asarray(y))
+    loss.backward()
+    opt.step()
+    meta = {"model_config": dict(TINY, dropout=0.0, bias=True)}
+    checkpoint.save_checkpoint(tmp_path, model.state_dict(), meta, optimizer_state=opt.state_dict())
+    loaded, _, optimizer_state = load_model(tmp_path, device=load_on)
+    assert all(p.device == load_on for p in loaded.parameters())
+    opt2 = AdamW(loaded.parameters(), lr=1e-3)
+    opt2.load_state_dict(optimizer_state)
+    assert all(backend.device_of_array(m) == load_on for m in opt2.m)
+    want, _ = model(xp.asarray(x))
+    got, _ = loaded(backend.get_xp(load_on).asarray(x))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_kv_cache_sampling_on_cuda_matches_cpu():
+    prompt = np.array([[1, 5, 7]])
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = _model(device, np.float64)
+        # top_k=1: greedy, so float rounding between devices cannot flip a sampled token
+        out[device] = model.generate(prompt, 40, top_k=1, seed=0, use_cache=True)
+        uncached = model.generate(prompt, 40, top_k=1, seed=0, use_cache=False)
+        np.testing.assert_array_equal(out[device], uncached)
+    np.testing.assert_array_equal(out["cuda"], out["cpu"])
+
+
+@needs_cuda
+def test_kernels_switched_off_run_the_reference_on_cuda(monkeypatch, rng):
+    """TINYGRAD_GPT_KERNELS=reference: the xp-generic references run on the GPU, same loss."""
+    x, y = _batch(rng)
+    model = _model("cuda", np.float64)
+    import cupy
+    _, fused = model(cupy.asarray(x), cupy.asarray(y))
+    monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "reference")
+    _, ref = model(cupy.asarray(x), cupy.asarray(y))
+    assert abs(fused.item() - ref.item()) < 1e-10
+
+
+# ------------------------------------------------------------------------------------------------
+# without a GPU: the error says so, and how to install the extra (runs on CPU machines)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(CUDA_SKIP is None, reason="a GPU is usable here, so there is no error to see")
+def test_device_cuda_without_gpu_says_how_to_install(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "examples"))
+    import shakespeare
+    with pytest.raises(RuntimeError, match=r'pip install -e "\.\[cuda\]"'):
+        shakespeare.main(["--device", "cuda", "--preset", "tiny", "--out", str(tmp_path / "out")])
+    with pytest.raises(RuntimeError, match="device 'cuda'"):
+        Tensor.zeros(2, 3, device="cuda")

@@ -1,0 +1,26 @@
+"""RLHF with PPO on the tinygrad_gpt engine: a GPT tuned on scores given to text after it is written.
+
+config.py        PPOConfig, one commented field per knob
+policy.py        PolicyWithValue (GPT + zero-initialised value head), frozen_copy, response windows
+rollout.py       prompts -> KV-cache sampled responses -> logprobs, reference logprobs, values, KL
+scorers.py       VaderScorer (response only, trailing partial word dropped), ScoreNormalizer
+advantage.py     KL per token (exact / sampled), shaped rewards, GAE, fixed and adaptive KL controllers
+losses.py        PolicyLoss, ValueLoss, Entropy, Whiten, BradleyTerryLoss: forward/backward side by side
+reward_model.py  preference pairs labelled by the scorer, RewardModel, Bradley-Terry training, accuracy
+ppo.py           PPOTrainer.step(): rollout, rewards, GAE, clipped PPO epochs, early stop, metrics
+
+Follows: Ziegler et al. 2019 "Fine-Tuning Language Models from Human Preferences", Schulman et al.
+2017 (PPO) and 2016 (GAE), Stiennon et al. 2020, TRL's PPOTrainer. Deliberately does not: run
+distributed, support padded batches or end-of-text tokens, or use LoRA / a separate value network.
+"""
+from tinygrad_gpt.rlhf.advantage import (AdaptiveKLController, FixedKLController, gae, kl_per_token,
+                                         shaped_rewards)
+from tinygrad_gpt.rlhf.config import PPOConfig
+from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, Entropy, PolicyLoss, ValueLoss, Whiten, bradley_terry_loss,
+                                      entropy, policy_loss, value_loss, whiten)
+from tinygrad_gpt.rlhf.policy import PolicyWithValue, frozen_copy, response_windows, score_windows, token_logprobs
+from tinygrad_gpt.rlhf.ppo import PPOTrainer
+from tinygrad_gpt.rlhf.reward_model import (PreferencePairs, pairs_from_responses, RewardModel, RewardModelConfig, make_preference_pairs,
+                                            pairwise_accuracy, train_reward_model)
+from tinygrad_gpt.rlhf.rollout import Rollout, prompt_batches, rollout, sample_responses, score_rollout
+from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, VaderScorer, drop_partial_word

@@ -1,0 +1,64 @@
+"""PPOConfig: every knob of the RLHF loop in one dataclass, each with what it does and its usual value.
+
+Usual values are those of Ziegler et al. 2019 / Stiennon et al. 2020 and TRL's PPOConfig, adjusted
+where a 65-character model on a CPU wants something else (said per field). Scripts map argparse
+flags onto these fields (examples/rlhf_sentiment.py, benchmarks/rlhf.py).
+
+Deliberately does not: hold model or reward-model settings (GPTConfig and RewardModelConfig do).
+"""
+from dataclasses import dataclass
+
+
+@dataclass
+class PPOConfig:
+    # ---- rollouts ----
+    steps: int = 150                 # PPO steps (one rollout batch + its optimisation each); the benchmark runs 150
+    batch_size: int = 64             # prompts (= sampled responses) per step; TRL 256, Ziegler 512; 64 fits a CPU
+    prompt_len: int = 64             # characters per prompt, a window of the validation split (no padding)
+    response_len: int = 64           # characters sampled per response
+    temperature: float = 1.0         # divides the logits when sampling AND when recomputing log-probs (one policy)
+    window_stride: int | None = None  # response chunk per KV-cache window when P + R > block_size; None = block // 2
+    # ---- reward ----
+    kl_estimator: str = "exact"      # per-token KL_t: "exact" sum over the vocabulary (cheap at V = 65) or "sampled"
+    init_kl_coef: float = 0.05       # beta in r_t = -beta KL_t; Ziegler 0.1-0.2, TRL 0.2 (with unnormalised scores)
+    adaptive_kl: bool = True         # adapt beta to keep the KL per sequence near kl_target (Ziegler et al. 2019)
+    kl_target: float = 4.0           # wanted mean KL per response in nats (summed over tokens); TRL 6; 4 = 0.06/char
+    kl_horizon: int = 10000          # sequences over which beta can change by ~e at +-20% error; TRL / Ziegler 10000
+    norm_batches: int = 2            # reference batches sampled to measure the score's mean and std (normaliser)
+    # ---- advantages ----
+    gamma: float = 1.0               # discount; 1 for text (the episode is 64 tokens, nothing to discount)
+    lam: float = 0.95                # GAE lambda; 0.95 everywhere
+    whiten_advantages: bool = True   # masked whitening of advantages over the batch; always on in practice
+    # ---- optimisation ----
+    ppo_epochs: int = 4              # passes over each rollout batch; TRL 4
+    minibatch_size: int = 16         # sequences per gradient step; batch_size / minibatch_size steps per epoch
+    lr: float = 3e-5                 # AdamW learning rate; TRL 1.41e-5 for GPT-2 (this model is 150x smaller)
+    adam_betas: tuple = (0.9, 0.95)  # AdamW betas
+    weight_decay: float = 0.0        # 0: decay would pull the policy away from the reference for no reason
+    max_grad_norm: float = 1.0       # global gradient-norm clip; 0 turns it off
+    clip_eps: float = 0.2            # epsilon of the clipped surrogate, r in [1 - eps, 1 + eps]; 0.2 everywhere
+    clip_value: float = 0.2          # c of the clipped value loss, V in V_old +- c; TRL 0.2
+    vf_coef: float = 0.1             # weight of the value loss in the total (the value head shares the trunk); TRL 0.1
+    ent_coef: float = 0.0            # weight of the entropy bonus (subtracted from the loss); 0 in RLHF usually
+    target_kl: float | None = 0.05   # early stop: no more minibatches this step once the old->new KL per token
+                                     # (k3 estimator) exceeds it; None = never
+    ratio_threshold: float = 10.0    # skip (and log) a minibatch whose mean ratio pi/pi_old exceeds this
+    seed: int = 0                    # rollouts, prompt draws and minibatch shuffles
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "prompt_len", "response_len", "ppo_epochs", "minibatch_size",
+                     "norm_batches", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"PPOConfig: batch_size {self.batch_size} is not a multiple of minibatch_size "
+                             f"{self.minibatch_size}")
+        if self.kl_estimator not in ("exact", "sampled"):
+            raise ValueError(f"PPOConfig: kl_estimator must be 'exact' or 'sampled', got {self.kl_estimator!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"PPOConfig: temperature must be > 0, got {self.temperature}")
+        if self.kl_target <= 0:
+            raise ValueError(f"PPOConfig: kl_target must be > 0, got {self.kl_target}")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"PPOConfig: clip_eps must be in (0, 1), got {self.clip_eps}")

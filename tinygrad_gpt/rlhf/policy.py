@@ -1,0 +1,140 @@
+"""The PPO policy (a GPT plus a scalar value head), its frozen reference, and windowed scoring.
+
+    hidden = ln_f(blocks(wte[idx] + wpe[pos]))             (B, L, C)  the GPT's last hidden state
+    logits = hidden @ wte^T / temperature                  (B, L, V)  the policy pi(. | s_t)
+    value  = hidden @ w_v + b_v                            (B, L)     V(s_t); w_v, b_v start at 0
+
+`PolicyWithValue` composes a `GPT` and runs its modules (`wte`, `wpe`, `h`, `ln_f`) itself, because
+GPT.forward returns logits only; the value head reads the same hidden state the logits come from.
+The value head shares the trunk (its loss, times vf_coef, flows into the GPT), as in Ziegler et al.
+2019 and TRL. Dropout is off: the GPT is put in eval mode and its `drop` module is not called.
+
+Windows. A prompt of P tokens and a response of R tokens can be longer than the model's block_size
+W (the benchmark: 64 + 64 tokens, W = 64). Then the response is scored in chunks of `stride` tokens
+(S = W // 2 by default): chunk [a, b) of the sequence is predicted from the window seq[b-1-W : b-1],
+so its first token sees W - S + 1 tokens of context and its last sees W. Sampling (rollout.py)
+walks the same windows with a fresh KV cache per chunk, so the log-probs recomputed here for PPO
+are those of the distribution the tokens were drawn from. When P + R - 1 <= W there is one window
+holding the whole sequence. (The model's own `generate` rebuilds its cache from block_size // 2
+tokens when full; the chunks here are that idea made regular.)
+
+Dimension legend: B batch, L window length, C n_embd, V vocab, P prompt, R response, S stride.
+Follows: Ziegler et al. 2019 (policy + value head on one trunk, frozen reference), TRL's
+AutoModelForCausalLMWithValueHead, HF's strided perplexity evaluation (the windows).
+Deliberately does not: share the reference's weights with the policy (it is a full copy), or
+support padded prompts (prompts have a fixed length).
+"""
+import numpy as np
+
+from tinygrad_gpt import nn, ops
+from tinygrad_gpt.backend import get_xp
+from tinygrad_gpt.model import GPT
+from tinygrad_gpt.tensor import Tensor, no_grad
+
+
+def response_windows(prompt_len, response_len, block_size, stride=None):
+    """[(start, a, b), ...]: targets seq[a:b] are predicted from the window seq[start:b-1]."""
+    if prompt_len < 1 or response_len < 1:
+        raise ValueError(f"response_windows: prompt and response need >= 1 token, got {prompt_len}, {response_len}")
+    end = prompt_len + response_len
+    if end - 1 <= block_size:
+        return [(0, prompt_len, end)]
+    stride = block_size // 2 if stride is None else stride
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"response_windows: stride must be in [1, block_size={block_size}], got {stride}")
+    windows, a = [], prompt_len
+    while a < end:
+        b = min(a + stride, end)
+        windows.append((max(0, b - 1 - block_size), a, b))
+        a = b
+    return windows
+
+
+class PolicyWithValue(nn.Module):
+    """A GPT (the language model, trained by PPO) and a zero-initialised scalar value head."""
+
+    def __init__(self, gpt):
+        self.gpt = gpt
+        gpt.eval()  # dropout off during PPO
+        C = gpt.config.n_embd
+        dtype, device = gpt.wte.weight.dtype, gpt.device
+        self.v_head = nn.Linear(C, 1, bias=True, std=0.0, dtype=dtype, device=device)  # (C, 1), zeros
+        self.v_head.weight.data[...] = 0
+
+    @property
+    def config(self):
+        return self.gpt.config
+
+    def hidden(self, idx):
+        """The GPT's last hidden state (after ln_f) for token ids idx (B, L): (B, L, C)."""
+        return gpt_hidden(self.gpt, idx)
+
+    def forward(self, idx, last=None, temperature=1.0):
+        """Logits / temperature (B, n, V) and values (B, n) at the last `n = last` positions (all if None)."""
+        x = self.hidden(idx)                                              # (B, L, C)
+        if last is not None:
+            x = x[:, x.shape[1] - last:, :]                               # (B, n, C)
+        logits = x @ self.gpt.wte.weight.T                                # (B, n, V) tied lm_head
+        if temperature != 1.0:
+            logits = logits * (1.0 / temperature)                         # (B, n, V)
+        B, n, C = x.shape
+        values = (x.reshape(B * n, C) @ self.v_head.weight + self.v_head.bias).reshape(B, n)  # (B, n)
+        return logits, values
+
+
+def gpt_hidden(gpt, idx):
+    """GPT.forward up to ln_f, without dropout: (B, L) ids -> (B, L, C) hidden states."""
+    xp = get_xp(gpt.device)
+    idx = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+    B, L = idx.shape
+    if L > gpt.config.block_size:
+        raise ValueError(f"policy: window of {L} tokens is longer than block_size {gpt.config.block_size}")
+    x = gpt.wte(idx) + gpt.wpe(xp.arange(L))                              # (B, L, C)
+    for block in gpt.h:
+        x = block(x)                                                      # (B, L, C)
+    return gpt.ln_f(x)                                                    # (B, L, C)
+
+
+def frozen_copy(gpt):
+    """A GPT with the same config and weights, in eval mode; use it under no_grad() only."""
+    ref = GPT(gpt.config, seed=0, dtype=gpt.wte.weight.dtype, device=gpt.device)
+    ref.load_state_dict(gpt.state_dict())
+    return ref.eval()
+
+
+def score_windows(model, seq, windows, temperature=1.0):
+    """Scaled logits (B, R, V) and values (B, R) (None for a plain GPT) of the response tokens.
+
+    model: a PolicyWithValue or a GPT; seq (B, P + R) token ids; windows from response_windows.
+    Records a graph unless called under no_grad().
+    """
+    logits_parts, value_parts = [], []
+    for start, a, b in windows:
+        window = seq[:, start:b - 1]                                      # (B, b-1-start)
+        if isinstance(model, PolicyWithValue):
+            logits, values = model(window, last=b - a, temperature=temperature)  # (B, b-a, V), (B, b-a)
+            value_parts.append(values)
+        else:
+            x = gpt_hidden(model, window)                                 # (B, L, C)
+            x = x[:, x.shape[1] - (b - a):, :]                            # (B, b-a, C)
+            logits = x @ model.wte.weight.T                               # (B, b-a, V)
+            if temperature != 1.0:
+                logits = logits * (1.0 / temperature)
+        logits_parts.append(logits)
+    cat = (lambda parts: parts[0] if len(parts) == 1 else ops.concat(parts, axis=1))
+    return cat(logits_parts), (cat(value_parts) if value_parts else None)  # (B, R, V), (B, R)
+
+
+def token_logprobs(logits, tokens):
+    """log softmax(logits) at tokens: logits (B, R, V) Tensor, tokens (B, R) ints -> (B, R) Tensor."""
+    B, R, V = logits.shape
+    picked = logits.log_softmax(axis=-1).gather(tokens.reshape(B, R, 1))  # (B, R, 1)
+    return picked.reshape(B, R)                                           # (B, R)
+
+
+def response_logprobs(model, seq, windows, temperature=1.0):
+    """No-graph helper: full log-softmax (B, R, V) and values (B, R) or None, as numpy arrays."""
+    with no_grad():
+        logits, values = score_windows(model, seq, windows, temperature)
+        logp = logits.log_softmax(axis=-1).numpy()                        # (B, R, V)
+    return logp, (None if values is None else values.numpy())

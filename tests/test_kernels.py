@@ -331,6 +331,39 @@ def test_attention_is_causal(rng, dtype):
     assert not np.allclose(out[:, :, 5:], out2[:, :, 5:])
 
 
+def test_attention_serial_and_parallel_drivers_agree_bit_for_bit(rng):
+    """ThreadPicker may run either driver from call to call; the heads are independent, so the
+    two must give identical arrays, not merely close ones."""
+    from kernels.cpu import attention as attn
+    q, k, v = (normal(rng, (12, 7, 5), np.float32) for _ in range(3))  # (BH, T, hs)
+    dout = normal(rng, (12, 7, 5), np.float32)                     # (BH, T, hs)
+    outs = []
+    for fwd, bwd in ((attn._attention_forward_serial, attn._attention_backward_serial),
+                     (attn._attention_forward_parallel, attn._attention_backward_parallel)):
+        out = np.empty_like(q)                                     # (BH, T, hs)
+        lse = np.empty(q.shape[:2], dtype=q.dtype)                 # (BH, T)
+        fwd(q, k, v, np.float32(0.4), out, lse)
+        grads = [np.empty_like(q) for _ in range(3)]               # dq, dk, dv (BH, T, hs)
+        bwd(dout, q, k, v, out, lse, np.float32(0.4), *grads)
+        outs.append([out, lse] + grads)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_thread_picker_keeps_the_faster_version_and_rechecks():
+    import time
+    from kernels.cpu._common import ThreadPicker
+    calls = []
+    fast = lambda: calls.append("serial")                            # noqa: E731
+    slow = lambda: (calls.append("parallel"), time.sleep(0.003))    # noqa: E731
+    picker = ThreadPicker(recheck=5)
+    for _ in range(10):
+        picker.run("shape", fast, slow)
+    # call 1 times serial, call 2 parallel; then serial, except call 5 and 10 re-time parallel
+    assert calls == ["serial", "parallel", "serial", "serial", "parallel",
+                     "serial", "serial", "serial", "serial", "parallel"]
+
+
 # ------------------------------------------------------------------------------------------------
 # embedding backward
 # ------------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ of exp < 3e-7 on [-87, 88], absolute error of tanh < 5e-7 everywhere.
 Does not: handle float16 or complex (the wrappers send those to the NumPy reference), or use
 `fastmath` in these helpers (reassociation would undo the Cody-Waite split).
 
-Threads: only attention runs in parallel (prange over the B * nh heads, and only when Numba has
-more than one thread and the call is big enough). Every other kernel is serial: at the `cpu`
-preset each takes 10-300 us on one thread, waking Numba's pool costs ~10 us on a quiet machine, and
-on this shared 2-core VM under load a parallel launch was measured waiting a whole scheduler tick
+Threads: only attention has a parallel version (prange over the B * nh heads), and `ThreadPicker`
+below decides per call shape whether to use it. Every other kernel is serial: at the `cpu` preset
+each takes 10-300 us on one thread, waking Numba's pool costs ~10 us on a quiet machine, and on
+this shared 2-core VM under load a parallel launch was measured waiting a whole scheduler tick
 (~10 ms) per call for its second thread. NUMBA_NUM_THREADS=1 makes attention serial too.
 
 subtle: every kernel uses error_model="numpy". With Numba's default ("python") each division gets
@@ -26,6 +26,7 @@ a zero check that raises ZeroDivisionError, a branch that stops vectorisation; t
 made the float32 GELU loop 30x faster.
 """
 import math
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -186,6 +187,43 @@ def _fast_tanh_overload(x):
     if x == types.float32:
         return lambda x: tanh_f32(x)
     return lambda x: tanh_f64(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# serial or parallel, measured
+# ------------------------------------------------------------------------------------------------
+class ThreadPicker:
+    """Chooses, per call shape, between a kernel's serial and parallel versions by timing both.
+
+    subtle: on a quiet 2-core machine the parallel attention is ~1.8x faster than the serial one;
+    on the same machine shared with other busy processes it was ~10x slower (each launch waits
+    for a scheduler tick before its second thread runs). No fixed rule is right in both, so the
+    first calls of each shape run each version once, later calls run the one whose latest time
+    was lower, and every `recheck`-th call re-times the other (conditions change while training).
+    Costs one perf_counter pair per call. The choice only affects speed: both versions give the
+    same result bit for bit (the heads are independent).
+    """
+
+    def __init__(self, recheck=50):
+        self.recheck = recheck
+        self.seconds = {}  # shape key -> [latest serial seconds, latest parallel seconds, calls]
+
+    def run(self, key, serial, parallel, *args):
+        st = self.seconds.get(key)
+        if st is None:
+            st = self.seconds[key] = [None, None, 0]
+        st[2] += 1
+        if st[0] is None:
+            choice = 0
+        elif st[1] is None:
+            choice = 1
+        else:
+            faster = 0 if st[0] <= st[1] else 1
+            choice = 1 - faster if st[2] % self.recheck == 0 else faster
+        t0 = time.perf_counter()
+        (serial, parallel)[choice](*args)
+        st[choice] = time.perf_counter() - t0
+        return choice
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,16 +2,18 @@
 only the row log-sum-exp, the backward recomputes the probabilities from it.
 
 Same names, signatures and results as `kernels.reference.attention_forward/backward`. The (B, nh)
-heads are split over threads (prange); each head copies its q (times scale), k, v into (Tp, hs)
-scratch tiles (Tp = T rounded up to 4, zero rows below T) that fit in L1 (T = 64, hs = 32: 8 KiB
-each in float32), and visits only the causal part of the scores: keys 0..i0+3 for the block of
-query rows i0..i0+3.
+heads run in order or split over threads (prange), whichever `ThreadPicker` (in `_common.py`)
+last timed faster for this shape. Each head copies its q (times scale), k, v into zero-padded
+scratch tiles that fit in L1 (T = 64, hs = 32: 8 KiB each in float32) and visits only the causal
+part of the scores: keys 0..i0+3 for the block of query rows i0..i0+3.
 
 subtle: query rows go four at a time. With one row at a time every inner loop (over hs = 32 or
 over the ~32 keys a row sees) is shorter than LLVM's vector body (16 lanes x 4 unrolled) and runs
 in its scalar or half-width remainder, with loop setup dominating: 10 GFLOP/s. Four rows per pass
 over the keys share every load of k and v and give each inner loop four independent
-accumulations; that alone made the forward ~2x faster. float32 exp is `exp_f32`.
+accumulations; that alone made the forward ~2x faster. For the same reason p v (and dscores k in
+backward) are dot products over the keys padded with zero probabilities to a multiple of 64
+(Tp = T rounded up to 64), so that inner loop runs whole vector bodies. float32 exp is `exp_f32`.
 
 Follows: Dao et al., "FlashAttention" (keep lse, recompute p in backward; rowdot = dout . out);
 llm.c `attention_forward` / `attention_backward` (the per-row loop structure).
@@ -28,7 +30,7 @@ import numba
 from numba import prange
 
 from kernels import reference
-from kernels.cpu._common import common_float_dtype, fast_exp, kernel, row_max
+from kernels.cpu._common import ThreadPicker, common_float_dtype, fast_exp, kernel
 
 # B * nh * T * T * hs from which the heads are split over threads (the cpu preset has 6.3M)
 PARALLEL_MIN_WORK = 1 << 20
@@ -49,11 +51,18 @@ def _attention_forward_head(q, k, v, scale, out, lse):
             qs[j, d] = q[j, d] * scale
             kh[j, d] = k[j, d]
             vT[d, j] = v[j, d]
-    p = np.empty((4, Tp), dtype=q.dtype)                           # (4, Tp)  scores, then probs
+    p = np.zeros((4, Tp), dtype=q.dtype)                           # (4, Tp)  scores, then probs
+    rowmax = np.empty(4, dtype=q.dtype)                            # (4,)
+    inv_denom = np.empty(4, dtype=q.dtype)                         # (4,)
     for i0 in range(0, T, 4):                                      # query rows i0..i0+3 together
         n = i0 + 4                                                 # keys 0..i0+3: the causal span
         n64 = (n + 63) // 64 * 64                                  # ... padded with zero probs
-        # forward 1: scores = q k^T * scale, four query rows per pass over the keys
+        # forward 1: scores = q k^T * scale, four query rows per pass over the keys; the row
+        # maxima ride along (keys 0..i0 are visible to all four rows)
+        m0 = dt(-np.inf)
+        m1 = dt(-np.inf)
+        m2 = dt(-np.inf)
+        m3 = dt(-np.inf)
         for j in range(n):
             s0 = dt(0.0)
             s1 = dt(0.0)
@@ -69,23 +78,38 @@ def _attention_forward_head(q, k, v, scale, out, lse):
             p[1, j] = s1
             p[2, j] = s2
             p[3, j] = s3
-        # forward 2-3: causal mask (row i0+c sees keys j <= i0+c), softmax
+            if j <= i0:
+                m0 = s0 if s0 > m0 else m0
+                m1 = s1 if s1 > m1 else m1
+                m2 = s2 if s2 > m2 else m2
+                m3 = s3 if s3 > m3 else m3
+        rowmax[0] = m0
+        rowmax[1] = m1
+        rowmax[2] = m2
+        rowmax[3] = m3
+        # forward 2-3: causal mask (row i0+c sees keys j <= i0+c), softmax; the exp runs over
+        # all n64 columns (whole vector bodies) and masks (entries past n are stale); p stays
+        # unnormalised here, forward 4 divides its result by the row sum once
         for c in range(4):
             m = i0 + c + 1                                         # keys this row sees
-            rowmax = row_max(p, c, m)
+            mx = rowmax[c]
+            for j in range(i0 + 1, m):                             # the keys only later rows see
+                mx = p[c, j] if p[c, j] > mx else mx
             denom = dt(0.0)
-            for j in range(m):
-                e = fast_exp(p[c, j] - rowmax)
+            for j in range(n64):
+                e = fast_exp(p[c, j] - mx)
+                if j >= m:
+                    e = dt(0.0)                                    # forward 2: masked
                 p[c, j] = e
                 denom += e
-            inv = dt(1.0) / denom
-            for j in range(m):
-                p[c, j] *= inv                                     # forward 3: p = p / denom
-            for j in range(m, n64):
-                p[c, j] = dt(0.0)                                  # forward 2: masked
+            inv_denom[c] = dt(1.0) / denom                         # forward 3: p = e / sum e
             if i0 + c < T:
-                lse[i0 + c] = rowmax + math.log(denom)
+                lse[i0 + c] = mx + math.log(denom)
         # forward 4: out = p v, as dot products over the (padded) keys, four rows at a time
+        i1 = inv_denom[0]
+        i2 = inv_denom[1]
+        i3 = inv_denom[2]
+        i4 = inv_denom[3]
         for d in range(hs):
             a0 = dt(0.0)
             a1 = dt(0.0)
@@ -97,13 +121,13 @@ def _attention_forward_head(q, k, v, scale, out, lse):
                 a1 += p[1, j] * vd
                 a2 += p[2, j] * vd
                 a3 += p[3, j] * vd
-            out[i0, d] = a0
+            out[i0, d] = a0 * i1
             if i0 + 1 < T:
-                out[i0 + 1, d] = a1
+                out[i0 + 1, d] = a1 * i2
             if i0 + 2 < T:
-                out[i0 + 2, d] = a2
+                out[i0 + 2, d] = a2 * i3
             if i0 + 3 < T:
-                out[i0 + 3, d] = a3
+                out[i0 + 3, d] = a3 * i4
 
 
 @kernel()
@@ -130,8 +154,8 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
             gh[j, d] = dout[j, d]
             r += dout[j, d] * out[j, d]
         rowdot[j] = r
-    p = np.empty((4, Tp), dtype=q.dtype)                           # (4, Tp)  probs
-    ds = np.empty((4, Tp), dtype=q.dtype)                          # (4, Tp)  dp, then dscores
+    p = np.zeros((4, Tp), dtype=q.dtype)                           # (4, Tp)  probs
+    ds = np.zeros((4, Tp), dtype=q.dtype)                          # (4, Tp)  dp, then dscores
     for i0 in range(0, T, 4):                                      # query rows i0..i0+3 together
         n = i0 + 4                                                 # keys 0..i0+3
         n64 = (n + 63) // 64 * 64
@@ -169,16 +193,17 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
             m = i + 1 if i < T else 0                              # keys row i sees (0: padding)
             row_lse = lse[i] if i < T else dt(0.0)
             row_dot = rowdot[i]
-            for j in range(n):
-                # recompute forward 2-3: p = exp(scores - lse), 0 where masked
+            for j in range(n64):                                   # whole vector bodies
+                # recompute forward 2-3: p = exp(scores - lse), 0 where masked (and past n,
+                # where p and dp hold stale values)
                 pj = fast_exp(p[c, j] - row_lse)
+                # forward 3: dscores = p * (dp - rowdot), rowdot = sum_j p_j dp_j = dout . out
+                dsj = pj * (ds[c, j] - row_dot)
                 if j >= m:
                     pj = dt(0.0)
+                    dsj = dt(0.0)
                 p[c, j] = pj
-                # forward 3: dscores = p * (dp - rowdot), rowdot = sum_j p_j dp_j = dout . out
-                ds[c, j] = pj * (ds[c, j] - row_dot)
-            for j in range(n, n64):
-                ds[c, j] = dt(0.0)
+                ds[c, j] = dsj
         # forward 4: dv = p^T dout;  forward 1: dk = dscores^T (q * scale)
         for j in range(n):
             p0 = p[0, j]
@@ -246,9 +271,14 @@ def _attention_backward_parallel(dout, q, k, v, out, lse, scale, dq, dk, dv):
                                  dq[bh], dk[bh], dv[bh])
 
 
-def _use_threads(BH, T, hs):
-    """Split heads over threads when there are threads and at least ~0.1 ms of work."""
+def _may_use_threads(BH, T, hs):
+    """Threads are worth trying with two or more heads, threads, and ~0.1 ms of work or more."""
     return BH > 1 and BH * T * T * hs >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+
+
+# forward and backward each keep their own timings (see ThreadPicker in _common.py)
+_forward_picker = ThreadPicker()
+_backward_picker = ThreadPicker()
 
 
 def _heads(a):
@@ -268,9 +298,13 @@ def attention_forward(q, k, v, scale):
     out = np.empty(q.shape, dtype=dtype)                           # (B, nh, T, hs)
     lse = np.empty(q.shape[:-1], dtype=dtype)                      # (B, nh, T)
     q3, k3, v3 = _heads(q), _heads(k), _heads(v)                   # (BH, T, hs)
-    run = _attention_forward_parallel if _use_threads(q3.shape[0], T, hs) \
-        else _attention_forward_serial
-    run(q3, k3, v3, dtype.type(scale), out.reshape(-1, T, hs), lse.reshape(-1, T))
+    args = (q3, k3, v3, dtype.type(scale), out.reshape(-1, T, hs), lse.reshape(-1, T))
+    BH = q3.shape[0]
+    if _may_use_threads(BH, T, hs):
+        _forward_picker.run((BH, T, hs, dtype, numba.get_num_threads()),
+                            _attention_forward_serial, _attention_forward_parallel, *args)
+    else:
+        _attention_forward_serial(*args)
     return out, lse
 
 
@@ -285,9 +319,13 @@ def attention_backward(dout, q, k, v, out, lse, scale):
     dq = np.empty(q.shape, dtype=dtype)                            # (B, nh, T, hs)
     dk = np.empty(q.shape, dtype=dtype)                            # (B, nh, T, hs)
     dv = np.empty(q.shape, dtype=dtype)                            # (B, nh, T, hs)
+    args = (_heads(dout), _heads(q), _heads(k), _heads(v), _heads(out),
+            np.ascontiguousarray(lse).reshape(-1, T), dtype.type(scale),
+            dq.reshape(-1, T, hs), dk.reshape(-1, T, hs), dv.reshape(-1, T, hs))
     BH = q.size // (T * hs)
-    run = _attention_backward_parallel if _use_threads(BH, T, hs) else _attention_backward_serial
-    run(_heads(dout), _heads(q), _heads(k), _heads(v), _heads(out),
-        np.ascontiguousarray(lse).reshape(-1, T), dtype.type(scale),
-        dq.reshape(-1, T, hs), dk.reshape(-1, T, hs), dv.reshape(-1, T, hs))
+    if _may_use_threads(BH, T, hs):
+        _backward_picker.run((BH, T, hs, dtype, numba.get_num_threads()),
+                             _attention_backward_serial, _attention_backward_parallel, *args)
+    else:
+        _attention_backward_serial(*args)
     return dq, dk, dv

@@ -1,0 +1,111 @@
+"""RLHF benchmark: PPO from the cpu-preset checkpoint toward positive VADER, measured on fixed prompts.
+
+    python benchmarks/rlhf.py --checkpoint /work/runs/cpu2000 --out out/bench-rlhf      # 150 steps, batch 64
+    python benchmarks/rlhf.py --checkpoint DIR --reward model                           # proxy vs gold
+
+Evaluation set: 128 prompts of 64 characters from the last 20% of the validation split (PPO draws
+its prompts from the first 80%), 2 seeded samples each, 64 characters, at the PPO temperature; the
+reference and the tuned policy see the same prompts and the same random numbers. Measured:
+    score     mean VADER, and the fraction above +0.05, before and after
+    kl        mean exact KL(policy || reference) per character
+    fluency   reference loss (nats/char) on the policy's completions minus on its own
+    wall      seconds for the whole PPO run and per step
+Targets (issue 7): score >= +0.40 and >= reference + 0.30; fraction >= 0.70; kl <= 0.10;
+fluency <= 0.15. Writes metrics.jsonl (per step) and results.json into --out; prints a Markdown
+table for benchmarks/RESULTS.md and 8 completions before and after.
+
+Every PPOConfig field is a flag (see examples/rlhf_sentiment.py). The machine's BLAS threads are
+whatever OPENBLAS_NUM_THREADS says (the figures in RESULTS.md name it).
+Deliberately does not: repeat runs over seeds (one run is 10-20 minutes on 2 cores).
+"""
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from examples.rlhf_sentiment import (build_parser, build_reward_model, fixed_prompts, load_setup,  # noqa: E402
+                                     ppo_config_from, run_ppo, show_completions)
+from tinygrad_gpt.rlhf import PolicyWithValue, PPOTrainer, VaderScorer, frozen_copy  # noqa: E402
+from tinygrad_gpt.rlhf.evaluate import evaluate  # noqa: E402
+
+
+def main(argv=None):
+    p = build_parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--eval-prompts", type=int, default=128)
+    p.add_argument("--eval-samples", type=int, default=2)
+    p.set_defaults(out="out/bench-rlhf")
+    args = p.parse_args(argv)
+    cfg = ppo_config_from(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
+    reference = frozen_copy(gpt)
+    scorer = VaderScorer()
+    eval_prompts = fixed_prompts(heldout_tokens, args.eval_prompts, cfg.prompt_len, seed=2024)
+    ev = (lambda model: evaluate(model, reference, eval_prompts, cfg.response_len, cfg.temperature, scorer,
+                                 tokenizer.decode, samples=args.eval_samples, stride=cfg.window_stride))
+    t0 = time.perf_counter()
+    before = ev(reference)
+    print(f"reference on {len(eval_prompts)} x {args.eval_samples}: {before.summary()} "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    reward_model, rm_info = None, None
+    if args.reward == "model":
+        reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args)
+    policy = PolicyWithValue(gpt)
+    trainer = PPOTrainer(policy, reference, tokenizer, prompt_tokens, scorer, cfg, reward_model=reward_model)
+    t0 = time.perf_counter()
+    history = run_ppo(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    trainer.save(out / "policy", extra_meta={"reward": args.reward, "reward_model": rm_info})
+    after = ev(policy.gpt)
+    fluency = after.ref_nll_per_char - before.ref_nll_per_char
+    gain = after.score_mean - before.score_mean
+    checks = {
+        "score >= 0.40": after.score_mean >= 0.40,
+        "score >= reference + 0.30": gain >= 0.30,
+        "fraction > +0.05 >= 0.70": after.pos_frac >= 0.70,
+        "KL <= 0.10 nats/char": after.kl_per_char <= 0.10,
+        "fluency <= +0.15 nats/char": fluency <= 0.15,
+    }
+    results = {"before": before.summary(), "after": after.summary(), "fluency_gap": round(fluency, 4),
+               "score_gain": round(gain, 4), "wall_s": round(wall, 1), "s_per_step": round(wall / cfg.steps, 2),
+               "checks": checks, "ppo_config": asdict(cfg), "reward": args.reward, "reward_model": rm_info,
+               "checkpoint": args.checkpoint, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+               "cpu_count": os.cpu_count(), "python": platform.python_version(),
+               "final_beta": trainer.kl_ctl.value,
+               "samples_after": after.texts[:8], "samples_before": before.texts[:8]}
+    if reward_model is not None:
+        results["proxy_reward_first_last"] = [history[0]["reward_raw"], history[-1]["reward_raw"]]
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+
+    print("\n8 evaluation completions after PPO (VADER):")
+    for text, s in zip(after.texts[:8], after.scores[:8]):
+        print(f"[{s:+.3f}] {text.replace(chr(10), '/')}")
+    show_completions("8 fixed prompts after PPO", policy.gpt, eval_prompts[:8], cfg, tokenizer, scorer)
+    print("\n| figure | reference | after PPO | target | met |")
+    print("|---|---|---|---|---|")
+    print(f"| mean VADER ({len(eval_prompts)} prompts x {args.eval_samples}) | {before.score_mean:+.3f} | "
+          f"{after.score_mean:+.3f} | >= +0.40 and >= ref + 0.30 | "
+          f"{'yes' if checks['score >= 0.40'] and checks['score >= reference + 0.30'] else 'NO'} |")
+    print(f"| fraction > +0.05 | {before.pos_frac:.3f} | {after.pos_frac:.3f} | >= 0.70 | "
+          f"{'yes' if checks['fraction > +0.05 >= 0.70'] else 'NO'} |")
+    print(f"| exact KL to reference (nats/char) | 0 | {after.kl_per_char:.4f} | <= 0.10 | "
+          f"{'yes' if checks['KL <= 0.10 nats/char'] else 'NO'} |")
+    print(f"| reference loss on completions (nats/char) | {before.ref_nll_per_char:.4f} | "
+          f"{after.ref_nll_per_char:.4f} (+{fluency:.4f}) | <= +0.15 | "
+          f"{'yes' if checks['fluency <= +0.15 nats/char'] else 'NO'} |")
+    print(f"| wall time, {cfg.steps} PPO steps of batch {cfg.batch_size} | | {wall:.0f} s "
+          f"({wall / cfg.steps:.2f} s/step) | | |")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

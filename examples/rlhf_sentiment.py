@@ -1,0 +1,189 @@
+"""RLHF on Shakespeare: tune a character GPT with PPO so that its completions end positive.
+
+    python examples/rlhf_sentiment.py --checkpoint /work/runs/cpu2000      # PPO against VADER
+    python examples/rlhf_sentiment.py --checkpoint DIR --reward model      # against a learned reward model
+    python examples/rlhf_sentiment.py                                       # trains a tiny model first (minutes)
+
+Prints 8 completions of fixed validation prompts with their VADER scores, then a progress bar over
+PPO steps (mean score, KL per char to the reference, beta, clip fraction, value loss, entropy),
+then the same 8 prompts after. With --reward model, pairs of reference samples are labelled by
+VADER, a reward model is trained on them (held-out pairwise accuracy printed) and PPO optimises
+it, while the bar shows both the learned reward (proxy) and VADER (gold). Metrics per step go to
+--out/metrics.jsonl; the tuned policy is saved to --out (loadable with train.load_model, or
+`python examples/shakespeare.py --sample --out OUT`).
+
+Every PPOConfig field is a flag (--lr, --ppo-epochs, --init-kl-coef, ...).
+Follows: Ziegler et al. 2019's sentiment task (there: IMDB and a classifier; here: Shakespeare and
+VADER). Deliberately does not: resume a PPO run (the optimizer state is not saved).
+"""
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+
+from tinygrad_gpt import data  # noqa: E402
+from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, RewardModel, RewardModelConfig,  # noqa: E402
+                               VaderScorer, frozen_copy, make_preference_pairs, pairwise_accuracy,
+                               prompt_batches, sample_responses, train_reward_model)
+from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt.train import load_model  # noqa: E402
+
+
+def build_parser(description=None):
+    p = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="a Shakespeare GPT checkpoint dir (none: train a tiny one)")
+    p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
+    p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
+    p.add_argument("--reward", choices=["vader", "model"], default="vader",
+                   help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")
+    p.add_argument("--rm-pairs", type=int, default=RewardModelConfig.pairs, help="prompts sampled for RM pairs")
+    p.add_argument("--rm-steps", type=int, default=RewardModelConfig.steps)
+    p.add_argument("--no-progress", action="store_true")
+    ppo = p.add_argument_group("PPO (PPOConfig fields)")
+    for f in fields(PPOConfig):
+        if f.name in ("adam_betas", "device"):
+            continue
+        if f.type in (bool, "bool"):
+            ppo.add_argument("--" + f.name.replace("_", "-"), type=lambda s: s.lower() in ("1", "true", "yes"),
+                             default=f.default)
+        elif f.name == "kl_estimator":
+            ppo.add_argument("--kl-estimator", choices=["exact", "sampled"], default=f.default)
+        else:
+            kind = float if isinstance(f.default, float) or f.name in ("target_kl",) else int
+            ppo.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    return p
+
+
+def ppo_config_from(args):
+    return PPOConfig(**{f.name: getattr(args, f.name) for f in fields(PPOConfig) if hasattr(args, f.name)})
+
+
+def train_tiny_model(data_path, out_dir):
+    """No checkpoint given: train a small model for a few hundred steps (a few minutes on a CPU)."""
+    from examples.shakespeare import main as train_main
+    out = Path(out_dir) / "pretrained"
+    print(f"no --checkpoint: training a small Shakespeare model into {out} first")
+    flags = ["--preset", "cpu", "--max-iters", "300", "--out", str(out), "--no-progress"]
+    if data_path:
+        flags += ["--data", data_path]
+    if train_main(flags) != 0:
+        raise RuntimeError("training the small model failed")
+    return out
+
+
+def load_setup(args):
+    """(gpt, tokenizer, ppo prompt tokens, held-out prompt tokens) from --checkpoint / --data."""
+    checkpoint = args.checkpoint or train_tiny_model(args.data, args.out)
+    gpt, meta, _ = load_model(checkpoint)
+    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    text = data.load_text(data.find_data(args.data))
+    tokens = tokenizer.encode_array(text)
+    _, val = data.split_train_val(tokens, meta.get("train_config", {}).get("val_fraction", 0.1))
+    cut = int(len(val) * 0.8)  # PPO prompts from the first 80% of val, evaluation prompts from the rest
+    return gpt, tokenizer, val[:cut], val[cut:]
+
+
+def fixed_prompts(tokens, n, prompt_len, seed):
+    rng = np.random.default_rng(seed)
+    starts = rng.choice(len(tokens) - prompt_len, size=n, replace=False)  # (n,)
+    return tokens[starts[:, None] + np.arange(prompt_len)[None, :]].astype(np.int64)  # (n, P)
+
+
+def show_completions(title, gpt, prompts, cfg, tokenizer, scorer, seed=0):
+    responses = sample_responses(gpt, prompts, cfg.response_len, cfg.temperature, np.random.default_rng(seed),
+                                 cfg.window_stride)
+    texts = [tokenizer.decode(r.tolist()) for r in responses]
+    scores = scorer(texts)
+    print(f"\n=== {title}: mean VADER {scores.mean():+.3f} ===")
+    for prompt, text, s in zip(prompts, texts, scores):
+        tail = tokenizer.decode(prompt[-24:].tolist()).replace("\n", "/")
+        print(f"[{s:+.3f}] ...{tail!s} >>> {text.replace(chr(10), '/')}")
+    return scores
+
+
+def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=print):
+    """Sample pairs from the reference, label them with VADER, train and report the reward model."""
+    rm_cfg = RewardModelConfig(pairs=args.rm_pairs, steps=args.rm_steps, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 1)
+    prompts = prompt_batches(prompt_tokens, cfg.batch_size, cfg.prompt_len, rng)
+    t0 = time.perf_counter()
+    pairs = make_preference_pairs(gpt, prompts, rm_cfg.pairs, cfg.response_len, cfg.temperature, scorer,
+                                  tokenizer.decode, rng, rm_cfg.min_margin, cfg.window_stride)
+    train, heldout = pairs.split(rm_cfg.heldout_fraction, rng)
+    log(f"reward model data: {rm_cfg.pairs} prompts x 2 samples -> {len(pairs)} non-tied pairs "
+        f"({len(train)} train, {len(heldout)} held out), {time.perf_counter() - t0:.0f} s")
+    rm = RewardModel(gpt)
+    losses = train_reward_model(rm, train, rm_cfg, log=log)
+    info = {"pairs": len(pairs), "train_pairs": len(train), "heldout_pairs": len(heldout),
+            "final_loss": float(np.mean(losses[-20:])), "train_accuracy": pairwise_accuracy(rm, train),
+            "heldout_accuracy": pairwise_accuracy(rm, heldout), "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"reward model: held-out pairwise accuracy {info['heldout_accuracy']:.3f} "
+        f"(train {info['train_accuracy']:.3f}, chance 0.5)")
+    return rm, info
+
+
+def run_ppo(trainer, steps, metrics_path, progress=True):
+    """steps PPO steps with a progress bar; one JSON line of metrics per step."""
+    from tqdm import tqdm
+    metrics_path = Path(metrics_path)
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(steps), desc="PPO", disable=not progress, dynamic_ncols=True)
+    history = []
+    with open(metrics_path, "w", encoding="utf-8") as f:
+        for _ in bar:
+            m = trainer.step()
+            history.append(m)
+            f.write(json.dumps(m) + "\n")
+            f.flush()
+            post = {"score": f"{m['score']:+.3f}", "kl": f"{m['kl']:.3f}", "beta": f"{m['beta']:.3f}",
+                    "clip": f"{m['clipfrac']:.2f}", "vf": f"{m['value_loss']:.3f}", "ent": f"{m['entropy']:.2f}"}
+            if trainer.reward_model is not None:
+                post = {"rm": f"{m['reward_raw']:+.3f}", **post}
+            bar.set_postfix(post)
+            if not progress:
+                print(f"step {m['step']}: " + ", ".join(f"{k} {v}" for k, v in post.items()), flush=True)
+    return history
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = ppo_config_from(args)
+    gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
+    reference = frozen_copy(gpt)
+    scorer = VaderScorer()
+    shown = fixed_prompts(heldout_tokens, 8, cfg.prompt_len, seed=1234)
+    show_completions("before PPO", reference, shown, cfg, tokenizer, scorer)
+
+    reward_model, rm_info = None, None
+    if args.reward == "model":
+        reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args)
+    policy = PolicyWithValue(gpt)
+    trainer = PPOTrainer(policy, reference, tokenizer, prompt_tokens, scorer, cfg, reward_model=reward_model)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    history = run_ppo(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    show_completions("after PPO", policy.gpt, shown, cfg, tokenizer, scorer)
+    trainer.save(out, extra_meta={"reward": args.reward, "reward_model": rm_info})
+    last = history[-1]
+    print(f"\n{cfg.steps} PPO steps in {wall:.0f} s ({wall / cfg.steps:.2f} s/step); last step: score "
+          f"{last['score']:+.3f}, KL {last['kl']:.4f} nats/char; policy saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)

@@ -134,7 +134,9 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, caches=None):
         """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
         xp = get_xp(self.device)
-        idx = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
+        idx = idx.data if isinstance(idx, Tensor) else idx
+        if not hasattr(idx, "ndim"):
+            idx = np.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"GPT.forward: idx must be (B, T) token ids, got shape {idx.shape}")
         B, T = idx.shape
@@ -142,9 +144,12 @@ class GPT(nn.Module):
         if t0 + T > self.config.block_size:
             raise ValueError(f"GPT.forward: sequence of {t0 + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+        # ids are range-checked where they are: free on the host; ids already on the GPU are not
+        # (a sync per step) - the Trainer passes host batches, checked here and then uploaded
+        if isinstance(idx, np.ndarray) and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             bad = int(idx.max()) if int(idx.max()) >= self.config.vocab_size else int(idx.min())
             raise IndexError(f"GPT.forward: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+        idx = xp.asarray(idx)                                     # (B, T) uploaded if on the host
         pos = xp.arange(t0, t0 + T)                               # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))              # (B, T, C)
         for i, block in enumerate(self.h):
@@ -185,7 +190,6 @@ class GPT(nn.Module):
         block = self.config.block_size
         was_training = self.training
         self.eval()
-        xp = get_xp(self.device)
         try:
             with no_grad():
                 caches, fed = None, 0  # fed: how many tokens of `out` the caches hold
@@ -195,10 +199,10 @@ class GPT(nn.Module):
                             keep = out.shape[1] if caches is None else block // 2
                             keep = min(keep, block)
                             caches, fed = self.new_caches(out.shape[0]), out.shape[1] - keep
-                        logits, _ = self(xp.asarray(out[:, fed:]), caches=caches)  # (B, t, V)
+                        logits, _ = self(out[:, fed:], caches=caches)  # (B, t, V) host ids: checked, uploaded
                         fed = out.shape[1]
                     else:
-                        logits, _ = self(xp.asarray(out[:, -block:]))             # (B, t, V)
+                        logits, _ = self(out[:, -block:])                         # (B, t, V)
                     logits = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
                     nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p)          # (B,)
                     out = np.concatenate([out, nxt[:, None]], axis=1)

@@ -127,15 +127,29 @@ class AdamW(Optimizer):
 
 
 def clip_grad_norm(params, max_norm):
-    """Scale all gradients so their global L2 norm is at most max_norm; return the norm before."""
+    """Scale all gradients so their global L2 norm is at most max_norm; return the norm before.
+
+    One BLAS dot per gradient (no temporaries) and an in-place scale: leaf gradients are arrays the
+    engine owns (tensor.py copies them out of the graph), so scaling them in place is safe.
+    """
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
-    total = math.sqrt(sum(float((p.grad * p.grad).sum()) for p in params))
+    squares = [get_array_module(p.grad).vdot(p.grad.ravel(), p.grad.ravel()) for p in params]
+    xp = get_array_module(params[0].grad)
+    if xp is not np:
+        # on the GPU nothing leaves the device: the scale is computed there and applied always
+        # (1 when no clipping is needed); the norm is returned as a 0-d device array
+        total = xp.sqrt(sum(squares))                               # ()
+        scale = xp.where(xp.isfinite(total) & (total > max_norm), max_norm / (total + 1e-6), 1.0)
+        for p in params:
+            p.grad *= scale.astype(p.grad.dtype)
+        return total
+    total = math.sqrt(float(sum(squares)))
     if total > max_norm and math.isfinite(total):
         scale = max_norm / (total + 1e-6)
         for p in params:
-            p.grad = p.grad * p.grad.dtype.type(scale)
+            p.grad *= p.grad.dtype.type(scale)
     return total
 
 

@@ -151,10 +151,10 @@ class Trainer:
         with no_grad():
             for _ in range(self.cfg.eval_batches):
                 x, y = data.get_batch(tokens, self.cfg.batch_size, self.model.config.block_size, rng)
-                _, loss = self.model(self.xp.asarray(x), self.xp.asarray(y))
-                losses.append(loss.item())
+                _, loss = self.model(x, self.xp.asarray(y))      # x checked on the host, then uploaded
+                losses.append(loss.data)                         # stays on the device: one sync below
         self.model.train(was_training)
-        return float(np.mean(losses))
+        return float(self.xp.stack(losses).astype(np.float64).mean())
 
     def sample(self, seed, prompt="\n", tokens=None):
         ids = np.array([self.tokenizer.encode(prompt)], dtype=np.int64)
@@ -212,7 +212,7 @@ class Trainer:
                     x, y = next(it)
                     lr = self.lr_at(st.step)
                     opt.set_lr(lr)
-                    _, loss = model(self.xp.asarray(x), self.xp.asarray(y))
+                    _, loss = model(x, self.xp.asarray(y))   # x (numpy) is range-checked on the host, then uploaded
                     model.zero_grad()
                     loss.backward()
                     if cfg.grad_clip:

@@ -62,25 +62,31 @@ class CrossEntropy(Function):
             raise TypeError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
         targets = targets.reshape(-1)                             # (N,)
         valid = targets != ignore_index
-        count = int(valid.sum())
-        if count == 0:
-            raise ValueError("cross_entropy: every target equals ignore_index, the mean is undefined")
-        bad = valid & ((targets < 0) | (targets >= V))
-        if bool(bad.any()):
-            first = int(targets[bad][0])
-            raise IndexError(f"cross_entropy: target {first} is out of range for {V} classes")
+        if xp is np:
+            count = int(valid.sum())
+            if count == 0:
+                raise ValueError("cross_entropy: every target equals ignore_index, the mean is undefined")
+            bad = valid & ((targets < 0) | (targets >= V))
+            if bool(bad.any()):
+                first = int(targets[bad][0])
+                raise IndexError(f"cross_entropy: target {first} is out of range for {V} classes")
+            count = logits.dtype.type(count)
+        else:
+            # subtle: on the GPU these checks would copy to the host (a sync) every step; the count
+            # stays a 0-d device array, and the CUDA kernel gives a NaN loss for a bad target
+            count = valid.sum().astype(logits.dtype)              # ()
         logits2 = logits.reshape(-1, V)                           # (N, V)
         k = kernels.for_array(logits2)
         losses, lse = k.softmax_cross_entropy_forward(logits2, targets, ignore_index)  # (N,), (N,)
         ctx.logits, ctx.lse, ctx.targets = logits2, lse, targets
         ctx.ignore_index, ctx.count, ctx.in_shape = ignore_index, count, logits.shape
-        return xp.asarray(losses.sum() / logits.dtype.type(count), dtype=logits.dtype)  # ()
+        return xp.asarray(losses.sum() / count, dtype=logits.dtype)  # ()
 
     @staticmethod
     def backward(ctx, dout):
         # forward: loss = sum_n losses_n / count, so dlosses_n = dout / count for every valid row
         xp = get_array_module(dout)
-        dlosses = xp.full(ctx.targets.shape, dout / ctx.logits.dtype.type(ctx.count), dtype=ctx.logits.dtype)
+        dlosses = xp.asarray(dout / ctx.count, dtype=ctx.logits.dtype)  # () broadcast by the kernel
         k = kernels.for_array(ctx.logits)
         dlogits = k.softmax_cross_entropy_backward(dlosses, ctx.logits, ctx.lse, ctx.targets, ctx.ignore_index)
         return dlogits.reshape(ctx.in_shape)                      # (..., V)
@@ -122,9 +128,15 @@ class Dropout(Function):
     @staticmethod
     def forward(ctx, a, p, rng):
         xp = get_array_module(a)
-        keep = rng.random(a.shape, dtype=np.float32) >= p        # (X) drawn on the CPU: one seeded stream
+        if xp is np:
+            keep = rng.random(a.shape, dtype=np.float32) >= p    # (X) drawn on the CPU: one seeded stream
+        else:
+            # on the GPU: a device generator seeded from the same host stream (reproducible and
+            # resumable, since only the host rng's state is checkpointed), no mask upload
+            seed = int(rng.integers(2 ** 63))
+            keep = xp.random.default_rng(seed).random(a.shape, dtype=np.float32) >= p  # (X)
         scale = a.dtype.type(1.0 / (1.0 - p))
-        ctx.mask = xp.asarray(keep) * scale                       # (X) 0 or 1/(1-p)
+        ctx.mask = keep * scale                                   # (X) 0 or 1/(1-p)
         ctx.mask = ctx.mask.astype(a.dtype, copy=False)
         return a * ctx.mask
 
@@ -153,7 +165,8 @@ class Embedding(Function):
         V = weight.shape[0]
         if idx.dtype.kind not in "iu":
             raise TypeError(f"embedding: ids must be integers, got dtype {idx.dtype}")
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
+        # ids on the GPU are not checked here (a sync per call); GPT.forward checks them on the host
+        if xp is np and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
             bad = int(idx.max()) if int(idx.max()) >= V else int(idx.min())
             raise IndexError(f"embedding: token id {bad} is out of range for a table of {V} rows")
         ctx.idx, ctx.V = idx.reshape(-1), V

@@ -32,6 +32,18 @@ def kernel_backend(request):
     kernels.set_backend(None)
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Run a test on each device; cuda skips, with the reason the backend gives, where it is absent."""
+    from tinygrad_gpt import backend
+    if request.param == "cuda":
+        try:
+            backend.get_xp("cuda")
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+    return request.param
+
+
 def shakespeare_path():
     return pathlib.Path(os.environ.get("TINYSHAKESPEARE", SHARED_DATA / "tinyshakespeare.txt"))
 

@@ -13,7 +13,7 @@ from tinygrad_gpt import Function, Tensor, gradcheck, ops
 TOL = 1e-6
 
 
-def _inputs(rng, shapes, kind):
+def _inputs(rng, shapes, kind, device="cpu"):
     out = []
     for shape in shapes:
         x = rng.standard_normal(shape)
@@ -21,7 +21,7 @@ def _inputs(rng, shapes, kind):
             x = rng.uniform(0.5, 2.0, shape)
         elif kind == "apart":  # values far from kinks/ties (relu at 0, max ties, clip edges)
             x = rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape) + rng.uniform(-0.01, 0.01, shape)
-        out.append(Tensor(x, requires_grad=True, dtype=np.float64))
+        out.append(Tensor(x, requires_grad=True, dtype=np.float64).to(device))
     return out
 
 
@@ -88,10 +88,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,fn,shapes,kind", CASES, ids=[c[0] for c in CASES])
-def test_op_gradient(name, fn, shapes, kind, rng):
-    inputs = _inputs(rng, shapes, kind)
+def test_op_gradient(name, fn, shapes, kind, rng, device):
+    inputs = _inputs(rng, shapes, kind, device)
     result = gradcheck(fn, inputs, tol=TOL)
-    assert result.ok, f"{name}: {result}"
+    assert result.ok, f"{name} on {device}: {result}"
 
 
 def test_cross_entropy_ignore_index_gradient(rng):

@@ -10,9 +10,9 @@ from tinygrad_gpt.model import GPT, GPTConfig, sample_from_logits
 TINY = GPTConfig(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=8, dropout=0.0)
 
 
-def test_whole_model_gradient_float64(rng, kernel_backend):
+def test_whole_model_gradient_float64(rng, kernel_backend, device):
     """Sampled entries of EVERY parameter against central differences (float64, odd T = 7)."""
-    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64, device=device)
     # perturb LayerNorm/bias parameters away from their 1/0 init so their gradients are generic
     for name, p in model.named_parameters():
         if p.ndim == 1:
@@ -54,15 +54,17 @@ def test_gpt2_init_scales_residual_projections(rng):
     assert abs(std_proj - 0.02 / math.sqrt(16)) < 0.0005
 
 
-def test_kv_cache_logits_equal_full_forward_at_every_position(rng):
-    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64).eval()
+def test_kv_cache_logits_equal_full_forward_at_every_position(rng, device):
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64, device=device).eval()
     idx = rng.integers(0, TINY.vocab_size, (2, TINY.block_size))
     full, _ = model(idx)
     caches = model.new_caches(2)
     pieces = [model(idx[:, :3], caches=caches)[0].data]              # a prefill of 3 tokens
     for t in range(3, TINY.block_size):
         pieces.append(model(idx[:, t:t + 1], caches=caches)[0].data)  # then one token at a time
-    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full.data, rtol=1e-10, atol=1e-12)
+    from tinygrad_gpt.backend import to_numpy
+    np.testing.assert_allclose(np.concatenate([to_numpy(p) for p in pieces], axis=1), full.numpy(),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_generate_cached_equals_uncached_within_block(rng):

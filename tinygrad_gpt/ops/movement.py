@@ -8,6 +8,8 @@ Follows: numpy indexing semantics (basic slices are views, integer arrays select
 Deliberately does not: support boolean-mask indexing with a gradient other than through
 `where`/`masked_fill` (use those), or assignment into tensors.
 """
+import numpy as np
+
 from kernels.reference import get_array_module
 from tinygrad_gpt.tensor import Function, Tensor
 
@@ -54,13 +56,16 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, a, index):
+        xp = get_array_module(a)
+        if xp is not np:  # integer-array indices must live where the data lives
+            index = tuple(xp.asarray(i) if isinstance(i, (np.ndarray, list)) else i for i in index) \
+                if isinstance(index, tuple) else (xp.asarray(index) if isinstance(index, (np.ndarray, list)) else index)
         ctx.in_shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
         ctx.advanced = _is_advanced(index)
         try:
             out = a[index]
         except IndexError as exc:
             raise IndexError(f"getitem: index {index!r} is invalid for shape {a.shape}: {exc}") from None
-        xp = get_array_module(a)
         return xp.ascontiguousarray(out) if hasattr(out, "shape") else xp.asarray(out)
 
     @staticmethod

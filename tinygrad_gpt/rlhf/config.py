@@ -19,11 +19,13 @@ class PPOConfig:
     temperature: float = 1.0         # divides the logits when sampling AND when recomputing log-probs (one policy)
     window_stride: int | None = None  # response chunk per KV-cache window when P + R > block_size; None = block // 2
     # ---- reward ----
-    kl_estimator: str = "exact"      # per-token KL_t: "exact" sum over the vocabulary (cheap at V = 65) or "sampled"
-    init_kl_coef: float = 0.05       # beta in r_t = -beta KL_t; Ziegler 0.1-0.2, TRL 0.2 (with unnormalised scores)
+    kl_estimator: str = "sampled"    # KL_t in the reward: "sampled" log pi(a_t) - log q(a_t) (Ziegler, TRL), or "exact"
+                                     # sum over the vocabulary; exact carries no gradient to a_t (advantage.py)
+    init_kl_coef: float = 0.15       # beta in r_t = -beta KL_t (scores normalised to std 1); Ziegler 0.1-0.2, TRL 0.2
     adaptive_kl: bool = True         # adapt beta to keep the KL per sequence near kl_target (Ziegler et al. 2019)
-    kl_target: float = 4.0           # wanted mean KL per response in nats (summed over tokens); TRL 6; 4 = 0.06/char
-    kl_horizon: int = 10000          # sequences over which beta can change by ~e at +-20% error; TRL / Ziegler 10000
+    kl_target: float = 5.5           # wanted mean KL per response in nats (summed over tokens); TRL 6; 5.5 = 0.086/char
+    kl_horizon: int = 1000           # sequences over which beta can change by ~e at +-20% error; TRL / Ziegler 10000,
+                                     # which moves beta by < 20% in 150 steps of 64: too slow for this run
     norm_batches: int = 2            # reference batches sampled to measure the score's mean and std (normaliser)
     # ---- advantages ----
     gamma: float = 1.0               # discount; 1 for text (the episode is 64 tokens, nothing to discount)

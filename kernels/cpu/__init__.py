@@ -8,7 +8,8 @@ float32 and float64 run in their own dtype (no upcasts, accumulators included). 
 (float16, mixed dtypes, shapes the reference broadcasts) is handed to the NumPy reference, so a
 call here never gives a different answer than the reference would, only a slower one.
 
-Threads: the parallel kernels use Numba's pool (NUMBA_NUM_THREADS, or numba.set_num_threads).
+Threads: only attention may split its heads over threads, as many as numba.get_num_threads()
+(NUMBA_NUM_THREADS, or numba.set_num_threads); everything else is serial (see `_common.py`).
 
 Follows: llm.c's `dev/cpu` style (one function per kernel, plain loops). Does not: import
 tinygrad_gpt, or keep any state between calls.

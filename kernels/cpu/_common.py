@@ -15,8 +15,8 @@ of exp < 3e-7 on [-87, 88], absolute error of tanh < 5e-7 everywhere.
 Does not: handle float16 or complex (the wrappers send those to the NumPy reference), or use
 `fastmath` in these helpers (reassociation would undo the Cody-Waite split).
 
-Threads: only attention has a parallel version (prange over the B * nh heads), and `ThreadPicker`
-below decides per call shape whether to use it. Every other kernel is serial: at the `cpu` preset
+Threads: only attention has a parallel version (the B * nh heads split over a few Python threads
+running a nogil kernel), and `ThreadPicker` below decides per call shape whether to use it. Every other kernel is serial: at the `cpu` preset
 each takes 10-300 us on one thread, waking Numba's pool costs ~10 us on a quiet machine, and on
 this shared 2-core VM under load a parallel launch was measured waiting a whole scheduler tick
 (~10 ms) per call for its second thread. NUMBA_NUM_THREADS=1 makes attention serial too.
@@ -42,9 +42,9 @@ HELPER_OPTIONS = dict(cache=True, error_model="numpy")  # exact IEEE order (no f
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def kernel(parallel=False):
-    """The decorator for a kernel: njit with KERNEL_OPTIONS, optionally parallel (prange)."""
-    return njit(parallel=parallel, **KERNEL_OPTIONS)
+def kernel(nogil=False):
+    """The decorator for a kernel: njit with KERNEL_OPTIONS, optionally releasing the GIL."""
+    return njit(nogil=nogil, **KERNEL_OPTIONS)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 only the row log-sum-exp, the backward recomputes the probabilities from it.
 
 Same names, signatures and results as `kernels.reference.attention_forward/backward`. The (B, nh)
-heads run in order or split over threads (prange), whichever `ThreadPicker` (in `_common.py`)
-last timed faster for this shape. Each head copies its q (times scale), k, v into zero-padded
+heads run in order or split over threads (a small Python thread pool running the nogil driver on
+disjoint ranges of heads), whichever `ThreadPicker` (in `_common.py`) last timed faster for this
+shape. Each head copies its q (times scale), k, v into zero-padded
 scratch tiles that fit in L1 (T = 64, hs = 32: 8 KiB each in float32) and visits only the causal
 part of the scores: keys 0..i0+3 for the block of query rows i0..i0+3.
 
@@ -26,8 +27,9 @@ Dimension legend: B batch, nh heads, T time, hs head size; BH = B * nh.
 import math
 
 import numpy as np
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
-from numba import prange
 
 from kernels import reference
 from kernels.cpu._common import ThreadPicker, common_float_dtype, fast_exp, kernel
@@ -267,31 +269,57 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
             dv[j, d] = dvh[j, d]
 
 
-# drivers: the same per-head functions, heads in order or split over threads
-@kernel()
+# drivers: the per-head functions over a range of heads. nogil, so that `_run_threaded` can run
+# disjoint ranges of heads on several Python threads at once.
+@kernel(nogil=True)
 def _attention_forward_serial(q, k, v, scale, out, lse):
     for bh in range(q.shape[0]):
         _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh])
 
 
-@kernel(parallel=True)
-def _attention_forward_parallel(q, k, v, scale, out, lse):
-    for bh in prange(q.shape[0]):
-        _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh])
-
-
-@kernel()
+@kernel(nogil=True)
 def _attention_backward_serial(dout, q, k, v, out, lse, scale, dq, dk, dv):
     for bh in range(q.shape[0]):
         _attention_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale,
                                  dq[bh], dk[bh], dv[bh])
 
 
-@kernel(parallel=True)
-def _attention_backward_parallel(dout, q, k, v, out, lse, scale, dq, dk, dv):
-    for bh in prange(q.shape[0]):
-        _attention_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale,
-                                 dq[bh], dk[bh], dv[bh])
+_pool = None
+
+
+def _run_threaded(serial, *args):
+    """Split the heads (axis 0 of every array argument) into numba.get_num_threads() ranges; the
+    calling thread runs the first, a small thread pool the others (the driver releases the GIL).
+
+    subtle: not prange. A parallel=True driver around the same head functions compiled 8-10 s
+    more per dtype (Numba re-optimises the head inside its gufunc), which alone pushed the test
+    file's cold run past a minute on this machine; the pool costs nothing to compile and
+    ~20-50 us per call, against ~1 ms of work at the cpu preset.
+    """
+    global _pool
+    n_threads = numba.get_num_threads()
+    if _pool is None or _pool._max_workers < n_threads - 1:
+        _pool = ThreadPoolExecutor(max_workers=max(1, n_threads - 1),
+                                   thread_name_prefix="kernels-cpu")
+    BH = args[0].shape[0]
+    bounds = np.linspace(0, BH, n_threads + 1).astype(np.int64)   # (n_threads + 1,)
+    futures = []
+    for t in range(1, n_threads):
+        lo, hi = bounds[t], bounds[t + 1]
+        futures.append(_pool.submit(serial, *[a[lo:hi] if isinstance(a, np.ndarray) else a
+                                              for a in args]))
+    lo, hi = bounds[0], bounds[1]
+    serial(*[a[lo:hi] if isinstance(a, np.ndarray) else a for a in args])
+    for f in futures:
+        f.result()
+
+
+def _attention_forward_threaded(*args):
+    _run_threaded(_attention_forward_serial, *args)
+
+
+def _attention_backward_threaded(*args):
+    _run_threaded(_attention_backward_serial, *args)
 
 
 def _may_use_threads(BH, T, hs):
@@ -325,7 +353,7 @@ def attention_forward(q, k, v, scale):
     BH = q3.shape[0]
     if _may_use_threads(BH, T, hs):
         _forward_picker.run((BH, T, hs, dtype, numba.get_num_threads()),
-                            _attention_forward_serial, _attention_forward_parallel, *args)
+                            _attention_forward_serial, _attention_forward_threaded, *args)
     else:
         _attention_forward_serial(*args)
     return out, lse
@@ -348,7 +376,7 @@ def attention_backward(dout, q, k, v, out, lse, scale):
     BH = q.size // (T * hs)
     if _may_use_threads(BH, T, hs):
         _backward_picker.run((BH, T, hs, dtype, numba.get_num_threads()),
-                             _attention_backward_serial, _attention_backward_parallel, *args)
+                             _attention_backward_serial, _attention_backward_threaded, *args)
     else:
         _attention_backward_serial(*args)
     return dq, dk, dv

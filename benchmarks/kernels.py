@@ -244,8 +244,8 @@ for dt in (np.float32, np.float64):
     tg = np.arange(8)
     q = rng.standard_normal((1, 2, 5, 4)).astype(dt)
     out, lse = reference.attention_forward(q, q, q, 0.5)
-    # big enough for the parallel driver: ThreadPicker runs the (by then compiled) serial driver
-    # on the first call of a shape and the parallel one on the second; only the second is timed
+    # big enough for the threaded driver: ThreadPicker runs the (by then compiled) serial driver
+    # on the first call of a shape and the threaded one on the second; only the second is timed
     qb = rng.standard_normal((2, 2, 64, 64)).astype(dt)
     outb, lseb = reference.attention_forward(qb, qb, qb, 0.125)
     calls = [
@@ -254,14 +254,14 @@ for dt in (np.float32, np.float64):
         ("softmax_cross_entropy_forward", (x, tg)),
         ("softmax_cross_entropy_backward", (mean, x, mean, tg)),
         ("attention_forward", (q, q, q, 0.5)), ("attention_backward", (q, q, q, q, out, lse, 0.5)),
-        ("attention_forward, parallel driver", (qb, qb, qb, 0.125)),
-        ("attention_backward, parallel driver", (qb, qb, qb, qb, outb, lseb, 0.125)),
+        ("attention_forward, threaded driver", (qb, qb, qb, 0.125)),
+        ("attention_backward, threaded driver", (qb, qb, qb, qb, outb, lseb, 0.125)),
         ("embedding_backward", (x, tg, 8)),
         ("adamw_update", (x.copy(), x, x.copy(), x * x, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)),
     ]
     for label, args in calls:
         name = label.split(",")[0]
-        if label.endswith("parallel driver"):
+        if label.endswith("threaded driver"):
             getattr(cpu, name)(*args)
         t = time.perf_counter()
         getattr(cpu, name)(*args)

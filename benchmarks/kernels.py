@@ -173,7 +173,8 @@ def validate(name, run_ref, run_nb):
     assert len(want) == len(got), f"{name}: {len(got)} outputs, reference has {len(want)}"
     worst = 0.0
     for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype, f"{name}: {g.shape} {g.dtype} vs {w.shape} {w.dtype}"
+        assert g.shape == w.shape and g.dtype == w.dtype, \
+            f"{name}: {g.shape} {g.dtype} vs reference {w.shape} {w.dtype}"
         worst = max(worst, rel_err(g, w))
     if not worst < TOL:
         sys.exit(f"{name}: validation FAILED, relative error {worst:.3g} >= {TOL:g}; not timing")

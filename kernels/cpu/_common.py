@@ -16,10 +16,11 @@ Does not: handle float16 or complex (the wrappers send those to the NumPy refere
 `fastmath` in these helpers (reassociation would undo the Cody-Waite split).
 
 Threads: only attention has a parallel version (the B * nh heads split over a few Python threads
-running a nogil kernel), and `ThreadPicker` below decides per call shape whether to use it. Every other kernel is serial: at the `cpu` preset
-each takes 10-300 us on one thread, waking Numba's pool costs ~10 us on a quiet machine, and on
-this shared 2-core VM under load a parallel launch was measured waiting a whole scheduler tick
-(~10 ms) per call for its second thread. NUMBA_NUM_THREADS=1 makes attention serial too.
+running a nogil kernel), and `ThreadPicker` below decides per call shape whether to use it. Every
+other kernel is serial: at the `cpu` preset each takes 10-300 us on one thread, waking a thread
+pool costs ~10 us on a quiet machine, and on this shared 2-core VM under load a Numba `prange`
+launch was measured waiting a whole scheduler tick (~10 ms) per call for its second thread.
+NUMBA_NUM_THREADS=1 (or numba.set_num_threads(1)) makes attention serial too.
 
 subtle: every kernel uses error_model="numpy". With Numba's default ("python") each division gets
 a zero check that raises ZeroDivisionError, a branch that stops vectorisation; that one setting
@@ -196,8 +197,9 @@ class ThreadPicker:
     """Chooses, per call shape, between a kernel's serial and parallel versions by timing both.
 
     subtle: on a quiet 2-core machine the parallel attention is ~1.8x faster than the serial one;
-    on the same machine shared with other busy processes it was ~10x slower (each launch waits
-    for a scheduler tick before its second thread runs). No fixed rule is right in both, so the
+    on the same machine shared with other busy processes it was no faster (thread pool) or ~10x
+    slower (a Numba prange driver: each launch waited a scheduler tick for its second thread).
+    No fixed rule is right in both, so the
     first calls of each shape run each version once, later calls run the one whose latest time
     was lower, and every `recheck`-th call re-times the other (conditions change while training).
     Costs one perf_counter pair per call. The choice only affects speed: both versions give the

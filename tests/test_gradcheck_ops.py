@@ -66,6 +66,7 @@ CASES = [
     ("matmul_batched", lambda a, b: a @ b, [(2, 3, 7, 5), (2, 3, 5, 7)], "normal"),
     ("matmul_broadcast", lambda a, b: a @ b, [(2, 3, 4, 5), (3, 5, 2)], "normal"),
     ("matmul_vec", lambda a, b: a @ b, [(3, 5), (5,)], "normal"),
+    ("linear", lambda x, w, b: ops.linear(x, w, b), [(2, 3, 5), (5, 4), (4,)], "normal"),
     ("reshape", lambda a: a.reshape(5, 3, 4) * 1.0, [(3, 4, 5)], "normal"),
     ("permute", lambda a: a.permute(2, 0, 1), [(3, 4, 5)], "normal"),
     ("transpose", lambda a: a.transpose(0, 2), [(3, 4, 5)], "normal"),

@@ -25,6 +25,7 @@ CASES = [
     ("gelu", [(4, 6)], lambda a: a.gelu(), lambda a: F.gelu(a, approximate="tanh")),
     ("max_var_mean", [(3, 4, 5)], lambda a: a.max(axis=1) + a.var(axis=1) + a.mean(axis=1),
      lambda a: a.amax(dim=1) + a.var(dim=1, unbiased=False) + a.mean(dim=1)),
+    ("linear", [(2, 3, 5), (5, 4), (4,)], lambda x, w, b: ops.linear(x, w, b), lambda x, w, b: x @ w + b),
     ("matmul_batched", [(2, 3, 7, 5), (3, 5, 4)], lambda a, b: a @ b, lambda a, b: a @ b),
     ("softmax_logsoftmax", [(3, 7)], lambda a: a.softmax() * a.log_softmax(),
      lambda a: a.softmax(-1) * a.log_softmax(-1)),

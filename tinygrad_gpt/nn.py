@@ -123,8 +123,7 @@ class Linear(Module):
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(f"Linear: input has {x.shape[-1]} features (shape {x.shape}), "
                              f"the layer expects {self.weight.shape[0]}")
-        y = x @ self.weight                                       # (..., out)
-        return y + self.bias if self.bias is not None else y
+        return ops.linear(x, self.weight, self.bias)              # (..., out)
 
 
 class Embedding(Module):

@@ -4,7 +4,7 @@ elementwise.py  add, sub, mul, div, neg, pow, exp, log, sqrt, tanh, relu, gelu, 
                 maximum, minimum, clip, where, masked_fill (+ the shared unbroadcast)
 reduce.py       sum, mean, max, var
 movement.py     reshape, permute, getitem (slices and integer arrays), gather, concat, stack
-matmul.py       matmul (batched, broadcasting)
+matmul.py       matmul (batched, broadcasting), linear (matmul + bias fused)
 nn.py           softmax, log_softmax, cross_entropy, layer_norm, dropout, embedding
 attention.py    causal self-attention as one op
 
@@ -15,7 +15,7 @@ from tinygrad_gpt.ops.elementwise import (Add, Clip, Div, Exp, Gelu, Log, Maximu
                                           where)
 from tinygrad_gpt.ops.reduce import Max, Mean, Sum, Var
 from tinygrad_gpt.ops.movement import Concat, Gather, GetItem, Permute, Reshape, Stack, concat, stack
-from tinygrad_gpt.ops.matmul import MatMul
+from tinygrad_gpt.ops.matmul import Linear, MatMul, linear
 from tinygrad_gpt.ops.nn import (CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax, cross_entropy,
                                  dropout, embedding, layer_norm)
 from tinygrad_gpt.ops.attention import (CausalSelfAttention, CausalSelfAttentionQKV, causal_self_attention,

@@ -45,3 +45,39 @@ class MatMul(Function):
         if ctx.needs_input_grad[1]:
             db = unbroadcast(xp.swapaxes(a, -1, -2) @ dout, b.shape)  # (..., K, N)
         return da, db
+
+
+class Linear(Function):
+    """y = x @ W + b as one op: x (..., in), W (in, out), b (out,) -> y (..., out).
+
+    The same maths as MatMul followed by Add, fused so that the bias is added in place into the
+    GEMM's output (no second (N, out) array) and backward computes db in the same place as dW.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        if x.dtype != weight.dtype or bias.dtype != weight.dtype:
+            raise TypeError(f"linear: dtypes differ, x {x.dtype}, weight {weight.dtype}, bias {bias.dtype}")
+        if x.shape[-1] != weight.shape[0] or bias.shape != (weight.shape[1],):
+            raise ValueError(f"linear: x {x.shape}, weight {weight.shape} and bias {bias.shape} do not fit "
+                             f"(expected x (..., {weight.shape[0]}) and bias ({weight.shape[1]},))")
+        x2 = x.reshape(-1, x.shape[-1])                           # (N, in)
+        out = x2 @ weight                                         # (N, out)      1
+        out += bias                                               # (N, out)      2, in place
+        ctx.x2, ctx.weight, ctx.in_shape = x2, weight, x.shape
+        return out.reshape(*x.shape[:-1], weight.shape[1])        # (..., out)
+
+    @staticmethod
+    def backward(ctx, dout):
+        dout2 = dout.reshape(-1, dout.shape[-1])                  # (N, out)
+        # forward 2: out += b, so db = dout summed over rows
+        dbias = dout2.sum(axis=0) if ctx.needs_input_grad[2] else None  # (out,)
+        # forward 1: out = x W, so dW = x^T dout and dx = dout W^T
+        dweight = ctx.x2.T @ dout2 if ctx.needs_input_grad[1] else None  # (in, out)
+        dx = (dout2 @ ctx.weight.T).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None  # (..., in)
+        return dx, dweight, dbias
+
+
+def linear(x, weight, bias=None):
+    """x @ weight (+ bias), with weight stored (in, out) as GPT-2's Conv1D."""
+    return Linear.apply(x, weight, bias) if bias is not None else x.matmul(weight)

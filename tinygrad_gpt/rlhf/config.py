@@ -41,6 +41,7 @@ class PPOConfig:
     clip_eps: float = 0.2            # epsilon of the clipped surrogate, r in [1 - eps, 1 + eps]; 0.2 everywhere
     clip_value: float = 0.2          # c of the clipped value loss, V in V_old +- c; TRL 0.2
     vf_coef: float = 0.1             # weight of the value loss in the total (the value head shares the trunk); TRL 0.1
+    value_trunk_grad: bool = True    # the value loss trains the GPT trunk too (TRL, Ziegler); False: the head only
     ent_coef: float = 0.0            # weight of the entropy bonus (subtracted from the loss); 0 in RLHF usually
     target_kl: float | None = 0.05   # early stop: no more minibatches this step once the old->new KL per token
                                      # (k3 estimator) exceeds it; None = never

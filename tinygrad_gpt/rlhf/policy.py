@@ -7,7 +7,8 @@
 `PolicyWithValue` composes a `GPT` and runs its modules (`wte`, `wpe`, `h`, `ln_f`) itself, because
 GPT.forward returns logits only; the value head reads the same hidden state the logits come from.
 The value head shares the trunk (its loss, times vf_coef, flows into the GPT), as in Ziegler et al.
-2019 and TRL. Dropout is off: the GPT is put in eval mode and its `drop` module is not called.
+2019 and TRL, unless `value_trunk_grad=False`: then it reads a detached hidden state and the value
+loss trains the head alone (the GPT then moves only for the policy loss and the KL penalty). Dropout is off: the GPT is put in eval mode and its `drop` module is not called.
 
 Windows. A prompt of P tokens and a response of R tokens can be longer than the model's block_size
 W (the benchmark: 64 + 64 tokens, W = 64). Then the response is scored in chunks of `stride` tokens
@@ -53,8 +54,9 @@ def response_windows(prompt_len, response_len, block_size, stride=None):
 class PolicyWithValue(nn.Module):
     """A GPT (the language model, trained by PPO) and a zero-initialised scalar value head."""
 
-    def __init__(self, gpt):
+    def __init__(self, gpt, value_trunk_grad=True):
         self.gpt = gpt
+        self.value_trunk_grad = value_trunk_grad  # False: the value loss trains the head only
         gpt.eval()  # dropout off during PPO
         C = gpt.config.n_embd
         dtype, device = gpt.wte.weight.dtype, gpt.device
@@ -78,7 +80,8 @@ class PolicyWithValue(nn.Module):
         if temperature != 1.0:
             logits = logits * (1.0 / temperature)                         # (B, n, V)
         B, n, C = x.shape
-        values = (x.reshape(B * n, C) @ self.v_head.weight + self.v_head.bias).reshape(B, n)  # (B, n)
+        xv = x if self.value_trunk_grad else x.detach()                   # (B, n, C)
+        values = (xv.reshape(B * n, C) @ self.v_head.weight + self.v_head.bias).reshape(B, n)  # (B, n)
         return logits, values
 
 

@@ -47,6 +47,7 @@ class PPOTrainer:
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer, self.reward_model, self.cfg, self.log = scorer, reward_model, config, log
+        policy.value_trunk_grad = config.value_trunk_grad
         self.rng = np.random.default_rng(config.seed)
         self.prompts = prompt_batches(prompt_tokens, config.batch_size, config.prompt_len, self.rng)
         self.opt = AdamW(decay_groups(policy.named_parameters(), config.weight_decay), lr=config.lr,

@@ -125,3 +125,23 @@ def test_bpe_tokenizer_trains_the_gpt_and_samples(corpus, tmp_path, capsys):
     capsys.readouterr()
     shakespeare.main(["--sample", "--out", str(out), "--prompt", "The king", "--num-tokens", "10"])
     assert capsys.readouterr().out.startswith("The king")
+
+
+def test_real_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path):
+    """SIGINT mid-epoch: the step in progress finishes, a checkpoint is written, exit code 130."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "shakespeare.py"),
+                             *_args(corpus, out, "--iters-per-epoch", "100000", "--epochs", "1")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").exists() and _losses(out)):
+        time.sleep(0.2)
+    assert _losses(out), "the run never logged a step"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "checkpoint saved" in stdout
+    state = checkpoint.load_checkpoint(out)[2]["state"]
+    assert state["step"] >= 1 and state["batch"] == state["step"]

@@ -117,6 +117,10 @@ def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=pri
     pairs = make_preference_pairs(gpt, prompts, rm_cfg.pairs, cfg.response_len, cfg.temperature, scorer,
                                   tokenizer.decode, rng, rm_cfg.min_margin, cfg.window_stride)
     train, heldout = pairs.split(rm_cfg.heldout_fraction, rng)
+    if len(train) < 2 or len(heldout) < 1:
+        raise ValueError(f"reward model: only {len(pairs)} of {rm_cfg.pairs} sampled pairs differ in VADER score by "
+                         f">= {rm_cfg.min_margin}; sample more with --rm-pairs (or start from a model that "
+                         f"writes words)")
     log(f"reward model data: {rm_cfg.pairs} prompts x 2 samples -> {len(pairs)} non-tied pairs "
         f"({len(train)} train, {len(heldout)} held out), {time.perf_counter() - t0:.0f} s")
     rm = RewardModel(gpt)

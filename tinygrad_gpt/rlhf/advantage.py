@@ -31,6 +31,7 @@ sequence tracks a target:  e = clip(KL / target - 1, -0.2, 0.2);  beta <- beta (
 where n is the number of sequences in the step.
 
 Dimension legend: B sequences, T response tokens, V vocabulary.
+Follows: the papers above; TRL's compute_rewards / compute_advantages and AdaptiveKLController.
 Deliberately does not: handle sequences that end early (no EOS: every response has T tokens; the
 mask of the losses is kept for that case but these functions assume full rows).
 """

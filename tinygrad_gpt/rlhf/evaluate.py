@@ -12,7 +12,8 @@ Fluency is ref_nll(policy completions) - ref_nll(reference completions): how muc
 reference finds the tuned text than its own; "good good good" hacking would blow it up.
 
 Dimension legend: N prompts, P prompt tokens, R response tokens, V vocabulary.
-Deliberately does not: judge fluency with a model other than the reference (there is none offline).
+Follows: Ziegler et al. 2019 / Stiennon et al. 2020 (score against KL to the reference as the figure
+of merit). Deliberately does not: judge fluency with a model other than the reference (there is none offline).
 """
 from dataclasses import dataclass
 

@@ -15,7 +15,6 @@ Follows: nanoGPT's train.py and sample.py, one script. Deliberately does not: re
 (every setting is a flag; presets fill in the rest).
 """
 import argparse
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path

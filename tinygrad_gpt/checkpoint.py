@@ -104,7 +104,7 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
-def _write_atomic(path, write):
+def write_atomic(path, write):
     """Call write(tmp_path) on a temp file next to `path`, fsync it, os.replace it onto `path`."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + path.name, dir=path.parent)
@@ -270,7 +270,7 @@ def save_checkpoint(directory, state_dict, meta, optimizer_state=None):
     records = {}
     for role, arrays in to_write.items():
         path = directory / files[role]
-        _write_atomic(path, lambda tmp, arrays=arrays: st.save_file(arrays, tmp, metadata={"format": "np"}))
+        write_atomic(path, lambda tmp, arrays=arrays: st.save_file(arrays, tmp, metadata={"format": "np"}))
         records[role] = {"file": files[role], "bytes": path.stat().st_size, "sha256": _sha256(path)}
     _fsync_dir(directory)
 
@@ -278,7 +278,7 @@ def save_checkpoint(directory, state_dict, meta, optimizer_state=None):
     record = {"format": FORMAT, "version": VERSION, "generation": generation, "files": records,
               "optimizer": optimizer_json, "meta": meta_json}
     text = json.dumps(record, indent=1)
-    _write_atomic(directory / JSON_NAME, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(directory / JSON_NAME, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
     _fsync_dir(directory)
 
     # 3. now nothing refers to older weight files

@@ -26,11 +26,12 @@ import operator
 import os
 import pathlib
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 
 import numpy as np
+
+from tinygrad_gpt.checkpoint import write_atomic
 
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DATA_FILENAME = "tinyshakespeare.txt"
@@ -108,17 +109,7 @@ def download(dest, url=DATA_URL, timeout=DOWNLOAD_TIMEOUT_S):
                            f"expected {EXPECTED_BYTES} bytes with SHA-256 {EXPECTED_SHA256}; "
                            f"nothing was cached; {OFFLINE_HINT}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(dest, lambda tmp: pathlib.Path(tmp).write_bytes(payload))
     return dest
 
 

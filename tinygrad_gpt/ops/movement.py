@@ -11,7 +11,7 @@ Deliberately does not: support boolean-mask indexing with a gradient other than 
 import numpy as np
 
 from kernels.reference import get_array_module
-from tinygrad_gpt.tensor import Function, Tensor
+from tinygrad_gpt.tensor import Function
 
 
 class Reshape(Function):

@@ -131,31 +131,38 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(C, bias=config.bias, dtype=dtype, device=device)
         self.device = device
 
-    def forward(self, idx, targets=None, caches=None):
-        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
+    def hidden(self, idx, caches=None):
+        """The last hidden states ln_f(x) (B, T, C) for token ids idx (B, T): forward without the head.
+
+        The RLHF value head and reward model read these; forward() turns them into logits.
+        """
         xp = get_xp(self.device)
         idx = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(idx, "ndim"):
             idx = np.asarray(idx)
         if idx.ndim != 2:
-            raise ValueError(f"GPT.forward: idx must be (B, T) token ids, got shape {idx.shape}")
+            raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {idx.shape}")
         B, T = idx.shape
         t0 = caches[0].length if caches else 0
         if t0 + T > self.config.block_size:
-            raise ValueError(f"GPT.forward: sequence of {t0 + T} tokens is longer than block_size "
+            raise ValueError(f"GPT: sequence of {t0 + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
         # ids are range-checked where they are: free on the host; ids already on the GPU are not
         # (a sync per step) - the Trainer passes host batches, checked here and then uploaded
         if isinstance(idx, np.ndarray) and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             bad = int(idx.max()) if int(idx.max()) >= self.config.vocab_size else int(idx.min())
-            raise IndexError(f"GPT.forward: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+            raise IndexError(f"GPT: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
         idx = xp.asarray(idx)                                     # (B, T) uploaded if on the host
         pos = xp.arange(t0, t0 + T)                               # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))              # (B, T, C)
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches else None)           # (B, T, C)
-        x = self.ln_f(x)                                          # (B, T, C)
-        logits = x @ self.wte.weight.T                            # (B, T, V) tied lm_head
+        return self.ln_f(x)                                       # (B, T, C)
+
+    def forward(self, idx, targets=None, caches=None):
+        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
+        xp = get_xp(self.device)
+        logits = self.hidden(idx, caches) @ self.wte.weight.T     # (B, T, V) tied lm_head
         loss = None if targets is None else ops.cross_entropy(logits, targets.data if isinstance(targets, Tensor)
                                                               else xp.asarray(targets))
         return logits, loss

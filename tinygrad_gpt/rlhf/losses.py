@@ -23,8 +23,6 @@ Follows: the papers above; TRL's PPOTrainer (loss layout, whiten); llm.c's forwa
 Deliberately does not: take gradients w.r.t. the old log-probs, old values, advantages, returns or
 mask (they are constants of a PPO step, passed as keyword parameters), or support second derivatives.
 """
-import numpy as np
-
 from kernels.reference import get_array_module
 from tinygrad_gpt.tensor import Function, Tensor, no_grad
 

@@ -25,12 +25,9 @@ AutoModelForCausalLMWithValueHead, HF's strided perplexity evaluation (the windo
 Deliberately does not: share the reference's weights with the policy (it is a full copy), or
 support padded prompts (prompts have a fixed length).
 """
-import numpy as np
-
 from tinygrad_gpt import nn, ops
-from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.model import GPT
-from tinygrad_gpt.tensor import Tensor, no_grad
+from tinygrad_gpt.tensor import no_grad
 
 
 def response_windows(prompt_len, response_len, block_size, stride=None):
@@ -69,7 +66,7 @@ class PolicyWithValue(nn.Module):
 
     def hidden(self, idx):
         """The GPT's last hidden state (after ln_f) for token ids idx (B, L): (B, L, C)."""
-        return gpt_hidden(self.gpt, idx)
+        return self.gpt.hidden(idx)
 
     def forward(self, idx, last=None, temperature=1.0):
         """Logits / temperature (B, n, V) and values (B, n) at the last `n = last` positions (all if None)."""
@@ -83,19 +80,6 @@ class PolicyWithValue(nn.Module):
         xv = x if self.value_trunk_grad else x.detach()                   # (B, n, C)
         values = (xv.reshape(B * n, C) @ self.v_head.weight + self.v_head.bias).reshape(B, n)  # (B, n)
         return logits, values
-
-
-def gpt_hidden(gpt, idx):
-    """GPT.forward up to ln_f, without dropout: (B, L) ids -> (B, L, C) hidden states."""
-    xp = get_xp(gpt.device)
-    idx = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
-    B, L = idx.shape
-    if L > gpt.config.block_size:
-        raise ValueError(f"policy: window of {L} tokens is longer than block_size {gpt.config.block_size}")
-    x = gpt.wte(idx) + gpt.wpe(xp.arange(L))                              # (B, L, C)
-    for block in gpt.h:
-        x = block(x)                                                      # (B, L, C)
-    return gpt.ln_f(x)                                                    # (B, L, C)
 
 
 def frozen_copy(gpt):
@@ -118,7 +102,7 @@ def score_windows(model, seq, windows, temperature=1.0):
             logits, values = model(window, last=b - a, temperature=temperature)  # (B, b-a, V), (B, b-a)
             value_parts.append(values)
         else:
-            x = gpt_hidden(model, window)                                 # (B, L, C)
+            x = model.hidden(window)                                       # (B, L, C)
             x = x[:, x.shape[1] - (b - a):, :]                            # (B, b-a, C)
             logits = x @ model.wte.weight.T                               # (B, b-a, V)
             if temperature != 1.0:

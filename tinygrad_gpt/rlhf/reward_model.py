@@ -29,7 +29,7 @@ from tinygrad_gpt import nn
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.losses import bradley_terry_loss
-from tinygrad_gpt.rlhf.policy import frozen_copy, gpt_hidden
+from tinygrad_gpt.rlhf.policy import frozen_copy
 from tinygrad_gpt.rlhf.rollout import sample_responses
 from tinygrad_gpt.tensor import no_grad
 
@@ -103,7 +103,7 @@ class RewardModel(nn.Module):
 
     def forward(self, responses):
         """Rewards (B,) for response token ids (B, R), R <= block_size."""
-        x = gpt_hidden(self.gpt, responses)                               # (B, R, C)
+        x = self.gpt.hidden(responses)                                    # (B, R, C)
         B, R, C = x.shape
         per_token = (x.reshape(B * R, C) @ self.head.weight + self.head.bias).reshape(B, R)  # (B, R)
         return per_token.mean(axis=1)                                     # (B,)

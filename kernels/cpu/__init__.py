@@ -17,7 +17,7 @@ tinygrad_gpt, or keep any state between calls.
 subtle: Numba's cache is keyed on the file that holds the kernel, not on the helpers it calls;
 after editing `_common.py`, delete `kernels/cpu/__pycache__` or the kernels keep the old helpers.
 """
-from kernels.reference import GELU_SCALE, get_array_module
+from kernels.reference import GELU_SCALE, KERNELS, get_array_module
 from kernels.cpu.adamw import adamw_update
 from kernels.cpu.attention import attention_backward, attention_forward
 from kernels.cpu.cross_entropy import (softmax_cross_entropy_backward,
@@ -26,12 +26,5 @@ from kernels.cpu.embedding import embedding_backward
 from kernels.cpu.gelu import gelu_backward, gelu_forward
 from kernels.cpu.layernorm import layernorm_backward, layernorm_forward
 
-__all__ = [
-    "GELU_SCALE", "get_array_module",
-    "layernorm_forward", "layernorm_backward",
-    "gelu_forward", "gelu_backward",
-    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-    "attention_forward", "attention_backward",
-    "embedding_backward",
-    "adamw_update",
-]
+# the same names as the reference, which lists them once (reference.KERNELS)
+__all__ = ["GELU_SCALE", "get_array_module", *KERNELS]

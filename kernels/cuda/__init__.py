@@ -23,7 +23,7 @@ Status: written and compiled with NVRTC (tests/test_cuda_compile.py), the attent
 by a NumPy emulation (tests/test_cuda_emulation.py); the GPU tests (tests/test_cuda_kernels.py,
 tests/test_cuda_engine.py) have to be run on a machine with a GPU, see benchmarks/RESULTS.md.
 """
-from kernels.reference import GELU_SCALE, get_array_module
+from kernels.reference import GELU_SCALE, KERNELS, get_array_module
 from kernels.cuda.adamw import adamw_update
 from kernels.cuda.attention import attention_backward, attention_forward
 from kernels.cuda.cross_entropy import (softmax_cross_entropy_backward,
@@ -32,15 +32,8 @@ from kernels.cuda.embedding import embedding_backward
 from kernels.cuda.gelu import gelu_backward, gelu_forward
 from kernels.cuda.layernorm import layernorm_backward, layernorm_forward
 
-__all__ = [
-    "GELU_SCALE", "get_array_module",
-    "layernorm_forward", "layernorm_backward",
-    "gelu_forward", "gelu_backward",
-    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-    "attention_forward", "attention_backward",
-    "embedding_backward",
-    "adamw_update",
-]
+# the same names as the reference, which lists them once (reference.KERNELS)
+__all__ = ["GELU_SCALE", "get_array_module", *KERNELS]
 
 # the files whose SOURCE / NAME_EXPRESSIONS the compile test and the benchmark walk through
 KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw")

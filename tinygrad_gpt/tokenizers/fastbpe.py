@@ -421,6 +421,23 @@ def _rank_of(mkeys, mranks, a, b):
 
 
 @njit(cache=True)
+def _sift_down_i64(heap, i, size):
+    """Moves heap[i] down a min-heap of int64 entries heap[:size] until both children are larger."""
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        best = left
+        if left + 1 < size and heap[left + 1] < heap[left]:
+            best = left + 1
+        if heap[best] < heap[i]:
+            heap[i], heap[best] = heap[best], heap[i]
+            i = best
+        else:
+            return
+
+
+@njit(cache=True)
 def bpe_chunk(buf, n, byte_ids, mkeys, mranks, mnew, sym, nxt, prv, heap, out, k):
     """Merges the bytes buf[:n] by rank; writes the ids at out[k:] and returns the new k.
 
@@ -439,36 +456,12 @@ def bpe_chunk(buf, n, byte_ids, mkeys, mranks, mnew, sym, nxt, prv, heap, out, k
             size += 1
     # heapify (min-heap)
     for start in range((size - 2) // 2, -1, -1):
-        i = start
-        while True:
-            left = 2 * i + 1
-            if left >= size:
-                break
-            best = left
-            if left + 1 < size and heap[left + 1] < heap[left]:
-                best = left + 1
-            if heap[best] < heap[i]:
-                heap[i], heap[best] = heap[best], heap[i]
-                i = best
-            else:
-                break
+        _sift_down_i64(heap, start, size)
     while size > 0:
         top = heap[0]
         size -= 1
         heap[0] = heap[size]
-        i = 0
-        while True:
-            left = 2 * i + 1
-            if left >= size:
-                break
-            best = left
-            if left + 1 < size and heap[left + 1] < heap[left]:
-                best = left + 1
-            if heap[best] < heap[i]:
-                heap[i], heap[best] = heap[best], heap[i]
-                i = best
-            else:
-                break
+        _sift_down_i64(heap, 0, size)
         r = top >> 32
         i = top & 0xFFFFFFFF
         if sym[i] < 0:

@@ -119,6 +119,10 @@ class Trainer:
         self.opt = AdamW(decay_groups(model.named_parameters(), config.weight_decay), lr=config.lr,
                          betas=(config.beta1, config.beta2))
         self.state = TrainState(epoch_rng=np.random.default_rng(config.seed).bit_generator.state)
+        # subtle: measured once; building the batches shuffles every start position (1M of them in
+        # the "original" preset, 44 ms), and lr_at() needs the epoch length on every step
+        n = len(self.epoch_batches(self.state.epoch_rng))
+        self._iters_per_epoch = min(n, config.iters_per_epoch) if config.iters_per_epoch else n
         self.out_dir = Path(config.out_dir)
         self._interrupted = False
         self.xp = get_xp(config.device)
@@ -131,8 +135,7 @@ class Trainer:
                     start_batch=start_batch)
 
     def iters_per_epoch(self):
-        n = len(self.epoch_batches(self.state.epoch_rng))
-        return min(n, self.cfg.iters_per_epoch) if self.cfg.iters_per_epoch else n
+        return self._iters_per_epoch
 
     def total_iters(self):
         """max_iters when given (it overrides epochs), else epochs x iters_per_epoch."""

@@ -30,7 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import numpy as np  # noqa: E402
 
 from tinygrad_gpt import backend  # noqa: E402
 from tinygrad_gpt.train import PRESETS  # noqa: E402
@@ -77,49 +76,15 @@ def run_ours(cfg, warmup, iters):
 
 def run_torch(cfg, warmup, iters):
     import torch
-    import torch.nn as tnn
-    import torch.nn.functional as F
+    from torch_gpt import make_torch_adamw, make_torch_gpt
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     dev = torch.device("cuda")
     C, nh, L, Tmax, p = cfg["n_embd"], cfg["n_head"], cfg["n_layer"], cfg["block_size"], cfg["dropout"]
 
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
-            self.c_attn, self.attn_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
-            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
-            self.drop = tnn.Dropout(p)
-
-        def forward(self, x):
-            B, T, _ = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.drop(self.attn_proj(y.transpose(1, 2).reshape(B, T, C)))
-            return x + self.drop(self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh")))
-
-    class GPT(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = tnn.Embedding(VOCAB, C), tnn.Embedding(Tmax, C)
-            self.h = tnn.ModuleList(Block() for _ in range(L))
-            self.ln_f, self.drop = tnn.LayerNorm(C), tnn.Dropout(p)
-
-        def forward(self, idx, targets):
-            x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
-            for block in self.h:
-                x = block(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
-
-    model = GPT().to(dev)
-    decay = [q for q in model.parameters() if q.dim() >= 2]
-    no_decay = [q for q in model.parameters() if q.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    model = make_torch_gpt(L, nh, C, Tmax, VOCAB, dropout=p, device=dev)
+    opt = make_torch_adamw(model)
     g = torch.Generator(device=dev).manual_seed(0)
     shape = (cfg["batch_size"], cfg["block_size"])
     batches = [(torch.randint(0, VOCAB, shape, generator=g, device=dev),

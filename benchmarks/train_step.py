@@ -65,57 +65,16 @@ def worker_ours(cfg, warmup, iters):
 
 
 def worker_torch(cfg, warmup, iters, threads):
-    import math
     import time
 
     import torch
-    import torch.nn as tnn
-    import torch.nn.functional as F
+
+    from torch_gpt import make_torch_adamw, make_torch_gpt
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    C, nh, n_layer = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
-
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
-            self.c_attn, self.attn_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
-            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
-
-        def forward(self, x):
-            B, T, _ = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
-            x = x + self.attn_proj(y)
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class GPT(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = tnn.Embedding(VOCAB, C), tnn.Embedding(cfg["block_size"], C)
-            self.h = tnn.ModuleList([Block() for _ in range(n_layer)])
-            self.ln_f = tnn.LayerNorm(C)
-            for name, p in self.named_parameters():  # GPT-2 init, as tinygrad_gpt.model.GPT
-                if name.endswith("bias"):
-                    tnn.init.zeros_(p)
-                elif p.dim() >= 2:
-                    std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
-                    tnn.init.normal_(p, 0.0, std)
-
-        def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
-
-    model = GPT()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    model = make_torch_gpt(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["block_size"], VOCAB)
+    opt = make_torch_adamw(model)
     g = torch.Generator().manual_seed(0)
     times, losses = [], []
     for i in range(warmup + iters):

@@ -9,7 +9,7 @@ import pytest
 
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, VaderScorer, drop_partial_word, frozen_copy,
-                               response_windows, rollout, sample_responses)
+                               response_windows, rollout, sample_responses, signed_power)
 from tinygrad_gpt.tokenizers.char import CharTokenizer
 
 ALPHABET = "\n !',.?abcdefghijklmnopqrstuvwxyz"
@@ -111,6 +111,30 @@ def test_ppo_config_errors_name_the_field():
         PPOConfig(batch_size=10, minibatch_size=4)
     with pytest.raises(ValueError, match="kl_estimator"):
         PPOConfig(kl_estimator="k2")
+    with pytest.raises(ValueError, match="score_power"):
+        PPOConfig(score_power=0.0)
+
+
+def test_signed_power_keeps_sign_and_order_and_lifts_mild_scores(rng):
+    s = rng.uniform(-1, 1, 200)
+    assert np.array_equal(signed_power(s, 1.0), s)
+    t = signed_power(s, 0.5)
+    np.testing.assert_allclose(np.abs(t) ** 2, np.abs(s), rtol=1e-12)
+    assert np.array_equal(np.sign(t), np.sign(s))
+    assert np.all(np.diff(t[np.argsort(s)]) >= 0)                 # monotone
+    # concave above 0: neutral -> mildly positive gains more than positive -> more positive
+    assert signed_power(0.1, 0.5) - signed_power(0.0, 0.5) > signed_power(0.6, 0.5) - signed_power(0.5, 0.5)
+
+
+def test_trainer_optimises_the_powered_score():
+    policy, ref = tiny_policy()
+    cfg = PPOConfig(batch_size=8, prompt_len=8, response_len=8, minibatch_size=4, ppo_epochs=1, norm_batches=1,
+                    score_power=0.5, seed=3)
+    trainer = PPOTrainer(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)
+    roll = trainer.make_rollout(next(trainer.prompts))
+    gold, raw = trainer.raw_rewards(roll)
+    np.testing.assert_allclose(raw, np.sqrt(gold), rtol=1e-12)   # vowel fractions are >= 0
+    assert not np.allclose(raw, gold)
 
 
 def test_save_loads_with_load_model(tmp_path):

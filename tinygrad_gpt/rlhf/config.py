@@ -26,6 +26,9 @@ class PPOConfig:
     kl_target: float = 5.5           # wanted mean KL per response in nats (summed over tokens); TRL 6; 5.5 = 0.086/char
     kl_horizon: int = 1000           # sequences over which beta can change by ~e at +-20% error; TRL / Ziegler 10000,
                                      # which moves beta by < 20% in 150 steps of 64: too slow for this run
+    score_power: float = 1.0         # the scorer's score s enters PPO as sign(s) |s|^p (before normalising); 1 = s
+                                     # itself; 0.5 pays more for turning a neutral completion mildly positive
+                                     # than for making a positive one more so (concave above 0, convex below)
     norm_batches: int = 2            # reference batches sampled to measure the score's mean and std (normaliser)
     # ---- advantages ----
     gamma: float = 1.0               # discount; 1 for text (the episode is 64 tokens, nothing to discount)
@@ -59,6 +62,8 @@ class PPOConfig:
                              f"{self.minibatch_size}")
         if self.kl_estimator not in ("exact", "sampled"):
             raise ValueError(f"PPOConfig: kl_estimator must be 'exact' or 'sampled', got {self.kl_estimator!r}")
+        if not self.score_power > 0:
+            raise ValueError(f"PPOConfig: score_power must be > 0, got {self.score_power}")
         if self.temperature <= 0:
             raise ValueError(f"PPOConfig: temperature must be > 0, got {self.temperature}")
         if self.kl_target <= 0:

@@ -3,7 +3,8 @@
 One `step()` (Ziegler et al. 2019, Algorithm 1; Schulman et al. 2017, Algorithm 1):
 
     1. prompts (B, P) from the validation split; responses (B, R) sampled by pi_old  (rollout.py)
-    2. s_b  = normaliser(score(response_b))              the scorer, or the learned reward model
+    2. s_b  = normaliser(score(response_b))              the scorer (as sign(s) |s|^score_power), or
+                                                         the learned reward model
     3. r_bt = -beta KL_bt + [t = R - 1] s_b               advantage.shaped_rewards
     4. A, R = GAE(r, V_old; gamma, lambda);  A <- whiten(A)
     5. for ppo_epochs: shuffle the B sequences into minibatches; for each:
@@ -33,7 +34,7 @@ from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController,
 from tinygrad_gpt.rlhf.losses import entropy, policy_loss, value_loss, whiten
 from tinygrad_gpt.rlhf.policy import response_windows, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout
-from tinygrad_gpt.rlhf.scorers import ScoreNormalizer
+from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, signed_power
 
 
 class PPOTrainer:
@@ -68,7 +69,7 @@ class PPOTrainer:
         """(gold scores, the rewards PPO optimises before normalising), each (B,)."""
         gold = self.scorer(roll.texts)                                   # (B,)
         if self.reward_model is None:
-            return gold, gold
+            return gold, signed_power(gold, self.cfg.score_power)         # (B,), (B,)
         return gold, self.reward_model.score(roll.responses)             # (B,), (B,)
 
     def make_rollout(self, prompts, model=None):

@@ -9,7 +9,8 @@ import pytest
 
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, VaderScorer, drop_partial_word, frozen_copy,
-                               response_windows, rollout, sample_responses, signed_power)
+                               response_windows, rollout, sample_responses, shaped_score,
+                               signed_power)
 from tinygrad_gpt.tokenizers.char import CharTokenizer
 
 ALPHABET = "\n !',.?abcdefghijklmnopqrstuvwxyz"
@@ -113,6 +114,8 @@ def test_ppo_config_errors_name_the_field():
         PPOConfig(kl_estimator="k2")
     with pytest.raises(ValueError, match="score_power"):
         PPOConfig(score_power=0.0)
+    with pytest.raises(ValueError, match="positive_bonus"):
+        PPOConfig(positive_bonus=-1.0)
 
 
 def test_signed_power_keeps_sign_and_order_and_lifts_mild_scores(rng):
@@ -124,6 +127,14 @@ def test_signed_power_keeps_sign_and_order_and_lifts_mild_scores(rng):
     assert np.all(np.diff(t[np.argsort(s)]) >= 0)                 # monotone
     # concave above 0: neutral -> mildly positive gains more than positive -> more positive
     assert signed_power(0.1, 0.5) - signed_power(0.0, 0.5) > signed_power(0.6, 0.5) - signed_power(0.5, 0.5)
+
+
+def test_shaped_score_adds_the_bonus_above_the_threshold_only(rng):
+    s = rng.uniform(-1, 1, 200)
+    assert np.array_equal(shaped_score(s), s)
+    t = shaped_score(s, bonus=0.5, threshold=0.05)
+    np.testing.assert_array_equal(t - s, np.where(s > 0.05, 0.5, 0.0))
+    np.testing.assert_allclose(shaped_score(s, power=0.5, bonus=0.5), signed_power(s, 0.5) + 0.5 * (s > 0.05))
 
 
 def test_trainer_optimises_the_powered_score():

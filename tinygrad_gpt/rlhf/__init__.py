@@ -23,4 +23,4 @@ from tinygrad_gpt.rlhf.ppo import PPOTrainer
 from tinygrad_gpt.rlhf.reward_model import (PreferencePairs, pairs_from_responses, RewardModel, RewardModelConfig, make_preference_pairs,
                                             pairwise_accuracy, train_reward_model)
 from tinygrad_gpt.rlhf.rollout import Rollout, prompt_batches, rollout, sample_responses, score_rollout
-from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, VaderScorer, drop_partial_word, signed_power
+from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, VaderScorer, drop_partial_word, shaped_score, signed_power

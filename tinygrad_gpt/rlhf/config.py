@@ -29,6 +29,10 @@ class PPOConfig:
     score_power: float = 1.0         # the scorer's score s enters PPO as sign(s) |s|^p (before normalising); 1 = s
                                      # itself; 0.5 pays more for turning a neutral completion mildly positive
                                      # than for making a positive one more so (concave above 0, convex below)
+    positive_bonus: float = 0.0      # added to a score above positive_threshold (before normalising): under the
+                                     # KL-regularised objective (pi* ~ pi_ref exp(r / beta)) an indicator reward is
+                                     # what buys the most "positive at all" per nat; 0 = off
+    positive_threshold: float = 0.05  # VADER's own line for a positive text (compound >= 0.05, its README)
     norm_batches: int = 2            # reference batches sampled to measure the score's mean and std (normaliser)
     # ---- advantages ----
     gamma: float = 1.0               # discount; 1 for text (the episode is 64 tokens, nothing to discount)
@@ -64,6 +68,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig: kl_estimator must be 'exact' or 'sampled', got {self.kl_estimator!r}")
         if not self.score_power > 0:
             raise ValueError(f"PPOConfig: score_power must be > 0, got {self.score_power}")
+        if self.positive_bonus < 0:
+            raise ValueError(f"PPOConfig: positive_bonus must be >= 0, got {self.positive_bonus}")
         if self.temperature <= 0:
             raise ValueError(f"PPOConfig: temperature must be > 0, got {self.temperature}")
         if self.kl_target <= 0:

@@ -3,8 +3,8 @@
 One `step()` (Ziegler et al. 2019, Algorithm 1; Schulman et al. 2017, Algorithm 1):
 
     1. prompts (B, P) from the validation split; responses (B, R) sampled by pi_old  (rollout.py)
-    2. s_b  = normaliser(score(response_b))              the scorer (as sign(s) |s|^score_power), or
-                                                         the learned reward model
+    2. s_b  = normaliser(score(response_b))              the scorer (scorers.shaped_score: sign(s) |s|^p
+                                                         + bonus [s > threshold]), or the learned reward model
     3. r_bt = -beta KL_bt + [t = R - 1] s_b               advantage.shaped_rewards
     4. A, R = GAE(r, V_old; gamma, lambda);  A <- whiten(A)
     5. for ppo_epochs: shuffle the B sequences into minibatches; for each:
@@ -34,7 +34,7 @@ from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController,
 from tinygrad_gpt.rlhf.losses import entropy, policy_loss, value_loss, whiten
 from tinygrad_gpt.rlhf.policy import response_windows, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout
-from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, signed_power
+from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, shaped_score
 
 
 class PPOTrainer:
@@ -69,7 +69,8 @@ class PPOTrainer:
         """(gold scores, the rewards PPO optimises before normalising), each (B,)."""
         gold = self.scorer(roll.texts)                                   # (B,)
         if self.reward_model is None:
-            return gold, signed_power(gold, self.cfg.score_power)         # (B,), (B,)
+            c = self.cfg
+            return gold, shaped_score(gold, c.score_power, c.positive_bonus, c.positive_threshold)  # (B,), (B,)
         return gold, self.reward_model.score(roll.responses)             # (B,), (B,)
 
     def make_rollout(self, prompts, model=None):

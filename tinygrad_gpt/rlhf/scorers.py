@@ -61,6 +61,17 @@ def signed_power(scores, p):
     return s if p == 1 else np.sign(s) * np.abs(s) ** p
 
 
+def shaped_score(scores, power=1.0, bonus=0.0, threshold=0.05):
+    """What PPO optimises for a gold score s (before normalising): sign(s) |s|^power + bonus [s > threshold].
+
+    power, bonus and threshold are PPOConfig.score_power / positive_bonus / positive_threshold; with the
+    defaults (1, 0) this is s itself.
+    """
+    s = np.asarray(scores, dtype=np.float64)                              # (N,)
+    shaped = signed_power(s, power)                                       # (N,)
+    return shaped + bonus * (s > threshold) if bonus else shaped
+
+
 @dataclass
 class ScoreNormalizer:
     """s' = (s - bias) / gain; `fit` measures bias and gain on scores of reference samples."""

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt.gradcheck import gradcheck
-from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, PolicyLoss, ValueLoss, bradley_terry_loss, entropy,
+from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, KLToReference, PolicyLoss, ValueLoss, bradley_terry_loss,
+                                      entropy, kl_to_reference,
                                       policy_loss, value_loss, whiten)
 from tinygrad_gpt.tensor import Tensor
 
@@ -76,6 +77,10 @@ def test_losses_reject_bad_input():
         policy_loss(t64([[0.0]]), [[0.0]], [[1.0]], np.zeros((1, 1)))
     with pytest.raises(ValueError, match="advantages has shape"):
         policy_loss(t64([[0.0, 1.0]]), [[0.0, 1.0]], [[1.0]], np.ones((1, 2)))
+    with pytest.raises(ValueError, match="ref_logprobs has shape"):
+        kl_to_reference(t64(np.zeros((1, 2, 3))), np.zeros((1, 2, 4)), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="mask has shape"):
+        kl_to_reference(t64(np.zeros((1, 2, 3))), np.zeros((1, 2, 3)), np.ones((2, 1)))
 
 
 # ---- gradient checks on fresh random inputs ---------------------------------------------------
@@ -166,6 +171,38 @@ def test_gradcheck_control_catches_a_value_loss_without_clipping(rng):
     assert not gradcheck(fn, [t64(v)]).ok
 
 
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_kl_to_reference_value_and_gradcheck(rng):
+    logits, ref = rng.normal(0, 2, (2, 5, 7)), rng.normal(0, 2, (2, 5, 7))
+    logq = _log_softmax(ref)
+    mask = np.ones((2, 5))
+    mask[0, 4:] = 0
+    # value: a direct sum over the vocabulary
+    logp = _log_softmax(logits)
+    expected = ((np.exp(logp) * (logp - logq)).sum(-1) * mask).sum() / mask.sum()
+    assert abs(kl_to_reference(t64(logits), logq, mask).item() - expected) < 1e-12
+    assert kl_to_reference(t64(ref), logq, mask).item() == pytest.approx(0.0, abs=1e-12)  # KL(q || q) = 0
+    res = gradcheck(lambda z: kl_to_reference(z, logq, mask), [t64(logits)])
+    assert res.ok, res
+
+
+def test_gradcheck_control_catches_a_kl_backward_without_the_centring(rng):
+    """Control: dropping "- KL_t" (the softmax Jacobian's second term) must fail the same check."""
+
+    class Uncentred(KLToReference):
+        @staticmethod
+        def backward(ctx, dout):
+            return ctx.p * ctx.log_ratio * (dout * ctx.m / ctx.n)[..., None]
+
+    logits, logq = rng.normal(0, 2, (2, 4, 6)), _log_softmax(rng.normal(0, 2, (2, 4, 6)))
+    fn = (lambda z: Uncentred.apply(z, ref_logprobs=logq, mask=np.ones((2, 4))))
+    assert not gradcheck(fn, [t64(logits)]).ok
+
+
 def test_whole_ppo_objective_gradcheck(rng):
     """The PPO loss through a float64 policy (GPT + value head), w.r.t. a sample of its parameters."""
     from tinygrad_gpt.model import GPT, GPTConfig
@@ -182,12 +219,13 @@ def test_whole_ppo_objective_gradcheck(rng):
     adv = _away_from(rng.normal(0, 1, (B, R)), [0.0], 0.01)
     old_v, returns = rng.normal(0, 1, (B, R)), rng.normal(0, 1, (B, R))
     mask = np.ones((B, R))
+    ref_logq = _log_softmax(rng.normal(0, 1, (B, R, 11)))
 
     def objective(*params):
         logits, values = score_windows(policy, seq, windows, temperature=0.7)
         logp = token_logprobs(logits, seq[:, P:])
         return (policy_loss(logp, old, adv, mask, 0.2) + value_loss(values, old_v, returns, mask, 10.0) * 0.5
-                - entropy(logits, mask) * 0.01)
+                - entropy(logits, mask) * 0.01 + kl_to_reference(logits, ref_logq, mask) * 0.1)
 
     params = [policy.gpt.h[0].attn.c_attn.weight, policy.gpt.wte.weight, policy.v_head.weight]
     # tol 1e-5: through a whole model the float64 rounding of ~100 ops reaches ~1e-6 on some elements

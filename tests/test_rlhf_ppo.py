@@ -82,6 +82,21 @@ def test_first_step_ratio_is_one_and_kl_is_zero():
     assert trainer.step()["kl"] > 0.0
 
 
+def test_kl_loss_term_is_reported_and_pulls_toward_the_reference():
+    """kl_loss_coef adds mean exact KL(pi || pi_ref) to the loss: reported, and a large weight keeps
+    the policy nearer the reference than the same run without it."""
+    kls = {}
+    for coef in (0.0, 50.0):
+        policy, ref = tiny_policy()
+        cfg = PPOConfig(batch_size=8, prompt_len=8, response_len=8, minibatch_size=4, ppo_epochs=2, norm_batches=1,
+                        lr=3e-3, init_kl_coef=0.0, adaptive_kl=False, kl_loss_coef=coef, target_kl=None, seed=3)
+        trainer = PPOTrainer(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)
+        metrics = [trainer.step() for _ in range(4)]
+        assert np.isnan(metrics[0]["kl_loss"]) if coef == 0 else np.isfinite(metrics[0]["kl_loss"])
+        kls[coef] = trainer.step()["kl"]                                  # exact KL of the 5th rollout
+    assert kls[50.0] < 0.5 * kls[0.0], kls
+
+
 def test_ppo_smoke_run_raises_the_score():
     policy, ref = tiny_policy(seed=2)
     cfg = PPOConfig(steps=20, batch_size=32, prompt_len=8, response_len=12, minibatch_size=16, ppo_epochs=2,

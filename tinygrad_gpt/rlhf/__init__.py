@@ -16,8 +16,8 @@ distributed, support padded batches or end-of-text tokens, or use LoRA / a separ
 from tinygrad_gpt.rlhf.advantage import (AdaptiveKLController, FixedKLController, gae, kl_per_token,
                                          shaped_rewards)
 from tinygrad_gpt.rlhf.config import PPOConfig
-from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, Entropy, PolicyLoss, ValueLoss, Whiten, bradley_terry_loss,
-                                      entropy, policy_loss, value_loss, whiten)
+from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, Entropy, KLToReference, PolicyLoss, ValueLoss, Whiten,
+                                      bradley_terry_loss, entropy, kl_to_reference, policy_loss, value_loss, whiten)
 from tinygrad_gpt.rlhf.policy import PolicyWithValue, frozen_copy, response_windows, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.ppo import PPOTrainer
 from tinygrad_gpt.rlhf.reward_model import (PreferencePairs, pairs_from_responses, RewardModel, RewardModelConfig, make_preference_pairs,

@@ -49,6 +49,9 @@ class PPOConfig:
     clip_value: float = 0.2          # c of the clipped value loss, V in V_old +- c; TRL 0.2
     vf_coef: float = 0.1             # weight of the value loss in the total (the value head shares the trunk); TRL 0.1
     value_trunk_grad: bool = True    # the value loss trains the GPT trunk too (TRL, Ziegler); False: the head only
+    kl_loss_coef: float = 0.0        # weight of the exact KL(pi_theta || pi_ref) per token added to the loss (GRPO-
+                                     # style, on top of the KL in the reward); pulls every token's distribution
+                                     # back, not only the sampled one's; 0 = off
     ent_coef: float = 0.0            # weight of the entropy bonus (subtracted from the loss); 0 in RLHF usually
     target_kl: float | None = 0.05   # early stop: no more minibatches this step once the old->new KL per token
                                      # (k3 estimator) exceeds it; None = never
@@ -68,6 +71,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig: kl_estimator must be 'exact' or 'sampled', got {self.kl_estimator!r}")
         if not self.score_power > 0:
             raise ValueError(f"PPOConfig: score_power must be > 0, got {self.score_power}")
+        if self.kl_loss_coef < 0:
+            raise ValueError(f"PPOConfig: kl_loss_coef must be >= 0, got {self.kl_loss_coef}")
         if self.positive_bonus < 0:
             raise ValueError(f"PPOConfig: positive_bonus must be >= 0, got {self.positive_bonus}")
         if self.temperature <= 0:

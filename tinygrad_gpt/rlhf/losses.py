@@ -12,7 +12,8 @@ value-clipping of the OpenAI baselines ppo2 / Ziegler et al. 2019 lm-human-prefe
     L_CLIP      = mean_m( max( -A_t r_t, -A_t clip(r_t, 1 - eps, 1 + eps) ) )      (to minimise)
     L_VF        = 1/2 mean_m( max( (V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -c, c) - R_t)^2 ) )
     H           = mean_m( -sum_v p_t(v) log p_t(v) )                                  (to maximise)
-    loss        = L_CLIP + vf_coef L_VF - ent_coef H
+    L_KL        = mean_m( sum_v p_t(v) (log p_t(v) - log q_t(v)) )   exact KL to the reference q
+    loss        = L_CLIP + vf_coef L_VF - ent_coef H + kl_loss_coef L_KL
 
 Whitening (advantages):  A'_t = (A_t - mean_m(A)) / sqrt(var_m(A) + eps), 0 where m = 0.
 Reward-model loss (Bradley-Terry; Christiano et al. 2017, Ouyang et al. 2022 eq. 1):
@@ -202,6 +203,48 @@ class Entropy(Function):
 def entropy(logits, mask):
     """Masked mean entropy (a scalar Tensor) of softmax(logits) for logits (B, T, V)."""
     return Entropy.apply(logits, mask=logits.xp.asarray(_data(mask)))
+
+
+class KLToReference(Function):
+    """L_KL = mean_m( KL(p_t || q_t) ), p = softmax(logits (B, T, V)), q given as log-probs (B, T, V): a scalar.
+
+    The exact KL over the vocabulary as a loss term (GRPO, Shao et al. 2024, puts a KL estimate in the
+    loss instead of the reward): its gradient reaches every token's whole distribution, where a KL in
+    the reward only reaches the sampled token, through a noisy advantage.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ref_logprobs, mask):
+        xp = get_array_module(logits)
+        _same_shape("kl_to_reference", logits, ref_logprobs=ref_logprobs)
+        if mask.shape != logits.shape[:-1]:
+            raise ValueError(f"kl_to_reference: mask has shape {mask.shape}, expected {logits.shape[:-1]} "
+                             "(logits without V)")
+        n = _check_mask("kl_to_reference", logits[..., 0], mask)
+        dt = logits.dtype.type
+        shifted = logits - logits.max(axis=-1, keepdims=True)            # (B, T, V) no overflow in exp
+        logp = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))  # F1 (B, T, V) log p = log_softmax
+        p = xp.exp(logp)                                                  # F2 (B, T, V) p
+        log_ratio = logp - ref_logprobs                                   # F3 (B, T, V) log p - log q
+        kl = (p * log_ratio).sum(axis=-1)                                 # F4 (B, T) KL_t = sum_v p log(p / q)
+        ctx.p, ctx.log_ratio, ctx.kl = p, log_ratio, kl
+        ctx.m, ctx.n = mask.astype(logits.dtype, copy=False), dt(n)
+        return xp.asarray((kl * ctx.m).sum() / ctx.n, dtype=logits.dtype)  # F5 () mean_m(KL_t)
+
+    @staticmethod
+    def backward(ctx, dout):
+        # F5: dKL_t = dout m_t / n
+        dkl = (dout * ctx.m / ctx.n)[..., None]                           # (B, T, 1)
+        # F4 through F1-F3: dKL_t/dlogp_j = p_j (log p_j - log q_j + 1); the log_softmax Jacobian
+        # (delta_ij - p_i) turns that into dKL_t/dz_i = p_i (log p_i - log q_i - KL_t) (the "+1" cancels)
+        return (ctx.p * (ctx.log_ratio - ctx.kl[..., None]) * dkl).astype(dout.dtype, copy=False)
+
+
+def kl_to_reference(logits, ref_logprobs, mask):
+    """Masked mean exact KL(softmax(logits) || exp(ref_logprobs)) (a scalar Tensor); both (B, T, V)."""
+    xp = logits.xp
+    return KLToReference.apply(logits, ref_logprobs=xp.asarray(_data(ref_logprobs), dtype=logits.data.dtype),
+                               mask=xp.asarray(_data(mask)))
 
 
 class BradleyTerryLoss(Function):

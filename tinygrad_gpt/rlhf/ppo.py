@@ -11,6 +11,7 @@ One `step()` (Ziegler et al. 2019, Algorithm 1; Schulman et al. 2017, Algorithm 
          logits, V = policy(windows of the minibatch)               (graph recorded)
          logp_t = log softmax(logits / tau)[a_t]
          loss   = L_CLIP(logp, logp_old, A) + vf_coef L_VF(V, V_old, R) - ent_coef H(logits)
+                  + kl_loss_coef L_KL(logits, log pi_ref)
          skip the minibatch if mean(r_t) > ratio_threshold (logged), else backward, clip, AdamW step;
          stop all epochs early once the old->new KL estimate mean((r - 1) - log r) > target_kl
     6. beta <- KL controller(mean_b sum_t KL_bt)
@@ -31,7 +32,7 @@ from tinygrad_gpt import checkpoint
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController, gae, shaped_rewards
-from tinygrad_gpt.rlhf.losses import entropy, policy_loss, value_loss, whiten
+from tinygrad_gpt.rlhf.losses import entropy, kl_to_reference, policy_loss, value_loss, whiten
 from tinygrad_gpt.rlhf.policy import response_windows, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout
 from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, shaped_score
@@ -116,7 +117,7 @@ class PPOTrainer:
         seq = roll.sequences                                              # (B, P + R)
 
         stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [],
-                 "ratio_mean": []}
+                 "ratio_mean": [], "kl_loss": []}
         skipped, early_stop, updates = 0, False, 0
         first_ratio_dev = None
         dtype = self.policy.gpt.wte.weight.dtype
@@ -145,6 +146,10 @@ class PPOTrainer:
                 loss = pg + vf * c.vf_coef
                 if c.ent_coef:
                     loss = loss - ent * c.ent_coef
+                if c.kl_loss_coef:
+                    kl_loss = kl_to_reference(logits, roll.ref_logq[mb], mmask)
+                    loss = loss + kl_loss * c.kl_loss_coef
+                    stats["kl_loss"].append(kl_loss.item())
                 self.policy.zero_grad()
                 loss.backward()
                 if c.max_grad_norm:
@@ -184,6 +189,7 @@ class PPOTrainer:
             "policy_loss": mean("policy_loss"),
             "entropy": mean("entropy"),
             "approx_kl": mean("approx_kl"),
+            "kl_loss": mean("kl_loss"),
             "ratio_mean": mean("ratio_mean"),
             "first_ratio_dev": first_ratio_dev,
             "updates": updates,

@@ -47,6 +47,7 @@ class Rollout:
     kl: np.ndarray             # (B, R) KL_t by the configured estimator (enters the reward)
     kl_exact: np.ndarray       # (B, R) exact KL_t (reported)
     texts: list                # B decoded responses
+    ref_logq: np.ndarray = None  # (B, R, V) log pi_ref of every token (for the kl_loss_coef term)
 
     @property
     def sequences(self):
@@ -117,4 +118,4 @@ def score_rollout(policy, reference, prompts, responses, temperature, decode, kl
     kl_exact = kl_per_token(logp, logq, estimator="exact")                # (B, R)
     kl = kl_exact if kl_estimator == "exact" else kl_per_token(logp, logq, responses, kl_estimator)  # (B, R)
     texts = [decode(row.tolist()) for row in responses]
-    return Rollout(prompts, responses, logprobs, ref_logprobs, values, kl, kl_exact, texts)
+    return Rollout(prompts, responses, logprobs, ref_logprobs, values, kl, kl_exact, texts, logq)

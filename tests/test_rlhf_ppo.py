@@ -97,6 +97,17 @@ def test_kl_loss_term_is_reported_and_pulls_toward_the_reference():
     assert kls[50.0] < 0.5 * kls[0.0], kls
 
 
+@pytest.mark.parametrize("anneal", [False, True])
+def test_lr_is_constant_or_annealed_linearly(anneal):
+    policy, ref = tiny_policy()
+    cfg = PPOConfig(steps=4, batch_size=8, prompt_len=8, response_len=8, minibatch_size=8, ppo_epochs=1,
+                    norm_batches=1, lr=1e-3, anneal_lr=anneal, seed=3)
+    trainer = PPOTrainer(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)
+    lrs = [trainer.step()["lr"] for _ in range(cfg.steps)]
+    expected = [1e-3, 7.5e-4, 5e-4, 2.5e-4] if anneal else [1e-3] * 4
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12)
+
+
 def test_ppo_smoke_run_raises_the_score():
     policy, ref = tiny_policy(seed=2)
     cfg = PPOConfig(steps=20, batch_size=32, prompt_len=8, response_len=12, minibatch_size=16, ppo_epochs=2,

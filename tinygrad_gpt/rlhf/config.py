@@ -42,6 +42,8 @@ class PPOConfig:
     ppo_epochs: int = 4              # passes over each rollout batch; TRL 4
     minibatch_size: int = 16         # sequences per gradient step; batch_size / minibatch_size steps per epoch
     lr: float = 2e-5                 # AdamW learning rate; TRL 1.41e-5 (GPT-2); 3e-5 reached the KL limit by step 50
+    anneal_lr: bool = False          # lr falls linearly from lr (step 1) to lr / steps (last step), as in Ziegler
+                                     # et al.'s lm-human-preferences and OpenAI baselines ppo2; False = constant
     adam_betas: tuple = (0.9, 0.95)  # AdamW betas
     weight_decay: float = 0.0        # 0: decay would pull the policy away from the reference for no reason
     max_grad_norm: float = 1.0       # global gradient-norm clip; 0 turns it off

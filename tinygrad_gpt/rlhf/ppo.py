@@ -115,6 +115,8 @@ class PPOTrainer:
         if c.whiten_advantages:
             advantages = whiten(advantages, mask)                         # (B, R)
         seq = roll.sequences                                              # (B, P + R)
+        lr = c.lr * (1 - self.step_count / c.steps) if c.anneal_lr else c.lr  # step_count: steps done
+        self.opt.set_lr(max(lr, c.lr / c.steps))
 
         stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [],
                  "ratio_mean": [], "kl_loss": []}
@@ -184,6 +186,7 @@ class PPOTrainer:
             "kl": float(roll.kl_exact.mean()),                             # exact KL per token to the reference
             "kl_seq": mean_seq_kl,
             "beta": beta,
+            "lr": self.opt.param_groups[0]["lr"],
             "clipfrac": mean("clipfrac"),
             "value_loss": mean("value_loss"),
             "policy_loss": mean("policy_loss"),

@@ -32,6 +32,7 @@ import time
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 # Settings shared by every kernel. fastmath is limited to reassociation (so that row sums and dot
@@ -57,6 +58,28 @@ def _int32_bits_as_float32(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic fetch-and-add on an int64 array element, for threads sharing a work counter
+# ------------------------------------------------------------------------------------------------
+@intrinsic
+def atomic_add(typingctx, counters, index, value):
+    """old = counters[index]; counters[index] += value, as one sequentially consistent atomic
+    operation (LLVM atomicrmw); returns old. counters: a C-contiguous int64 1-d array. No bounds
+    check. value 0 makes it an atomic load."""
+    if not (isinstance(counters, types.Array) and counters.dtype == types.int64 and counters.ndim == 1
+            and counters.layout == "C"):
+        return None
+    sig = types.int64(counters, types.intp, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ary_t, _, _ = signature.args
+        ary = context.make_array(ary_t)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, ary_t, ary, [args[1]])
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
 
     return sig, codegen
 

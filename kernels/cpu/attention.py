@@ -2,9 +2,9 @@
 only the row log-sum-exp, the backward recomputes the probabilities from it.
 
 Same names, signatures and results as `kernels.reference.attention_forward/backward`. The (B, nh)
-heads run in order or split over threads (a small Python thread pool running the nogil driver on
-disjoint ranges of heads), whichever `ThreadPicker` (in `_common.py`) last timed faster for this
-shape. Each head copies its q (times scale), k, v into zero-padded
+heads run in order or shared by threads (the caller and a small Python thread pool running a nogil
+driver, each claiming the next head from an atomic counter), whichever `ThreadPicker` (in
+`_common.py`) last timed faster for this shape. Each head copies its q (times scale), k, v into zero-padded
 scratch tiles that fit in L1 (T = 64, hs = 32: 8 KiB each in float32) and visits only the causal
 part of the scores: keys 0..i0+3 for the block of query rows i0..i0+3.
 
@@ -25,6 +25,7 @@ Non-contiguous q, k, v (a transposed view of the qkv projection) are copied to c
 Dimension legend: B batch, nh heads, T time, hs head size; BH = B * nh.
 """
 import math
+import time
 
 import numpy as np
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 
 from kernels import reference
-from kernels.cpu._common import ThreadPicker, common_float_dtype, fast_exp, kernel
+from kernels.cpu._common import ThreadPicker, atomic_add, common_float_dtype, fast_exp, kernel
 
 # B * nh * T * T * hs from which the heads are split over threads (the cpu preset has 6.3M)
 PARALLEL_MIN_WORK = 1 << 20
@@ -284,17 +285,45 @@ def _attention_backward_serial(dout, q, k, v, out, lse, scale, dq, dk, dv):
                                  dq[bh], dk[bh], dv[bh])
 
 
+# shared drivers: each thread claims the next head from counters[0] until none is left, and counts
+# the heads it finished in counters[1]. Run by the calling thread and by the pool at once.
+@kernel(nogil=True)
+def _attention_forward_claim(counters, q, k, v, scale, out, lse):
+    BH = q.shape[0]
+    bh = atomic_add(counters, 0, 1)
+    while bh < BH:
+        _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh])
+        atomic_add(counters, 1, 1)
+        bh = atomic_add(counters, 0, 1)
+
+
+@kernel(nogil=True)
+def _attention_backward_claim(counters, dout, q, k, v, out, lse, scale, dq, dk, dv):
+    BH = q.shape[0]
+    bh = atomic_add(counters, 0, 1)
+    while bh < BH:
+        _attention_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale,
+                                 dq[bh], dk[bh], dv[bh])
+        atomic_add(counters, 1, 1)
+        bh = atomic_add(counters, 0, 1)
+
+
 _pool = None
 
 
-def _run_threaded(serial, *args):
-    """Split the heads (axis 0 of every array argument) into numba.get_num_threads() ranges; the
-    calling thread runs the first, a small thread pool the others (the driver releases the GIL).
+def _run_threaded(claim, *args):
+    """Run `claim` on the calling thread and on numba.get_num_threads() - 1 pool threads, all taking
+    heads (axis 0 of every array argument) from one atomic counter; return once every head is done.
 
+    subtle: heads are claimed one at a time, not split into fixed ranges. On this VM a pool thread
+    that has slept (between training ops it always has) took 0.3-0.5 ms to wake, about the whole
+    serial kernel at the cpu preset: with fixed halves the caller finished its half and then waited
+    for that wake-up. Claiming lets the caller take every head the late thread does not, and it only
+    waits for heads another thread has started (at most one per thread, ~15-25 us each). A pool task
+    that starts after the work is gone claims nothing and returns; nobody waits for it.
     subtle: not prange. A parallel=True driver around the same head functions compiled 8-10 s
-    more per dtype (Numba re-optimises the head inside its gufunc), which alone pushed the test
-    file's cold run past a minute on this machine; the pool costs nothing to compile and
-    ~20-50 us per call, against ~1 ms of work at the cpu preset.
+    more per dtype (Numba re-optimises the head inside its gufunc), and its launch waits for every
+    thread to arrive.
     """
     global _pool
     n_threads = numba.get_num_threads()
@@ -302,24 +331,22 @@ def _run_threaded(serial, *args):
         _pool = ThreadPoolExecutor(max_workers=max(1, n_threads - 1),
                                    thread_name_prefix="kernels-cpu")
     BH = args[0].shape[0]
-    bounds = np.linspace(0, BH, n_threads + 1).astype(np.int64)   # (n_threads + 1,)
-    futures = []
-    for t in range(1, n_threads):
-        lo, hi = bounds[t], bounds[t + 1]
-        futures.append(_pool.submit(serial, *[a[lo:hi] if isinstance(a, np.ndarray) else a
-                                              for a in args]))
-    lo, hi = bounds[0], bounds[1]
-    serial(*[a[lo:hi] if isinstance(a, np.ndarray) else a for a in args])
-    for f in futures:
-        f.result()
+    counters = np.zeros(2, dtype=np.int64)                         # (2,) next head, heads done
+    futures = [_pool.submit(claim, counters, *args) for _ in range(n_threads - 1)]
+    claim(counters, *args)
+    while counters[1] < BH:                                        # heads other threads still run
+        for f in futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()
+        time.sleep(0)                                              # yield (GIL and core) meanwhile
 
 
 def _attention_forward_threaded(*args):
-    _run_threaded(_attention_forward_serial, *args)
+    _run_threaded(_attention_forward_claim, *args)
 
 
 def _attention_backward_threaded(*args):
-    _run_threaded(_attention_backward_serial, *args)
+    _run_threaded(_attention_backward_claim, *args)
 
 
 def _may_use_threads(BH, T, hs):

@@ -3,9 +3,10 @@
 config.py        PPOConfig, one commented field per knob
 policy.py        PolicyWithValue (GPT + zero-initialised value head), frozen_copy, response windows
 rollout.py       prompts -> KV-cache sampled responses -> logprobs, reference logprobs, values, KL
-scorers.py       VaderScorer (response only, trailing partial word dropped), ScoreNormalizer
+scorers.py       VaderScorer (response only, trailing partial word dropped), ScoreNormalizer, shaped_score
 advantage.py     KL per token (exact / sampled), shaped rewards, GAE, fixed and adaptive KL controllers
-losses.py        PolicyLoss, ValueLoss, Entropy, Whiten, BradleyTerryLoss: forward/backward side by side
+losses.py        PolicyLoss, ValueLoss, Entropy, KLToReference, Whiten, BradleyTerryLoss: forward/backward
+                 side by side
 reward_model.py  preference pairs labelled by the scorer, RewardModel, Bradley-Terry training, accuracy
 ppo.py           PPOTrainer.step(): rollout, rewards, GAE, clipped PPO epochs, early stop, metrics
 

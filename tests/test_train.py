@@ -131,6 +131,11 @@ def test_real_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path):
     """SIGINT mid-epoch: the step in progress finishes, a checkpoint is written, exit code 130."""
     import signal
     import time
+    # subtle: 20x the usual corpus (~1,200 steps in the epoch, several seconds). With the 400-line
+    # corpus the whole 59-step epoch once finished before the signal arrived, and the checkpoint
+    # then held the next epoch's batch 0.
+    text = corpus.read_text(encoding="utf-8")
+    corpus.write_text(text * 20, encoding="utf-8")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "shakespeare.py"),
                              *_args(corpus, out, "--iters-per-epoch", "100000", "--epochs", "1")],

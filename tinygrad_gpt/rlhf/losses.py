@@ -47,6 +47,20 @@ def _same_shape(name, x, **others):
             raise ValueError(f"{name}: {key} has shape {value.shape}, expected {x.shape} (the shape of the input)")
 
 
+def _check_vocab_mask(name, logits, mask):
+    """The token count of a mask (B, T) over logits (B, T, V); errors name the shapes."""
+    if mask.shape != logits.shape[:-1]:
+        raise ValueError(f"{name}: mask has shape {mask.shape}, expected {logits.shape[:-1]} (logits without V)")
+    return _check_mask(name, logits[..., 0], mask)
+
+
+def _log_softmax(xp, logits):
+    """log p and p = softmax(logits) over the last axis, without overflow in exp."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)            # (B, T, V)
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))  # (B, T, V)
+    return logp, xp.exp(logp)
+
+
 class PolicyLoss(Function):
     """L_CLIP: PPO's clipped surrogate, a scalar, from new log-probs (B, T) of the sampled tokens."""
 
@@ -179,13 +193,9 @@ class Entropy(Function):
     @staticmethod
     def forward(ctx, logits, mask):
         xp = get_array_module(logits)
-        if mask.shape != logits.shape[:-1]:
-            raise ValueError(f"entropy: mask has shape {mask.shape}, expected {logits.shape[:-1]} (logits without V)")
-        n = _check_mask("entropy", logits[..., 0], mask)
+        n = _check_vocab_mask("entropy", logits, mask)
         dt = logits.dtype.type
-        shifted = logits - logits.max(axis=-1, keepdims=True)            # (B, T, V) no overflow in exp
-        logp = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))  # F1 (B, T, V) log p = log_softmax
-        p = xp.exp(logp)                                                  # F2 (B, T, V) p
+        logp, p = _log_softmax(xp, logits)                                # F1-F2 (B, T, V) log p, p = softmax
         h = -(p * logp).sum(axis=-1)                                      # F3 (B, T) H_t = -sum_v p log p
         ctx.p, ctx.logp, ctx.h = p, logp, h
         ctx.m, ctx.n = mask.astype(logits.dtype, copy=False), dt(n)
@@ -217,14 +227,9 @@ class KLToReference(Function):
     def forward(ctx, logits, ref_logprobs, mask):
         xp = get_array_module(logits)
         _same_shape("kl_to_reference", logits, ref_logprobs=ref_logprobs)
-        if mask.shape != logits.shape[:-1]:
-            raise ValueError(f"kl_to_reference: mask has shape {mask.shape}, expected {logits.shape[:-1]} "
-                             "(logits without V)")
-        n = _check_mask("kl_to_reference", logits[..., 0], mask)
+        n = _check_vocab_mask("kl_to_reference", logits, mask)
         dt = logits.dtype.type
-        shifted = logits - logits.max(axis=-1, keepdims=True)            # (B, T, V) no overflow in exp
-        logp = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))  # F1 (B, T, V) log p = log_softmax
-        p = xp.exp(logp)                                                  # F2 (B, T, V) p
+        logp, p = _log_softmax(xp, logits)                                # F1-F2 (B, T, V) log p, p = softmax
         log_ratio = logp - ref_logprobs                                   # F3 (B, T, V) log p - log q
         kl = (p * log_ratio).sum(axis=-1)                                 # F4 (B, T) KL_t = sum_v p log(p / q)
         ctx.p, ctx.log_ratio, ctx.kl = p, log_ratio, kl

@@ -115,8 +115,8 @@ class PPOTrainer:
         if c.whiten_advantages:
             advantages = whiten(advantages, mask)                         # (B, R)
         seq = roll.sequences                                              # (B, P + R)
-        lr = c.lr * (1 - self.step_count / c.steps) if c.anneal_lr else c.lr  # step_count: steps done
-        self.opt.set_lr(max(lr, c.lr / c.steps))
+        if c.anneal_lr:                                                   # lr, ..., lr / steps (last step)
+            self.opt.set_lr(c.lr * max(1 - self.step_count / c.steps, 1 / c.steps))
 
         stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [],
                  "ratio_mean": [], "kl_loss": []}

@@ -47,7 +47,7 @@ class Rollout:
     kl: np.ndarray             # (B, R) KL_t by the configured estimator (enters the reward)
     kl_exact: np.ndarray       # (B, R) exact KL_t (reported)
     texts: list                # B decoded responses
-    ref_logq: np.ndarray = None  # (B, R, V) log pi_ref of every token (for the kl_loss_coef term)
+    ref_logq: np.ndarray       # (B, R, V) log pi_ref of every token (the kl_loss_coef term)
 
     @property
     def sequences(self):

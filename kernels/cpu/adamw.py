@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from kernels import reference
+from kernels._common import flat_inplace
 from kernels.cpu._common import common_float_dtype, kernel
 
 
@@ -30,13 +31,6 @@ def _adamw_update(param, grad, m, v, lr, beta1, one_minus_beta1, beta2, one_minu
         param[i] -= lr * update
 
 
-def _flat_inplace(a):
-    """(flat view of a, None) if a is C-contiguous, else (flat contiguous copy, a) to write back."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1), None                                 # (a.size,) view
-    return np.ascontiguousarray(a).reshape(-1), a                  # (a.size,) copy
-
-
 def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """Decoupled-weight-decay Adam (Loshchilov & Hutter), updating param, m and v in place.
 
@@ -47,10 +41,10 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if dtype is None or not (param.shape == grad.shape == m.shape == v.shape):
         return reference.adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
     dt = dtype.type
-    flat_param, back_param = _flat_inplace(param)                  # (P,)
-    flat_m, back_m = _flat_inplace(m)                              # (P,)
-    flat_v, back_v = _flat_inplace(v)                              # (P,)
-    flat_grad = np.ascontiguousarray(grad).reshape(-1)             # (P,)
+    flat_param, back_param = flat_inplace(param)                  # (P,)
+    flat_m, back_m = flat_inplace(m)                              # (P,)
+    flat_v, back_v = flat_inplace(v)                              # (P,)
+    flat_grad = np.ascontiguousarray(grad).reshape(-1)            # (P,)
     _adamw_update(flat_param, flat_grad, flat_m, flat_v, dt(lr), dt(beta1), dt(1 - beta1),
                   dt(beta2), dt(1 - beta2), dt(1.0 / (1 - beta1 ** step)),
                   dt(1.0 / (1 - beta2 ** step)), dt(eps), dt(weight_decay))

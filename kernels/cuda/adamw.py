@@ -19,6 +19,7 @@ Dimension legend: P elements of one parameter (flattened).
 import cupy
 
 from kernels import reference
+from kernels._common import flat_inplace
 from kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
 
 SOURCE = r"""
@@ -44,13 +45,6 @@ __global__ void adamw_kernel(T* __restrict__ param, const T* __restrict__ grad, 
 NAME_EXPRESSIONS = ["adamw_kernel<float>", "adamw_kernel<double>"]
 
 
-def _flat_inplace(a):
-    """(flat view of a, None) if a is C-contiguous, else (flat contiguous copy, a) to write back."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1), None                                 # (P,) view
-    return cupy.ascontiguousarray(a).reshape(-1), a                # (P,) copy
-
-
 def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """Decoupled-weight-decay Adam (Loshchilov & Hutter), updating param, m and v in place.
 
@@ -63,9 +57,9 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if param.size == 0:
         return None
     dt = dtype.type
-    flat_param, back_param = _flat_inplace(param)                  # (P,)
-    flat_m, back_m = _flat_inplace(m)                              # (P,)
-    flat_v, back_v = _flat_inplace(v)                              # (P,)
+    flat_param, back_param = flat_inplace(param)                  # (P,)
+    flat_m, back_m = flat_inplace(m)                              # (P,)
+    flat_v, back_v = flat_inplace(v)                              # (P,)
     flat_grad = cupy.ascontiguousarray(grad).reshape(-1)           # (P,)
     get_kernel(SOURCE, NAME_EXPRESSIONS, f"adamw_kernel<{ctype(dtype)}>")(
         grid_for(param.size), (THREADS,),

@@ -51,6 +51,23 @@ DKDV_TILES = {"float": (32, 32), "double": (16, 16)}      # (BR, BC) for dk/dv
 
 SOURCE = r"""
 // ------------------------------------------------------------------------------------------------
+// sK, sV <- rows key0 .. key0 + BC - 1 of this head's k and v (row stride ROW >= HSP in shared
+// memory), zero past T_ and past hs; the block's threads take elements tid, tid + nthreads, ...
+// ------------------------------------------------------------------------------------------------
+template <typename T, int HSP, int ROW, int BC>
+__device__ __forceinline__ void load_kv_tile(T (*sK)[ROW], T (*sV)[ROW], const T* __restrict__ k,
+                                             const T* __restrict__ v, long long base, int key0, int T_,
+                                             int hs, int tid, int nthreads) {
+    for (int e = tid; e < BC * HSP; e += nthreads) {
+        const int j = e / HSP, d = e % HSP;
+        const int key = key0 + j;
+        const bool ok = key < T_ && d < hs;
+        sK[j][d] = ok ? k[base + (long long)key * hs + d] : T(0);
+        sV[j][d] = ok ? v[base + (long long)key * hs + d] : T(0);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // forward: one thread per query row, key tiles of BC in shared memory, online softmax
 // ------------------------------------------------------------------------------------------------
 template <typename T, int HSP, int BR, int BC>
@@ -79,13 +96,7 @@ __global__ void attention_forward_kernel(const T* __restrict__ q, const T* __res
     const int kv_end = min(r0 + BR, T_);                    // the block's rows see keys [0, kv_end)
     for (int kv0 = 0; kv0 < kv_end; kv0 += BC) {
         __syncthreads();                                    // the previous tile is consumed
-        for (int e = threadIdx.x; e < BC * HSP; e += BR) {
-            const int j = e / HSP, d = e % HSP;
-            const int key = kv0 + j;
-            const bool ok = key < T_ && d < hs;
-            sK[j][d] = ok ? k[base + (long long)key * hs + d] : T(0);
-            sV[j][d] = ok ? v[base + (long long)key * hs + d] : T(0);
-        }
+        load_kv_tile<T, HSP, HSP, BC>(sK, sV, k, v, base, kv0, T_, hs, threadIdx.x, BR);
         __syncthreads();
         // forward 1-2: s_j = (q * scale) . k_j, -inf where key j is in the row's future
         // subtle: the scores go to shared memory, not a register array: a register array needs
@@ -162,13 +173,7 @@ __global__ void attention_backward_dq_kernel(const T* __restrict__ dout, const T
     const int kv_end = min(r0 + BR, T_);
     for (int kv0 = 0; kv0 < kv_end; kv0 += BC) {
         __syncthreads();
-        for (int e = threadIdx.x; e < BC * HSP; e += BR) {
-            const int j = e / HSP, d = e % HSP;
-            const int key = kv0 + j;
-            const bool ok = key < T_ && d < hs;
-            sK[j][d] = ok ? k[base + (long long)key * hs + d] : T(0);
-            sV[j][d] = ok ? v[base + (long long)key * hs + d] : T(0);
-        }
+        load_kv_tile<T, HSP, HSP, BC>(sK, sV, k, v, base, kv0, T_, hs, threadIdx.x, BR);
         __syncthreads();
         for (int j = 0; j < BC; j++) {
             const int key = kv0 + j;
@@ -211,12 +216,7 @@ __global__ void attention_backward_dkdv_kernel(const T* __restrict__ dout, const
     const bool active = key < T_;
     const long long base = bh * T_ * hs;
 
-    for (int e = tid; e < BC * HSP; e += BC) {
-        const int j = e / HSP, d = e % HSP;
-        const bool ok = c0 + j < T_ && d < hs;
-        sK[j][d] = ok ? k[base + (long long)(c0 + j) * hs + d] : T(0);
-        sV[j][d] = ok ? v[base + (long long)(c0 + j) * hs + d] : T(0);
-    }
+    load_kv_tile<T, HSP, HSP + 1, BC>(sK, sV, k, v, base, c0, T_, hs, tid, BC);
     T dk_acc[HSP];
     T dv_acc[HSP];
     #pragma unroll

@@ -281,7 +281,9 @@ def test_cross_entropy_rejects_out_of_range_targets():
 # ------------------------------------------------------------------------------------------------
 # causal attention
 # ------------------------------------------------------------------------------------------------
-ATTN_SHAPES = [(1, 1, 1, 4), (2, 3, 1, 5), (2, 3, 7, 5), (1, 2, 33, 9), (12, 4, 64, 32)]
+# (1, 2, 70, 40): more keys and head columns than one gemm4 tile holds (32 float32 / 16 float64
+# columns with AVX-512, half that with AVX2), plus a partial tile of each
+ATTN_SHAPES = [(1, 1, 1, 4), (2, 3, 1, 5), (2, 3, 7, 5), (1, 2, 33, 9), (1, 2, 70, 40), (12, 4, 64, 32)]
 
 
 def _qkv(rng, shape, dtype, contiguous):
@@ -353,6 +355,40 @@ def test_attention_serial_and_threaded_drivers_agree_bit_for_bit(rng):
         numba.set_num_threads(threads)
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (4, 0, 5), (3, 5, 7), (7, 33, 70), (64, 32, 64)])
+def test_gemm4_matches_numpy(rng, dtype, M, K, N):
+    """The register-tile product attention is built from, on its own: C = A B and C += A^T B
+    (A read through a stride), with partial row blocks (M % 4), partial column tiles and K = 0,
+    inside larger arrays so that offsets and leading dimensions are exercised too."""
+    from numba import njit
+    from kernels.cpu._tile import gemm4
+
+    @njit
+    def products(A, AT, B, C, CT, M, K, N):
+        """C[:M, :N] = A[:M, :K] @ B[1:K+1, :N];  CT[:M, :N] += AT[:K, :M]^T @ B[1:K+1, :N]."""
+        for i0 in range(0, M, 4):
+            nr = min(4, M - i0)
+            gemm4(A, i0 * A.shape[1], A.shape[1], 1, B, B.shape[1], B.shape[1], K,
+                  C, i0 * C.shape[1], C.shape[1], nr, N, False)
+            gemm4(AT, i0, 1, AT.shape[1], B, B.shape[1], B.shape[1], K,
+                  CT, i0 * CT.shape[1], CT.shape[1], nr, N, True)
+
+    A = normal(rng, (M, K + 3), dtype)                             # (M, K + 3) rows wider than K
+    AT = np.ascontiguousarray(A[:, :K].T)                          # (K, M)
+    B = normal(rng, (K + 1, N + 2), dtype)                         # (K + 1, N + 2) row 0 unused
+    C = np.full((M + 1, N + 2), 7.0, dtype=dtype)                  # (M + 1, N + 2) row M, cols N.. untouched
+    CT = normal(rng, (M, N + 2), dtype)                            # (M, N + 2)
+    CT0 = CT.copy()
+    products(A, AT, B, C, CT, M, K, N)
+    want = (A[:, :K].astype(np.float64) @ B[1:K + 1, :N].astype(np.float64)).astype(dtype)  # (M, N)
+    assert_close(C[:M, :N], want, dtype, "C = A B")
+    assert_close(CT[:, :N] - CT0[:, :N], want, dtype, "C += A^T B")
+    np.testing.assert_array_equal(C[M], 7.0)                       # rows past nrows: not written
+    np.testing.assert_array_equal(C[:, N:], 7.0)                   # columns past ncols: not written
+    np.testing.assert_array_equal(CT[:, N:], CT0[:, N:])
 
 
 def test_atomic_add_hands_out_every_index_exactly_once():

@@ -4,21 +4,24 @@ only the row log-sum-exp, the backward recomputes the probabilities from it.
 Same names, signatures and results as `kernels.reference.attention_forward/backward`. The (B, nh)
 heads run in order or shared by threads (the caller and a small Python thread pool running a nogil
 driver, each claiming the next head from an atomic counter), whichever `ThreadPicker` (in
-`_common.py`) last timed faster for this shape. Each head copies its q (times scale), k, v into zero-padded
-scratch tiles that fit in L1 (T = 64, hs = 32: 8 KiB each in float32) and visits only the causal
-part of the scores: keys 0..i0+3 for the block of query rows i0..i0+3.
+`_common.py`) last timed faster for this shape.
 
-subtle: query rows go four at a time. With one row at a time every inner loop (over hs = 32 or
-over the ~32 keys a row sees) is shorter than LLVM's vector body (16 lanes x 4 unrolled) and runs
-in its scalar or half-width remainder, with loop setup dominating: 10 GFLOP/s. Four rows per pass
-over the keys share every load of k and v and give each inner loop four independent
-accumulations; that alone made the forward ~2x faster. For the same reason p v (and dscores k in
-backward) are dot products over the keys padded with zero probabilities to a multiple of 64
-(Tp = T rounded up to 64), so that inner loop runs whole vector bodies. float32 exp is `exp_f32`.
+Each head is a handful of matrix products on four query rows (or four keys) at a time, every one a
+call of `gemm4` (`_tile.py`: the four output rows of a tile of columns held in vector registers),
+with the softmax in plain loops between them. Only the causal part is computed: the block of query
+rows i0..i0+3 multiplies keys 0..i0+3, and key j only meets queries j..T-1. Operands are read where
+they lie; the one copy is k (and v in the backward) transposed to (hs, T), so that a block's scores
+q k^T are a product with contiguous rows of B. The backward keeps the whole head's probabilities P
+and score gradients dS (T, T; 16 KiB each in float32 at the cpu preset), because dv = P^T dout and
+dk = dS^T q need their columns, which `gemm4` reads with a stride instead of a transposed copy.
+
+subtle: with Numba loops (dot products of four rows at a time, padded to whole vector bodies) the
+same heads ran at ~30 GFLOP/s, most of it horizontal sums and loop overhead; the explicit register
+tiles made the backward ~2.5x faster. float32 exp is `exp_f32` (`fast_exp`).
 
 Follows: Dao et al., "FlashAttention" (keep lse, recompute p in backward; rowdot = dout . out);
-llm.c `attention_forward` / `attention_backward` (the per-row loop structure).
-Does not: tile over T for long sequences (a whole head's (T, hs) tile is assumed to fit in cache;
+llm.c `attention_forward` / `attention_backward` (the per-row softmax and its gradient).
+Does not: tile over T for long sequences (a head's (T, T) P and dS are assumed to fit in cache;
 at T = 1024 it still works, only less cache-friendly), apply dropout, or take a non-causal mask.
 Non-contiguous q, k, v (a transposed view of the qkv projection) are copied to contiguous first.
 
@@ -34,256 +37,132 @@ import numba
 from numba import njit
 
 from kernels import reference
-from kernels.cpu._common import KERNEL_OPTIONS, ThreadPicker, atomic_add, common_float_dtype, fast_exp, kernel
+from kernels.cpu._common import (KERNEL_OPTIONS, ThreadPicker, atomic_add, common_float_dtype, fast_exp, kernel,
+                                 row_max)
+from kernels.cpu._tile import gemm4
 
 # B * nh * T * T * hs from which the heads are split over threads (the cpu preset has 6.3M)
 PARALLEL_MIN_WORK = 1 << 20
 
 
-# helpers shared by the forward and backward heads, inlined into them in Numba's IR
-# subtle: as plain calls (LLVM left to inline them) the heads were 1.6x slower
-_inline = njit(inline="always", **KERNEL_OPTIONS)
-
-
-@_inline
-def _padded_copy(src, scale, dst):
-    """dst[:T] = src * scale, dst[T:] = 0: src (T, hs) into a tile with zero rows after it."""
-    T, hs = src.shape
-    for j in range(T):
-        for d in range(hs):
-            dst[j, d] = src[j, d] * scale
-    for j in range(T, dst.shape[0]):
-        for d in range(hs):
-            dst[j, d] = src.dtype.type(0.0)
-
-
-@_inline
-def _padded_transpose(src, dstT):
-    """dstT[:, :T] = src^T, dstT[:, T:] = 0: src (T, hs) into dstT (hs, Tp).
-
-    subtle: a loop of its own, apart from the row copies, so that those vectorise."""
+@njit(inline="always", **KERNEL_OPTIONS)
+def _transpose(src, dstT):
+    """dstT = src^T: src (T, hs) into dstT (hs, T)."""
     T, hs = src.shape
     for d in range(hs):
         for j in range(T):
             dstT[d, j] = src[j, d]
-        for j in range(T, dstT.shape[1]):
-            dstT[d, j] = src.dtype.type(0.0)
-
-
-@_inline
-def _dot4(a, r, b, i, n):
-    """The dot products of rows r..r+3 of a with row i of b over their first n columns.
-
-    Four rows per pass share every load of b and give the loop four independent accumulations
-    (see "subtle" in the module docstring)."""
-    dt = a.dtype.type
-    a0 = dt(0.0)
-    a1 = dt(0.0)
-    a2 = dt(0.0)
-    a3 = dt(0.0)
-    for x in range(n):
-        bx = b[i, x]
-        a0 += a[r, x] * bx
-        a1 += a[r + 1, x] * bx
-        a2 += a[r + 2, x] * bx
-        a3 += a[r + 3, x] * bx
-    return a0, a1, a2, a3
 
 
 @kernel()
-def _attention_forward_head(q, k, v, scale, out, lse):
-    """One head: q, k, v, out (T, hs), lse (T,)."""
+def _attention_forward_head(q, k, v, scale, out, lse, kT, s):
+    """One head: q, k, v, out (T, hs), lse (T,); scratch kT (hs, T), s (4, T)."""
     T, hs = q.shape
     dt = q.dtype.type
-    T4 = (T + 3) // 4 * 4                                          # rows padded to the 4-row block
-    Tp = (T + 63) // 64 * 64                                       # keys padded to a vector body
-    # copies of this head padded with zeros (rows T..T4-1, columns T..Tp-1), q times scale;
-    # subtle: np.empty plus zeroing only the padding, since zeroing whole tiles was ~15% of the
-    # time at the cpu preset
-    qs = np.empty((T4, hs), dtype=q.dtype)                         # (T4, hs)  q * scale
-    kh = np.empty((T4, hs), dtype=q.dtype)                         # (T4, hs)
-    vT = np.empty((hs, Tp), dtype=q.dtype)                         # (hs, Tp)  v transposed
-    _padded_copy(q, scale, qs)
-    _padded_copy(k, dt(1.0), kh)
-    _padded_transpose(v, vT)
-    p = np.zeros((4, Tp), dtype=q.dtype)                           # (4, Tp)  scores, then probs
-    rowmax = np.empty(4, dtype=q.dtype)                            # (4,)
+    _transpose(k, kT)
     inv_denom = np.empty(4, dtype=q.dtype)                         # (4,)
-    for i0 in range(0, T, 4):                                      # query rows i0..i0+3 together
-        n = i0 + 4                                                 # keys 0..i0+3: the causal span
-        n64 = (n + 63) // 64 * 64                                  # ... padded with zero probs
-        # forward 1: scores = q k^T * scale, four query rows per pass over the keys; the row
-        # maxima ride along (keys 0..i0 are visible to all four rows)
-        m0 = dt(-np.inf)
-        m1 = dt(-np.inf)
-        m2 = dt(-np.inf)
-        m3 = dt(-np.inf)
-        for j in range(n):
-            s0, s1, s2, s3 = _dot4(qs, i0, kh, j, hs)
-            p[0, j] = s0
-            p[1, j] = s1
-            p[2, j] = s2
-            p[3, j] = s3
-            if j <= i0:
-                m0 = s0 if s0 > m0 else m0
-                m1 = s1 if s1 > m1 else m1
-                m2 = s2 if s2 > m2 else m2
-                m3 = s3 if s3 > m3 else m3
-        rowmax[0] = m0
-        rowmax[1] = m1
-        rowmax[2] = m2
-        rowmax[3] = m3
-        # forward 2-3: causal mask (row i0+c sees keys j <= i0+c), softmax; the exp runs over
-        # all n64 columns (whole vector bodies) and masks (entries past n are stale); p stays
-        # unnormalised here, forward 4 divides its result by the row sum once
-        for c in range(4):
-            m = i0 + c + 1                                         # keys this row sees
-            mx = rowmax[c]
-            for j in range(i0 + 1, m):                             # the keys only later rows see
-                mx = p[c, j] if p[c, j] > mx else mx
+    for i0 in range(0, T, 4):                                      # query rows i0..i0+nr-1
+        nr = min(4, T - i0)
+        n = i0 + nr                                                # keys the last of them sees
+        # forward 1: scores = q k^T * scale (the scale in the softmax loop)
+        gemm4(q, i0 * hs, hs, 1, kT, 0, T, hs, s, 0, T, nr, n, False)
+        # forward 2-3: causal mask (row i sees keys j <= i), softmax; s stays unnormalised,
+        # forward 4 divides its result by the row sum once
+        for c in range(nr):
+            i = i0 + c
+            m = i + 1                                              # keys row i sees
+            for j in range(m):
+                s[c, j] *= scale
+            mx = row_max(s, c, m)
             denom = dt(0.0)
-            for j in range(n64):
-                e = fast_exp(p[c, j] - mx)
-                if j >= m:
-                    e = dt(0.0)                                    # forward 2: masked
-                p[c, j] = e
+            for j in range(m):
+                e = fast_exp(s[c, j] - mx)
+                s[c, j] = e
                 denom += e
+            for j in range(m, n):
+                s[c, j] = dt(0.0)                                  # forward 2: masked
             inv_denom[c] = dt(1.0) / denom                         # forward 3: p = e / sum e
-            if i0 + c < T:
-                lse[i0 + c] = mx + math.log(denom)
-        # forward 4: out = p v, as dot products over the (padded) keys, four rows at a time
-        i1 = inv_denom[0]
-        i2 = inv_denom[1]
-        i3 = inv_denom[2]
-        i4 = inv_denom[3]
-        for d in range(hs):
-            a0, a1, a2, a3 = _dot4(p, 0, vT, d, n64)
-            out[i0, d] = a0 * i1
-            if i0 + 1 < T:
-                out[i0 + 1, d] = a1 * i2
-            if i0 + 2 < T:
-                out[i0 + 2, d] = a2 * i3
-            if i0 + 3 < T:
-                out[i0 + 3, d] = a3 * i4
+            lse[i] = mx + math.log(denom)
+        # forward 4: out = p v
+        gemm4(s, 0, T, 1, v, 0, hs, n, out, i0 * hs, hs, nr, hs, False)
+        for c in range(nr):
+            for d in range(hs):
+                out[i0 + c, d] *= inv_denom[c]
 
 
 @kernel()
-def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv):
-    """One head: dout, q, k, v, out, dq, dk, dv (T, hs), lse (T,)."""
+def _attention_backward_head(dout, q, k, v, out, lse, scale, dq, dk, dv, kT, vT, P, dS, rowdot):
+    """One head: dout, q, k, v, out, dq, dk, dv (T, hs), lse (T,); scratch kT, vT (hs, T),
+    P, dS (T, T), rowdot (T,)."""
     T, hs = q.shape
     dt = q.dtype.type
-    T4 = (T + 3) // 4 * 4                                          # rows padded to the 4-row block
-    Tp = (T + 63) // 64 * 64                                       # keys padded to a vector body
-    # padded copies as in the forward (zeros only where padding); the four row copies share one
-    # pass with rowdot here instead of four _padded_copy calls (one read of dout instead of two)
-    qs = np.empty((T4, hs), dtype=q.dtype)                         # (T4, hs)  q * scale
-    kh = np.empty((T4, hs), dtype=q.dtype)                         # (T4, hs)
-    vh = np.empty((T4, hs), dtype=q.dtype)                         # (T4, hs)
-    gh = np.empty((T4, hs), dtype=q.dtype)                         # (T4, hs)  dout
-    kT = np.empty((hs, Tp), dtype=q.dtype)                         # (hs, Tp)  k transposed
-    dkh = np.zeros((T4, hs), dtype=q.dtype)                        # (T4, hs)  dk accumulator
-    dvh = np.zeros((T4, hs), dtype=q.dtype)                        # (T4, hs)  dv accumulator
-    rowdot = np.zeros(T4, dtype=q.dtype)                           # (T4,)     dout . out per row
-    for j in range(T):
+    for i in range(T):
         r = dt(0.0)
         for d in range(hs):
-            qs[j, d] = q[j, d] * scale
-            kh[j, d] = k[j, d]
-            vh[j, d] = v[j, d]
-            gh[j, d] = dout[j, d]
-            r += dout[j, d] * out[j, d]
-        rowdot[j] = r
-    for j in range(T, T4):
-        for d in range(hs):
-            qs[j, d] = dt(0.0)
-            kh[j, d] = dt(0.0)
-            vh[j, d] = dt(0.0)
-            gh[j, d] = dt(0.0)
-    _padded_transpose(k, kT)
-    p = np.zeros((4, Tp), dtype=q.dtype)                           # (4, Tp)  probs
-    ds = np.zeros((4, Tp), dtype=q.dtype)                          # (4, Tp)  dp, then dscores
-    for i0 in range(0, T, 4):                                      # query rows i0..i0+3 together
-        n = i0 + 4                                                 # keys 0..i0+3
-        n64 = (n + 63) // 64 * 64
+            r += dout[i, d] * out[i, d]
+        rowdot[i] = r
+    _transpose(k, kT)
+    _transpose(v, vT)
+    for i0 in range(0, T, 4):                                      # query rows i0..i0+nr-1
+        nr = min(4, T - i0)
+        n = i0 + nr                                                # keys 0..n-1
         # recompute forward 1: scores = q k^T * scale; forward 4: out = p v, so dp = dout v^T
-        for j in range(n):
-            s0, s1, s2, s3 = _dot4(qs, i0, kh, j, hs)
-            g0, g1, g2, g3 = _dot4(gh, i0, vh, j, hs)
-            p[0, j] = s0
-            p[1, j] = s1
-            p[2, j] = s2
-            p[3, j] = s3
-            ds[0, j] = g0
-            ds[1, j] = g1
-            ds[2, j] = g2
-            ds[3, j] = g3
-        for c in range(4):
+        gemm4(q, i0 * hs, hs, 1, kT, 0, T, hs, P, i0 * T, T, nr, n, False)
+        gemm4(dout, i0 * hs, hs, 1, vT, 0, T, hs, dS, i0 * T, T, nr, n, False)
+        for c in range(nr):
             i = i0 + c
-            m = i + 1 if i < T else 0                              # keys row i sees (0: padding)
-            row_lse = lse[i] if i < T else dt(0.0)
+            m = i + 1                                              # keys row i sees
+            row_lse = lse[i]
             row_dot = rowdot[i]
-            for j in range(n64):                                   # whole vector bodies
-                # recompute forward 2-3: p = exp(scores - lse), 0 where masked (and past n,
-                # where p and dp hold stale values)
-                pj = fast_exp(p[c, j] - row_lse)
-                # forward 3: dscores = p * (dp - rowdot), rowdot = sum_j p_j dp_j = dout . out
-                dsj = pj * (ds[c, j] - row_dot)
+            for j in range(n):
+                # recompute forward 2-3: p = exp(scores - lse), 0 where masked
+                pj = fast_exp(P[i, j] * scale - row_lse)
+                # forward 3: dscores = p * (dp - rowdot), rowdot = sum_j p_j dp_j = dout . out;
+                # forward 1 multiplies every dscores by scale, done here once
+                dsj = pj * (dS[i, j] - row_dot) * scale
                 if j >= m:
                     pj = dt(0.0)
                     dsj = dt(0.0)
-                p[c, j] = pj
-                ds[c, j] = dsj
-        # forward 4: dv = p^T dout;  forward 1: dk = dscores^T (q * scale)
-        for j in range(n):
-            p0 = p[0, j]
-            p1 = p[1, j]
-            p2 = p[2, j]
-            p3 = p[3, j]
-            d0 = ds[0, j]
-            d1 = ds[1, j]
-            d2 = ds[2, j]
-            d3 = ds[3, j]
-            for d in range(hs):
-                dvh[j, d] += p0 * gh[i0, d] + p1 * gh[i0 + 1, d] + p2 * gh[i0 + 2, d] \
-                    + p3 * gh[i0 + 3, d]
-                dkh[j, d] += d0 * qs[i0, d] + d1 * qs[i0 + 1, d] + d2 * qs[i0 + 2, d] \
-                    + d3 * qs[i0 + 3, d]
-        # forward 1: dq = dscores k * scale, as dot products over the (padded) keys
-        for d in range(hs):
-            a0, a1, a2, a3 = _dot4(ds, 0, kT, d, n64)
-            dq[i0, d] = a0 * scale
-            if i0 + 1 < T:
-                dq[i0 + 1, d] = a1 * scale
-            if i0 + 2 < T:
-                dq[i0 + 2, d] = a2 * scale
-            if i0 + 3 < T:
-                dq[i0 + 3, d] = a3 * scale
-    for j in range(T):
-        for d in range(hs):
-            dk[j, d] = dkh[j, d]
-            dv[j, d] = dvh[j, d]
+                P[i, j] = pj
+                dS[i, j] = dsj
+        # forward 1: dq = dscores k * scale
+        gemm4(dS, i0 * T, T, 1, k, 0, hs, n, dq, i0 * hs, hs, nr, hs, False)
+    for j0 in range(0, T, 4):                                      # keys j0..j0+nr-1
+        nr = min(4, T - j0)
+        # forward 4: dv = p^T dout;  forward 1: dk = dscores^T q * scale; key j meets queries
+        # j..T-1, so the products run over those; column j0 + r of P is row r of P^T (stride 1)
+        gemm4(P, j0 * T + j0, 1, T, dout, j0 * hs, hs, T - j0, dv, j0 * hs, hs, nr, hs, False)
+        gemm4(dS, j0 * T + j0, 1, T, q, j0 * hs, hs, T - j0, dk, j0 * hs, hs, nr, hs, False)
 
 
-# drivers: each thread claims the next head from counters[0] until none is left, and counts the
-# heads it finished in counters[1]. The serial version is the calling thread alone; the threaded
-# one runs the same driver on the calling thread and the pool at once. nogil for the pool.
+# drivers: each thread allocates its scratch, claims the next head from counters[0] until none is
+# left, and counts the heads it finished in counters[1]. The serial version is the calling thread
+# alone; the threaded one runs the same driver on the calling thread and the pool at once. nogil
+# for the pool.
 @kernel(nogil=True)
 def _attention_forward_claim(counters, q, k, v, scale, out, lse):
-    BH = q.shape[0]
+    BH, T, hs = q.shape
+    kT = np.empty((hs, T), dtype=q.dtype)                          # (hs, T)
+    s = np.empty((4, T), dtype=q.dtype)                            # (4, T)
     bh = atomic_add(counters, 0, 1)
     while bh < BH:
-        _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh])
+        _attention_forward_head(q[bh], k[bh], v[bh], scale, out[bh], lse[bh], kT, s)
         atomic_add(counters, 1, 1)
         bh = atomic_add(counters, 0, 1)
 
 
 @kernel(nogil=True)
 def _attention_backward_claim(counters, dout, q, k, v, out, lse, scale, dq, dk, dv):
-    BH = q.shape[0]
+    BH, T, hs = q.shape
+    kT = np.empty((hs, T), dtype=q.dtype)                          # (hs, T)
+    vT = np.empty((hs, T), dtype=q.dtype)                          # (hs, T)
+    P = np.empty((T, T), dtype=q.dtype)                            # (T, T)
+    dS = np.empty((T, T), dtype=q.dtype)                           # (T, T)
+    rowdot = np.empty(T, dtype=q.dtype)                            # (T,)
     bh = atomic_add(counters, 0, 1)
     while bh < BH:
         _attention_backward_head(dout[bh], q[bh], k[bh], v[bh], out[bh], lse[bh], scale,
-                                 dq[bh], dk[bh], dv[bh])
+                                 dq[bh], dk[bh], dv[bh], kT, vT, P, dS, rowdot)
         atomic_add(counters, 1, 1)
         bh = atomic_add(counters, 0, 1)
 

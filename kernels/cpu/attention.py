@@ -17,7 +17,8 @@ dk = dS^T q need their columns, which `gemm4` reads with a stride instead of a t
 
 subtle: with Numba loops (dot products of four rows at a time, padded to whole vector bodies) the
 same heads ran at ~30 GFLOP/s, most of it horizontal sums and loop overhead; the explicit register
-tiles made the backward ~2.5x faster. float32 exp is `exp_f32` (`fast_exp`).
+tiles made the backward 2.2x and the forward 1.6x faster (benchmarks/RESULTS.md, Kernels). float32
+exp is `exp_f32` (`fast_exp`).
 
 Follows: Dao et al., "FlashAttention" (keep lse, recompute p in backward; rowdot = dout . out);
 llm.c `attention_forward` / `attention_backward` (the per-row softmax and its gradient).

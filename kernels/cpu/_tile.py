@@ -24,13 +24,16 @@ check bounds: the caller guarantees every offset it passes is inside its array.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import config, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 
 def _vector_bytes():
-    """Width of the host's vector registers in bytes: 64 (AVX-512), 32 (AVX/AVX2), else 16."""
+    """Width of the host's vector registers in bytes: 64 (AVX-512), 32 (AVX/AVX2), else 16; 16 when
+    Numba is told to compile for another CPU (NUMBA_CPU_NAME, e.g. "generic" for portable caches)."""
+    if config.CPU_NAME not in (None, "host"):
+        return 16
     features = llvm.get_host_cpu_features()
     if features.get("avx512f"):
         return 64

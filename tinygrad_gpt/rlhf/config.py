@@ -36,7 +36,10 @@ class PPOConfig:
     norm_batches: int = 2            # reference batches sampled to measure the score's mean and std (normaliser)
     # ---- advantages ----
     gamma: float = 1.0               # discount; 1 for text (the episode is 64 tokens, nothing to discount)
-    lam: float = 0.95                # GAE lambda; 0.95 everywhere
+    lam: float = 1.0                 # GAE lambda; TRL / Ziegler 0.95. 1 here: the score comes at the last of 64
+                                     # tokens, and at 0.95 the first token's advantage keeps 0.95^63 = 4% of it,
+                                     # the rest left to a value head that starts at zero. Needs kl_loss_coef:
+                                     # alone it learned 3x faster, overshot the KL and diverged at step 148
     whiten_advantages: bool = True   # masked whitening of advantages over the batch; always on in practice
     # ---- optimisation ----
     ppo_epochs: int = 4              # passes over each rollout batch; TRL 4
@@ -51,9 +54,10 @@ class PPOConfig:
     clip_value: float = 0.2          # c of the clipped value loss, V in V_old +- c; TRL 0.2
     vf_coef: float = 0.1             # weight of the value loss in the total (the value head shares the trunk); TRL 0.1
     value_trunk_grad: bool = True    # the value loss trains the GPT trunk too (TRL, Ziegler); False: the head only
-    kl_loss_coef: float = 0.0        # weight of the exact KL(pi_theta || pi_ref) per token added to the loss (GRPO-
+    kl_loss_coef: float = 0.2        # weight of the exact KL(pi_theta || pi_ref) per token added to the loss (GRPO-
                                      # style, on top of the KL in the reward); pulls every token's distribution
-                                     # back, not only the sampled one's; 0 = off
+                                     # back, not only the sampled one's; 0 = off (TRL). 0.2 with lam 1 gave the
+                                     # most positive completions per nat of KL (benchmarks/RESULTS.md, RLHF)
     ent_coef: float = 0.0            # weight of the entropy bonus (subtracted from the loss); 0 in RLHF usually
     target_kl: float | None = 0.05   # early stop: no more minibatches this step once the old->new KL per token
                                      # (k3 estimator) exceeds it; None = never

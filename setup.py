@@ -2,7 +2,8 @@
 
 Run-time dependencies are deliberately few: numpy, numba, tqdm. Features that need more pull it in
 through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `checkpoint`
-(safetensors), `rlhf` (vaderSentiment). `all` is everything a CPU user needs.
+(safetensors), `rlhf` (vaderSentiment), `nvrtc` (the CUDA compiler alone, for the compile checks
+of kernels/cuda on machines without a GPU). `all` is everything a CPU user needs.
 """
 from setuptools import find_packages, setup
 
@@ -11,6 +12,8 @@ EXTRAS = {
     "checkpoint": ["safetensors"],
     "rlhf": ["vaderSentiment"],
     "cuda": ["cupy-cuda12x"],
+    # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with it
+    "nvrtc": ["nvidia-cuda-nvrtc-cu12"],
 }
 EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf") for dep in EXTRAS[name]})
 # the test suite exercises every CPU feature, so it installs them all

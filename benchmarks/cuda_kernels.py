@@ -43,9 +43,9 @@ def timed(fn, repeats, cupy):
     return float(np.median(times))
 
 
-def copy_bandwidth(cupy, repeats):
+def copy_bandwidth(cupy, repeats, mib=256):
     """GB/s of a device-to-device copy (bytes read + written), the card's practical ceiling."""
-    a = cupy.ones(64 * 1024 * 1024, dtype=cupy.float32)            # 256 MiB
+    a = cupy.ones(mib * 256 * 1024, dtype=cupy.float32)            # mib MiB
     b = cupy.empty_like(a)
     ms = timed(lambda: b.__setitem__(Ellipsis, a), repeats, cupy)
     return 2 * a.nbytes / (ms * 1e-3) / 1e9
@@ -65,6 +65,7 @@ def main(argv=None):
     p.add_argument("--C", type=int, default=384)
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--V", type=int, default=65)
+    p.add_argument("--copy-mib", type=int, default=256, help="size of the bandwidth-probe copy")
     args = p.parse_args(argv)
     try:
         cupy = backend.get_xp("cuda")
@@ -75,7 +76,7 @@ def main(argv=None):
 
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    peak = copy_bandwidth(cupy, args.repeats)
+    peak = copy_bandwidth(cupy, args.repeats, args.copy_mib)
     print(f"device: {name}; measured copy bandwidth {peak:.0f} GB/s (read + write)")
     B, T, C, nh, V = args.B, args.T, args.C, args.n_head, args.V
     hs, N = C // nh, B * T

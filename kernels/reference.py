@@ -11,6 +11,7 @@ probabilities in backward). Does not: import tinygrad_gpt, allocate anything it 
 
 Dimension legend: N rows, C channels, V vocabulary, B batch, nh heads, T time, hs head size.
 """
+import importlib
 import math
 
 import numpy as np
@@ -24,10 +25,13 @@ KERNELS = (
 
 
 def get_array_module(x):
-    """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU-only machines)."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy
-        return cupy
+    """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU-only machines).
+
+    The module is the top package that defines x's type: "cupy" for cupy's arrays, and
+    "cupy_emulated" for the arrays of the tests' CPU stand-in (tests/cuda_emulator)."""
+    module = type(x).__module__
+    if module.startswith("cupy"):
+        return importlib.import_module(module.split(".")[0])
     return np
 
 

@@ -32,15 +32,23 @@ def kernel_backend(request):
     kernels.set_backend(None)
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def device(request):
-    """Run a test on each device; cuda skips, with the reason the backend gives, where it is absent."""
+@pytest.fixture(params=["cpu", "cuda", "cuda-emulated"])
+def device(request, monkeypatch):
+    """Run a test on each device: "cpu"; "cuda" on a GPU (skips, with the reason the backend gives,
+    where there is none); and "cuda" with the CUDA kernels run on the CPU by tests/cuda_emulator
+    (skips without g++). The test sees "cpu" or "cuda"."""
     from tinygrad_gpt import backend
     if request.param == "cuda":
         try:
             backend.get_xp("cuda")
         except RuntimeError as exc:
             pytest.skip(str(exc))
+    if request.param == "cuda-emulated":
+        import cuda_emulator
+        if cuda_emulator.compiler() is None:
+            pytest.skip("the CUDA emulator needs g++ (or $CXX) with C++17")
+        cuda_emulator.activate(monkeypatch)
+        return "cuda"
     return request.param
 
 

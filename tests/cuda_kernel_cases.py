@@ -146,11 +146,21 @@ def test_layernorm_backward_is_deterministic(rng):
 def test_gelu(rng, dtype, shape):
     x = normal(rng, shape, dtype, 2.0)
     dout = normal(rng, shape, dtype)
-    assert_close(cuda.gelu_forward(*dev(x)), reference.gelu_forward(x), dtype, f"gelu_forward {shape}")
+    # subtle: for x below about -4, gelu = 0.5 x (1 + tanh u) is a cancellation (tanh u ~ -1), so
+    # one ulp of tanh (the GPU's, g++'s and NumPy's differ) is a large relative error of a tiny
+    # result: measure against the cancelling terms, as tests/test_kernels.py does on the CPU.
+    # (Seen in the emulator: shape (1,), float64, 11 of 4000 draws over 1e-10 without the scale.)
+    x64 = np.asarray(x, dtype=np.float64)
+    fwd_scale = np.linalg.norm(0.5 * x64)
+    bwd_scale = np.linalg.norm(dout * (0.5 + 0.5 * np.abs(x64) * reference.GELU_SCALE
+                                       * (1 + 3 * 0.044715 * x64 * x64)))
+    assert_close(cuda.gelu_forward(*dev(x)), reference.gelu_forward(x), dtype, f"gelu_forward {shape}",
+                 scale=fwd_scale)
     assert_close(cuda.gelu_backward(*dev(dout, x)), reference.gelu_backward(dout, x), dtype,
-                 f"gelu_backward {shape}")
+                 f"gelu_backward {shape}", scale=bwd_scale)
     if len(shape) >= 1 and shape[-1] > 1:
-        assert_close(cuda.gelu_forward(strided(x)), reference.gelu_forward(x), dtype, "gelu strided")
+        assert_close(cuda.gelu_forward(strided(x)), reference.gelu_forward(x), dtype, "gelu strided",
+                     scale=fwd_scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from tinygrad_gpt import Tensor, gradcheck, ops
+from tinygrad_gpt import Tensor, backend, gradcheck, ops
 from tinygrad_gpt.model import GPT, GPTConfig, sample_from_logits
 
 TINY = GPTConfig(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=8, dropout=0.0)
@@ -16,7 +16,7 @@ def test_whole_model_gradient_float64(rng, kernel_backend, device):
     # perturb LayerNorm/bias parameters away from their 1/0 init so their gradients are generic
     for name, p in model.named_parameters():
         if p.ndim == 1:
-            p.data += rng.normal(0, 0.1, p.shape)
+            p.data += backend.get_xp(device).asarray(rng.normal(0, 0.1, p.shape))  # (cupy: no host operand)
     idx = rng.integers(0, TINY.vocab_size, (3, 7))
     targets = rng.integers(0, TINY.vocab_size, (3, 7))
     params = model.parameters()

@@ -31,7 +31,9 @@ real check.
 Follows: the idea of HIP-CPU / the Numba CUDA simulator (run GPU code as CPU threads), for CUDA C
 strings. Needs: g++ (or $CXX) with C++17, Linux (ucontext).
 """
+import collections
 import ctypes
+import functools
 import hashlib
 import importlib
 import os
@@ -145,13 +147,183 @@ _prebuilt = {}
 # device arrays
 # ------------------------------------------------------------------------------------------------
 _live = weakref.WeakValueDictionary()   # id -> the raw uint8 buffer (guards included) of each array
+syncs = []                              # (what, shape) of every device-to-host copy, in order
+launches = collections.Counter()        # kernel instantiation -> launches
 
 
-class ndarray(np.ndarray):
-    """A 'device' array: NumPy memory between guard bytes. `.get()` copies it to the host."""
+def _record_sync(what, a):
+    syncs.append((what, tuple(a.shape)))
 
+
+class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
+    """A 'device' array: NumPy memory (between guard bytes when allocated here) that behaves like
+    a cupy array where it matters for the engine:
+    - it is not a numpy.ndarray, and NumPy will not convert it implicitly (TypeError, as cupy);
+    - an operation that mixes it with a NumPy array of ndim >= 1 is a TypeError, as in cupy;
+    - reductions and element reads give 0-d device arrays, not NumPy scalars;
+    - every copy to the host (.get(), .item(), float(), int(), bool(), .tolist()) is appended to
+      `syncs`, so a test can assert that a training step makes none.
+    """
+
+    # what kernels.for_array, backend.device_of_array and reference.get_array_module look at: a
+    # cupy-like package name, under which load() registers the stand-in (not "cupy" itself)
+    __module__ = "cupy_emulated"
+    __array_priority__ = 100
+
+    def __init__(self, array):
+        self._a = array
+
+    # host copies (syncs on a GPU)
     def get(self):
-        return np.array(self, copy=True).view(np.ndarray)
+        _record_sync("get", self._a)
+        return np.array(self._a, copy=True)
+
+    def item(self):
+        _record_sync("item", self._a)
+        return self._a.item()
+
+    def tolist(self):
+        _record_sync("tolist", self._a)
+        return self._a.tolist()
+
+    def __float__(self):
+        _record_sync("float", self._a)
+        return float(self._a)
+
+    def __int__(self):
+        _record_sync("int", self._a)
+        return int(self._a)
+
+    def __index__(self):
+        _record_sync("index", self._a)
+        return self._a.__index__()
+
+    def __bool__(self):
+        _record_sync("bool", self._a)
+        return bool(self._a)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+                        "construct a NumPy array explicitly. (cupy stand-in, tests/cuda_emulator)")
+
+    # numpy protocol: ufuncs and functions run on the wrapped arrays
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out")
+        result = getattr(ufunc, method)(*_unwrap(inputs, ufunc.__name__), **_unwrap(kwargs, ufunc.__name__))
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(result)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _wrap(func(*_unwrap(args, func.__name__), **_unwrap(kwargs, func.__name__)))
+
+    # everything else: numpy's attribute, with arrays in and out translated
+    def __getattr__(self, name):
+        if name == "_a":
+            raise AttributeError(name)
+        value = getattr(self._a, name)
+        if callable(value):
+            if name in SIZE_FROM_DATA:
+                _record_sync(name, self._a)
+
+            def method(*args, **kwargs):
+                return _wrap(value(*_unwrap(args, name), **_unwrap(kwargs, name)))
+            return method
+        return _wrap(value)
+
+    def __getitem__(self, key):
+        key = _unwrap(key, "indexing", host_ok=True)
+        if _has_mask(key):                                         # the result size is data
+            _record_sync("boolean index", self._a)
+        return _wrap(self._a[key])
+
+    def __setitem__(self, key, value):
+        key = _unwrap(key, "indexing", host_ok=True)
+        if _has_mask(key):
+            _record_sync("boolean index", self._a)
+        self._a[key] = _unwrap(value, "setitem", host_ok=True)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(row) for row in self._a)
+
+    def __repr__(self):
+        return f"emulated_device_{self._a!r}"
+
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        return self.copy()
+
+    def __reduce__(self):
+        raise TypeError("a device array does not pickle here; call .get() first")
+
+    @property
+    def T(self):
+        return ndarray(self._a.T)
+
+
+def _has_mask(key):
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(p, np.ndarray) and p.dtype == np.bool_ and p.ndim > 0 for p in parts)
+
+
+# functions whose output size depends on the data: cupy copies a count to the host for them
+SIZE_FROM_DATA = {"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"}
+
+
+def _unwrap(x, what, host_ok=False):
+    """Device arrays -> their NumPy arrays (recursively); a host array of ndim >= 1 is a TypeError."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, np.ndarray) and x.ndim > 0 and not host_ok:
+        raise TypeError(f"{what}: a NumPy array of shape {x.shape} mixed with device arrays "
+                        f"(cupy raises here: copy it with cupy.asarray first)")
+    if isinstance(x, tuple):
+        return tuple(_unwrap(v, what, host_ok) for v in x)
+    if isinstance(x, list):
+        return [_unwrap(v, what, host_ok) for v in x]
+    if isinstance(x, dict):
+        return {k: _unwrap(v, what, host_ok) for k, v in x.items()}
+    return x
+
+
+def _wrap(r):
+    """NumPy results -> device arrays (NumPy scalars as 0-d arrays, as cupy gives)."""
+    if isinstance(r, np.ndarray):
+        return ndarray(r)
+    if isinstance(r, np.generic):
+        return ndarray(np.asarray(r))
+    if isinstance(r, tuple):
+        return tuple(_wrap(v) for v in r)
+    if isinstance(r, list):
+        return [_wrap(v) for v in r]
+    if r is None or isinstance(r, (bool, int, float, complex, str, bytes, np.dtype, type)) \
+            or type(r).__name__ == "flagsobj":
+        return r
+    return _Host(r)
+
+
+class _Host:
+    """A NumPy object (module, ufunc, Generator) seen from the device side: calls translate arrays."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __call__(self, *args, **kwargs):
+        name = getattr(self._obj, "__name__", type(self._obj).__name__)
+        if name in SIZE_FROM_DATA and args and isinstance(args[0], ndarray):
+            _record_sync(name, args[0]._a)
+        return _wrap(self._obj(*_unwrap(args, name), **_unwrap(kwargs, name)))
+
+    def __getattr__(self, name):
+        value = getattr(self._obj, name)
+        if isinstance(value, (type, np.dtype)) or not (callable(value) or isinstance(value, types.ModuleType)):
+            return value
+        return _Host(value)
 
 
 def _alloc(shape, dtype):
@@ -160,7 +332,7 @@ def _alloc(shape, dtype):
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.full(nbytes + 2 * GUARD, 0xFF, dtype=np.uint8)
     _live[id(raw)] = raw
-    return raw[GUARD:GUARD + nbytes].view(dtype).reshape(shape).view(ndarray)
+    return ndarray(raw[GUARD:GUARD + nbytes].view(dtype).reshape(shape))
 
 
 def empty(shape, dtype=np.float64):
@@ -169,36 +341,38 @@ def empty(shape, dtype=np.float64):
 
 def zeros(shape, dtype=np.float64):
     out = _alloc(shape, dtype)
-    out[...] = 0
+    out._a[...] = 0
     return out
 
 
 def ones(shape, dtype=np.float64):
     out = _alloc(shape, dtype)
-    out[...] = 1
+    out._a[...] = 1
+    return out
+
+
+def _upload(a, dtype=None):
+    host = _unwrap(a, "asarray", host_ok=True)
+    host = np.asarray(host, dtype=dtype)
+    out = _alloc(host.shape, host.dtype)
+    out._a[...] = host
     return out
 
 
 def asarray(a, dtype=None):
-    if isinstance(a, ndarray) and (dtype is None or np.dtype(dtype) == a.dtype):
-        return a
-    host = np.asarray(a, dtype=dtype)
-    out = _alloc(host.shape, host.dtype)
-    out[...] = host
-    return out
+    if isinstance(a, ndarray):
+        return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+    return _upload(a, dtype)                                       # host -> device copy
 
 
 def ascontiguousarray(a, dtype=None):
-    if isinstance(a, ndarray) and a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+    if isinstance(a, ndarray) and a._a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
-    host = np.asarray(a, dtype=dtype)
-    out = _alloc(host.shape, host.dtype)
-    out[...] = host
-    return out
+    return _upload(a, dtype)
 
 
-def broadcast_to(a, shape):
-    return np.broadcast_to(a, shape, subok=True)
+def asnumpy(a):
+    return a.get() if isinstance(a, ndarray) else np.asarray(a)
 
 
 def set_guards(value):
@@ -259,9 +433,10 @@ class Function:
         ptrs = (ctypes.c_void_p * max(1, len(args)))()
         for i, (arg, (what, kind, size)) in enumerate(zip(args, self.params)):
             if what == "p":
-                if not isinstance(arg, np.ndarray):
+                if not isinstance(arg, ndarray):
                     raise TypeError(f"{self.name}: argument {i} is a {type(arg).__name__}, the "
                                     f"parameter is a pointer: pass a device array")
+                arg = arg._a
                 if arg.dtype.kind not in ("iu" if kind in "iu" else "f") or arg.dtype.itemsize != size:
                     raise TypeError(f"{self.name}: argument {i} is a {arg.dtype} array but the parameter "
                                     f"points to {size}-byte {'floats' if kind == 'f' else 'integers'}")
@@ -269,7 +444,7 @@ class Function:
                     raise EmulatorError(f"{self.name}: argument {i} (shape {arg.shape}) is not "
                                         f"C-contiguous: the kernel would read it as if it were")
                 cell = ctypes.c_void_p(arg.ctypes.data)
-                arrays.append((i, arg))
+                arrays.append((i, arg))                            # (its NumPy array)
             else:
                 cell = ctypes.create_string_buffer(_as_bytes(kind, size, arg, i, self.name), size)
             keep.append(cell)
@@ -292,6 +467,7 @@ class Function:
             raise EmulatorError(f"{self.name}: dynamic shared memory is not emulated")
         dims = (ctypes.c_uint * 6)(*grid, *block)
         ptrs, keep, arrays = self._pack(args)
+        launches[self.name] += 1
         before = [a.copy() for _, a in arrays]
         # run 1: thread order, guards 0xFF (a float read past an array is NaN, a store is seen);
         # run 2: reverse order from the same inputs, guards 0x01 (an atomicAdd or += past an array
@@ -347,42 +523,75 @@ class _Device:
         return None
 
 
-def _to_device(result):
-    if isinstance(result, np.ndarray) and not isinstance(result, ndarray):
-        return asarray(result)
-    if isinstance(result, tuple):
-        return tuple(_to_device(r) for r in result)
-    return result
+class _Event:
+    """cupy.cuda.Event: a host timestamp (the emulator runs everything before it returns)."""
+
+    def __init__(self, *args, **kwargs):
+        self.time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        return None
 
 
-def _numpy_attribute(name):
-    """cupy.<anything else>: NumPy's, with array results as device arrays (as cupy's would be)."""
-    obj = getattr(np, name)
-    if not callable(obj) or isinstance(obj, type):
-        return obj
+def _elapsed_ms(start, stop):
+    return (stop.time - start.time) * 1e3
 
-    def device_result(*args, **kwargs):
-        return _to_device(obj(*args, **kwargs))
-    return device_result
+
+class _RandomState:
+    """cupy.random.RandomState: its methods take a dtype (NumPy's RandomState's do not)."""
+
+    def __init__(self, seed=None):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return _upload(self._rng.standard_normal(size).astype(dtype))
+
+    def randn(self, *size, dtype=np.float64):
+        return self.standard_normal(size, dtype)
+
+    def random_sample(self, size=None, dtype=np.float64):
+        return _upload(self._rng.random(size).astype(dtype))
+
+    def randint(self, low, high=None, size=None, dtype=np.int64):
+        return _upload(self._rng.integers(low, high, size=size).astype(dtype))
+
+
+class _RandomModule(_Host):
+    """cupy.random: NumPy's (default_rng, ...) with cupy's RandomState."""
+    RandomState = _RandomState
+
+
+def _device_properties(device=0):
+    return {"name": b"CPU (tests/cuda_emulator)", "clockRate": 1_000_000, "totalGlobalMem": 0,
+            "multiProcessorCount": 1}
 
 
 def make_cupy():
-    """A module named cupy with what kernels/cuda, kernels/reference and the kernel tests use."""
-    cp = types.ModuleType("cupy", "CPU stand-in for cupy (tests/cuda_emulator)")
-    cp.__getattr__ = _numpy_attribute
-    for name in ("ndarray", "empty", "zeros", "ones", "asarray", "ascontiguousarray", "broadcast_to",
+    """A module named cupy: the functions above, and NumPy's others with arrays translated."""
+    cp = types.ModuleType("cupy_emulated", "CPU stand-in for cupy (tests/cuda_emulator)")
+    numpy_side = _Host(np)
+    cp.__getattr__ = lambda name: getattr(numpy_side, name)
+    for name in ("ndarray", "empty", "zeros", "ones", "asarray", "ascontiguousarray", "asnumpy",
                  "RawModule"):
         setattr(cp, name, globals()[name])
-    for name in ("float16", "float32", "float64", "int32", "int64", "bool_", "argmax", "isnan",
-                 "isfinite", "allclose"):
-        setattr(cp, name, getattr(np, name))
-    cp.cuda = types.SimpleNamespace(Device=_Device)
+    cp.cuda = types.SimpleNamespace(Device=_Device, Event=_Event, get_elapsed_time=_elapsed_ms,
+                                    runtime=types.SimpleNamespace(getDeviceProperties=_device_properties))
+    cp.random = _RandomModule(np.random)
+    cp.__version__ = "emulated"
     cp.EMULATED = True
     return cp
 
 
+@functools.lru_cache(maxsize=None)
 def load():
-    """(cupy, cuda): the stand-in cupy and a private import of kernels.cuda that uses it."""
+    """(cupy, cuda): the stand-in cupy and a private import of kernels.cuda that uses it.
+
+    The stand-in is registered in sys.modules as "cupy_emulated" (the package name its arrays give,
+    so kernels.reference.get_array_module finds it); "cupy" and "kernels.cuda" are left as they were.
+    One per session: the kernel files are compiled once (cached on disk across sessions)."""
     import kernels
     ours = [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]
     saved = {k: sys.modules.pop(k) for k in ours}
@@ -394,16 +603,6 @@ def load():
         cuda = importlib.import_module("kernels.cuda")
         files = [sys.modules[f"kernels.cuda.{name}"] for name in cuda.KERNEL_FILES]
         preamble = sys.modules["kernels.cuda._common"].PREAMBLE
-        # the fallbacks to the reference (float16, hs > 64) run it with cupy as the array module,
-        # as on a GPU: a private copy of kernels/reference.py whose get_array_module knows our arrays
-        ref = types.ModuleType("kernels_reference_emulated")
-        path = pathlib.Path(kernels.reference.__file__)
-        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), ref.__dict__)
-        ref.get_array_module = lambda x: cp if isinstance(x, ndarray) else np
-        for module in [cuda, *files]:
-            if hasattr(module, "reference"):
-                module.reference = ref
-        cuda.get_array_module = ref.get_array_module
     finally:
         for k in [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]:
             del sys.modules[k]
@@ -412,6 +611,7 @@ def load():
             kernels.cuda = old
         elif "cuda" in vars(kernels):
             del kernels.cuda
+    sys.modules["cupy_emulated"] = cp
     # every instantiation of a file in one g++ run (a file at a time, in parallel), not one run
     # per instantiation at its first launch as NVRTC does: 6 compilations instead of 40
     jobs = [(preamble + f.SOURCE, tuple(f.NAME_EXPRESSIONS)) for f in files]
@@ -419,3 +619,16 @@ def load():
         for i, name in enumerate(names):
             _prebuilt[(code, name)] = (lib, i)
     return cp, cuda
+
+
+def activate(monkeypatch):
+    """Make device "cuda" the emulator for one test: `cupy` (sys.modules and tinygrad_gpt.backend)
+    is the stand-in, and kernels.for_array gives the kernels.cuda it compiled. `monkeypatch`
+    (pytest's) undoes it after the test. Returns the stand-in cupy."""
+    import kernels
+    from tinygrad_gpt import backend
+    cp, cuda = load()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(backend, "_cupy", cp)
+    monkeypatch.setattr(kernels, "_cuda", cuda)
+    return cp

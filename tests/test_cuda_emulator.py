@@ -7,8 +7,8 @@ Here each kind of bug it claims to catch is put into a kernel and must be caught
   half the lanes (layer norm), a scatter one element past its row (embedding);
 - small kernels that break one CUDA rule each: a barrier in divergent code, a shuffle after lanes
   returned, a full-mask shuffle in a block that is not whole warps, reading shared memory nobody
-  wrote, a write past the end of an array, arguments of the wrong C type, a launch over CUDA's
-  limits, more than 48 KiB of shared memory.
+  wrote, a write past the end of an array, a block reading another block's output, arguments of
+  the wrong C type, a launch over CUDA's limits, more than 48 KiB of shared memory.
 And the stand-in cupy stays private: after load(), the session still has no `cupy`.
 """
 import math
@@ -144,6 +144,10 @@ __global__ void scaled_copy(const T* x, T* out, long long n, T s) {
     for (long long i = threadIdx.x; i < n; i += blockDim.x) out[i] = s * x[i];
 }
 template <typename T>
+__global__ void reads_another_block(T* data) {
+    if (threadIdx.x == 0 && blockIdx.x > 0) data[blockIdx.x] += data[blockIdx.x - 1];  // a prefix sum across blocks: wrong
+}
+template <typename T>
 __global__ void too_much_shared(T* out) {
     __shared__ T big[7000];
     big[threadIdx.x] = T(0);
@@ -151,7 +155,8 @@ __global__ void too_much_shared(T* out) {
 }
 """
 NAMES = ["divergent_barrier<float>", "shuffle_after_return<float>", "warp_sum_kernel<float>",
-         "unwritten_shared<float>", "past_the_end<float>", "scaled_copy<float>", "too_much_shared<double>"]
+         "unwritten_shared<float>", "past_the_end<float>", "scaled_copy<float>", "reads_another_block<float>",
+         "too_much_shared<double>"]
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +226,11 @@ def test_launch_limits_are_checked(rules):
         rules["scaled_copy"]((1,), (1025,), args)
     with pytest.raises(EmulatorError, match="over CUDA's limits"):
         rules["scaled_copy"]((1, 65536), (32,), args)
+
+
+def test_a_block_reading_another_blocks_output_is_a_race(rules):
+    with pytest.raises(EmulatorError, match="between blocks"):
+        rules["reads_another_block"]((8,), (32,), (cupy.ones(8, dtype=np.float32),))
 
 
 def test_shared_memory_over_48_kib_raises(rules):

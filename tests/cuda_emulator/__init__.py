@@ -9,9 +9,9 @@ text as on a GPU; only the hardware is replaced:
 - every thread of a block is a fiber with its own stack; `__syncthreads`, the warp shuffles,
   `__shared__` and `atomicAdd` follow CUDA's rules, and breaking them (a barrier in divergent
   code, a shuffle after some lanes returned, over 48 KiB of shared memory) raises EmulatorError;
-- each launch runs twice, with the threads of every block resumed in thread order and then in
-  reverse order, from the same inputs; if any output differs, the kernel has a race between
-  barriers and EmulatorError says which argument differed (kernels that use atomicAdd are
+- each launch runs twice from the same inputs: blocks, and the threads of each block, in order,
+  then both in reverse order; if any output differs, the kernel has a race (between barriers, or
+  between blocks) and EmulatorError says which argument differed (kernels that use atomicAdd are
   compared with a float tolerance, since the order of their additions is free);
 - "device" arrays are NumPy arrays with 256 guard bytes on each side; memory from `empty` and
   shared memory start as 0xFF bytes (NaN), so output nobody wrote shows up as NaN. The guards are
@@ -491,8 +491,8 @@ class Function:
             if not same:
                 raise EmulatorError(
                     f"{self.name}: argument {i} differs between a run in thread order and one in "
-                    f"reverse order: a race between barriers (a __syncthreads missing?), or a read "
-                    f"past an array (the two runs have different guard bytes)")
+                    f"reverse order: a race between barriers (a __syncthreads missing?) or between "
+                    f"blocks, or a read past an array (the two runs have different guard bytes)")
         del keep
 
 

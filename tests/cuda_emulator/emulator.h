@@ -17,10 +17,11 @@
 //                        shared memory nobody wrote gives NaN. More than 48 KiB of it per block is
 //                        an error, as it is for static shared memory on the GPU.
 //   atomicAdd            a plain read-add-write (one OS thread: nothing interleaves).
-//   order                the fibers are started and resumed in thread order or in reverse thread
-//                        order; a kernel whose result depends on that has a race between
-//                        barriers (a missing __syncthreads), which the tests catch by running
-//                        both orders and comparing.
+//   order                blocks run one after another, and the fibers of a block are started and
+//                        resumed in thread order; or both in reverse order. A kernel whose result
+//                        depends on that has a race: between barriers (a missing __syncthreads)
+//                        or between blocks (one block reading what another writes), which the
+//                        Python side catches by running both orders and comparing.
 //
 // What this cannot see: timing, coalescing, bank conflicts, register pressure, and races that
 // happen to give the same answer in both orders. Errors inside a fiber are recorded, the launch
@@ -315,12 +316,13 @@ int launch(F body, const unsigned int* dims, int reverse, char* err, int errlen)
         t.idx = dim3(i % r.block.x, (i / r.block.x) % r.block.y, i / (r.block.x * r.block.y));
     }
     bool ok = true;
-    for (unsigned int bz = 0; ok && bz < r.grid.z; bz++)
-        for (unsigned int by = 0; ok && by < r.grid.y; by++)
-            for (unsigned int bx = 0; ok && bx < r.grid.x; bx++) {
-                r.bidx = dim3(bx, by, bz);
-                ok = run_block(reverse != 0);
-            }
+    const unsigned long long blocks = (unsigned long long)r.grid.x * r.grid.y * r.grid.z;
+    for (unsigned long long k = 0; ok && k < blocks; k++) {
+        const unsigned long long b = reverse ? blocks - 1 - k : k;   // reverse: blocks too
+        r.bidx = dim3((unsigned int)(b % r.grid.x), (unsigned int)((b / r.grid.x) % r.grid.y),
+                      (unsigned int)(b / ((unsigned long long)r.grid.x * r.grid.y)));
+        ok = run_block(reverse != 0);
+    }
     r.body = nullptr;
     if (!ok) {
         std::snprintf(err, errlen, "%s", r.error.c_str());

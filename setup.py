@@ -12,8 +12,9 @@ EXTRAS = {
     "checkpoint": ["safetensors"],
     "rlhf": ["vaderSentiment"],
     "cuda": ["cupy-cuda12x"],
-    # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with it
-    "nvrtc": ["nvidia-cuda-nvrtc-cu12"],
+    # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with
+    # it, with CUDA 12's and CUDA 13's (the GPU machines' cupy-cuda13x uses 13)
+    "nvrtc": ["nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc>=13,<14"],
 }
 EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf") for dep in EXTRAS[name]})
 # the test suite exercises every CPU feature, so it installs them all

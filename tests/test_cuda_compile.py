@@ -1,13 +1,15 @@
 """Every CUDA C source in kernels/cuda compiles with NVRTC, for several GPU generations, without a GPU.
 
 The sources are read from the kernel files with `ast` (PREAMBLE from `_common.py`, SOURCE and
-NAME_EXPRESSIONS from each kernel file), so neither cupy nor a GPU is needed: only the NVRTC
-library, found through cupy's bindings when cupy is installed, else through ctypes (the
-`nvidia-cuda-nvrtc-cu12` wheel or a system CUDA toolkit). Without NVRTC the tests skip and say
-how to get it. What this catches: syntax and type errors, template instantiations that do not
-exist (every name expression the wrappers launch is resolved to its lowered name), and shared
-memory above the 48 KiB static limit (checked on the PTX). What it does not: anything about
-results (tests/test_cuda_emulation.py and, on a GPU, tests/test_cuda_kernels.py do that).
+NAME_EXPRESSIONS from each kernel file), so neither cupy nor a GPU is needed: only NVRTC. Every
+NVRTC version found runs the checks (ids nvrtc12.9, nvrtc13.5, ...): cupy's bindings, the
+`nvidia-cuda-nvrtc-cu12` (CUDA 12) and `nvidia-cuda-nvrtc` (CUDA 13) wheels through ctypes, a
+system toolkit; an architecture a version no longer compiles for (CUDA 13 dropped compute_70) is
+skipped for that version. Without NVRTC the tests skip and say how to get it. What this catches:
+syntax and type errors, template instantiations that do not exist (every name expression the
+wrappers launch is resolved to its lowered name), and shared memory above the 48 KiB static limit
+(checked on the PTX). What it does not: anything about results (tests/test_cuda_kernels_emulated.py
+runs the kernels on the CPU; tests/test_cuda_kernels.py on a GPU).
 
 Follows: llm.c's habit of building every dev/cuda kernel in CI. Does not: run a kernel.
 """
@@ -24,10 +26,11 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CUDA_DIR = REPO / "kernels" / "cuda"
 KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw")
-ARCHS = ("compute_70", "compute_80", "compute_90")  # V100, A100, H100
+ARCHS = ("compute_70", "compute_75", "compute_80", "compute_90")  # V100, T4, A100, H100/H200
 OPTIONS = ["--std=c++14"]
 STATIC_SHARED_LIMIT = 48 * 1024
-NVRTC_HINT = "pip install nvidia-cuda-nvrtc-cu12 (or cupy-cuda12x) to run the NVRTC compile checks"
+NVRTC_HINT = ("pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-nvrtc (CUDA 12 and 13; or cupy) to run the "
+              "NVRTC compile checks")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,11 +81,16 @@ def kernel_sources():
 # NVRTC: cupy's bindings, or the C API through ctypes
 # ------------------------------------------------------------------------------------------------
 class _CtypesNVRTC:
-    """The five NVRTC calls this test needs, through ctypes."""
+    """The NVRTC calls this test needs, through ctypes."""
 
     def __init__(self, lib):
         self.lib = lib
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def version(self):
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        self.lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+        return major.value, minor.value
 
     def _check(self, status, what, prog=None):
         if status != 0:
@@ -125,6 +133,9 @@ class _CupyNVRTC:
     def __init__(self, nvrtc):
         self.nvrtc = nvrtc
 
+    def version(self):
+        return tuple(self.nvrtc.getVersion())
+
     def compile(self, source, name_expressions, options):
         nvrtc = self.nvrtc
         prog = nvrtc.createProgram(source, "kernel.cu", [], [])
@@ -142,38 +153,57 @@ class _CupyNVRTC:
             nvrtc.destroyProgram(prog)
 
 
-def _find_nvrtc():
-    """An NVRTC wrapper, or None."""
+def _find_all_nvrtc():
+    """[(label, wrapper)] for every NVRTC found, one per version: cupy's, the pip wheels' (CUDA 12:
+    nvidia-cuda-nvrtc-cu12, CUDA 13: nvidia-cuda-nvrtc), a system toolkit's."""
+    found = []
     try:
         from cupy_backends.cuda.libs import nvrtc
         nvrtc.getVersion()
-        return _CupyNVRTC(nvrtc)
+        found.append(_CupyNVRTC(nvrtc))
     except Exception:  # cupy missing, or its NVRTC cannot be loaded
         pass
     candidates = []
-    try:
-        import nvidia.cuda_nvrtc
-        for base in nvidia.cuda_nvrtc.__path__:
+    for package in ("nvidia.cuda_nvrtc", "nvidia.cu13"):
+        try:
+            module = __import__(package, fromlist=["_"])
+        except ImportError:
+            continue
+        for base in module.__path__:
             candidates += sorted(glob.glob(os.path.join(base, "lib", "libnvrtc.so*")))
-    except ImportError:
-        pass
-    found = ctypes.util.find_library("nvrtc")
-    if found:
-        candidates.append(found)
+    system = ctypes.util.find_library("nvrtc")
+    if system:
+        candidates.append(system)
     candidates += sorted(glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*"))
     for path in candidates:
         if "builtins" in os.path.basename(path):
             continue
         try:
-            return _CtypesNVRTC(ctypes.CDLL(path))
+            found.append(_CtypesNVRTC(ctypes.CDLL(path)))
         except OSError:
             continue
-    return None
+    by_version = {}
+    for wrapper in found:
+        try:
+            version = wrapper.version()
+        except Exception:
+            continue
+        by_version.setdefault(version, wrapper)
+    return [(f"nvrtc{major}.{minor}", wrapper) for (major, minor), wrapper in sorted(by_version.items())]
 
 
-@pytest.fixture(scope="module")
-def nvrtc():
-    found = _find_nvrtc()
+def _find_nvrtc():
+    """An NVRTC wrapper (the newest found), or None."""
+    found = _find_all_nvrtc()
+    return found[-1][1] if found else None
+
+
+NVRTCS = _find_all_nvrtc()
+
+
+@pytest.fixture(scope="module", params=NVRTCS or [("none", None)], ids=[label for label, _ in NVRTCS] or ["none"])
+def nvrtc(request):
+    label, found = request.param
     if found is None:
         pytest.skip(f"NVRTC is not available on this machine: {NVRTC_HINT}")
     return found
@@ -218,6 +248,8 @@ def test_nvrtc_compiles(nvrtc, name, arch):
     try:
         ptx, lowered = nvrtc.compile(source, exprs, OPTIONS + [f"--gpu-architecture={arch}"])
     except RuntimeError as exc:
+        if "invalid value for --gpu-architecture" in str(exc):     # e.g. CUDA 13 dropped compute_70
+            pytest.skip(f"NVRTC {nvrtc.version()} does not compile for {arch}")
         pytest.fail(f"kernels/cuda/{name}.py does not compile for {arch}:\n{exc}")
     for expr, low in lowered.items():
         assert low and f".entry {low}" in ptx, f"{name}: {expr} has no kernel entry in the PTX"

@@ -125,10 +125,18 @@ def main(argv=None):
          8 * q.nbytes + lse_attn.nbytes, 2.5 * attn_flops),
         ("embedding_backward", lambda: cuda.embedding_backward(dout, ids, V),
          lambda: reference.embedding_backward(dout, ids, V), dout.nbytes + 8 * N + V * C * fb, 0),
+        # naive: what the op did before the kernel (a cuRAND generator per call, a stored mask)
+        ("dropout_forward", lambda: cuda.dropout_forward(h, 0.2, 12345),
+         lambda: h * ((cupy.random.default_rng(12345).random(h.shape, dtype=f32) >= 0.2) * f32(1.25)),
+         2 * h.nbytes, 0),
     ]
     print(f"{'kernel':32s} {'ours ms':>9s} {'naive ms':>9s} {'speedup':>8s} {'GB/s':>8s} {'of copy':>8s}  note")
     for name, ours, naive, nbytes, flops in cases:
         a, r = ours(), naive()
+        if name == "dropout_forward":                              # another generator: compare
+            keep_a, keep_r = float((a != 0).mean()), float((r != 0).mean())   # kept fractions
+            print(f"{name}: kept {keep_a:.4f} (kernel), {keep_r:.4f} (cuRAND), want 0.8")
+            r = reference.dropout_forward(h, 0.2, 12345)           # and validate against the reference
         a = a if isinstance(a, tuple) else (a,)
         r = r if isinstance(r, tuple) else (r,)
         errs = [rel_err(g, want) for g, want in zip(a, r)]

@@ -145,6 +145,7 @@ def make_cases(preset, rng):
         ("attention_backward", (dy, q, k, v, y, lse_at, scale), 1e-9 * 5 * 2 * hs * causal_pairs,
          "GFLOP/s"),
         ("embedding_backward", (dout_c, targets, V), gb * (N * C + V * C), "GB/s"),
+        ("dropout_forward", (h, 0.2, 12345), gb * 2 * N * 4 * C, "GB/s"),
     ]
     out = []
     for name, args, work, unit in cases:
@@ -259,6 +260,7 @@ for dt in (np.float32, np.float64):
         ("attention_backward, threaded driver", (qb, qb, qb, qb, outb, lseb, 0.125)),
         ("embedding_backward", (x, tg, 8)),
         ("adamw_update", (x.copy(), x, x.copy(), x * x, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)),
+        ("dropout_forward", (x, 0.2, 7)),
     ]
     for label, args in calls:
         name = label.split(",")[0]

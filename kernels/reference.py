@@ -21,6 +21,7 @@ KERNELS = (
     "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "attention_forward", "attention_backward", "embedding_backward", "adamw_update",
+    "dropout_forward", "dropout_backward",
 )
 
 
@@ -174,6 +175,50 @@ def embedding_backward(dout, idx, num_embeddings):
     dweight = xp.zeros((num_embeddings, dout.shape[1]), dtype=dout.dtype)  # (V, C)
     xp.add.at(dweight, idx, dout)
     return dweight
+
+
+# ------------------------------------------------------------------------------------------------
+# dropout with a counter-based mask: element i is kept iff hash(seed, i) >= p * 2^64
+# ------------------------------------------------------------------------------------------------
+# splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", 2014): the
+# counter i times the golden-ratio increment, plus the seed, through the 64-bit finalizer. Every
+# implementation (this, kernels/cpu, kernels/cuda) computes the same 64-bit integers, so the masks
+# are bit-identical across devices and backends, and the backward pass recomputes the mask from
+# (seed, i) instead of storing it.
+DROPOUT_GAMMA = 0x9E3779B97F4A7C15
+DROPOUT_MIX1 = 0xBF58476D1CE4E5B9
+DROPOUT_MIX2 = 0x94D049BB133111EB
+
+
+def _dropout_threshold(p):
+    """The 32-bit threshold on the hash's high half: P(drop) = threshold / 2^32 (p to 2^-32).
+    (Used by kernels/cpu and kernels/cuda too; private so that every public function here is a
+    kernel the backends must provide.)"""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    return min(int(p * 2.0 ** 32), 2 ** 32 - 1)
+
+
+def _dropout_keep(xp, n, p, seed):
+    """Boolean keep mask (n,) for flat indices 0..n-1: hash(seed, i) >> 32 >= _dropout_threshold(p)."""
+    u64 = xp.uint64
+    z = (xp.arange(1, n + 1, dtype=u64) * u64(DROPOUT_GAMMA)) + u64(int(seed) % 2 ** 64)  # wraps mod 2^64
+    z = (z ^ (z >> u64(30))) * u64(DROPOUT_MIX1)
+    z = (z ^ (z >> u64(27))) * u64(DROPOUT_MIX2)
+    z = z ^ (z >> u64(31))
+    return (z >> u64(32)) >= u64(_dropout_threshold(p))
+
+
+def dropout_forward(x, p, seed):
+    """out = x * keep / (1 - p), keep[i] = hash(seed, i) >= p (i the C-order index). Any shape."""
+    xp = get_array_module(x)
+    keep = _dropout_keep(xp, x.size, p, seed).reshape(x.shape)
+    return xp.where(keep, x * x.dtype.type(1.0 / (1.0 - p)), x.dtype.type(0))
+
+
+def dropout_backward(dout, p, seed):
+    """dx of dropout_forward (the mask recomputed from seed): dx = dout * keep / (1 - p)."""
+    return dropout_forward(dout, p, seed)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -315,6 +315,25 @@ def test_adamw_update(rng, dtype, shape, contiguous):
 
 
 # ------------------------------------------------------------------------------------------------
+# dropout: a hashed mask, equal to the reference bit for bit
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (1,), (7, 13), (3, 5, 17), (4, 33, 100),
+                                   pytest.param((64, 256, 384), marks=GPU_ONLY)])
+def test_dropout(rng, dtype, shape):
+    x, dout = normal(rng, shape, dtype), normal(rng, shape, dtype)
+    p, seed = float(rng.uniform(0.05, 0.9)), int(rng.integers(2 ** 63))
+    out = cuda.dropout_forward(cupy.asarray(x), p, seed)
+    assert isinstance(out, cupy.ndarray) and out.dtype == np.dtype(dtype) and out.shape == x.shape
+    np.testing.assert_array_equal(out.get(), reference.dropout_forward(x, p, seed))
+    dx = cuda.dropout_backward(cupy.asarray(dout), p, seed)
+    np.testing.assert_array_equal(dx.get(), reference.dropout_backward(dout, p, seed))
+    if len(shape) >= 1 and shape[-1] > 1:
+        np.testing.assert_array_equal(cuda.dropout_forward(strided(x), p, seed).get(),
+                                      reference.dropout_forward(x, p, seed))
+
+
+# ------------------------------------------------------------------------------------------------
 # what the kernels do not take goes to the reference, on the device
 # ------------------------------------------------------------------------------------------------
 def test_float16_falls_back_to_the_reference(rng):

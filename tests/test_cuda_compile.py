@@ -25,7 +25,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CUDA_DIR = REPO / "kernels" / "cuda"
-KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw")
+KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout")
 ARCHS = ("compute_70", "compute_75", "compute_80", "compute_90")  # V100, T4, A100, H100/H200
 OPTIONS = ["--std=c++14"]
 STATIC_SHARED_LIMIT = 48 * 1024

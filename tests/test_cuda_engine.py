@@ -182,9 +182,9 @@ def test_training_step_does_not_sync(rng):
 @pytest.mark.parametrize("cuda", ["emulated"], indirect=True)
 def test_training_step_makes_no_host_copy_emulated(cuda, rng):
     """The CPU stand-in for the spin-kernel test above: its device arrays record every host copy
-    (.get(), .item(), float(), int(), bool(), boolean-mask indexing) and refuse implicit ones, so a
-    step (forward with dropout, backward, clip, AdamW) must record none, and must have run the CUDA
-    kernels (not the references) for every fused op."""
+    (.get(), .item(), float(), int(), bool(), boolean-mask indexing) and every upload, and refuse
+    implicit conversions, so a step (forward with dropout, backward, clip, AdamW) must record none,
+    and must have run the CUDA kernels (not the references) for every fused op."""
     import cuda_emulator
     model = _model("cuda", dropout=0.1)
     opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3)
@@ -200,14 +200,16 @@ def test_training_step_makes_no_host_copy_emulated(cuda, rng):
 
     step().item()
     cuda_emulator.syncs.clear()
+    cuda_emulator.uploads.clear()
     cuda_emulator.launches.clear()
     loss = step()
     assert cuda_emulator.syncs == [], f"host copies inside a training step: {cuda_emulator.syncs}"
+    assert cuda_emulator.uploads == [], f"uploads inside a training step: {cuda_emulator.uploads}"
     launched = {name.split("<")[0] for name in cuda_emulator.launches}
     for kernel in ("layernorm_forward_kernel", "layernorm_backward_dx_kernel", "gelu_forward_kernel",
                    "gelu_backward_kernel", "attention_forward_kernel", "attention_backward_dq_kernel",
                    "attention_backward_dkdv_kernel", "ce_forward_warp_kernel", "ce_backward_kernel",
-                   "embedding_backward_kernel", "adamw_kernel"):
+                   "embedding_backward_kernel", "adamw_kernel", "dropout_kernel"):
         assert kernel in launched, f"{kernel} did not run in the step (launched: {sorted(launched)})"
     assert np.isfinite(loss.item()) and cuda_emulator.syncs == [("item", ())]
 
@@ -261,7 +263,7 @@ def test_gpu_benchmark_scripts_run(cuda, capsys):
     out = capsys.readouterr().out
     for kernel in ("layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
                    "softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "attention_forward",
-                   "attention_backward", "embedding_backward", "adamw_update"):
+                   "attention_backward", "embedding_backward", "adamw_update", "dropout_forward"):
         assert f"\n{kernel} " in out, f"{kernel} missing from the benchmark table:\n{out}"
     assert "VALIDATION FAILED" not in out
     assert gpu_train.main(["--preset", "tiny", "--iters", "2", "--warmup", "1", "--no-torch"]) == 0

@@ -485,6 +485,48 @@ def test_adamw_update(rng, dtype, shape, contiguous):
 
 
 # ------------------------------------------------------------------------------------------------
+# dropout: a hashed mask, so the kernel equals the reference bit for bit
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (1,), (7, 13), (3, 5, 17), (12, 64, 128)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_dropout(rng, dtype, shape, contiguous):
+    if not contiguous and len(shape) == 0:
+        pytest.skip("a 0-d array has no stride")
+    x = normal(rng, shape, dtype)
+    dout = normal(rng, shape, dtype)
+    if not contiguous:
+        x, dout = noncontig(x), noncontig(dout)
+    p, seed = float(rng.uniform(0.05, 0.9)), int(rng.integers(2 ** 63))
+    out = cpu.dropout_forward(x, p, seed)
+    np.testing.assert_array_equal(out, reference.dropout_forward(x, p, seed))
+    assert out.dtype == np.dtype(dtype) and out.shape == np.shape(x)
+    dx = cpu.dropout_backward(dout, p, seed)
+    np.testing.assert_array_equal(dx, reference.dropout_backward(dout, p, seed))
+    # backward uses forward's mask: zero exactly where forward zeroed (x, dout nonzero a.s.)
+    np.testing.assert_array_equal(dx == 0, out == 0)
+
+
+def test_dropout_mask_statistics_and_seeds(rng):
+    """The reference mask is a Bernoulli(1 - p) draw: the kept fraction is within 5 sigma of
+    1 - p, neighbouring elements are uncorrelated, and another seed gives another mask."""
+    n = 200_000
+    x = np.ones(n, np.float32)
+    for p in (0.1, 0.2, 0.5):
+        seed = int(rng.integers(2 ** 63))
+        keep = reference.dropout_forward(x, p, seed) != 0
+        sigma = np.sqrt(p * (1 - p) / n)
+        assert abs((1 - keep.mean()) - p) < 5 * sigma, (p, keep.mean())
+        both = np.mean(keep[1:] & keep[:-1])                        # P(keep i and keep i+1)
+        assert abs(both - (1 - p) ** 2) < 5 * np.sqrt((1 - p) ** 2 / n), (p, both)
+        other = reference.dropout_forward(x, p, seed + 1) != 0
+        assert np.mean(keep != other) > p * (1 - p)                 # ~2 p (1 - p) for independent masks
+    np.testing.assert_array_equal(reference.dropout_forward(x, 0.0, 7), x)
+    with pytest.raises(ValueError, match="p must be in"):
+        reference.dropout_forward(x, 1.0, 7)
+
+
+# ------------------------------------------------------------------------------------------------
 # what the kernels do not handle goes to the reference, with the reference's answer
 # ------------------------------------------------------------------------------------------------
 def test_other_dtypes_fall_back_to_the_reference(rng):

@@ -22,6 +22,7 @@ from kernels.cpu.adamw import adamw_update
 from kernels.cpu.attention import attention_backward, attention_forward
 from kernels.cpu.cross_entropy import (softmax_cross_entropy_backward,
                                        softmax_cross_entropy_forward)
+from kernels.cpu.dropout import dropout_backward, dropout_forward
 from kernels.cpu.embedding import embedding_backward
 from kernels.cpu.gelu import gelu_backward, gelu_forward
 from kernels.cpu.layernorm import layernorm_backward, layernorm_forward

@@ -14,6 +14,7 @@ Matmuls are not here: the engine's `@` on cupy arrays goes to cuBLAS.
 | attention_forward / backward    | attention.py     | flash-style tiles: forward, dq, dk/dv kernels    |
 | embedding_backward              | embedding.py     | thread per element, atomicAdd                    |
 | adamw_update                    | adamw.py         | grid-stride, in place                            |
+| dropout_forward / backward      | dropout.py       | grid-stride, mask hashed from (seed, index)      |
 
 float32 and float64 only; other dtypes, and shapes the kernels do not take (hs > 64 in attention),
 run the reference (array-module generic, so on the GPU too). See `_common.py` for the index-check
@@ -30,6 +31,7 @@ from kernels.cuda.adamw import adamw_update
 from kernels.cuda.attention import attention_backward, attention_forward
 from kernels.cuda.cross_entropy import (softmax_cross_entropy_backward,
                                         softmax_cross_entropy_forward)
+from kernels.cuda.dropout import dropout_backward, dropout_forward
 from kernels.cuda.embedding import embedding_backward
 from kernels.cuda.gelu import gelu_backward, gelu_forward
 from kernels.cuda.layernorm import layernorm_backward, layernorm_forward
@@ -38,4 +40,4 @@ from kernels.cuda.layernorm import layernorm_backward, layernorm_forward
 __all__ = ["GELU_SCALE", "get_array_module", *KERNELS]
 
 # the files whose SOURCE / NAME_EXPRESSIONS the compile test and the benchmark walk through
-KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw")
+KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout")

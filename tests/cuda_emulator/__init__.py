@@ -148,6 +148,7 @@ _prebuilt = {}
 # ------------------------------------------------------------------------------------------------
 _live = weakref.WeakValueDictionary()   # id -> the raw uint8 buffer (guards included) of each array
 syncs = []                              # (what, shape) of every device-to-host copy, in order
+uploads = []                            # shape of every host-to-device copy, in order
 launches = collections.Counter()        # kernel instantiation -> launches
 
 
@@ -162,7 +163,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     - an operation that mixes it with a NumPy array of ndim >= 1 is a TypeError, as in cupy;
     - reductions and element reads give 0-d device arrays, not NumPy scalars;
     - every copy to the host (.get(), .item(), float(), int(), bool(), .tolist()) is appended to
-      `syncs`, so a test can assert that a training step makes none.
+      `syncs`, every copy from the host (cupy.asarray of host data) to `uploads`, so a test can
+      assert that a training step makes none.
     """
 
     # what kernels.for_array, backend.device_of_array and reference.get_array_module look at: a
@@ -354,6 +356,8 @@ def ones(shape, dtype=np.float64):
 def _upload(a, dtype=None):
     host = _unwrap(a, "asarray", host_ok=True)
     host = np.asarray(host, dtype=dtype)
+    if not isinstance(a, ndarray):
+        uploads.append(host.shape)                                 # host -> device
     out = _alloc(host.shape, host.dtype)
     out._a[...] = host
     return out

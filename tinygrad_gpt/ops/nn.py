@@ -123,27 +123,24 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 
 class Dropout(Function):
-    """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
+    """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
+
+    The mask is a hash of (seed, element index) (kernels: dropout_forward / dropout_backward), the
+    seed drawn from the layer's host generator: one seeded stream on both devices (reproducible,
+    and resumable, since only the host generator's state is checkpointed), the same mask on CPU
+    and GPU, nothing drawn or uploaded on the GPU, and no mask kept for backward (recomputed).
+    """
 
     @staticmethod
     def forward(ctx, a, p, rng):
-        xp = get_array_module(a)
-        if xp is np:
-            keep = rng.random(a.shape, dtype=np.float32) >= p    # (X) drawn on the CPU: one seeded stream
-        else:
-            # on the GPU: a device generator seeded from the same host stream (reproducible and
-            # resumable, since only the host rng's state is checkpointed), no mask upload
-            seed = int(rng.integers(2 ** 63))
-            keep = xp.random.default_rng(seed).random(a.shape, dtype=np.float32) >= p  # (X)
-        scale = a.dtype.type(1.0 / (1.0 - p))
-        ctx.mask = keep * scale                                   # (X) 0 or 1/(1-p)
-        ctx.mask = ctx.mask.astype(a.dtype, copy=False)
-        return a * ctx.mask
+        ctx.p = p
+        ctx.seed = int(rng.integers(2 ** 63))
+        return kernels.for_array(a).dropout_forward(a, p, ctx.seed)
 
     @staticmethod
     def backward(ctx, dout):
-        # forward: out = a * mask, so da = dout * mask
-        return dout * ctx.mask
+        # forward: out = a * keep / (1 - p), so da = dout * keep / (1 - p), keep recomputed
+        return kernels.for_array(dout).dropout_backward(dout, ctx.p, ctx.seed)
 
 
 def dropout(x, p, rng, training=True):

@@ -89,6 +89,12 @@ def gpt_parameter_shapes(C, T, V, L):
     return shapes + [(C,), (C,)]                                   # ln_f
 
 
+def dropout_shape(preset):
+    """(B, T, C): the shape of the model's dropouts (embeddings, attention and MLP outputs)."""
+    P = PRESETS[preset]
+    return (P["B"], P["T"], P["C"])
+
+
 def make_cases(preset, rng):
     """Every kernel's inputs at this preset's training sizes, float32."""
     P = PRESETS[preset]
@@ -145,7 +151,7 @@ def make_cases(preset, rng):
         ("attention_backward", (dy, q, k, v, y, lse_at, scale), 1e-9 * 5 * 2 * hs * causal_pairs,
          "GFLOP/s"),
         ("embedding_backward", (dout_c, targets, V), gb * (N * C + V * C), "GB/s"),
-        ("dropout_forward", (h, 0.2, 12345), gb * 2 * N * 4 * C, "GB/s"),
+        ("dropout_forward", (x, 0.2, 12345), gb * 2 * N * C, "GB/s"),   # the model's (B, T, C) dropouts
     ]
     out = []
     for name, args, work, unit in cases:
@@ -304,6 +310,20 @@ def main():
     for name, preset, ms_ref, ms_nb, speedup, thr, ms_alone, _, _ in rows:
         print(f"| {name} | {preset} | {ms_ref:.3f} | {ms_nb:.3f} | {speedup:.1f}x | {thr} | "
               f"{ms_alone:.3f} |")
+
+    # dropout's kernel replaced an op that drew its mask (the reference is the hash in NumPy
+    # integers, slower than that draw): time the old op too, the comparison that matters for training
+    print("\ndropout forward, kernel vs the op it replaced (PCG64 uniform draw, compare, mask, multiply):")
+    rng = np.random.default_rng(0)
+    for preset in presets:
+        a = rng.standard_normal(dropout_shape(preset)).astype(np.float32)
+
+        def previous_op():
+            keep = rng.random(a.shape, dtype=np.float32) >= 0.2
+            return a * (keep * np.float32(1.25)).astype(np.float32, copy=False)
+        t_old, t_new, _, n = time_pair(previous_op, lambda: cpu.dropout_forward(a, 0.2, 12345), ARGS.repeats)
+        print(f"| dropout_forward vs previous op | {preset} {a.shape} | {t_old * 1e3:.3f} | {t_new * 1e3:.3f} | "
+              f"{t_old / t_new:.1f}x | | |")
 
     if not ARGS.no_compile:
         print("\nfirst-call compile time (s), float32 / float64, fresh process each:")

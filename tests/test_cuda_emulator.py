@@ -148,6 +148,11 @@ __global__ void reads_another_block(T* data) {
     if (threadIdx.x == 0 && blockIdx.x > 0) data[blockIdx.x] += data[blockIdx.x - 1];  // a prefix sum across blocks: wrong
 }
 template <typename T>
+__global__ void add_then_sync(T* data) {
+    data[blockIdx.x * blockDim.x + threadIdx.x] += T(1);  // in place, before the first barrier
+    __syncthreads();
+}
+template <typename T>
 __global__ void too_much_shared(T* out) {
     __shared__ T big[7000];
     big[threadIdx.x] = T(0);
@@ -156,7 +161,7 @@ __global__ void too_much_shared(T* out) {
 """
 NAMES = ["divergent_barrier<float>", "shuffle_after_return<float>", "warp_sum_kernel<float>",
          "unwritten_shared<float>", "past_the_end<float>", "scaled_copy<float>", "reads_another_block<float>",
-         "too_much_shared<double>"]
+         "add_then_sync<float>", "too_much_shared<double>"]
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +236,14 @@ def test_launch_limits_are_checked(rules):
 def test_a_block_reading_another_blocks_output_is_a_race(rules):
     with pytest.raises(EmulatorError, match="between blocks"):
         rules["reads_another_block"]((8,), (32,), (cupy.ones(8, dtype=np.float32),))
+
+
+def test_a_barrier_reruns_the_launch_with_fibers_from_the_same_inputs(rules):
+    """The first run calls threads one by one; the barrier aborts it after a thread has written.
+    The fiber run must start from the original inputs: each element gets exactly one +1."""
+    data = cupy.ones(3 * 64, dtype=np.float32)
+    rules["add_then_sync"]((3,), (64,), (data,))
+    np.testing.assert_array_equal(data.get(), np.full(3 * 64, 2, np.float32))
 
 
 def test_shared_memory_over_48_kib_raises(rules):

@@ -139,6 +139,16 @@ def test_training_steps_match_cpu(cuda, rng):
     assert losses["cuda"][-1] < losses["cuda"][0]
 
 
+SPIN_SOURCE = r"""
+extern "C" __global__ void spin(long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < (unsigned long long)ns);
+}"""
+
+
 @needs_gpu
 def test_training_step_does_not_sync(rng):
     """Nothing in a training step waits for the GPU: a 1-second spin kernel queued first must
@@ -148,11 +158,9 @@ def test_training_step_does_not_sync(rng):
     wait for the spin kernel, and the step would take >= 1 s of host time.
     """
     import cupy
-    spin = cupy.RawKernel(r"""
-    extern "C" __global__ void spin(long long cycles) {
-        long long start = clock64();
-        while (clock64() - start < cycles) { }
-    }""", "spin")
+    # subtle: timed with %globaltimer (nanoseconds), not clock64() cycles: the clock rate that would
+    # convert them is gone from cudaDeviceProp in CUDA 13 (getDeviceProperties has no "clockRate")
+    spin = cupy.RawKernel(SPIN_SOURCE, "spin")
     model = _model("cuda", dropout=0.1)
     opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3)
     x, y = (cupy.asarray(a) for a in _batch(rng))
@@ -167,8 +175,7 @@ def test_training_step_does_not_sync(rng):
 
     step().item()                                                  # compile every kernel, fill the pool
     cupy.cuda.Device().synchronize()
-    clock_hz = cupy.cuda.runtime.getDeviceProperties(0)["clockRate"] * 1000
-    spin((1,), (1,), (np.int64(clock_hz * 1.0),))                  # ~1 s of GPU time
+    spin((1,), (1,), (np.int64(1_000_000_000),))                   # 1 s of GPU time
     t0 = time.perf_counter()
     loss = step()
     host_s = time.perf_counter() - t0

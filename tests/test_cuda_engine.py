@@ -139,6 +139,22 @@ def test_training_steps_match_cpu(cuda, rng):
     assert losses["cuda"][-1] < losses["cuda"][0]
 
 
+def _dropout_training_step(cupy, rng):
+    """A step function (forward with dropout, backward, clip, AdamW) on a fixed device batch."""
+    model = _model("cuda", dropout=0.1)
+    opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3)
+    x, y = (cupy.asarray(a) for a in _batch(rng))
+
+    def step():
+        _, loss = model(x, y)
+        model.zero_grad()
+        loss.backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        return loss
+    return step
+
+
 SPIN_SOURCE = r"""
 extern "C" __global__ void spin(long long ns) {
     unsigned long long start, now;
@@ -161,18 +177,7 @@ def test_training_step_does_not_sync(rng):
     # subtle: timed with %globaltimer (nanoseconds), not clock64() cycles: the clock rate that would
     # convert them is gone from cudaDeviceProp in CUDA 13 (getDeviceProperties has no "clockRate")
     spin = cupy.RawKernel(SPIN_SOURCE, "spin")
-    model = _model("cuda", dropout=0.1)
-    opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3)
-    x, y = (cupy.asarray(a) for a in _batch(rng))
-
-    def step():
-        _, loss = model(x, y)
-        model.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        return loss
-
+    step = _dropout_training_step(cupy, rng)
     step().item()                                                  # compile every kernel, fill the pool
     cupy.cuda.Device().synchronize()
     spin((1,), (1,), (np.int64(1_000_000_000),))                   # 1 s of GPU time
@@ -193,18 +198,7 @@ def test_training_step_makes_no_host_copy_emulated(cuda, rng):
     implicit conversions, so a step (forward with dropout, backward, clip, AdamW) must record none,
     and must have run the CUDA kernels (not the references) for every fused op."""
     import cuda_emulator
-    model = _model("cuda", dropout=0.1)
-    opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3)
-    x, y = (cuda.asarray(a) for a in _batch(rng))
-
-    def step():
-        _, loss = model(x, y)
-        model.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        return loss
-
+    step = _dropout_training_step(cuda, rng)
     step().item()
     cuda_emulator.syncs.clear()
     cuda_emulator.uploads.clear()

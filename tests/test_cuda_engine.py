@@ -246,10 +246,14 @@ def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys):
     assert sorted(got) == sorted(want) and len(want) == 10
     # the GPU's atomicAdd order (embedding backward) may change the last bits between runs
     np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-4)
-    capsys.readouterr()
-    assert shakespeare.main(["--sample", "--device", "cpu", "--out", str(straight), "--prompt", "the king",
-                             "--num-tokens", "15", "--seed", "1"]) in (0, None)
-    assert capsys.readouterr().out.strip().startswith("the king")
+    samples = {}
+    for device in ("cpu", "cuda"):                                 # the checkpoint samples on both
+        capsys.readouterr()
+        assert shakespeare.main(["--sample", "--device", device, "--out", str(straight), "--prompt",
+                                 "the king", "--num-tokens", "15", "--seed", "1", "--top-k", "1"]) in (0, None)
+        samples[device] = capsys.readouterr().out.strip()
+        assert samples[device].startswith("the king")
+    assert samples["cuda"] == samples["cpu"]                       # greedy (top-k 1): the same text
 
 
 def test_example_trains_the_same_on_both_devices(cuda, tmp_path, capsys):

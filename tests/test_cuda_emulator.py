@@ -256,3 +256,17 @@ def test_the_stand_in_cupy_stays_private():
     assert sys.modules.get("cupy") is not cupy
     assert kernels.for_array(np.zeros(3)) is not cuda
     assert "kernels.cuda" not in sys.modules or sys.modules["kernels.cuda"] is not cuda
+
+
+def test_the_ucontext_fibers_agree_with_the_assembly_switch(rules, monkeypatch):
+    """Fibers through ucontext (the path off x86-64 Linux) run the same kernels to the same bits,
+    and break the same rule the same way."""
+    monkeypatch.setattr(cuda_emulator, "USE_UCONTEXT", True)
+    module = cupy.RawModule(code=cuda._common.PREAMBLE + RULES, name_expressions=NAMES)
+    x = cupy.asarray(np.random.default_rng(0).standard_normal(64).astype(np.float32))
+    want, got = cupy.zeros(64, dtype=np.float32), cupy.zeros(64, dtype=np.float32)
+    rules["warp_sum_kernel"]((1,), (64,), (x, want))
+    module.get_function("warp_sum_kernel<float>")((1,), (64,), (x, got))
+    np.testing.assert_array_equal(got.get(), want.get())
+    with pytest.raises(EmulatorError, match="divergent"):
+        module.get_function("divergent_barrier<float>")((1,), (64,), (cupy.zeros(64, dtype=np.float32),))

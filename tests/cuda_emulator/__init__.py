@@ -56,6 +56,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 HEADER = HERE / "emulator.h"
 GUARD = 256           # bytes of 0xFF before and after every device array
 CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-w")
+# fibers through ucontext instead of the x86-64 assembly switch (the path other CPUs take)
+USE_UCONTEXT = os.environ.get("TINYGRAD_GPT_CUDA_EMULATOR_UCONTEXT", "0") == "1"
 
 
 class EmulatorError(RuntimeError):
@@ -107,7 +109,8 @@ def _plan(code, names):
     cxx = compiler()
     if cxx is None:
         raise EmulatorError("the CUDA emulator needs a C++17 compiler: install g++ or set CXX")
-    text = f'#include "{HEADER}"\n{translate(code)}\n{_launchers(names)}'
+    define = "#define EMU_UCONTEXT 1\n" if USE_UCONTEXT else ""
+    text = f'{define}#include "{HEADER}"\n{translate(code)}\n{_launchers(names)}'
     key = hashlib.sha256("\0".join([HEADER.read_text(), text, cxx, *CXXFLAGS]).encode()).hexdigest()[:24]
     return cxx, text, cache_dir() / f"{key}.so"
 

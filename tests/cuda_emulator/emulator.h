@@ -43,7 +43,9 @@
 #include <utility>
 #include <memory>
 #include <vector>
-#if !defined(__x86_64__)
+#if defined(__x86_64__) && defined(__ELF__) && !defined(EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -52,16 +54,22 @@ struct dim3 {
     dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+// subtle: everything in an anonymous namespace (internal linkage). Inline variables, and static
+// locals of inline functions, are STB_GNU_UNIQUE symbols that the dynamic loader shares across
+// every library of the process even under RTLD_LOCAL: without this, each kernel library ctypes
+// loads would use the runtime object of the first one loaded (seen: a crash when two libraries
+// with different Context layouts were loaded together).
 namespace emu {
+namespace {
 
 enum State { RUNNABLE, AT_BARRIER, AT_SHUFFLE, DONE };
 
 // ------------------------------------------------------------------------------------------------
 // fibers. x86-64: a 20-instruction switch of the callee-saved registers and the stack pointer (no
 // system call: glibc's swapcontext saves the signal mask with one, ~1 us a switch, and a warp
-// reduction is 10 switches a lane). Elsewhere: ucontext.
+// reduction is 10 switches a lane). Elsewhere, or with -DEMU_UCONTEXT: ucontext.
 // ------------------------------------------------------------------------------------------------
-#if defined(__x86_64__)
+#if defined(EMU_ASM_SWITCH)
 extern "C" void emu_switch_context(void** save_sp, void* load_sp);
 asm(R"(
     .text
@@ -156,7 +164,7 @@ struct Runtime {
 // setjmp's return values in direct mode
 constexpr int NEEDS_FIBERS = 2, DIRECT_ERROR = 3;
 
-inline Runtime the_runtime;  // one per compiled kernel library; a plain global (no guard on each use)
+Runtime the_runtime;  // one per compiled kernel library; a plain global (no guard on each use)
 
 inline Runtime& rt() { return the_runtime; }
 
@@ -413,6 +421,7 @@ std::string signature(void (*)(A...)) {
     return s;
 }
 
+}  // namespace
 }  // namespace emu
 
 // ------------------------------------------------------------------------------------------------

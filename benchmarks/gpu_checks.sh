@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_checks.sh checks    # CUDA tests, kernel benchmark, step time vs PyTorch
 #   bash benchmarks/gpu_checks.sh quality   # gpu preset, 5000 iterations: val loss <= 1.48
+#                                           # (quality --resume continues a run the limit cut)
 #
 # For a machine with an NVIDIA GPU, cupy, numba and tqdm (the device tool's image has them, and
 # torch; nothing is installed: the scripts import the checkout, pytest.ini puts it on the path).
@@ -41,9 +42,12 @@ case "${1:-}" in
     ;;
   quality)
     DATA="${TINYSHAKESPEARE:-out/data/tinyshakespeare.txt}"
-    # checkpoints every 500 iterations: a run cut by the time limit resumes with --resume
+    # checkpoints every 500 iterations: a run cut by the time limit continues with
+    #   bash benchmarks/gpu_checks.sh quality --resume      (extra arguments go to the example;
+    # the device machine keeps nothing between starts, so carry out/gpu_checks back if it restarted)
+    shift
     step quality 570 "$PY" examples/shakespeare.py --device cuda --preset gpu --max-iters 5000 \
-      --eval-every 500 --no-progress --data "$DATA" --out "$LOG/shakespeare-gpu"
+      --eval-every 500 --no-progress --data "$DATA" --out "$LOG/shakespeare-gpu" "$@"
     grep -E "val loss|ms/iter|step " "$LOG/quality.log" | tail -n 14
     ;;
   *)

@@ -29,13 +29,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_cuda_compile import OPTIONS, _find_all_nvrtc, kernel_sources  # noqa: E402
+from test_cuda_compile import CUDA_DIR, OPTIONS, _find_all_nvrtc, _module_constants, kernel_sources  # noqa: E402
 
-# threads per block of each kernel as the wrappers launch it (float, double)
-BLOCK = {"layernorm": (256, 256), "gelu": (256, 256), "embedding": (256, 256), "adamw": (256, 256),
-         "ce_forward_warp": (256, 256), "ce_forward_block": (512, 512), "ce_backward": (256, 256),
-         "layernorm_backward_params": (128, 128),
-         "attention_forward": (64, 32), "attention_backward_dq": (64, 32), "attention_backward_dkdv": (32, 16)}
+
+def launch_blocks():
+    """{kernel name prefix: (threads a block for float, for double)}, read from the wrappers'
+    constants in kernels/cuda (with ast, as the compile test reads them: no cupy needed)."""
+    threads = _module_constants(CUDA_DIR / "_common.py", {"THREADS"})["THREADS"]
+    cols = _module_constants(CUDA_DIR / "layernorm.py", {"COLS_PER_BLOCK"})["COLS_PER_BLOCK"]
+    row = _module_constants(CUDA_DIR / "cross_entropy.py", {"BLOCK_ROW_THREADS"})["BLOCK_ROW_THREADS"]
+    tiles = _module_constants(CUDA_DIR / "attention.py", {"FORWARD_TILES", "DKDV_TILES"})
+    fwd, dkdv = tiles["FORWARD_TILES"], tiles["DKDV_TILES"]
+    # the forward and dq kernels launch BR threads a block (a query row each), dk/dv BC (a key each)
+    return {"layernorm_backward_params": (cols, cols), "ce_forward_block": (row, row),
+            "attention_forward": (fwd["float"][0], fwd["double"][0]),
+            "attention_backward_dq": (fwd["float"][0], fwd["double"][0]),
+            "attention_backward_dkdv": (dkdv["float"][1], dkdv["double"][1]),
+            "": (threads, threads)}                                # every other kernel: THREADS
+
+
+BLOCK = launch_blocks()
 
 
 def find_ptxas():
@@ -56,10 +69,8 @@ def find_ptxas():
 
 def block_size(expr):
     double = "<double" in expr
-    for prefix in sorted(BLOCK, key=len, reverse=True):
-        if expr.startswith(prefix):
-            return BLOCK[prefix][double]
-    return None
+    prefix = next(p for p in sorted(BLOCK, key=len, reverse=True) if expr.startswith(p))  # "" matches all
+    return BLOCK[prefix][double]
 
 
 def report(ptxas, nvrtc, arch):

@@ -36,14 +36,13 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.2)
     args = p.parse_args(argv)
+    import pytest
+
     import cuda_emulator
-    import kernels
-    from tinygrad_gpt import backend
     if cuda_emulator.compiler() is None:
         print("error: the CUDA emulator needs g++ (or $CXX) with C++17", file=sys.stderr)
         return 2
-    cupy, cuda = cuda_emulator.load()
-    sys.modules["cupy"], backend._cupy, kernels._cuda = cupy, cupy, cuda
+    cupy = cuda_emulator.activate(pytest.MonkeyPatch())           # device "cuda" = the emulator
     ops = collections.Counter()
     cls = cuda_emulator.ndarray
 

@@ -178,7 +178,7 @@ def embedding_backward(dout, idx, num_embeddings):
 
 
 # ------------------------------------------------------------------------------------------------
-# dropout with a counter-based mask: element i is kept iff hash(seed, i) >= p * 2^64
+# dropout with a counter-based mask: element i is kept iff the hash of (seed, i) >> 32 >= p * 2^32
 # ------------------------------------------------------------------------------------------------
 # splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", 2014): the
 # counter i times the golden-ratio increment, plus the seed, through the 64-bit finalizer. Every

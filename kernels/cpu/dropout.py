@@ -35,7 +35,10 @@ def _dropout(x, out, seed, threshold, scale):
         out[i] = x[i] * scale if (h >> s32) >= threshold else zero  # keep iff hash >= p 2^32
 
 
-def _run(x, p, seed):
+def dropout_forward(x, p, seed):
+    """out = x * keep / (1 - p), keep[i] = hash(seed, i) >= p (i the C-order index). Any shape."""
+    if common_float_dtype(x) is None:
+        return reference.dropout_forward(x, p, seed)
     flat = np.ascontiguousarray(x).reshape(-1)                     # (n,)
     out = np.empty(flat.shape, dtype=x.dtype)                      # (n,)
     _dropout(flat, out, np.uint64(int(seed) % 2 ** 64), np.uint64(reference._dropout_threshold(p)),
@@ -43,15 +46,6 @@ def _run(x, p, seed):
     return out.reshape(x.shape)
 
 
-def dropout_forward(x, p, seed):
-    """out = x * keep / (1 - p), keep[i] = hash(seed, i) >= p (i the C-order index). Any shape."""
-    if common_float_dtype(x) is None:
-        return reference.dropout_forward(x, p, seed)
-    return _run(x, p, seed)
-
-
 def dropout_backward(dout, p, seed):
     """dx of dropout_forward (the mask recomputed from seed): dx = dout * keep / (1 - p)."""
-    if common_float_dtype(dout) is None:
-        return reference.dropout_backward(dout, p, seed)
-    return _run(dout, p, seed)
+    return dropout_forward(dout, p, seed)                          # the same map, applied to dout

@@ -40,8 +40,11 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ out, lon
 NAME_EXPRESSIONS = ["dropout_kernel<float>", "dropout_kernel<double>"]
 
 
-def _run(x, p, seed):
+def dropout_forward(x, p, seed):
+    """out = x * keep / (1 - p), keep[i] = hash(seed, i) >= p (i the C-order index). Any shape."""
     dtype = common_float_dtype(x)
+    if dtype is None:
+        return reference.dropout_forward(x, p, seed)
     out = cupy.empty(x.shape, dtype=dtype)                         # x.shape
     if x.size:
         get_kernel(SOURCE, NAME_EXPRESSIONS, f"dropout_kernel<{ctype(dtype)}>")(
@@ -51,15 +54,6 @@ def _run(x, p, seed):
     return out
 
 
-def dropout_forward(x, p, seed):
-    """out = x * keep / (1 - p), keep[i] = hash(seed, i) >= p (i the C-order index). Any shape."""
-    if common_float_dtype(x) is None:
-        return reference.dropout_forward(x, p, seed)
-    return _run(x, p, seed)
-
-
 def dropout_backward(dout, p, seed):
     """dx of dropout_forward (the mask recomputed from seed): dx = dout * keep / (1 - p)."""
-    if common_float_dtype(dout) is None:
-        return reference.dropout_backward(dout, p, seed)
-    return _run(dout, p, seed)
+    return dropout_forward(dout, p, seed)                          # the same map, applied to dout

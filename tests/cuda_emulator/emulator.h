@@ -275,11 +275,21 @@ inline bool release_warps(bool& released) {
 }
 
 // run one block to its end; false on an error (r.error says what)
+// make block k of the launch's order (reversed or not) the current one, with fresh shared memory
+inline void start_block(unsigned long long k, bool reverse) {
+    Runtime& r = rt();
+    const unsigned long long blocks = (unsigned long long)r.grid.x * r.grid.y * r.grid.z;
+    const unsigned long long b = reverse ? blocks - 1 - k : k;
+    r.bidx = dim3((unsigned int)(b % r.grid.x), (unsigned int)((b / r.grid.x) % r.grid.y),
+                  (unsigned int)(b / ((unsigned long long)r.grid.x * r.grid.y)));
+    r.shared.clear();
+    r.shared_bytes = 0;
+}
+
 inline bool run_block(bool reverse) {
     Runtime& r = rt();
     const int n = (int)r.threads.size();
-    r.shared.clear();
-    r.shared_bytes = 0;
+    while ((int)r.stacks.size() < n) r.stacks.emplace_back(new char[STACK_BYTES]);
     for (int i = 0; i < n; i++) {
         Thread& t = r.threads[i];
         t.state = RUNNABLE;
@@ -334,11 +344,7 @@ inline int run_direct(bool reverse) {
         return jumped;
     }
     for (unsigned long long k = 0; k < blocks; k++) {
-        const unsigned long long b = reverse ? blocks - 1 - k : k;
-        r.bidx = dim3((unsigned int)(b % r.grid.x), (unsigned int)((b / r.grid.x) % r.grid.y),
-                      (unsigned int)(b / ((unsigned long long)r.grid.x * r.grid.y)));
-        r.shared.clear();
-        r.shared_bytes = 0;
+        start_block(k, reverse);
         for (int j = 0; j < n; j++) {
             r.cur = &r.threads[reverse ? n - 1 - j : j];
             r.body();
@@ -359,7 +365,6 @@ int launch(F body, const unsigned int* dims, int mode, char* err, int errlen) {
     r.body = body;
     const int n = (int)(r.block.x * r.block.y * r.block.z);
     r.threads.assign(n, Thread());
-    while ((int)r.stacks.size() < n) r.stacks.emplace_back(new char[STACK_BYTES]);
     for (int i = 0; i < n; i++) {
         Thread& t = r.threads[i];
         t.linear = i;
@@ -377,9 +382,7 @@ int launch(F body, const unsigned int* dims, int mode, char* err, int errlen) {
     bool ok = true;
     const unsigned long long blocks = (unsigned long long)r.grid.x * r.grid.y * r.grid.z;
     for (unsigned long long k = 0; ok && k < blocks; k++) {
-        const unsigned long long b = reverse ? blocks - 1 - k : k;   // reverse: blocks too
-        r.bidx = dim3((unsigned int)(b % r.grid.x), (unsigned int)((b / r.grid.x) % r.grid.y),
-                      (unsigned int)(b / ((unsigned long long)r.grid.x * r.grid.y)));
+        start_block(k, reverse != 0);                          // reverse: blocks too
         ok = run_block(reverse != 0);
     }
     r.body = nullptr;

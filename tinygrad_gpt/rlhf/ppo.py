@@ -28,17 +28,15 @@ import time
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint
-from tinygrad_gpt.backend import get_xp
-from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
-from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController, gae, shaped_rewards
+from tinygrad_gpt.optim import clip_grad_norm
+from tinygrad_gpt.rlhf.advantage import gae, shaped_rewards
+from tinygrad_gpt.rlhf.diagnostics import explained_variance, ratio_stats
 from tinygrad_gpt.rlhf.losses import entropy, kl_to_reference, policy_loss, value_loss, whiten
-from tinygrad_gpt.rlhf.policy import response_windows, score_windows, token_logprobs
-from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout
-from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, shaped_score
+from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
+from tinygrad_gpt.rlhf.trainer import SampledTrainer
 
 
-class PPOTrainer:
+class PPOTrainer(SampledTrainer):
     """PPO on `policy` (PolicyWithValue) against `reference` (a frozen GPT).
 
     scorer: texts -> gold scores (N,) (e.g. VaderScorer); reward_model: optional RewardModel whose
@@ -46,55 +44,16 @@ class PPOTrainer:
     prompt_tokens: the token array prompts are cut from (the validation split). log: print-like.
     """
 
+    algo = "ppo"
+
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
-        self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
-        self.scorer, self.reward_model, self.cfg, self.log = scorer, reward_model, config, log
+        super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log)
         policy.value_trunk_grad = config.value_trunk_grad
-        self.rng = np.random.default_rng(config.seed)
-        self.prompts = prompt_batches(prompt_tokens, config.batch_size, config.prompt_len, self.rng)
-        self.opt = AdamW(decay_groups(policy.named_parameters(), config.weight_decay), lr=config.lr,
-                         betas=config.adam_betas, weight_decay=config.weight_decay)
-        self.kl_ctl = (AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
-                       if config.adaptive_kl else FixedKLController(config.init_kl_coef))
-        self.normalizer = None  # fitted on reference rollouts by fit_normalizer (or on the first step)
-        self.windows = response_windows(config.prompt_len, config.response_len, policy.config.block_size,
-                                        config.window_stride)
-        self.step_count = 0
-        self.xp = get_xp(policy.gpt.device)
+        self.kl_ctl = self.kl_controller(config.init_kl_coef, config.adaptive_kl, config.kl_target,
+                                         config.kl_horizon)
 
-    # ---- scores -------------------------------------------------------------------------------
-    def decode(self, ids):
-        return self.tokenizer.decode(ids)
-
-    def raw_rewards(self, roll):
-        """(gold scores, the rewards PPO optimises before normalising), each (B,)."""
-        gold = self.scorer(roll.texts)                                   # (B,)
-        if self.reward_model is None:
-            c = self.cfg
-            return gold, shaped_score(gold, c.score_power, c.positive_bonus, c.positive_threshold)  # (B,), (B,)
-        return gold, self.reward_model.score(roll.responses)             # (B,), (B,)
-
-    def make_rollout(self, prompts, model=None):
-        """A Rollout of `prompts` (B, P) sampled by the policy (or by `model`, a GPT, e.g. the reference)."""
-        c = self.cfg
-        if model is None:
-            return rollout(self.policy, self.reference, prompts, c.response_len, c.temperature, self.rng,
-                           self.decode, c.kl_estimator, c.window_stride, c.minibatch_size)
-        from tinygrad_gpt.rlhf.rollout import sample_responses, score_rollout
-        responses = sample_responses(model, prompts, c.response_len, c.temperature, self.rng, c.window_stride)
-        return score_rollout(self.policy, self.reference, prompts, responses, c.temperature, self.decode,
-                             c.kl_estimator, c.window_stride, c.minibatch_size)
-
-    def fit_normalizer(self):
-        """Measure the reward's mean and std on norm_batches rollouts of the reference (gain and bias)."""
-        raw = []
-        for _ in range(self.cfg.norm_batches):
-            roll = self.make_rollout(next(self.prompts), model=self.reference)
-            raw.append(self.raw_rewards(roll)[1])
-        self.normalizer = ScoreNormalizer().fit(np.concatenate(raw))
-        self.log(f"reward normaliser from {sum(len(r) for r in raw)} reference samples: "
-                 f"bias (mean) {self.normalizer.bias:+.4f}, gain (std) {self.normalizer.gain:.4f}")
-        return self.normalizer
+    def make_rollout(self, prompts, model=None, kl_estimator=None):
+        return super().make_rollout(prompts, model, kl_estimator or self.cfg.kl_estimator)
 
     # ---- one PPO step -------------------------------------------------------------------------
     def step(self):
@@ -119,7 +78,7 @@ class PPOTrainer:
             self.opt.set_lr(c.lr * max(1 - self.step_count / c.steps, 1 / c.steps))
 
         stats = {"policy_loss": [], "value_loss": [], "entropy": [], "clipfrac": [], "approx_kl": [],
-                 "ratio_mean": [], "kl_loss": []}
+                 "approx_kl_k1": [], "ratio_mean": [], "ratio_std": [], "kl_loss": []}
         skipped, early_stop, updates = 0, False, 0
         first_ratio_dev = None
         dtype = self.policy.gpt.wte.weight.dtype
@@ -158,13 +117,13 @@ class PPOTrainer:
                     clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
                 self.opt.step()
                 updates += 1
-                approx_kl = float(((ratio - 1) - np.log(ratio)).mean())  # k3 estimate of KL(pi_old || pi_theta)
+                rs = ratio_stats(ratio, c.clip_eps)                       # ratio, clip fraction, k1 / k3 KL
+                approx_kl = rs["approx_kl"]                               # k3 estimate of KL(pi_old || pi_theta)
                 stats["policy_loss"].append(pg.item())
                 stats["value_loss"].append(vf.item())
                 stats["entropy"].append(ent.item())
-                stats["clipfrac"].append(float((np.abs(ratio - 1) > c.clip_eps).mean()))
-                stats["approx_kl"].append(approx_kl)
-                stats["ratio_mean"].append(float(ratio.mean()))
+                for key, value in rs.items():
+                    stats[key].append(value)
                 if c.target_kl is not None and approx_kl > c.target_kl:
                     early_stop = True
                     break
@@ -175,42 +134,38 @@ class PPOTrainer:
 
         mean_seq_kl = float(roll.kl.sum(axis=1).mean())                   # mean_b sum_t KL_bt (the estimator's)
         self.kl_ctl.update(mean_seq_kl, B)
-        self.step_count += 1
         mean = (lambda k: float(np.mean(stats[k])) if stats[k] else float("nan"))
-        return {
-            "step": self.step_count,
+        metrics = {
             "score": float(gold.mean()),                                   # gold (VADER) mean of the rollout
             "score_pos_frac": float((gold > 0.05).mean()),
             "reward_raw": float(raw.mean()),                               # what PPO optimised (= score w/o RM)
             "reward_norm": float(scores.mean()),
             "kl": float(roll.kl_exact.mean()),                             # exact KL per token to the reference
+            "kl_sampled": float((roll.logprobs - roll.ref_logprobs).mean()),  # its sampled estimate per token
             "kl_seq": mean_seq_kl,
             "beta": beta,
-            "lr": self.opt.param_groups[0]["lr"],
             "clipfrac": mean("clipfrac"),
             "value_loss": mean("value_loss"),
+            "explained_var": explained_variance(roll.values, returns),    # of V_old for the returns
             "policy_loss": mean("policy_loss"),
             "entropy": mean("entropy"),
             "approx_kl": mean("approx_kl"),
+            "approx_kl_k1": mean("approx_kl_k1"),
             "kl_loss": mean("kl_loss"),
             "ratio_mean": mean("ratio_mean"),
+            "ratio_std": mean("ratio_std"),
             "first_ratio_dev": first_ratio_dev,
+            "adv_mean": float(advantages.mean()),
+            "adv_std": float(advantages.std()),
             "updates": updates,
             "skipped": skipped,
             "early_stop": early_stop,
-            "rollout_s": round(t_rollout, 3),
-            "step_s": round(time.perf_counter() - t0, 3),
         }
+        return self.finish_metrics(metrics, t0, t_rollout, B)
 
-    # ---- saving -------------------------------------------------------------------------------
     def save(self, directory, extra_meta=None):
-        """The tuned GPT as a checkpoint `train.load_model` reads; the value head beside it."""
+        """As SampledTrainer.save, with the PPO keys earlier checkpoints carried (ppo_config, ppo_steps)."""
         from dataclasses import asdict
-        meta = {"format": "tinygrad_gpt-checkpoint-1", "model_config": asdict(self.policy.config),
-                "tokenizer": self.tokenizer.to_dict(), "ppo_config": asdict(self.cfg), "ppo_steps": self.step_count,
-                "kl_coef": self.kl_ctl.value,
-                "normalizer": None if self.normalizer is None else asdict(self.normalizer)}
+        meta = {"ppo_config": asdict(self.cfg), "ppo_steps": self.step_count}
         meta.update(extra_meta or {})
-        value_head = {"weight": self.policy.v_head.weight.numpy(), "bias": self.policy.v_head.bias.numpy()}
-        return checkpoint.save_checkpoint(directory, self.policy.gpt.state_dict(), meta,
-                                          optimizer_state={"value_head": value_head})
+        return super().save(directory, meta)

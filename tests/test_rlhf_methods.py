@@ -1,0 +1,254 @@
+"""GRPO, RLOO and DPO: hand-computed examples, float64 gradient checks with controls, smoke runs.
+
+The hand-computed numbers are derived in each module's docstring (grpo.py, rloo.py, dpo.py):
+    GRPO  group s = [4, 0, 2]: mean 2, unbiased std 2 -> A = [1, -1, 0]; Dr. GRPO A = [2, -2, 0]
+    RLOO  R = [4, 0, 2, 6], k = 4: baselines [8/3, 4, 10/3, 2] -> A = [4/3, -4, -4/3, 4]
+    DPO   policy = reference -> loss log 2 for every pair, whatever beta
+
+Smoke runs: a 2-layer 32-wide GPT from random initialisation and the fraction of vowels of the
+response as the score (the scorer tests/test_rlhf_ppo.py uses), a fixed seed and a few steps; the
+tuned policy must beat the reference on 128 fixed prompts.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt.gradcheck import gradcheck
+from tinygrad_gpt.rlhf.config import DPOConfig, GRPOConfig, RLOOConfig
+from tinygrad_gpt.rlhf.diagnostics import check_health, explained_variance, ratio_stats, zero_spread_fraction
+from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, dpo_loss
+from tinygrad_gpt.rlhf.grpo import GRPOLoss, GRPOTrainer, group_advantages, grpo_loss
+from tinygrad_gpt.rlhf.rloo import (ReinforceLoss, RLOOTrainer, leave_one_out_baseline, reinforce_loss,
+                                    rloo_advantages)
+from tinygrad_gpt.tensor import Tensor
+from test_rlhf_ppo import TOK, prompt_tokens, tiny_policy, vowel_fraction
+
+
+def t64(x, grad=True):
+    return Tensor(np.asarray(x, dtype=np.float64), requires_grad=grad)
+
+
+def _away_from(x, points, gap):
+    x = x.copy()
+    for p in points:
+        near = np.abs(x - p) < gap
+        x[near] = p + np.where(x[near] >= p, gap, -gap)
+    return x
+
+
+# ---- GRPO --------------------------------------------------------------------------------------
+
+def test_grpo_advantage_hand_computed_group():
+    np.testing.assert_allclose(group_advantages([4.0, 0.0, 2.0], 3, "grpo", eps=0.0), [1, -1, 0], atol=1e-12)
+    np.testing.assert_allclose(group_advantages([4.0, 0.0, 2.0], 3, "dr_grpo"), [2, -2, 0], atol=1e-12)
+    # two groups are normalised separately; a flat group gets 0, not a division by zero
+    adv = group_advantages([4.0, 0.0, 2.0, 5.0, 5.0, 5.0], 3)
+    np.testing.assert_allclose(adv, [2 / (2 + 1e-4), -2 / (2 + 1e-4), 0, 0, 0, 0], atol=1e-12)  # std 2, eps 1e-4
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_advantages([1.0, 2.0, 3.0], 4)
+
+
+def test_grpo_loss_hand_example():
+    """Module docstring: A = [1, -1, 0], r = [1.5, 0.9, 1.0], eps 0.2 -> L = -0.1, dL/dlogp = [0, 0.3, 0]."""
+    old = np.log(np.array([[0.2], [0.5], [0.4]]))
+    logp = t64(old + np.log([[1.5], [0.9], [1.0]]))
+    loss = grpo_loss(logp, old, old, np.array([1.0, -1.0, 0.0]), np.ones((3, 1)), 0.2, 0.0)
+    assert loss.item() == pytest.approx(-0.1, abs=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(logp.grad, [[0.0], [0.3], [0.0]], atol=1e-12)
+    # the k3 term: logq - logp = log 2 on every token adds beta (2 - log 2 - 1) per token, grad -beta / 3
+    logp2 = t64(old)
+    loss2 = grpo_loss(logp2, old, old + math.log(2.0), np.zeros(3), np.ones((3, 1)), 0.2, kl_coef=1.0)
+    assert loss2.item() == pytest.approx(1 - math.log(2.0), abs=1e-12)
+    loss2.backward()
+    np.testing.assert_allclose(logp2.grad, np.full((3, 1), -1 / 3), atol=1e-12)
+
+
+def _grpo_inputs(rng, B=4, T=5, eps=0.2):
+    old = rng.normal(-2.0, 0.5, (B, T))
+    log_ratio = _away_from(rng.normal(0, 0.3, (B, T)), [math.log(1 - eps), math.log(1 + eps)], 0.01)
+    ref = old + rng.normal(0, 0.5, (B, T))
+    adv = _away_from(rng.normal(0, 1, B), [0.0], 0.01)
+    mask = (rng.random((B, T)) < 0.8).astype(np.float64)
+    mask[:, 0] = 1.0
+    return old, old + log_ratio, ref, adv, mask
+
+
+@pytest.mark.parametrize("normaliser", ["grpo", "dr_grpo"])
+def test_grpo_loss_gradcheck(rng, normaliser):
+    old, new, ref, adv, mask = _grpo_inputs(rng)
+    ratio = np.exp(new - old)
+    assert ((ratio < 0.8) | (ratio > 1.2)).any(), "some token must be outside the clip range"
+    res = gradcheck(lambda lp: grpo_loss(lp, old, ref, adv, mask, 0.2, 0.3, normaliser), [t64(new)])
+    assert res.ok, res
+
+
+def test_gradcheck_control_catches_grpo_without_the_k3_gradient(rng):
+    """Control: a backward that forgets the KL term's gradient must fail the same check."""
+
+    class NoKLBackward(GRPOLoss):
+        @staticmethod
+        def backward(ctx, dout):
+            dl = dout * ctx.weight
+            return ctx.ratio * np.where(ctx.use_unclipped, -ctx.adv * dl, 0)
+
+    old, new, ref, adv, mask = _grpo_inputs(rng)
+    fn = (lambda lp: NoKLBackward.apply(lp, old_logprobs=old, ref_logprobs=ref, advantages=adv, mask=mask,
+                                        clip_eps=0.2, kl_coef=0.3, normaliser="grpo"))
+    assert not gradcheck(fn, [t64(new)]).ok
+
+
+# ---- RLOO --------------------------------------------------------------------------------------
+
+def test_rloo_baseline_hand_computed_and_excludes_the_sample_itself(rng):
+    rewards = np.array([4.0, 0.0, 2.0, 6.0])
+    np.testing.assert_allclose(leave_one_out_baseline(rewards, 4), [8 / 3, 4, 10 / 3, 2], atol=1e-12)
+    np.testing.assert_allclose(rloo_advantages(rewards, 4), [4 / 3, -4, -4 / 3, 4], atol=1e-12)
+    # changing sample i's reward leaves its own baseline unchanged and moves every other one in its group
+    r = rng.normal(0, 1, 12)
+    for i in range(12):
+        bumped = r.copy()
+        bumped[i] += 10.0
+        diff = leave_one_out_baseline(bumped, 4) - leave_one_out_baseline(r, 4)
+        group = np.arange(12) // 4 == i // 4
+        assert abs(diff[i]) < 1e-12                                       # 0 up to rounding of the sum
+        np.testing.assert_allclose(diff[group & (np.arange(12) != i)], 10.0 / 3, atol=1e-12)
+        assert np.all(diff[~group] == 0.0)
+
+
+def test_reinforce_loss_hand_example():
+    """rloo.py docstring: A = [4/3, -4, -4/3, 4], logp = [-1, -2, -1, -0.5] -> L = -1.5, dL/dlogp = -A / 4."""
+    adv = np.array([4 / 3, -4, -4 / 3, 4])
+    logp = t64([[-1.0], [-2.0], [-1.0], [-0.5]])
+    loss = reinforce_loss(logp, adv, np.ones((4, 1)))
+    assert loss.item() == pytest.approx(-1.5, abs=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(logp.grad[:, 0], -adv / 4, atol=1e-12)
+
+
+def test_reinforce_loss_gradcheck_and_control(rng):
+    lp = rng.normal(-2, 0.5, (3, 6))
+    adv = rng.normal(0, 1, 3)
+    mask = (rng.random((3, 6)) < 0.7).astype(np.float64)
+    res = gradcheck(lambda x: reinforce_loss(x, adv, mask), [t64(lp)])
+    assert res.ok, res
+
+    class Unmasked(ReinforceLoss):          # control: forgets that masked tokens take no gradient
+        @staticmethod
+        def backward(ctx, dout):
+            return np.broadcast_to((-ctx.adv * dout / ctx.B)[:, None], ctx.m.shape).copy()
+
+    mask[0, 0] = 0.0
+    assert not gradcheck(lambda x: Unmasked.apply(x, advantages=adv, mask=mask), [t64(lp)]).ok
+
+
+# ---- DPO ---------------------------------------------------------------------------------------
+
+def test_dpo_loss_is_log2_when_policy_equals_reference(rng):
+    lc, lr = rng.normal(-30, 5, 7), rng.normal(-30, 5, 7)
+    for beta in (0.1, 1.0, 5.0):
+        assert dpo_loss(t64(lc), t64(lr), lc, lr, beta).item() == pytest.approx(math.log(2), abs=1e-12)
+
+
+def test_dpo_loss_hand_example():
+    """dpo.py docstring: beta 0.5; u = [0, log 3] -> L = (log 2 + log 4/3) / 2, grads [-1/8, -1/16]."""
+    pc, pr = t64([-3.0, 2 * math.log(3) + 1.0]), t64([-3.0, 0.0])
+    loss = dpo_loss(pc, pr, np.array([-5.0, 1.0]), np.array([-5.0, 0.0]), beta=0.5)
+    assert loss.item() == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, abs=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(pc.grad, [-1 / 8, -1 / 16], atol=1e-12)
+    np.testing.assert_allclose(pr.grad, [1 / 8, 1 / 16], atol=1e-12)
+
+
+def test_dpo_loss_gradcheck_and_control(rng):
+    pc, pr, rc, rr = (rng.normal(-20, 3, 9) for _ in range(4))
+    res = gradcheck(lambda a, b: dpo_loss(a, b, rc, rr, 0.3), [t64(pc), t64(pr)])
+    assert res.ok, res
+
+    class NoBeta(DPOLoss):                  # control: forgets du/ddelta = beta
+        @staticmethod
+        def backward(ctx, dout):
+            du = -dout / ctx.n / (1 + np.exp(ctx.u))
+            return du, -du
+
+    fn = (lambda a, b: NoBeta.apply(a, b, ref_chosen=rc, ref_rejected=rr, beta=0.3))
+    assert not gradcheck(fn, [t64(pc), t64(pr)]).ok
+
+
+# ---- diagnostics and configs -------------------------------------------------------------------
+
+def test_diagnostics_values_and_warnings():
+    s = ratio_stats(np.array([1.0, 1.0, 2.0, 0.5]), clip_eps=0.2)
+    assert s["clipfrac"] == 0.5 and s["ratio_mean"] == pytest.approx(1.125)
+    assert s["approx_kl_k1"] == pytest.approx(-(math.log(2) + math.log(0.5)) / 4)          # = 0
+    assert s["approx_kl"] == pytest.approx(((1 - math.log(2)) + (-0.5 - math.log(0.5))) / 4)
+    assert explained_variance([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    assert explained_variance([0.0, 0.0, 0.0], [1.0, 2.0, 3.0]) == 0.0
+    assert zero_spread_fraction([1, 1, 2, 3, 0, 0], 2) == pytest.approx(2 / 3)
+    healthy = {"step": 3, "first_ratio_dev": 0.0, "clipfrac": 0.1, "kl": 0.05, "kl_sampled": 0.04,
+               "approx_kl": 0.01, "entropy": 1.8, "zero_spread_frac": 0.5}
+    assert check_health(healthy) == []
+    sick = dict(healthy, first_ratio_dev=0.5, clipfrac=0.6, kl=2.0, kl_sampled=-0.2, entropy=0.01,
+                zero_spread_frac=1.0)
+    text = "\n".join(check_health(sick))
+    for phrase in ("first minibatch", "clip fraction", "exploding", "negative", "collapsing", "zero score spread"):
+        assert phrase in text, phrase
+
+
+def test_configs_name_the_bad_field():
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOConfig(batch_size=10, group_size=4)
+    with pytest.raises(ValueError, match="advantage"):
+        GRPOConfig(advantage="ppo")
+    with pytest.raises(ValueError, match="kl_estimator"):
+        GRPOConfig(kl_estimator="k2")
+    with pytest.raises(ValueError, match="group_size"):
+        RLOOConfig(group_size=1)
+    with pytest.raises(ValueError, match="update"):
+        RLOOConfig(update="ppo")
+    with pytest.raises(ValueError, match="beta"):
+        DPOConfig(beta=0.0)
+
+
+# ---- smoke runs --------------------------------------------------------------------------------
+
+def _fixed_score(gpt):
+    prompts = np.random.default_rng(9).integers(0, TOK.vocab_size, (128, 8))
+    from tinygrad_gpt.rlhf import sample_responses
+    responses = sample_responses(gpt, prompts, 12, 1.0, np.random.default_rng(1))
+    return float(vowel_fraction([TOK.decode(r.tolist()) for r in responses]).mean())
+
+
+def _run(trainer_cls, cfg):
+    policy, ref = tiny_policy(seed=2)
+    trainer = trainer_cls(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)
+    history = [trainer.step() for _ in range(cfg.steps)]
+    return policy, ref, history
+
+
+COMMON = dict(batch_size=32, prompt_len=8, response_len=12, norm_batches=1, seed=0, lr=3e-3)
+
+
+@pytest.mark.parametrize("trainer_cls, cfg", [
+    (GRPOTrainer, GRPOConfig(steps=12, group_size=8, epochs=2, minibatch_size=16, init_kl_coef=0.02,
+                             adaptive_kl=False, **COMMON)),
+    (GRPOTrainer, GRPOConfig(steps=12, group_size=8, epochs=2, minibatch_size=16, init_kl_coef=0.02,
+                             adaptive_kl=False, advantage="dr_grpo", kl_estimator="exact", **COMMON)),
+    (RLOOTrainer, RLOOConfig(steps=12, group_size=4, minibatch_size=16, init_kl_coef=0.02, adaptive_kl=False,
+                             **COMMON)),
+    (RLOOTrainer, RLOOConfig(steps=12, group_size=4, epochs=2, minibatch_size=16, init_kl_coef=0.02,
+                             adaptive_kl=False, update="clipped", **COMMON)),
+    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, **COMMON)),
+    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, online=True,
+                           **COMMON)),
+], ids=["grpo", "dr_grpo-exact-kl", "rloo-reinforce", "rloo-clipped", "dpo-offline", "dpo-online"])
+def test_smoke_run_raises_the_score(trainer_cls, cfg):
+    policy, ref, history = _run(trainer_cls, cfg)
+    assert history[0]["first_ratio_dev"] < 1e-5, "pi_theta must equal pi_old on the first minibatch"
+    assert history[-1]["completions"] == cfg.steps * cfg.batch_size
+    assert all(np.isfinite(m["loss"]) for m in history)
+    before, after = _fixed_score(ref), _fixed_score(policy.gpt)
+    print(f"{trainer_cls.algo}: reference {before:.3f}, policy {after:.3f}")
+    assert after > before + 0.2, f"{trainer_cls.algo} did not raise the score: reference {before:.3f}, " \
+                                  f"policy {after:.3f}"

@@ -1,0 +1,161 @@
+"""DPO: the preference loss of a policy against its frozen reference, on scorer-labelled pairs.
+
+Rafailov et al. 2023 ("Direct Preference Optimization", eq. 7): for a prompt x and a pair of
+responses y_c (chosen) and y_r (rejected), with log pi(y | x) = sum_t log pi(a_t | s_t):
+
+    delta_policy    = log pi_theta(y_c | x) - log pi_theta(y_r | x)
+    delta_reference = log pi_ref(y_c | x)   - log pi_ref(y_r | x)
+    u               = beta (delta_policy - delta_reference)    the implicit reward margin
+    L               = mean -log sigmoid(u) = mean softplus(-u)
+
+When the policy is the reference, u = 0 and L = log 2 for every pair; dL/dlog pi(y_c) =
+-beta sigmoid(-u) / N and dL/dlog pi(y_r) = +beta sigmoid(-u) / N.
+
+Hand-computed example (tests/test_rlhf_dpo.py): beta = 0.5, N = 2; pair 1 policy = reference
+(u = 0: loss log 2, sigmoid(-u) = 1/2); pair 2 delta_policy = 2 log 3 + 1, delta_reference = 1
+(u = log 3: loss log(1 + 1/3) = log 4/3, sigmoid(-u) = 1/4).
+    L = (log 2 + log 4/3) / 2,  dL/dlogp_c = -0.5 [1/2, 1/4] / 2 = [-1/8, -1/16],  dL/dlogp_r = [1/8, 1/16].
+
+The pairs (DPOTrainer): each step samples batch_size / 2 prompts x 2 completions, labels each pair
+with the reward (the scorer, or the reward model if one is given), drops near-ties (min_margin) as
+reward_model.make_preference_pairs does, and runs `epochs` passes of minibatches over those pairs.
+Offline DPO (default, online=False): completions from the frozen reference, the reward model's data
+drawn fresh each step. Online / iterated DPO (online=True, Guo et al. 2024 "Direct Language Model
+Alignment from Online AI Feedback"): completions from the current policy.
+
+Dimension legend: N pairs, P prompt tokens, R response tokens, V vocabulary.
+Follows: Rafailov et al. 2023; TRL's DPOTrainer (sigmoid loss, implicit rewards, reward accuracy).
+Deliberately does not: implement IPO / hinge / label-smoothing variants, or reuse pairs across steps.
+"""
+import time
+
+import numpy as np
+
+from kernels.reference import get_array_module
+from tinygrad_gpt.optim import clip_grad_norm
+from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
+from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats
+from tinygrad_gpt.rlhf.losses import _data, _same_shape, entropy
+from tinygrad_gpt.rlhf.policy import response_logprobs, score_windows, token_logprobs
+from tinygrad_gpt.rlhf.reward_model import pairs_from_responses
+from tinygrad_gpt.rlhf.rollout import sample_responses
+from tinygrad_gpt.rlhf.trainer import SampledTrainer
+from tinygrad_gpt.tensor import Function
+
+
+class DPOLoss(Function):
+    """L = mean softplus(-beta ((pc - pr) - (rc - rr))): inputs the policy's sequence log-probs (N,)."""
+
+    @staticmethod
+    def forward(ctx, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+        xp = get_array_module(policy_chosen)
+        _same_shape("dpo_loss", policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen,
+                    ref_rejected=ref_rejected)
+        if policy_chosen.ndim != 1 or policy_chosen.size == 0:
+            raise ValueError(f"dpo_loss: expected (N,) sequence log-probs with N >= 1, got {policy_chosen.shape}")
+        dt = policy_chosen.dtype.type
+        delta_policy = policy_chosen - policy_rejected                    # F1 (N,)
+        delta_ref = ref_chosen - ref_rejected                             # F2 (N,) constant
+        u = dt(beta) * (delta_policy - delta_ref)                         # F3 (N,) implicit reward margin
+        losses = xp.logaddexp(dt(0), -u)                                  # F4 (N,) softplus(-u), stable
+        ctx.u, ctx.beta, ctx.n = u, dt(beta), dt(u.size)
+        return xp.asarray(losses.mean(), dtype=policy_chosen.dtype)       # F5 ()
+
+    @staticmethod
+    def backward(ctx, dout):
+        xp = get_array_module(dout)
+        # F5: dlosses = dout / N;  F4: dsoftplus(-u)/du = -sigmoid(-u) = -1 / (1 + exp(u))
+        du = -dout / ctx.n / (1 + xp.exp(ctx.u))                          # (N,)
+        # F3: du/ddelta_policy = beta;  F1: dpc = ddelta, dpr = -ddelta
+        ddelta = (ctx.beta * du).astype(dout.dtype, copy=False)           # (N,)
+        return ddelta, -ddelta
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):
+    """DPO's loss (a scalar Tensor): policy sequence log-probs (N,) Tensors, reference ones arrays."""
+    pc = _data(policy_chosen)
+    xp = get_array_module(pc)
+    return DPOLoss.apply(policy_chosen, policy_rejected, ref_chosen=xp.asarray(_data(ref_chosen), dtype=pc.dtype),
+                         ref_rejected=xp.asarray(_data(ref_rejected), dtype=pc.dtype), beta=float(beta))
+
+
+class DPOTrainer(SampledTrainer):
+    """DPO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see SampledTrainer."""
+
+    algo = "dpo"
+
+    def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
+        super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
+                         group_size=2)
+        self.kl_ctl = FixedKLController(config.beta)   # DPO's beta, reported as "beta" like the others'
+
+    def sequence_logprobs(self, model, seq, R):
+        """No-graph (log pi(y) (N,), full log-softmax (N, R, V)) of responses (the last R tokens of seq)."""
+        c = self.cfg
+        parts = [response_logprobs(model, self.xp.asarray(seq[lo:lo + c.minibatch_size]), self.windows,
+                                   c.temperature)[0] for lo in range(0, len(seq), c.minibatch_size)]
+        logp = np.concatenate(parts)                                      # (N, R, V)
+        picked = np.take_along_axis(logp, seq[:, -R:, None], -1)[..., 0]  # (N, R)
+        return picked.sum(axis=1), picked, logp                           # (N,), (N, R), (N, R, V)
+
+    def step(self):
+        """Sample, label and filter this step's pairs, then `epochs` passes of DPO; returns the metrics."""
+        c, xp = self.cfg, self.xp
+        t0 = time.perf_counter()
+        prompts = self.next_prompts()                                     # (2n, P) each prompt twice
+        generator = self.policy.gpt if c.online else self.reference
+        responses = sample_responses(generator, prompts, c.response_len, c.temperature, self.rng,
+                                     c.window_stride)                     # (2n, R)
+        t_rollout = time.perf_counter() - t0
+        texts = [self.decode(r.tolist()) for r in responses]
+        gold, raw = self.rewards_of(texts, responses)                     # (2n,), (2n,)
+        seqs = np.concatenate([prompts, responses], axis=1)               # (2n, P + R)
+        # rows 2i and 2i + 1 share a prompt; the pair's sequences carry it (identical in both)
+        pairs = pairs_from_responses(seqs[0::2], seqs[1::2], raw[0::2], raw[1::2], c.min_margin)
+        N, R = len(pairs), c.response_len
+        stats = {k: [] for k in ("loss", "entropy", "approx_kl", "approx_kl_k1", "ratio_mean", "ratio_std",
+                                 "reward_margin", "reward_acc")}
+        first_ratio_dev, updates, kl = None, 0, float("nan")
+        if N:
+            both = np.concatenate([pairs.chosen, pairs.rejected])         # (2N, P + R)
+            ref_seq, _, logq = self.sequence_logprobs(self.reference, both, R)  # (2N,), (2N, R, V)
+            old_seq, old_tok, logp = self.sequence_logprobs(self.policy, both, R)  # (2N,), (2N, R), (2N, R, V)
+            kl = float(kl_per_token(logp, logq).mean())                   # exact KL to the reference per token
+            dtype = self.policy.gpt.wte.weight.dtype
+            for epoch in range(c.epochs):
+                order = np.arange(N) if epoch == 0 else self.rng.permutation(N)  # (N,)
+                for lo in range(0, N, c.minibatch_size):
+                    mb = order[lo:lo + c.minibatch_size]                  # (M,)
+                    M = len(mb)
+                    rows = np.concatenate([mb, mb + N])                   # (2M,) chosen then rejected
+                    logits, _ = score_windows(self.policy, xp.asarray(both[rows]), self.windows, c.temperature)
+                    tok = token_logprobs(logits, xp.asarray(both[rows, -R:]))  # (2M, R)
+                    seq_lp = tok.sum(axis=1)                              # (2M,) log pi(y)
+                    loss = dpo_loss(seq_lp[:M], seq_lp[M:], ref_seq[mb], ref_seq[mb + N], c.beta)
+                    u = c.beta * ((seq_lp.numpy()[:M] - seq_lp.numpy()[M:]) - (ref_seq[mb] - ref_seq[mb + N]))
+                    ratio = np.exp(tok.numpy().astype(np.float64) - old_tok[rows])  # (2M, R)
+                    if first_ratio_dev is None:
+                        first_ratio_dev = float(np.abs(ratio - 1).max())
+                    stats["entropy"].append(entropy(logits, xp.ones((2 * M, R), dtype=dtype)).item())
+                    self.policy.zero_grad()
+                    loss.backward()
+                    if c.max_grad_norm:
+                        clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
+                    self.opt.step()
+                    updates += 1
+                    stats["loss"].append(loss.item())
+                    stats["reward_margin"].append(float(u.mean()))
+                    stats["reward_acc"].append(float((u > 0).mean()))
+                    for key, value in ratio_stats(ratio).items():
+                        stats[key].append(value)
+        metrics = {
+            "score": float(gold.mean()), "score_pos_frac": float((gold > 0.05).mean()),
+            "score_of": "policy" if c.online else "reference",            # whose completions "score" is
+            "reward_raw": float(raw.mean()), "pairs": N,
+            "kl": kl, "beta": c.beta, "loss": mean_of(stats, "loss"), "entropy": mean_of(stats, "entropy"),
+            "approx_kl": mean_of(stats, "approx_kl"), "approx_kl_k1": mean_of(stats, "approx_kl_k1"),
+            "ratio_mean": mean_of(stats, "ratio_mean"), "ratio_std": mean_of(stats, "ratio_std"),
+            "first_ratio_dev": first_ratio_dev, "reward_margin": mean_of(stats, "reward_margin"),
+            "reward_acc": mean_of(stats, "reward_acc"), "updates": updates,
+        }
+        return self.finish_metrics(metrics, t0, t_rollout, len(responses))

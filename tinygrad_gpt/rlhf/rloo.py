@@ -1,0 +1,158 @@
+"""RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt, the KL in the reward.
+
+Ahmadian et al. 2024 ("Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
+Human Feedback in LLMs", eq. 6): k responses y_1..y_k per prompt; the whole response is one action.
+
+    R_i    = s_i - beta sum_t KL_it                      the KL to the reference in the reward, as PPO's
+                                                         (KL_t sampled log pi(a_t) - log q(a_t), or exact)
+    b_i    = 1/(k-1) sum_{j != i} R_j                    the mean of the *other* k - 1 rewards
+    A_i    = R_i - b_i  (= k/(k-1) (R_i - mean_g R))
+    L      = -1/B sum_i A_i sum_t m_it logp_it           "reinforce" (the paper's): grad = -E[A grad log pi(y)]
+    or the clipped ratio of PPO (losses.PolicyLoss) with A_i on every token of y_i  ("clipped", TRL's
+    RLOOTrainer), over several epochs.
+
+The baseline leaves the sample out so that it does not depend on y_i: E[b_i grad log pi(y_i)] = 0
+and the gradient stays unbiased (a baseline that includes R_i would shrink A_i by (k-1)/k and
+correlate with it).
+
+Hand-computed example (tests/test_rlhf_rloo.py): rewards R = [4, 0, 2, 6], k = 4: sum 12, baselines
+b = [(12-4)/3, 12/3, (12-2)/3, (12-6)/3] = [8/3, 4, 10/3, 2], A = [4/3, -4, -4/3, 4] (= 4/3 (R - 3)).
+REINFORCE loss for log-probs (one token each) logp = [-1, -2, -1, -0.5]:
+    L = -(4/3 (-1) - 4 (-2) - 4/3 (-1) + 4 (-0.5)) / 4 = -(8 - 2) / 4 = -1.5,  dL/dlogp = -A / 4.
+
+Dimension legend: B responses (B / k prompts x k), T response tokens.
+Follows: Ahmadian et al. 2024, Kool et al. 2019 ("Buy 4 REINFORCE samples, get a baseline for free!"),
+TRL's RLOOTrainer. Deliberately does not: normalise the advantages (the paper does not; scores are
+normalised to std 1 on reference samples already), or use a value head.
+"""
+import time
+
+import numpy as np
+
+from kernels.reference import get_array_module
+from tinygrad_gpt.optim import clip_grad_norm
+from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
+from tinygrad_gpt.rlhf.losses import _check_mask, _data, entropy, policy_loss
+from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
+from tinygrad_gpt.rlhf.trainer import SampledTrainer
+from tinygrad_gpt.tensor import Function
+
+
+def leave_one_out_baseline(rewards, group_size):
+    """b_i (B,): the mean reward of the other group_size - 1 samples in i's group (consecutive rows)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 1 or r.size % group_size or group_size < 2:
+        raise ValueError(f"leave_one_out_baseline: rewards of shape {r.shape} do not split into groups of "
+                         f"{group_size} (need 1-D, a multiple of group_size, group_size >= 2)")
+    g = r.reshape(-1, group_size)                                         # (B / k, k)
+    return ((g.sum(axis=1, keepdims=True) - g) / (group_size - 1)).reshape(-1)  # (B,) (sum - R_i) / (k - 1)
+
+
+def rloo_advantages(rewards, group_size):
+    """A_i = R_i - b_i (B,)."""
+    return np.asarray(rewards, dtype=np.float64) - leave_one_out_baseline(rewards, group_size)  # (B,)
+
+
+class ReinforceLoss(Function):
+    """L = -1/B sum_i A_i sum_t m_it logp_it, a scalar, from log-probs (B, T) and advantages (B,)."""
+
+    @staticmethod
+    def forward(ctx, logprobs, advantages, mask):
+        xp = get_array_module(logprobs)
+        if advantages.shape != logprobs.shape[:1]:
+            raise ValueError(f"reinforce_loss: advantages has shape {advantages.shape}, expected "
+                             f"({logprobs.shape[0]},) (one per response of logprobs {logprobs.shape})")
+        _check_mask("reinforce_loss", logprobs, mask)
+        B = logprobs.shape[0]
+        m = mask.astype(logprobs.dtype, copy=False)                       # (B, T)
+        seq_logp = (logprobs * m).sum(axis=1)                             # F1 (B,) log pi(y_i) = sum_t m logp
+        ctx.adv, ctx.m, ctx.B = advantages, m, logprobs.dtype.type(B)
+        return xp.asarray(-(advantages * seq_logp).sum() / ctx.B, dtype=logprobs.dtype)  # F2 ()
+
+    @staticmethod
+    def backward(ctx, dout):
+        # F2: L = -sum A_i seq_i / B, so dseq_i = -A_i dout / B;  F1: dlogp_it = m_it dseq_i
+        dseq = -ctx.adv * dout / ctx.B                                    # (B,)
+        return (ctx.m * dseq[:, None]).astype(dout.dtype, copy=False)     # (B, T)
+
+
+def reinforce_loss(logprobs, advantages, mask):
+    """RLOO's REINFORCE loss (a scalar Tensor) for log-probs (B, T) Tensor; advantages (B,), mask arrays."""
+    lp = _data(logprobs)
+    xp = get_array_module(lp)
+    return ReinforceLoss.apply(logprobs, advantages=xp.asarray(_data(advantages), dtype=lp.dtype),
+                               mask=xp.asarray(_data(mask)))
+
+
+class RLOOTrainer(SampledTrainer):
+    """RLOO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see SampledTrainer."""
+
+    algo = "rloo"
+
+    def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
+        super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
+                         group_size=config.group_size)
+        self.kl_ctl = self.kl_controller(config.init_kl_coef, config.adaptive_kl, config.kl_target,
+                                         config.kl_horizon)
+
+    def step(self):
+        """One batch of B / k prompts x k responses and its update(s); returns the step's metrics."""
+        c, xp = self.cfg, self.xp
+        t0 = time.perf_counter()
+        if self.normalizer is None:
+            self.fit_normalizer()
+        roll = self.make_rollout(self.next_prompts(), kl_estimator=c.kl_estimator)
+        t_rollout = time.perf_counter() - t0
+        gold, raw = self.raw_rewards(roll)                                # (B,), (B,)
+        scores = self.normalizer(raw)                                     # (B,)
+        beta = self.kl_ctl.value
+        seq_kl = roll.kl.sum(axis=1)                                      # (B,) sum_t KL_t (the estimator's)
+        rewards = scores - beta * seq_kl                                  # (B,) R_i = s_i - beta KL_i
+        advantages = rloo_advantages(rewards, c.group_size)               # (B,)
+        B, R = roll.responses.shape
+        seq = roll.sequences                                              # (B, P + R)
+        dtype = self.policy.gpt.wte.weight.dtype
+        stats = {k: [] for k in ("loss", "entropy", "clipfrac", "approx_kl", "approx_kl_k1", "ratio_mean",
+                                 "ratio_std")}
+        first_ratio_dev, updates = None, 0
+        epochs = 1 if c.update == "reinforce" else c.epochs   # REINFORCE is on-policy: one pass
+        for epoch in range(epochs):
+            order = np.arange(B) if epoch == 0 else self.rng.permutation(B)  # (B,)
+            for lo in range(0, B, c.minibatch_size):
+                mb = order[lo:lo + c.minibatch_size]                      # (M,)
+                mmask = xp.ones((len(mb), R), dtype=dtype)                # (M, R)
+                logits, _ = score_windows(self.policy, xp.asarray(seq[mb]), self.windows, c.temperature)
+                logp = token_logprobs(logits, xp.asarray(roll.responses[mb]))  # (M, R)
+                ratio = np.exp(logp.numpy().astype(np.float64) - roll.logprobs[mb])  # (M, R)
+                if first_ratio_dev is None:
+                    first_ratio_dev = float(np.abs(ratio - 1).max())
+                if c.update == "reinforce":
+                    loss = reinforce_loss(logp, advantages[mb], mmask)
+                else:
+                    per_token = np.repeat(advantages[mb, None], R, axis=1)   # (M, R) A_i on every token
+                    loss = policy_loss(logp, roll.logprobs[mb], per_token, mmask, c.clip_eps)
+                stats["entropy"].append(entropy(logits, mmask).item())
+                self.policy.zero_grad()
+                loss.backward()
+                if c.max_grad_norm:
+                    clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
+                self.opt.step()
+                updates += 1
+                stats["loss"].append(loss.item())
+                for key, value in ratio_stats(ratio, c.clip_eps).items():
+                    stats[key].append(value)
+        mean_seq_kl = float(seq_kl.mean())
+        self.kl_ctl.update(mean_seq_kl, B)
+        metrics = {
+            "score": float(gold.mean()), "score_pos_frac": float((gold > 0.05).mean()),
+            "reward_raw": float(raw.mean()), "reward_norm": float(scores.mean()),
+            "kl": float(roll.kl_exact.mean()), "kl_sampled": float((roll.logprobs - roll.ref_logprobs).mean()),
+            "kl_seq": mean_seq_kl, "beta": beta, "loss": mean_of(stats, "loss"),
+            "clipfrac": mean_of(stats, "clipfrac"), "entropy": mean_of(stats, "entropy"),
+            "approx_kl": mean_of(stats, "approx_kl"), "approx_kl_k1": mean_of(stats, "approx_kl_k1"),
+            "ratio_mean": mean_of(stats, "ratio_mean"), "ratio_std": mean_of(stats, "ratio_std"),
+            "first_ratio_dev": first_ratio_dev,
+            "adv_mean": float(advantages.mean()), "adv_std": float(advantages.std()),
+            "zero_spread_frac": zero_spread_fraction(scores, c.group_size), "updates": updates,
+        }
+        return self.finish_metrics(metrics, t0, t_rollout, B)

@@ -2,8 +2,9 @@
 
 Run-time dependencies are deliberately few: numpy, numba, tqdm. Features that need more pull it in
 through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `checkpoint`
-(safetensors), `rlhf` (vaderSentiment), `nvrtc` (the CUDA compiler alone, for the compile checks
-of kernels/cuda on machines without a GPU). `all` is everything a CPU user needs.
+(safetensors), `rlhf` (vaderSentiment), `plot` (matplotlib, for `python -m tinygrad_gpt.plot`),
+`nvrtc` (the CUDA compiler alone, for the compile checks of kernels/cuda on machines without a
+GPU). `all` is everything a CPU user needs.
 """
 from setuptools import find_packages, setup
 
@@ -11,12 +12,13 @@ EXTRAS = {
     "bpe": ["regex"],
     "checkpoint": ["safetensors"],
     "rlhf": ["vaderSentiment"],
+    "plot": ["matplotlib"],
     "cuda": ["cupy-cuda12x"],
     # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with
     # it, with CUDA 12's and CUDA 13's (the GPU machines' cupy-cuda13x uses 13)
     "nvrtc": ["nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc>=13,<14"],
 }
-EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf") for dep in EXTRAS[name]})
+EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf", "plot") for dep in EXTRAS[name]})
 # the test suite exercises every CPU feature, so it installs them all
 EXTRAS["test"] = ["pytest", "hypothesis"] + EXTRAS["all"]
 

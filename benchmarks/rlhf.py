@@ -1,22 +1,25 @@
-"""RLHF benchmark: PPO from the cpu-preset checkpoint toward positive VADER, measured on fixed prompts.
+"""RLHF benchmark: PPO, GRPO, RLOO or DPO from the cpu-preset checkpoint toward positive VADER, on fixed prompts.
 
     python benchmarks/rlhf.py --checkpoint /work/runs/cpu2000 --out out/bench-rlhf      # 150 steps, batch 64
+    python benchmarks/rlhf.py --checkpoint DIR --algo grpo --seed 1                     # rloo, dpo likewise
     python benchmarks/rlhf.py --checkpoint DIR --reward model                           # proxy vs gold
 
 Evaluation set: 128 prompts of 64 characters from the last 20% of the validation split (PPO draws
-its prompts from the first 80%), 2 seeded samples each, 64 characters, at the PPO temperature; the
+its prompts from the first 80%), 2 seeded samples each, 64 characters, at the run's temperature; the
 reference and the tuned policy see the same prompts and the same random numbers. Measured:
     score     mean VADER, and the fraction above +0.05, before and after
     kl        mean exact KL(policy || reference) per character
     fluency   reference loss (nats/char) on the policy's completions minus on its own
-    wall      seconds for the whole PPO run and per step
+    wall      seconds for the whole run and per step, and the completions generated (every method's
+              default budget is PPO's: 150 steps x 64)
 Targets (issue 7): score >= +0.40 and >= reference + 0.30; fraction >= 0.70; kl <= 0.10;
 fluency <= 0.15. Writes metrics.jsonl (per step) and results.json into --out; prints a Markdown
 table for benchmarks/RESULTS.md and 8 completions before and after.
 
-Every PPOConfig field is a flag (see examples/rlhf_sentiment.py). The machine's BLAS threads are
+Every field of the --algo's config is a flag (see examples/rlhf_sentiment.py); results.json has the
+same keys for every method ("algo" names it, "config" holds its fields). The machine's BLAS threads are
 whatever OPENBLAS_NUM_THREADS says (the figures in RESULTS.md name it).
-Deliberately does not: repeat runs over seeds (one run is 10-20 minutes on 2 cores).
+Deliberately does not: repeat runs over seeds (one run is 10-20 minutes on 2 cores; loop over --seed).
 """
 import json
 import os
@@ -30,19 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from examples.rlhf_sentiment import (build_parser, build_reward_model, fixed_prompts, load_setup,  # noqa: E402
-                                     ppo_config_from, run_ppo, show_completions)
-from tinygrad_gpt.rlhf import PolicyWithValue, PPOTrainer, VaderScorer, frozen_copy  # noqa: E402
+from examples.rlhf_sentiment import (algo_of, build_parser, build_reward_model, config_from,  # noqa: E402
+                                     fixed_prompts, load_setup, make_trainer, run_rlhf, show_completions)
+from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
+from tinygrad_gpt.rlhf import VaderScorer, frozen_copy  # noqa: E402
 from tinygrad_gpt.rlhf.evaluate import evaluate  # noqa: E402
 
 
 def main(argv=None):
-    p = build_parser(description=__doc__.split("\n\n")[0])
+    p = build_parser(description=__doc__.split("\n\n")[0], algo=algo_of(sys.argv[1:] if argv is None else argv))
     p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-samples", type=int, default=2)
     p.set_defaults(out="out/bench-rlhf")
     args = p.parse_args(argv)
-    cfg = ppo_config_from(args)
+    cfg = config_from(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
@@ -59,10 +63,10 @@ def main(argv=None):
     reward_model, rm_info = None, None
     if args.reward == "model":
         reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args)
-    policy = PolicyWithValue(gpt)
-    trainer = PPOTrainer(policy, reference, tokenizer, prompt_tokens, scorer, cfg, reward_model=reward_model)
+    trainer = make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
+    policy = trainer.policy
     t0 = time.perf_counter()
-    history = run_ppo(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
+    history = run_rlhf(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
     wall = time.perf_counter() - t0
     trainer.save(out / "policy", extra_meta={"reward": args.reward, "reward_model": rm_info})
     after = ev(policy.gpt)
@@ -77,20 +81,23 @@ def main(argv=None):
     }
     results = {"before": before.summary(), "after": after.summary(), "fluency_gap": round(fluency, 4),
                "score_gain": round(gain, 4), "wall_s": round(wall, 1), "s_per_step": round(wall / cfg.steps, 2),
-               "checks": checks, "ppo_config": asdict(cfg), "reward": args.reward, "reward_model": rm_info,
+               "completions": trainer.completions, "checks": checks, "algo": args.algo, "config": asdict(cfg),
+               "reward": args.reward, "reward_model": rm_info,
                "checkpoint": args.checkpoint, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "cpu_count": os.cpu_count(), "python": platform.python_version(),
-               "final_beta": trainer.kl_ctl.value,
+               "final_beta": trainer.kl_ctl.value, "warnings": sum(len(m["warnings"]) for m in history),
                "samples_after": after.texts[:8], "samples_before": before.texts[:8]}
     if reward_model is not None:
         results["proxy_reward_first_last"] = [history[0]["reward_raw"], history[-1]["reward_raw"]]
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    write_plots_if_possible(out)
 
-    print("\n8 evaluation completions after PPO (VADER):")
+    name = args.algo.upper()
+    print(f"\n8 evaluation completions after {name} (VADER):")
     for text, s in zip(after.texts[:8], after.scores[:8]):
         print(f"[{s:+.3f}] {text.replace(chr(10), '/')}")
-    show_completions("8 fixed prompts after PPO", policy.gpt, eval_prompts[:8], cfg, tokenizer, scorer)
-    print("\n| figure | reference | after PPO | target | met |")
+    show_completions(f"8 fixed prompts after {name}", policy.gpt, eval_prompts[:8], cfg, tokenizer, scorer)
+    print(f"\n| figure | reference | after {name} | target | met |")
     print("|---|---|---|---|---|")
     print(f"| mean VADER ({len(eval_prompts)} prompts x {args.eval_samples}) | {before.score_mean:+.3f} | "
           f"{after.score_mean:+.3f} | >= +0.40 and >= ref + 0.30 | "
@@ -102,7 +109,7 @@ def main(argv=None):
     print(f"| reference loss on completions (nats/char) | {before.ref_nll_per_char:.4f} | "
           f"{after.ref_nll_per_char:.4f} (+{fluency:.4f}) | <= +0.15 | "
           f"{'yes' if checks['fluency <= +0.15 nats/char'] else 'NO'} |")
-    print(f"| wall time, {cfg.steps} PPO steps of batch {cfg.batch_size} | | {wall:.0f} s "
+    print(f"| wall time, {cfg.steps} {name} steps, {trainer.completions} completions | | {wall:.0f} s "
           f"({wall / cfg.steps:.2f} s/step) | | |")
     return 0 if all(checks.values()) else 1
 

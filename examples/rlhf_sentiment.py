@@ -1,6 +1,7 @@
-"""RLHF on Shakespeare: tune a character GPT with PPO so that its completions end positive.
+"""RLHF on Shakespeare: tune a character GPT with PPO, GRPO, RLOO or DPO so that its completions end positive.
 
     python examples/rlhf_sentiment.py --checkpoint /work/runs/cpu2000      # PPO against VADER
+    python examples/rlhf_sentiment.py --checkpoint DIR --algo grpo         # or rloo, dpo (same budget)
     python examples/rlhf_sentiment.py --checkpoint DIR --reward model      # against a learned reward model
     python examples/rlhf_sentiment.py                                       # trains a tiny model first (minutes)
 
@@ -12,7 +13,9 @@ it, while the bar shows both the learned reward (proxy) and VADER (gold). Metric
 --out/metrics.jsonl; the tuned policy is saved to --out (loadable with train.load_model, or
 `python examples/shakespeare.py --sample --out OUT`).
 
-Every PPOConfig field is a flag (--lr, --ppo-epochs, --init-kl-coef, ...).
+Every field of the method's config is a flag (PPOConfig, GRPOConfig, RLOOConfig or DPOConfig: --lr,
+--ppo-epochs / --epochs, --init-kl-coef, --group-size, ...). Health warnings (diagnostics.py) print as
+they happen; the curves are drawn into --out at the end when matplotlib is installed.
 Follows: Ziegler et al. 2019's sentiment task (there: IMDB and a classifier; here: Shakespeare and
 VADER). Deliberately does not: resume a PPO run (the optimizer state is not saved).
 """
@@ -28,16 +31,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 
 from tinygrad_gpt import data  # noqa: E402
-from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, RewardModel, RewardModelConfig,  # noqa: E402
-                               VaderScorer, frozen_copy, make_preference_pairs, pairwise_accuracy,
-                               prompt_batches, sample_responses, train_reward_model)
+from tinygrad_gpt.rlhf import (ALGOS, CONFIGS, TRAINERS, PolicyWithValue, RewardModel,  # noqa: E402
+                               RewardModelConfig, VaderScorer, frozen_copy, make_preference_pairs,
+                               pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
+from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.train import load_model  # noqa: E402
 
 
-def build_parser(description=None):
+def algo_of(argv):
+    """The --algo value of argv (default ppo): it decides which config's fields become flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo", choices=ALGOS, default="ppo")
+    return pre.parse_known_args(argv)[0].algo
+
+
+def build_parser(description=None, algo="ppo"):
     p = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--algo", choices=ALGOS, default="ppo", help="the RLHF method (its config's fields are flags)")
     p.add_argument("--checkpoint", default=None, help="a Shakespeare GPT checkpoint dir (none: train a tiny one)")
     p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
     p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
@@ -46,23 +58,26 @@ def build_parser(description=None):
     p.add_argument("--rm-pairs", type=int, default=RewardModelConfig.pairs, help="prompts sampled for RM pairs")
     p.add_argument("--rm-steps", type=int, default=RewardModelConfig.steps)
     p.add_argument("--no-progress", action="store_true")
-    ppo = p.add_argument_group("PPO (PPOConfig fields)")
-    for f in fields(PPOConfig):
+    config_cls = CONFIGS[algo]
+    ppo = p.add_argument_group(f"{algo.upper()} ({config_cls.__name__} fields)")
+    for f in fields(config_cls):
         if f.name in ("adam_betas", "device"):
             continue
         if f.type in (bool, "bool"):
             ppo.add_argument("--" + f.name.replace("_", "-"), type=lambda s: s.lower() in ("1", "true", "yes"),
                              default=f.default)
-        elif f.name == "kl_estimator":
-            ppo.add_argument("--kl-estimator", choices=["exact", "sampled"], default=f.default)
+        elif isinstance(f.default, str):   # kl_estimator, advantage, update: the config checks the value
+            ppo.add_argument("--" + f.name.replace("_", "-"), default=f.default)
         else:
             kind = float if isinstance(f.default, float) or f.name in ("target_kl",) else int
             ppo.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     return p
 
 
-def ppo_config_from(args):
-    return PPOConfig(**{f.name: getattr(args, f.name) for f in fields(PPOConfig) if hasattr(args, f.name)})
+def config_from(args):
+    """The --algo's config dataclass from the parsed flags."""
+    cls = CONFIGS[args.algo]
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 def train_tiny_model(data_path, out_dir):
@@ -133,12 +148,29 @@ def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=pri
     return rm, info
 
 
-def run_ppo(trainer, steps, metrics_path, progress=True):
-    """steps PPO steps with a progress bar; one JSON line of metrics per step."""
+def progress_fields(m, has_reward_model=False):
+    """The short health figures of one step's metrics for the progress bar."""
+    post = {"score": f"{m['score']:+.3f}", "kl": f"{m['kl']:.3f}", "beta": f"{m['beta']:.3f}"}
+    if np.isfinite(m.get("clipfrac", float("nan"))):
+        post["clip"] = f"{m['clipfrac']:.2f}"
+    post["ent"] = f"{m['entropy']:.2f}"
+    if "value_loss" in m:
+        post.update(vf=f"{m['value_loss']:.3f}", ev=f"{m['explained_var']:.2f}")
+    if "zero_spread_frac" in m:
+        post["flat"] = f"{m['zero_spread_frac']:.2f}"
+    if "reward_margin" in m:
+        post.update(pairs=str(m["pairs"]), margin=f"{m['reward_margin']:+.3f}")
+    if has_reward_model:
+        post = {"rm": f"{m['reward_raw']:+.3f}", **post}
+    return post
+
+
+def run_rlhf(trainer, steps, metrics_path, progress=True):
+    """steps steps of the trainer with a progress bar; one JSON line of metrics per step."""
     from tqdm import tqdm
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(steps), desc="PPO", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=trainer.algo.upper(), disable=not progress, dynamic_ncols=True)
     history = []
     with open(metrics_path, "w", encoding="utf-8") as f:
         for _ in bar:
@@ -146,39 +178,43 @@ def run_ppo(trainer, steps, metrics_path, progress=True):
             history.append(m)
             f.write(json.dumps(m) + "\n")
             f.flush()
-            post = {"score": f"{m['score']:+.3f}", "kl": f"{m['kl']:.3f}", "beta": f"{m['beta']:.3f}",
-                    "clip": f"{m['clipfrac']:.2f}", "vf": f"{m['value_loss']:.3f}", "ent": f"{m['entropy']:.2f}"}
-            if trainer.reward_model is not None:
-                post = {"rm": f"{m['reward_raw']:+.3f}", **post}
+            post = progress_fields(m, trainer.reward_model is not None)
             bar.set_postfix(post)
             if not progress:
                 print(f"step {m['step']}: " + ", ".join(f"{k} {v}" for k, v in post.items()), flush=True)
     return history
 
 
+def make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model):
+    """The --algo's trainer on a PolicyWithValue around gpt (only PPO trains its value head)."""
+    return TRAINERS[args.algo](PolicyWithValue(gpt), reference, tokenizer, prompt_tokens, scorer, cfg,
+                               reward_model=reward_model)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cfg = ppo_config_from(args)
+    args = build_parser(algo=algo_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
+    cfg = config_from(args)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
     reference = frozen_copy(gpt)
     scorer = VaderScorer()
     shown = fixed_prompts(heldout_tokens, 8, cfg.prompt_len, seed=1234)
-    show_completions("before PPO", reference, shown, cfg, tokenizer, scorer)
+    name = args.algo.upper()
+    show_completions(f"before {name}", reference, shown, cfg, tokenizer, scorer)
 
     reward_model, rm_info = None, None
     if args.reward == "model":
         reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args)
-    policy = PolicyWithValue(gpt)
-    trainer = PPOTrainer(policy, reference, tokenizer, prompt_tokens, scorer, cfg, reward_model=reward_model)
+    trainer = make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
     out = Path(args.out)
     t0 = time.perf_counter()
-    history = run_ppo(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
+    history = run_rlhf(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
     wall = time.perf_counter() - t0
-    show_completions("after PPO", policy.gpt, shown, cfg, tokenizer, scorer)
+    show_completions(f"after {name}", trainer.policy.gpt, shown, cfg, tokenizer, scorer)
     trainer.save(out, extra_meta={"reward": args.reward, "reward_model": rm_info})
     last = history[-1]
-    print(f"\n{cfg.steps} PPO steps in {wall:.0f} s ({wall / cfg.steps:.2f} s/step); last step: score "
+    print(f"\n{cfg.steps} {name} steps in {wall:.0f} s ({wall / cfg.steps:.2f} s/step); last step: score "
           f"{last['score']:+.3f}, KL {last['kl']:.4f} nats/char; policy saved to {out}")
+    write_plots_if_possible(out)
     return 0
 
 

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from tinygrad_gpt import backend, data  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
+from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.train import PRESETS, NonFiniteLoss, Trainer, TrainConfig, load_model, preset_configs  # noqa: E402
@@ -135,6 +136,7 @@ def main(argv=None):
     for record in trainer.state.history:
         print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
     print(f"checkpoint: {out_dir}")
+    write_plots_if_possible(out_dir)  # training.png beside the checkpoint, when matplotlib is installed
     return 0
 
 

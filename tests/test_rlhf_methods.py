@@ -9,7 +9,10 @@ Smoke runs: a 2-layer 32-wide GPT from random initialisation and the fraction of
 response as the score (the scorer tests/test_rlhf_ppo.py uses), a fixed seed and a few steps; the
 tuned policy must beat the reference on 128 fixed prompts.
 """
+import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +255,71 @@ def test_smoke_run_raises_the_score(trainer_cls, cfg):
     print(f"{trainer_cls.algo}: reference {before:.3f}, policy {after:.3f}")
     assert after > before + 0.2, f"{trainer_cls.algo} did not raise the score: reference {before:.3f}, " \
                                   f"policy {after:.3f}"
+
+
+# ---- the example and the benchmark with --algo ---------------------------------------------------
+
+def _algo_flags(tmp_path, data_path, algo, out):
+    flags = ["--algo", algo, "--checkpoint", str(tmp_path / "ckpt"), "--data", str(data_path), "--out", str(out),
+             "--steps", "2", "--batch-size", "8", "--minibatch-size", "4", "--prompt-len", "12",
+             "--response-len", "12", "--norm-batches", "1", "--no-progress"]
+    flags += ["--ppo-epochs", "1"] if algo == "ppo" else ["--epochs", "1"]
+    return flags + (["--group-size", "4"] if algo in ("grpo", "rloo") else [])
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "dpo"])
+def test_example_runs_each_algo(tmp_path, capsys, algo):
+    from conftest import shakespeare_path
+    from test_rlhf_example import _tiny_checkpoint
+    data_path = shakespeare_path()
+    if not data_path.is_file():
+        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    from examples.rlhf_sentiment import main
+    from tinygrad_gpt.train import load_model
+
+    cfg = _tiny_checkpoint(tmp_path, data_path)
+    out = tmp_path / "run"
+    assert main(_algo_flags(tmp_path, data_path, algo, out)) == 0
+    printed = capsys.readouterr().out
+    assert f"before {algo.upper()}" in printed and f"after {algo.upper()}" in printed
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["algo"] == algo for r in records)
+    assert records[-1]["completions"] == 16
+    for key in ("ratio_mean", "approx_kl", "approx_kl_k1", "kl", "entropy", "warnings"):
+        assert key in records[-1], key
+    model, meta, _ = load_model(out)
+    assert meta["rlhf_algo"] == algo and model.config == cfg
+    pytest.importorskip("matplotlib")
+    assert (out / "rlhf.png").stat().st_size > 0
+
+
+def test_example_bad_algo_field_names_it(tmp_path):
+    from conftest import shakespeare_path
+    from examples.rlhf_sentiment import main
+    from test_rlhf_example import _tiny_checkpoint
+    data_path = shakespeare_path()
+    if not data_path.is_file():
+        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    _tiny_checkpoint(tmp_path, data_path)
+    with pytest.raises(ValueError, match="group_size"):
+        main(_algo_flags(tmp_path, data_path, "grpo", tmp_path / "run")[:-2] + ["--group-size", "3"])
+
+
+def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path):
+    from conftest import shakespeare_path
+    from test_rlhf_example import _tiny_checkpoint
+    data_path = shakespeare_path()
+    if not data_path.is_file():
+        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rlhf as bench
+
+    _tiny_checkpoint(tmp_path, data_path)
+    keys = {}
+    for algo in ("ppo", "grpo"):
+        out = tmp_path / f"bench-{algo}"
+        bench.main(_algo_flags(tmp_path, data_path, algo, out) + ["--eval-prompts", "4", "--eval-samples", "1"])
+        results = json.loads((out / "results.json").read_text())
+        assert results["algo"] == algo and results["completions"] == 16
+        keys[algo] = set(results)
+    assert keys["ppo"] == keys["grpo"]

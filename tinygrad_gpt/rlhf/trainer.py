@@ -89,9 +89,9 @@ class SampledTrainer:
         """Measure the reward's mean and std on norm_batches batches of reference samples (bias and gain)."""
         c, raw = self.cfg, []
         for _ in range(c.norm_batches):
-            prompts = next(self.prompts)                                  # (B / G, P)
+            prompts = self.next_prompts()                                 # (B, P)
             responses = sample_responses(self.reference, prompts, c.response_len, c.temperature, self.rng,
-                                         c.window_stride)                 # (B / G, R)
+                                         c.window_stride)                 # (B, R)
             raw.append(self.rewards_of([self.decode(r.tolist()) for r in responses], responses)[1])
         self.normalizer = ScoreNormalizer().fit(np.concatenate(raw))
         self.log(f"reward normaliser from {sum(len(r) for r in raw)} reference samples: "

@@ -7,9 +7,9 @@ read from its records:
     training  records with "loss" (per log interval: loss, lr, tokens_per_s) and "val_loss" (per
               evaluation)  ->  training.png: loss and val loss, lr, tokens/s against the step
     RLHF      records with "score" (one per step)  ->  rlhf.png: score, KL to the reference, beta,
-              clip fraction, entropy, and proxy (reward_raw) vs gold (score) when a reward model was
-              optimised; the x axis is completions generated, so methods with different batches
-              compare at the same budget
+              clip fraction, entropy, proxy (reward_raw) vs gold (score) for runs that optimised a
+              reward model, and score against KL; the x axis is completions generated, so methods
+              with different batches compare at the same budget
 
 Several runs are overlaid on the same axes, labelled by their directory name; the PNGs go to --out
 (default: the first run's directory). A metric a run lacks is skipped for that run.
@@ -27,7 +27,7 @@ TRAIN_PANELS = [("loss", "train loss (per log interval)"), ("val_loss", "val los
                 ("lr", "learning rate"), ("tokens_per_s", "tokens / s")]
 RLHF_PANELS = [("score", "gold score (rollout mean)"), ("kl", "exact KL to reference (nats / token)"),
                ("beta", "KL coefficient beta"), ("clipfrac", "clip fraction"), ("entropy", "entropy (nats / token)"),
-               ("reward_raw", "proxy reward vs gold score")]
+               ("reward_raw", "proxy reward (solid) vs gold score (dashed)"), ("score_vs_kl", "score against KL")]
 
 
 def read_metrics(run_dir):
@@ -81,20 +81,33 @@ def plot_runs(run_dirs, out_dir=None):
     written = []
     for kind, group in by_kind.items():
         panels = TRAIN_PANELS if kind == "training" else RLHF_PANELS
-        fig, axes = plt.subplots(2, 3 if kind == "rlhf" else 2, figsize=(15 if kind == "rlhf" else 10, 7.5))
+        cols = 4 if kind == "rlhf" else 2
+        fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 7.5))
+        for ax in axes.ravel()[len(panels):]:
+            ax.set_visible(False)
         for ax, (key, title) in zip(axes.ravel(), panels):
-            for d, records in group:
+            for i, (d, records) in enumerate(group):
                 x_key = "completions" if kind == "rlhf" and any("completions" in r for r in records) else "step"
-                label = d.resolve().name
+                label, color = d.resolve().name, f"C{i % 10}"
                 if key == "reward_raw":
+                    # subtle: without a reward model the proxy is the gold score itself; nothing to compare
+                    if all(abs(r.get("reward_raw", 0.0) - r.get("score", 0.0)) < 1e-12 for r in records):
+                        continue
                     xs, ys = _series(records, "reward_raw", x_key)
-                    ax.plot(xs, ys, label=f"{label} proxy")
+                    ax.plot(xs, ys, color=color, label=f"{label} proxy")
                     xs, ys = _series(records, "score", x_key)
-                    ax.plot(xs, ys, "--", label=f"{label} gold")
+                    ax.plot(xs, ys, "--", color=color, label=f"{label} gold")
+                elif key == "score_vs_kl":
+                    pts = [(r["kl"], r["score"]) for r in records
+                           if isinstance(r.get("kl"), (int, float)) and math.isfinite(r["kl"]) and "score" in r]
+                    if pts:
+                        ax.plot(*zip(*pts), ".", color=color, alpha=0.6, label=label)
+                    ax.set_xlabel("exact KL to reference (nats / token)")
+                    continue
                 else:
                     xs, ys = _series(records, key, x_key)
                     if xs:
-                        ax.plot(xs, ys, marker="o" if key == "val_loss" else None, label=label)
+                        ax.plot(xs, ys, marker="o" if key == "val_loss" else None, color=color, label=label)
                 ax.set_xlabel("completions generated" if x_key == "completions" else "step")
             ax.set_title(title)
             ax.grid(alpha=0.3)

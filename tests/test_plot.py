@@ -1,7 +1,6 @@
 """python -m tinygrad_gpt.plot: non-empty PNGs from real metrics files (a training run and RLHF runs overlaid)."""
 import json
 
-import numpy as np
 import pytest
 
 from tinygrad_gpt import plot

@@ -305,7 +305,7 @@ def test_example_bad_algo_field_names_it(tmp_path):
         main(_algo_flags(tmp_path, data_path, "grpo", tmp_path / "run")[:-2] + ["--group-size", "3"])
 
 
-def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path):
+def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path, capsys):
     from conftest import shakespeare_path
     from test_rlhf_example import _tiny_checkpoint
     data_path = shakespeare_path()
@@ -323,3 +323,10 @@ def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path):
         assert results["algo"] == algo and results["completions"] == 16
         keys[algo] = set(results)
     assert keys["ppo"] == keys["grpo"]
+    # the summary reads both runs back into one table, one row per method
+    import rlhf_summary
+    capsys.readouterr()
+    assert rlhf_summary.main([str(tmp_path / "bench-ppo"), str(tmp_path / "bench-grpo")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ppo") or
+            line.startswith("| grpo")]
+    assert len(rows) == 2 and all("| 16 |" in row for row in rows), rows

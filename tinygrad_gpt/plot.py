@@ -11,7 +11,8 @@ read from its records:
               reward model, and score against KL; the x axis is completions generated, so methods
               with different batches compare at the same budget
 
-Several runs are overlaid on the same axes, labelled by their directory name; the PNGs go to --out
+Offline DPO's rollouts are the reference's samples ("score_of": "reference"), so its score panels
+leave it out. Several runs are overlaid on the same axes, labelled by their directory name; the PNGs go to --out
 (default: the first run's directory). A metric a run lacks is skipped for that run.
 
 Follows: nanoGPT's / TRL's logged curves. Deliberately does not: smooth curves (the points are the
@@ -89,6 +90,10 @@ def plot_runs(run_dirs, out_dir=None):
             for i, (d, records) in enumerate(group):
                 x_key = "completions" if kind == "rlhf" and any("completions" in r for r in records) else "step"
                 label, color = d.resolve().name, f"C{i % 10}"
+                # subtle: offline DPO samples from the reference, so its rollout score says nothing of the policy
+                if key in ("score", "reward_raw", "score_vs_kl") and any(r.get("score_of") == "reference"
+                                                                         for r in records):
+                    continue
                 if key == "reward_raw":
                     # subtle: without a reward model the proxy is the gold score itself; nothing to compare
                     if all(abs(r.get("reward_raw", 0.0) - r.get("score", 0.0)) < 1e-12 for r in records):

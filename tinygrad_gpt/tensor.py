@@ -131,6 +131,9 @@ class Tensor:
         if backend.device_of_array(data) != device and not isinstance(data, (list, tuple, int, float)):
             data = backend.to_device(data, device)
         self.data = _as_array(data, dtype, xp)
+        if self.data.dtype.kind not in "biuf":
+            raise TypeError(f"Tensor: data must be numbers or bools, got dtype {self.data.dtype} "
+                            f"(from {type(data).__name__})")
         self.device = device
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"Tensor: only floating-point tensors can require grad, got dtype {self.data.dtype}")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
+from tinygrad_gpt import checkpoint as checkpoint_module  # noqa: E402  (`checkpoint` names a directory below)
 from tinygrad_gpt import cli, data  # noqa: E402
 from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, RewardModel, RewardModelConfig,  # noqa: E402
                                VaderScorer, frozen_copy, make_preference_pairs, pairwise_accuracy,
@@ -152,9 +153,23 @@ def run_ppo(trainer, steps, metrics_path, progress=True):
     return history
 
 
+def check_out(out):
+    """--out must be writable and must not hold a training run: saving the policy would replace it."""
+    checkpoint_module.check_writable(out, "--out")
+    if (Path(out) / checkpoint_module.JSON_NAME).is_file():
+        try:
+            kind = checkpoint_module.load_checkpoint(out, verify=False)[2].get("kind", "train")
+        except (ValueError, OSError):
+            kind = None
+        if kind == "train":
+            raise ValueError(f"--out {out} holds a training run (examples/shakespeare.py); the tuned policy "
+                             f"would replace it: choose another --out")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = ppo_config_from(args)
+    check_out(args.out)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
     reference = frozen_copy(gpt)
     scorer = VaderScorer()

@@ -261,6 +261,14 @@ def test_resume_on_an_rlhf_directory_says_what_it_holds(run_copy):
     assert snapshot(run_copy) == before
 
 
+@needs_data
+def test_rlhf_example_refuses_to_overwrite_a_training_run(run_copy):
+    before = snapshot(run_copy)
+    r = run("rlhf_sentiment.py", "--checkpoint", run_copy, "--out", run_copy, "--data", DATA, "--steps", 1)
+    assert r.returncode == 2 and "--out" in r.stderr and "training run" in r.stderr, r.stderr
+    assert snapshot(run_copy) == before
+
+
 # --out that cannot take a checkpoint: refused before training
 @needs_data
 def test_out_is_a_file(tmp_path):

@@ -96,7 +96,7 @@ def sample_only(args, out_dir):
     if not prompt:
         raise ValueError("--prompt must hold at least one character")
     ids = model.generate(np.array([prompt]), args.num_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed if args.seed is not None else 0)
+                         top_p=args.top_p, seed=getattr(args, "seed", 0))
     print(tokenizer.decode(ids[0].tolist()))
     return 0
 

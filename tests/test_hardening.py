@@ -185,6 +185,9 @@ def test_a_new_float_field_becomes_a_float_flag():
     assert cli.add_flags(p, Config) == ["rate", "limit", "on"]
     args = p.parse_args(["--rate", "0.25", "--limit", "none", "--on", "no"])
     assert (args.rate, args.limit, args.on) == (0.25, None, False)
+    names = ["rate", "limit", "on"]
+    assert cli.values_from(p.parse_args([]), names) == {}  # not given: the dataclass or a preset decides
+    assert cli.values_from(p.parse_args(["--limit", "none"]), names) == {"limit": None}  # given: None
     with pytest.raises(ValueError, match="Config: rate must be > 0"):
         Config(rate=0.0)
 

@@ -183,8 +183,9 @@ def flag_fields(cls, skip=()):
 def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None):
     """One flag per field of dataclass `cls` (those with flag=True, not in `skip`).
 
-    The flag's dest is the field name (with `prefix`); its default is None ("not given": a preset
-    or the dataclass fills it in) unless use_defaults, when it is the field's default.
+    The flag's dest is the field name (with `prefix`). A flag not given leaves no attribute on the
+    namespace (a preset or the dataclass fills the field in) unless use_defaults, when it holds
+    the field's default. An `X | None` field's flag also takes "none".
     Returns the names of the fields that got a flag.
     """
     group = parser.add_argument_group(title) if title else parser
@@ -194,9 +195,9 @@ def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None
             continue
         rng = _range(f)
         base, _ = _base_type(f.type)
-        default = None
-        if use_defaults:
-            default = f.default if f.default is not MISSING else None
+        default = argparse.SUPPRESS
+        if use_defaults and f.default is not MISSING:
+            default = f.default
         kwargs = dict(type=parser_for(f.type, rng, f.name), default=default, dest=prefix + f.name)
         if rng.choices is not None:
             kwargs["metavar"] = "{" + ",".join(map(str, rng.choices)) + "}"
@@ -209,13 +210,8 @@ def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None
 
 
 def values_from(args, names, prefix=""):
-    """{field: value} of the flags in `names` that were given (not None)."""
-    out = {}
-    for name in names:
-        value = getattr(args, prefix + name)
-        if value is not None:
-            out[name] = value
-    return out
+    """{field: value} of the flags in `names` that are on the namespace (given, or defaulted)."""
+    return {name: getattr(args, prefix + name) for name in names if hasattr(args, prefix + name)}
 
 
 # ---- exit statuses, the same for every script ------------------------------------------------------

@@ -92,15 +92,13 @@ PRESETS = {
 
 
 def preset_configs(name, vocab_size, **overrides):
-    """GPTConfig and TrainConfig for a preset, with `overrides` (None values ignored) applied."""
+    """GPTConfig and TrainConfig for a preset, with `overrides` applied (None sets an optional field to None)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     model_kw, train_kw = dict(PRESETS[name][0]), dict(PRESETS[name][1])
     model_names = {f.name for f in fields(GPTConfig)}
     train_names = {f.name for f in fields(TrainConfig)}
     for key, value in overrides.items():
-        if value is None:
-            continue
         if key in model_names:
             model_kw[key] = value
         elif key in train_names:

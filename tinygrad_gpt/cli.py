@@ -10,6 +10,8 @@ that
     is refused by argparse before any work starts, naming the flag, with exit status 2.
 Every float must be finite; ints are ints (bools are not); `X | None` fields also take "none".
 Scripts list no field by hand: a new field of a config becomes a flag of every script that uses it.
+`run_main` gives every script the same exit statuses: 0 done, 1 runtime error, 2 usage error,
+3 non-finite loss (the script returns it), 130 SIGINT, 143 SIGTERM.
 
 Follows: the standard library's `dataclasses.field(metadata=...)` and `argparse` `type=`
 callables. Deliberately does not: read config files or environment variables, or check relations

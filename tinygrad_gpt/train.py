@@ -360,6 +360,8 @@ def _meta_error(directory, message):
 def tokenizer_of(meta, directory):
     """The tokenizer `meta["tokenizer"]` describes (meta as load_model returned it, so already checked)."""
     from tinygrad_gpt.tokenizers import tokenizer_from_dict
+    if "tokenizer" not in meta:
+        raise _meta_error(directory, "meta.tokenizer is missing: the checkpoint cannot encode or decode text")
     try:
         return tokenizer_from_dict(meta["tokenizer"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -369,8 +371,8 @@ def tokenizer_of(meta, directory):
 def check_meta(meta, directory):
     """Raise CheckpointError naming the field unless `meta` describes a GPT this code can build.
 
-    Checks meta.model_config (exactly GPTConfig's fields, each in range), meta.tokenizer (present,
-    rebuildable, its vocabulary the model's vocab_size). Returns the GPTConfig.
+    Checks meta.model_config (exactly GPTConfig's fields, each in range) and meta.tokenizer if there
+    is one (rebuildable, its vocabulary the model's vocab_size). Returns the GPTConfig.
     """
     config = meta.get("model_config")
     if not isinstance(config, dict):
@@ -386,10 +388,9 @@ def check_meta(meta, directory):
         gpt_config = GPTConfig(**config)
     except ValueError as exc:
         raise _meta_error(directory, f"meta.model_config: {exc}") from None
-    if "tokenizer" not in meta:
-        raise _meta_error(directory, "meta.tokenizer is missing: the checkpoint cannot encode or decode text")
-    tokenizer = tokenizer_of(meta, directory)
-    if tokenizer.vocab_size != gpt_config.vocab_size:
+    # subtle: a tokenizer is optional (weights saved by hand need none); tokenizer_of reports its absence
+    tokenizer = tokenizer_of(meta, directory) if "tokenizer" in meta else None
+    if tokenizer is not None and tokenizer.vocab_size != gpt_config.vocab_size:
         raise _meta_error(directory, f"meta.tokenizer has {tokenizer.vocab_size} tokens but meta.model_config."
                                      f"vocab_size is {gpt_config.vocab_size}: the checkpoint is inconsistent")
     kind = meta.get("kind", KIND)

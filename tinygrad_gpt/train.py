@@ -281,7 +281,9 @@ class Trainer:
 
 
 def load_model(directory, device="cpu"):
-    """Model, tokenizer dict and meta from a checkpoint directory written by Trainer.save."""
+    """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save.
+
+    The tokenizer is in the meta, as its dict: `tokenizer_from_dict(meta["tokenizer"])` rebuilds it."""
     state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
     config = GPTConfig(**meta["model_config"])
     dtype = next(iter(state_dict.values())).dtype

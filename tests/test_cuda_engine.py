@@ -213,7 +213,7 @@ def test_training_step_makes_no_host_copy_emulated(cuda, rng):
     assert np.isfinite(loss.item()) and cuda_emulator.syncs == [("item", ())]
 
 
-def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys):
+def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys, ctrl_c_after_step):
     """examples/shakespeare.py --device cuda end to end on a small corpus: untrained sample, losses,
     samples, checkpoints; interrupted and resumed it gives the straight run's losses; the checkpoint
     samples on the CPU."""
@@ -238,7 +238,8 @@ def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys):
     assert shakespeare.main(args(straight)) == 0
     text = capsys.readouterr().out
     assert "untrained" in text.lower() and "val" in text
-    assert shakespeare.main(args(resumed, "--stop-after", "3")) == 130
+    ctrl_c_after_step(3)
+    assert shakespeare.main(args(resumed)) == 130
     assert shakespeare.main(args(resumed, "--resume")) == 0
     want, got = losses(straight), losses(resumed)
     assert sorted(got) == sorted(want) and len(want) == 10

@@ -38,12 +38,13 @@ def _losses(out):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys):
+def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys, ctrl_c_after_step):
     """12 steps straight, versus 4 steps + stop + resume for 8 more: the same loss at every step
     (dropout on, so the dropout generator's state must survive the checkpoint too)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert shakespeare.main(_args(corpus, straight)) == 0
-    assert shakespeare.main(_args(corpus, resumed, "--stop-after", "4")) == 130
+    ctrl_c_after_step(4)
+    assert shakespeare.main(_args(corpus, resumed)) == 130
     assert "continue with --resume" in capsys.readouterr().out
     assert max(_losses(resumed)) == 4
     assert shakespeare.main(_args(corpus, resumed, "--resume")) == 0
@@ -52,9 +53,10 @@ def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys):
     assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, ctrl_c_after_step):
     out = tmp_path / "run"
-    assert shakespeare.main(_args(corpus, out, "--stop-after", "3")) == 130
+    ctrl_c_after_step(3)
+    assert shakespeare.main(_args(corpus, out)) == 130
     good_step = checkpoint.load_checkpoint(out)[2]["state"]["step"]
     # resume with a poisoned parameter: the first step's loss is NaN
     from tinygrad_gpt import train as train_mod

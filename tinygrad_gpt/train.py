@@ -49,7 +49,6 @@ class TrainConfig:
     device: str = "cpu"
     out_dir: str = "out/shakespeare"
     val_fraction: float = 0.1
-    stop_after: int | None = None       # testing aid: behave as if Ctrl-C came after this step
 
     def __post_init__(self):
         if self.epoch_mode not in ("windows", "all_starts"):
@@ -240,8 +239,6 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if cfg.stop_after is not None and st.step >= cfg.stop_after:
-                        self._interrupted = True
                     if self._interrupted or st.step >= total:
                         break
                 bar.close()

@@ -111,6 +111,8 @@ def run_torch(cfg, warmup, iters):
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)

@@ -37,6 +37,8 @@ from tinygrad_gpt.rlhf.evaluate import evaluate  # noqa: E402
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = build_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-samples", type=int, default=2)

@@ -157,6 +157,8 @@ def run_ppo(trainer, steps, metrics_path, progress=True):
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser().parse_args(argv)
     cfg = ppo_config_from(args)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)

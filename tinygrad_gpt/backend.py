@@ -111,8 +111,10 @@ def tune_host_allocator(mmap_threshold=64 << 20, trim_threshold=256 << 20):
 
     subtle: glibc serves every allocation above 128 KiB (most activations at the cpu preset) with a
     fresh mmap and unmaps it on free, so each training step page-faults all of its temporaries in
-    again; measured: a cpu-preset step went from ~97 to ~60 ms with the thresholds raised. Called
-    once on import of tinygrad_gpt (glibc only; a no-op elsewhere); TINYGRAD_GPT_MALLOC=default
+    again; measured: a cpu-preset step went from ~97 to ~60 ms with the thresholds raised. This
+    changes the allocator of the whole process (freed memory stays with it up to the thresholds),
+    so it is explicit: train.Trainer, rlhf.PPOTrainer and the scripts in examples/ and benchmarks/
+    call it; importing tinygrad_gpt does not. glibc only (a no-op elsewhere); TINYGRAD_GPT_MALLOC=default
     keeps the system behaviour. Returns True when the thresholds were set.
     """
     global _allocator_tuned

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint, data
+from tinygrad_gpt import backend, checkpoint, data
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
@@ -112,6 +112,7 @@ class Trainer:
     """Trains `model` on token arrays; prints (via `log`) what a person watching needs to see."""
 
     def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.log, self.progress = log, progress

@@ -1,6 +1,6 @@
 """Loss of a checkpoint on the WHOLE validation (and optionally training) split, not a sample.
 
-    python benchmarks/eval_checkpoint.py /work/runs/cpu2000 [--data PATH] [--train]
+    python benchmarks/eval_checkpoint.py out/shakespeare-cpu [--data PATH] [--train]
 
 The split is cut into consecutive block_size windows (each token predicted once, with up to
 block_size - 1 tokens of context, as in training), evaluated in batches under no_grad. This is the

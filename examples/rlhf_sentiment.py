@@ -1,6 +1,6 @@
 """RLHF on Shakespeare: tune a character GPT with PPO so that its completions end positive.
 
-    python examples/rlhf_sentiment.py --checkpoint /work/runs/cpu2000      # PPO against VADER
+    python examples/rlhf_sentiment.py --checkpoint out/shakespeare-cpu  # PPO against VADER
     python examples/rlhf_sentiment.py --checkpoint DIR --reward model      # against a learned reward model
     python examples/rlhf_sentiment.py                                       # trains a tiny model first (minutes)
 

@@ -9,7 +9,7 @@ Here each kind of bug it claims to catch is put into a kernel and must be caught
   returned, a full-mask shuffle in a block that is not whole warps, reading shared memory nobody
   wrote, a write past the end of an array, a block reading another block's output, arguments of
   the wrong C type, a launch over CUDA's limits, more than 48 KiB of shared memory.
-And the stand-in cupy stays private: after load(), the session still has no `cupy`.
+And the stand-in cupy stays private: after load(), the process still has no `cupy`.
 """
 import math
 import sys

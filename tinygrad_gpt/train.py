@@ -3,7 +3,7 @@
 `examples/shakespeare.py` maps its flags onto `TrainConfig` and `GPTConfig` and calls `Trainer`;
 the RLHF example and the benchmarks reuse the same loop. One epoch is one shuffled pass over the
 training split in block_size windows (`epoch_mode="windows"`), or over every start position
-(`"all_starts"`, the founding run's definition). After each epoch: train and val loss (estimated on
+(`"all_starts"`, the `original` preset's epoch). After each epoch: train and val loss (estimated on
 `eval_batches` held-out batches drawn with a fixed seed, so epochs are comparable), a sample, and a
 checkpoint. Ctrl-C finishes the current step, saves, and exits; a NaN/Inf loss stops the run and
 keeps the last good checkpoint.

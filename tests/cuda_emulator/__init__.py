@@ -2,7 +2,7 @@
 kernels' own source with g++ against `emulator.h`, for the tests on machines without a GPU.
 
 `load()` returns (cupy, cuda): this stand-in module and a private import of `kernels.cuda` made
-against it (sys.modules is left as it was: nothing else in the test session sees a cupy). Then
+against it (sys.modules is left as it was: nothing else in the pytest process sees a cupy). Then
 `cuda.attention_forward(cupy.asarray(q), ...)` runs the same Python wrapper and the same CUDA C
 text as on a GPU; only the hardware is replaced:
 
@@ -617,7 +617,7 @@ def load():
 
     The stand-in is registered in sys.modules as "cupy_emulated" (the package name its arrays give,
     so kernels.reference.get_array_module finds it); "cupy" and "kernels.cuda" are left as they were.
-    One per session: the kernel files are compiled once (cached on disk across sessions)."""
+    One per process: the kernel files are compiled once (cached on disk across runs)."""
     import kernels
     ours = [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]
     saved = {k: sys.modules.pop(k) for k in ours}

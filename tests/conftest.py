@@ -37,7 +37,7 @@ def kernel_backend(request):
 @pytest.fixture(params=["cpu", "cuda", "cuda-emulated"])
 def device(request, monkeypatch):
     """Run a test on each device: "cpu"; "cuda" on a GPU (skips, with the reason the backend gives,
-    where there is none); and "cuda" with the CUDA kernels run on the CPU by tests/cuda_emulator
+    where there is none); and "cuda" with the CUDA kernels run on the CPU by cuda_emulator/
     (skips without g++). The test sees "cpu" or "cuda"."""
     from tinygrad_gpt import backend
     if request.param == "cuda":

@@ -213,7 +213,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
-                        "construct a NumPy array explicitly. (cupy stand-in, tests/cuda_emulator)")
+                        "construct a NumPy array explicitly. (cupy stand-in, cuda_emulator/)")
 
     # numpy protocol: ufuncs and functions run on the wrapped arrays
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -591,13 +591,13 @@ class _RandomModule(_Host):
 
 def _device_properties(device=0):
     # no "clockRate": CUDA 13 removed it from cudaDeviceProp (and the GPU machines run CUDA 13)
-    return {"name": b"CPU (tests/cuda_emulator)", "totalGlobalMem": 0,
+    return {"name": b"CPU (cuda_emulator)", "totalGlobalMem": 0,
             "multiProcessorCount": 1}
 
 
 def make_cupy():
     """A module named cupy: the functions above, and NumPy's others with arrays translated."""
-    cp = types.ModuleType("cupy_emulated", "CPU stand-in for cupy (tests/cuda_emulator)")
+    cp = types.ModuleType("cupy_emulated", "CPU stand-in for cupy (cuda_emulator)")
     numpy_side = _Host(np)
     cp.__getattr__ = lambda name: getattr(numpy_side, name)
     for name in ("ndarray", "empty", "zeros", "ones", "asarray", "ascontiguousarray", "asnumpy",

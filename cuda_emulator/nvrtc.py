@@ -16,7 +16,6 @@ import ctypes.util
 import glob
 import os
 import pathlib
-import re
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CUDA_DIR = REPO / "kernels" / "cuda"

@@ -24,8 +24,8 @@ SHA-256 of `meta` as well, since an edited model_config (say n_head) would load 
 Python's json keeps ints of any size exactly, so a numpy Generator's 128-bit state survives (see
 `rng_state` / `restore_rng`). NumPy scalars in meta are stored as Python numbers; arrays belong in
 the state dict or the optimizer state. The optimizer state is any nest of dicts/lists whose array
-leaves go to optimizer-*.safetensors (under their JSON-Pointer path, e.g. "m/wte.weight") while the
-rest (step counts, hyper-parameters) stays in the JSON.
+leaves go to optimizer-*.safetensors (under their JSON-Pointer path, e.g. "arrays/m.0" for AdamW's
+first moment of parameter 0) while the rest (step counts, hyper-parameters) stays in the JSON.
 
 Follows the safetensors format (https://github.com/huggingface/safetensors) so the weights open in
 other tools, and the write-temp-fsync-rename pattern for atomic files.
@@ -50,7 +50,7 @@ JSON_NAME = "checkpoint.json"
 _VERSIONED = re.compile(r"^([a-z][a-z_]*)-(\d{8,})\.safetensors$")
 _ROLE = re.compile(r"^[a-z][a-z_]*$")
 _TMP_PREFIX = ".ckpt-tmp-"
-_ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safetensors__": "m/wte.weight"}
+_ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safetensors__": "arrays/m.0"}
 
 
 class CheckpointError(ValueError):

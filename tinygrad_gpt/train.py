@@ -3,7 +3,7 @@
 `examples/shakespeare.py` maps its flags onto `TrainConfig` and `GPTConfig` and calls `Trainer`;
 the RLHF example and the benchmarks reuse the same loop. One epoch is one shuffled pass over the
 training split in block_size windows (`epoch_mode="windows"`), or over every start position
-(`"all_starts"`, the founding run's definition). After each epoch: train and val loss (estimated on
+(`"all_starts"`, the `original` preset's epoch). After each epoch: train and val loss (estimated on
 `eval_batches` held-out batches drawn with a fixed seed, so epochs are comparable), a sample, and a
 checkpoint. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves, and exits; a NaN/Inf loss
 stops the run and keeps the last good checkpoint. A checkpoint's meta is checked on load
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint, data
+from tinygrad_gpt import backend, checkpoint, data
 from tinygrad_gpt.backend import DEVICES, get_xp
 from tinygrad_gpt.cli import check_fields, setting
 from tinygrad_gpt.model import GPT, GPTConfig
@@ -61,7 +61,6 @@ class TrainConfig:
     device: str = setting("cpu", choices=DEVICES, flag=False)  # scripts have their own --device
     out_dir: str = setting("out/shakespeare", flag=False)      # scripts have their own --out
     val_fraction: float = setting(0.1, gt=0, lt=1)
-    stop_after: int | None = setting(None, ge=1)  # testing aid: behave as if Ctrl-C came after this step
 
     def __post_init__(self):
         check_fields(self)
@@ -125,6 +124,7 @@ class Trainer:
     """Trains `model` on token arrays; prints (via `log`) what a person watching needs to see."""
 
     def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.log, self.progress = log, progress
@@ -283,8 +283,6 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if cfg.stop_after is not None and st.step >= cfg.stop_after:
-                        self._interrupted = signal.SIGINT
                     if self._interrupted is not None or st.step >= total:
                         break
                 bar.close()

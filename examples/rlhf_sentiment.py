@@ -1,6 +1,6 @@
 """RLHF on Shakespeare: tune a character GPT with PPO, GRPO, RLOO or DPO so that its completions end positive.
 
-    python examples/rlhf_sentiment.py --checkpoint /work/runs/cpu2000      # PPO against VADER
+    python examples/rlhf_sentiment.py --checkpoint out/shakespeare-cpu  # PPO against VADER
     python examples/rlhf_sentiment.py --checkpoint DIR --algo grpo         # or rloo, dpo (same budget)
     python examples/rlhf_sentiment.py --checkpoint DIR --reward model      # against a learned reward model
     python examples/rlhf_sentiment.py                                       # trains a tiny model first (minutes)
@@ -23,20 +23,19 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import data  # noqa: E402
+from tinygrad_gpt import checkpoint as checkpoint_module  # noqa: E402  (`checkpoint` names a directory below)
+from tinygrad_gpt import cli, data  # noqa: E402
+from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.rlhf import (ALGOS, CONFIGS, TRAINERS, PolicyWithValue, RewardModel,  # noqa: E402
                                RewardModelConfig, VaderScorer, frozen_copy, make_preference_pairs,
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
-from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_gpt.train import load_model  # noqa: E402
+from tinygrad_gpt.train import load_model, tokenizer_of  # noqa: E402
 
 
 def algo_of(argv):
@@ -55,29 +54,24 @@ def build_parser(description=None, algo="ppo"):
     p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
     p.add_argument("--reward", choices=["vader", "model"], default="vader",
                    help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")
-    p.add_argument("--rm-pairs", type=int, default=RewardModelConfig.pairs, help="prompts sampled for RM pairs")
-    p.add_argument("--rm-steps", type=int, default=RewardModelConfig.steps)
     p.add_argument("--no-progress", action="store_true")
+    cli.add_flags(p, RewardModelConfig, prefix="rm_", skip=("seed",),
+                  title="reward model, with --reward model (RewardModelConfig fields)")
     config_cls = CONFIGS[algo]
-    ppo = p.add_argument_group(f"{algo.upper()} ({config_cls.__name__} fields)")
-    for f in fields(config_cls):
-        if f.name in ("adam_betas", "device"):
-            continue
-        if f.type in (bool, "bool"):
-            ppo.add_argument("--" + f.name.replace("_", "-"), type=lambda s: s.lower() in ("1", "true", "yes"),
-                             default=f.default)
-        elif isinstance(f.default, str):   # kl_estimator, advantage, update: the config checks the value
-            ppo.add_argument("--" + f.name.replace("_", "-"), default=f.default)
-        else:
-            kind = float if isinstance(f.default, float) or f.name in ("target_kl",) else int
-            ppo.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    cli.add_flags(p, config_cls, use_defaults=True, title=f"{algo.upper()} ({config_cls.__name__} fields)")
     return p
 
 
 def config_from(args):
-    """The --algo's config dataclass from the parsed flags."""
+    """The --algo's config dataclass (PPOConfig, GRPOConfig, ...) from the parsed flags."""
     cls = CONFIGS[args.algo]
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+    return cls(**cli.values_from(args, cli.flag_fields(cls)))
+
+
+def reward_model_config_from(args, seed):
+    """RewardModelConfig from the --rm-* flags given (its defaults for the rest), seeded like the method."""
+    return RewardModelConfig(**cli.values_from(args, cli.flag_fields(RewardModelConfig, skip=("seed",)),
+                                               prefix="rm_"), seed=seed)
 
 
 def train_tiny_model(data_path, out_dir):
@@ -97,9 +91,11 @@ def load_setup(args):
     """(gpt, tokenizer, ppo prompt tokens, held-out prompt tokens) from --checkpoint / --data."""
     checkpoint = args.checkpoint or train_tiny_model(args.data, args.out)
     gpt, meta, _ = load_model(checkpoint)
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    tokenizer = tokenizer_of(meta, checkpoint)
     text = data.load_text(data.find_data(args.data))
-    tokens = tokenizer.encode_array(text)
+    # a character tokenizer encodes a corpus in one array op; a BPE one (--tokenizer bpe) has encode only
+    tokens = (tokenizer.encode_array(text) if hasattr(tokenizer, "encode_array")
+              else np.asarray(tokenizer.encode(text), dtype=np.int64))
     _, val = data.split_train_val(tokens, meta.get("train_config", {}).get("val_fraction", 0.1))
     cut = int(len(val) * 0.8)  # PPO prompts from the first 80% of val, evaluation prompts from the rest
     return gpt, tokenizer, val[:cut], val[cut:]
@@ -125,7 +121,7 @@ def show_completions(title, gpt, prompts, cfg, tokenizer, scorer, seed=0):
 
 def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=print):
     """Sample pairs from the reference, label them with VADER, train and report the reward model."""
-    rm_cfg = RewardModelConfig(pairs=args.rm_pairs, steps=args.rm_steps, seed=cfg.seed)
+    rm_cfg = reward_model_config_from(args, cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
     prompts = prompt_batches(prompt_tokens, cfg.batch_size, cfg.prompt_len, rng)
     t0 = time.perf_counter()
@@ -191,9 +187,25 @@ def make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, re
                                reward_model=reward_model)
 
 
+def check_out(out):
+    """--out must be writable and must not hold a training run: saving the policy would replace it."""
+    checkpoint_module.check_writable(out, "--out")
+    if (Path(out) / checkpoint_module.JSON_NAME).is_file():
+        try:
+            kind = checkpoint_module.load_checkpoint(out, verify=False)[2].get("kind", "train")
+        except (ValueError, OSError):
+            kind = None
+        if kind == "train":
+            raise ValueError(f"--out {out} holds a training run (examples/shakespeare.py); the tuned policy "
+                             f"would replace it: choose another --out")
+
+
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser(algo=algo_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     cfg = config_from(args)
+    check_out(args.out)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
     reference = frozen_copy(gpt)
     scorer = VaderScorer()
@@ -219,11 +231,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(cli.run_main(main))

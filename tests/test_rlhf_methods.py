@@ -10,6 +10,7 @@ response as the score (the scorer tests/test_rlhf_ppo.py uses), a fixed seed and
 tuned policy must beat the reference on 128 fixed prompts.
 """
 import json
+import re
 import math
 import sys
 from pathlib import Path
@@ -287,8 +288,12 @@ def test_example_runs_each_algo(tmp_path, capsys, algo):
     assert records[-1]["completions"] == 16
     for key in ("ratio_mean", "approx_kl", "approx_kl_k1", "kl", "entropy", "warnings"):
         assert key in records[-1], key
-    model, meta, _ = load_model(out)
+    model, meta, optimizer_state = load_model(out)
     assert meta["rlhf_algo"] == algo and model.config == cfg
+    assert meta["kind"] == f"rlhf-{algo}" and optimizer_state is None
+    from tinygrad_gpt import checkpoint
+    with pytest.raises(checkpoint.CheckpointError):  # only PPO saves a value head beside the model
+        checkpoint.load_tensors(out, "value_head")
     pytest.importorskip("matplotlib")
     assert (out / "rlhf.png").stat().st_size > 0
 
@@ -303,6 +308,13 @@ def test_example_bad_algo_field_names_it(tmp_path):
     _tiny_checkpoint(tmp_path, data_path)
     with pytest.raises(ValueError, match="group_size"):
         main(_algo_flags(tmp_path, data_path, "grpo", tmp_path / "run")[:-2] + ["--group-size", "3"])
+
+
+def test_benchmark_fluency_gap_has_one_sign():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rlhf as bench
+    assert bench.fluency_cell(1.8638, 1.8401) == "1.8401 (-0.0237)"
+    assert bench.fluency_cell(1.8401, 1.8638) == "1.8638 (+0.0237)"
 
 
 def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path, capsys):
@@ -323,6 +335,10 @@ def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path, capsys
         assert results["algo"] == algo and results["completions"] == 16
         keys[algo] = set(results)
     assert keys["ppo"] == keys["grpo"]
+    # the fluency gap prints with one sign, whichever it is ("(-0.0237)", never "(+-0.0237)")
+    printed = capsys.readouterr().out
+    gaps = re.findall(r"\| [0-9.]+ \(([^)]*)\) \| <= \+0\.15 \|", printed)
+    assert len(gaps) == 2 and all(re.fullmatch(r"[+-]\d+\.\d{4}", g) for g in gaps), gaps
     # the summary reads both runs back into one table, one row per method
     import rlhf_summary
     capsys.readouterr()

@@ -14,6 +14,7 @@ grpo.py          group advantages (GRPO, Dr. GRPO), GRPOLoss (clipped ratio + k3
 rloo.py          leave-one-out baseline, ReinforceLoss, RLOOTrainer (REINFORCE or clipped)
 dpo.py           DPOLoss on scorer-labelled pairs, DPOTrainer (offline or online)
 diagnostics.py   per-step health figures (ratio, clip fraction, KL k1/k3, explained variance...) and warnings
+evaluate.py      evaluate(): gold score, exact KL to the reference and fluency on a fixed prompt set
 
 Follows: Ziegler et al. 2019 "Fine-Tuning Language Models from Human Preferences", Schulman et al.
 2017 (PPO) and 2016 (GAE), Stiennon et al. 2020, Shao et al. 2024 (GRPO), Ahmadian et al. 2024 (RLOO),

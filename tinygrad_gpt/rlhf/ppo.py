@@ -164,8 +164,12 @@ class PPOTrainer(SampledTrainer):
         return self.finish_metrics(metrics, t0, t_rollout, B)
 
     def save(self, directory, extra_meta=None):
-        """As SampledTrainer.save, with the PPO keys earlier checkpoints carried (ppo_config, ppo_steps)."""
+        """As SampledTrainer.save (meta.kind "rlhf-ppo"), with the PPO keys earlier checkpoints carried
+        (ppo_config, ppo_steps); the value head beside it (`checkpoint.load_tensors(directory, "value_head")`)."""
         from dataclasses import asdict
         meta = {"ppo_config": asdict(self.cfg), "ppo_steps": self.step_count}
         meta.update(extra_meta or {})
         return super().save(directory, meta)
+
+    def extra_tensors(self):
+        return {"value_head": {"weight": self.policy.v_head.weight.numpy(), "bias": self.policy.v_head.bias.numpy()}}

@@ -9,7 +9,7 @@ gives the subclasses (ppo.PPOTrainer, grpo.GRPOTrainer, rloo.RLOOTrainer, dpo.DP
     raw_rewards()     (gold scores, the reward optimised before normalising)
     fit_normalizer()  the reward's mean and std on reference samples (scores then mean 0, std 1)
     finish_metrics()  the common step metrics, health warnings logged (diagnostics.py)
-    save()            the tuned GPT as a checkpoint train.load_model reads
+    save()            the tuned GPT as a checkpoint train.load_model reads (meta.kind "rlhf-<algo>")
 
 Each subclass's `step()` returns the step's metrics dict (one line of metrics.jsonl).
 Follows: TRL's trainers (one base, a loss per method). Deliberately does not: run several methods in
@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint
+from tinygrad_gpt import backend, checkpoint
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.optim import AdamW, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController
@@ -37,6 +37,7 @@ class SampledTrainer:
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print,
                  group_size=1):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer, self.reward_model, self.cfg, self.log = scorer, reward_model, config, log
         self.group_size = group_size
@@ -113,14 +114,19 @@ class SampledTrainer:
         return metrics
 
     # ---- saving -------------------------------------------------------------------------------
+    def extra_tensors(self):
+        """{role: {name: array}} saved beside the model (checkpoint.load_tensors); none by default."""
+        return None
+
     def save(self, directory, extra_meta=None):
-        """The tuned GPT as a checkpoint `train.load_model` reads; the value head beside it."""
-        meta = {"format": "tinygrad_gpt-checkpoint-1", "model_config": asdict(self.policy.config),
+        """The tuned GPT as a checkpoint `train.load_model` reads, meta.kind "rlhf-<algo>" (so --resume
+        refuses it); a method's own weights (PPO's value head) beside it as tensors. No optimizer
+        state: an RLHF run is not resumed."""
+        meta = {"kind": f"rlhf-{self.algo}", "model_config": asdict(self.policy.config),
                 "tokenizer": self.tokenizer.to_dict(), "rlhf_algo": self.algo, "rlhf_config": asdict(self.cfg),
                 "rlhf_steps": self.step_count, "completions": self.completions,
                 "kl_coef": None if self.kl_ctl is None else self.kl_ctl.value,
                 "normalizer": None if self.normalizer is None else asdict(self.normalizer)}
         meta.update(extra_meta or {})
-        value_head = {"weight": self.policy.v_head.weight.numpy(), "bias": self.policy.v_head.bias.numpy()}
         return checkpoint.save_checkpoint(directory, self.policy.gpt.state_dict(), meta,
-                                          optimizer_state={"value_head": value_head})
+                                          tensors=self.extra_tensors())

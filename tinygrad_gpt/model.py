@@ -33,6 +33,7 @@ class GPTConfig:
     n_embd: int = 128          # C; must be divisible by n_head
     dropout: float = 0.0       # on embeddings, residual branches and the MLP; 0 for small data
     bias: bool = True          # biases in Linear and LayerNorm, as GPT-2
+    layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm (config.json's name)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -42,6 +43,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(f"GPTConfig: layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -76,9 +79,10 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, config, rng, drop_rng, dtype, device):
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype, device=device)
+        eps = config.layer_norm_epsilon
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=eps, dtype=dtype, device=device)
         self.attn = CausalSelfAttention(config, rng, drop_rng, dtype, device)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype, device=device)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=eps, dtype=dtype, device=device)
         self.mlp = MLP(config, rng, drop_rng, dtype, device)
 
     def forward(self, x, cache=None):
@@ -128,8 +132,31 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (Tmax, C)
         self.drop = nn.Dropout(config.dropout, rng=drop_rng)
         self.h = [Block(config, rng, drop_rng, dtype, device) for _ in range(config.n_layer)]
-        self.ln_f = nn.LayerNorm(C, bias=config.bias, dtype=dtype, device=device)
+        self.ln_f = nn.LayerNorm(C, bias=config.bias, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
         self.device = device
+
+    @classmethod
+    def from_pretrained(cls, directory, dtype=np.float32, device="cpu", dropout=0.0):
+        """A GPT with the weights of a Hugging Face GPT-2 folder (config.json + model.safetensors).
+
+        The tokenizer of the same folder: `BPETokenizer.from_gpt2(directory)`. See pretrained.py.
+        """
+        from tinygrad_gpt import pretrained
+        return pretrained.from_pretrained(directory, dtype=dtype, device=device, dropout=dropout)
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads (see pretrained.py)."""
+        from tinygrad_gpt import pretrained
+        return pretrained.save_pretrained(self, directory, tokenizer=tokenizer)
+
+    def crop_block_size(self, block_size):
+        """Keep the first block_size rows of the position table (train a 1024-context model on 256)."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"crop_block_size: block_size must be in [1, {self.config.block_size}], got {block_size}")
+        self.wpe.weight.data = self.wpe.weight.data[:block_size].copy()   # (block_size, C)
+        self.wpe.weight.grad = None
+        self.config = GPTConfig(**{**self.config.__dict__, "block_size": block_size})
+        return self
 
     def hidden(self, idx, caches=None):
         """The last hidden states ln_f(x) (B, T, C) for token ids idx (B, T): forward without the head.

@@ -6,9 +6,14 @@
     python examples/shakespeare.py --preset gpu --device cuda --max-iters 5000 --eval-every 500
     python examples/shakespeare.py --resume              # continue the run in --out
     python examples/shakespeare.py --sample --prompt "ROMEO:"
+    python examples/shakespeare.py --init-from gpt2 --sample --prompt "ROMEO:"   # a Hugging Face GPT-2 folder
+    python examples/shakespeare.py --init-from gpt2 --out out/ft                 # fine-tune it (preset finetune)
+    python examples/shakespeare.py --out out/ft --export-pretrained gpt2-shakespeare  # back to a GPT-2 folder
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
-and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
+and validation loss and a sample. --sample streams the tokens as they are generated (Ctrl-C keeps
+what was printed). With --init-from DIR the model and the GPT-2 tokenizer come from a Hugging Face
+GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt). Checkpoints (safetensors + JSON, atomic) go to --out after every
 epoch, on Ctrl-C, and at the end; metrics.jsonl beside them.
 
 Follows: nanoGPT's train.py and sample.py, one script. Deliberately does not: read config files
@@ -23,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, data  # noqa: E402
+from tinygrad_gpt import backend, data, pretrained  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
-from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.train import PRESETS, NonFiniteLoss, Trainer, TrainConfig, load_model, preset_configs  # noqa: E402
 
@@ -33,12 +39,16 @@ from tinygrad_gpt.train import PRESETS, NonFiniteLoss, Trainer, TrainConfig, loa
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default: cpu, or finetune with --init-from")
     p.add_argument("--device", choices=backend.DEVICES, default="cpu")
     p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
     p.add_argument("--out", default=None, help="checkpoint directory (default out/shakespeare-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--sample", action="store_true", help="only sample from the checkpoint in --out")
+    p.add_argument("--sample", action="store_true",
+                   help="only sample (streamed) from the checkpoint in --out, or from --init-from DIR")
+    p.add_argument("--export-pretrained", default=None, metavar="DIR",
+                   help="write the checkpoint in --out as a Hugging Face GPT-2 folder in DIR, then exit")
     p.add_argument("--prompt", default="\n")
     p.add_argument("--num-tokens", type=int, default=500, help="tokens to sample with --sample")
     p.add_argument("--temperature", type=float, default=0.8)
@@ -59,7 +69,7 @@ def build_parser():
     for f in fields(TrainConfig):
         if f.name in ("device", "out_dir"):
             continue
-        kind = str if f.name == "epoch_mode" else float if f.name in (
+        kind = str if f.name in ("epoch_mode", "init_from") else float if f.name in (
             "lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "val_fraction") else int
         train.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
     return p
@@ -68,7 +78,10 @@ def build_parser():
 def load_tokens(args):
     path = data.find_data(args.data)
     text = data.load_text(path)
-    if args.tokenizer == "char":
+    if args.init_from:
+        tokenizer = BPETokenizer.from_gpt2(args.init_from)
+        tokens = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    elif args.tokenizer == "char":
         tokenizer = CharTokenizer.from_text(text)
         tokens = tokenizer.encode_array(text)
     else:
@@ -80,38 +93,100 @@ def load_tokens(args):
     return tokenizer, tokens
 
 
-def sample_only(args, out_dir):
-    model, meta, _ = load_model(out_dir, device=args.device)
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
-    prompt = tokenizer.encode(args.prompt)
-    if not prompt:
+def encode_prompt(tokenizer, prompt):
+    """Prompt ids; a BPE tokenizer reads special tokens such as <|endoftext|> as their ids."""
+    ids = tokenizer.encode(prompt, allowed_special="all") if hasattr(tokenizer, "special_tokens") \
+        else tokenizer.encode(prompt)
+    if not ids:
         raise ValueError("--prompt must hold at least one character")
-    ids = model.generate(np.array([prompt]), args.num_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed if args.seed is not None else 0)
-    print(tokenizer.decode(ids[0].tolist()))
+    return ids
+
+
+def sample_only(args, out_dir):
+    """Stream --num-tokens sampled tokens after --prompt; Ctrl-C keeps what was printed (exit 130)."""
+    if args.init_from:
+        dtype = np.float32 if args.dtype == "float32" else np.float64
+        model = GPT.from_pretrained(args.init_from, dtype=dtype, device=args.device)
+        tokenizer = BPETokenizer.from_gpt2(args.init_from)
+    else:
+        model, meta, _ = load_model(out_dir, device=args.device)
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    prompt = encode_prompt(tokenizer, args.prompt)
+    if args.num_tokens < 1:
+        raise ValueError(f"--num-tokens must be >= 1, got {args.num_tokens}")
+    stream = TextStream(tokenizer)
+    stream.write(args.prompt)
+    try:
+        model.generate(np.array([prompt]), args.num_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed if args.seed is not None else 0,
+                       on_token=lambda ids: stream(ids[0]))
+    except KeyboardInterrupt:
+        stream.close()
+        print("interrupted: the text above is what was sampled", file=sys.stderr)
+        return 130
+    stream.close()
+    return 0
+
+
+def export_pretrained(args, out_dir):
+    """Write the checkpoint in --out as a Hugging Face GPT-2 folder (weights, config, tokenizer)."""
+    model, meta, _ = load_model(out_dir, device="cpu")
+    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    if not hasattr(tokenizer, "save_gpt2"):
+        raise ValueError(f"--export-pretrained: the checkpoint in {out_dir} uses a character tokenizer; a GPT-2 "
+                         f"folder needs a byte-level BPE one (train with --init-from or --tokenizer bpe)")
+    directory = model.save_pretrained(args.export_pretrained, tokenizer=tokenizer)
+    print(f"wrote {directory} (config.json, model.safetensors, vocab.json, merges.txt)")
+    return 0
+
+
+def pretrained_model(args, gpt_cfg, dtype):
+    """The --init-from model, its position table cropped to the run's block_size."""
+    model = GPT.from_pretrained(args.init_from, dtype=dtype, device=args.device, dropout=gpt_cfg.dropout)
+    if gpt_cfg.block_size > model.config.block_size:
+        raise ValueError(f"--block-size {gpt_cfg.block_size} is longer than the {model.config.block_size} "
+                         f"positions of {args.init_from}")
+    return model.crop_block_size(gpt_cfg.block_size)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.preset = args.preset or ("finetune" if args.init_from else "cpu")
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
     if args.sample:
         return sample_only(args, out_dir)
+    if args.export_pretrained:
+        return export_pretrained(args, out_dir)
+    if args.init_from:
+        fixed = [f"--{n.replace('_', '-')}" for n in ("n_layer", "n_head", "n_embd", "bias", "layer_norm_epsilon")
+                 if getattr(args, n) is not None]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: with --init-from the model's shape comes from "
+                             f"{args.init_from}/config.json")
 
     tokenizer, tokens = load_tokens(args)
     overrides = {f.name: getattr(args, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
     overrides.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
                       if f.name not in ("device", "out_dir")})
     overrides.update(device=args.device, out_dir=str(out_dir))
+    dtype = np.float32 if args.dtype == "float32" else np.float64
+    if args.init_from:
+        hf = pretrained.config_from_hf(pretrained.read_config(args.init_from), args.init_from)
+        for name in ("n_layer", "n_head", "n_embd", "bias", "layer_norm_epsilon"):
+            overrides[name] = getattr(hf, name)
     gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
     train_tokens, val_tokens = data.split_train_val(tokens, train_cfg.val_fraction)
-    dtype = np.float32 if args.dtype == "float32" else np.float64
 
-    model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
+    if args.init_from:
+        model = pretrained_model(args, gpt_cfg, dtype)
+        gpt_cfg = model.config
+    else:
+        model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
     trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress)
     if args.resume:
         loaded, meta, optimizer_state = load_model(out_dir, device=args.device)
-        if meta["model_config"] != {**gpt_cfg.__dict__}:
+        if GPTConfig(**meta["model_config"]) != gpt_cfg:
             raise ValueError(f"--resume: the checkpoint in {out_dir} was trained with {meta['model_config']}, "
                              f"these flags give {gpt_cfg.__dict__}")
         model.load_state_dict(loaded.state_dict())

@@ -266,3 +266,119 @@ def test_save_pretrained_loads_into_transformers_unchanged(tmp_path, rng):
     with torch.no_grad():
         got = hf.eval()(torch.tensor(idx)).logits.numpy()
     np.testing.assert_allclose(got, logits_of(model, idx), rtol=0, atol=1e-5)
+
+
+# ---- sampling: top-k / top-p by hand, streaming, Ctrl-C ------------------------------------------
+
+class FixedDraws:
+    """A stand-in generator whose random() returns the given u values, to pick tokens by hand."""
+
+    def __init__(self, *u):
+        self.u = list(u)
+
+    def random(self, shape):
+        return np.full(shape, self.u.pop(0))
+
+
+def test_top_k_and_top_p_renormalise_what_they_keep():
+    """p = [0.5, 0.3, 0.15, 0.05]. top_k=2 keeps [0.625, 0.375]: u=0.62 -> 0, u=0.63 -> 1.
+    top_p=0.9 keeps tokens whose mass before them is < 0.9 (0, 0.5, 0.8; not 0.95):
+    [0.5, 0.3, 0.15] / 0.95, cumulative [0.526, 0.842, 1]: u=0.84 -> 1, 0.85 -> 2, 0.9999 -> 2."""
+    from tinygrad_gpt.model import sample_from_logits
+    logits = np.log([[0.5, 0.3, 0.15, 0.05]])
+    pick = lambda u, **kw: int(sample_from_logits(logits, FixedDraws(u), **kw)[0])  # noqa: E731
+    assert [pick(0.62, top_k=2), pick(0.63, top_k=2)] == [0, 1]
+    assert [pick(0.84, top_p=0.9), pick(0.85, top_p=0.9), pick(0.9999, top_p=0.9)] == [1, 2, 2]
+    assert pick(0.9999) == 3  # the control: unfiltered, the last token is reachable
+
+
+def test_low_temperature_is_greedy_and_on_token_streams_each_step(rng):
+    model = GPT(SMALL, seed=int(rng.integers(1 << 30)))
+    prompt = rng.integers(0, SMALL.vocab_size, (1, 3))
+    seen = []
+    cold = model.generate(prompt, 20, temperature=1e-6, seed=1, on_token=lambda ids: seen.append(int(ids[0])))
+    assert seen == cold[0, 3:].tolist()  # handed over one at a time, in order, past block_size too
+    np.testing.assert_array_equal(cold, model.generate(prompt, 20, top_k=1, seed=2))
+
+    def stop(ids):
+        seen.append(int(ids[0]))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        model.train().generate(prompt, 20, seed=1, on_token=stop)
+    assert len(seen) == 3 and model.training  # stopped at once, training mode restored
+
+
+def test_text_stream_holds_back_a_split_utf8_character():
+    """A byte-level tokenizer with no merges has id == byte: 'é' is [0xC3, 0xA9]; nothing is written
+    after the first byte, 'é' after the second. A character tokenizer writes each id's character."""
+    import io
+    from tinygrad_gpt.tokenizers import BasicTokenizer, CharTokenizer
+    from tinygrad_gpt.tokenizers.stream import TextStream
+    out = io.StringIO()
+    stream = TextStream(BasicTokenizer(), out)
+    writes = []
+    for i in [0x61, 0xC3, 0xA9, 0xC3]:
+        stream(i)
+        writes.append(out.getvalue())
+    stream.close()
+    assert writes == ["a", "a", "a\u00e9", "a\u00e9"] and out.getvalue() == "a\u00e9\ufffd\n"
+    out = io.StringIO()
+    chars = CharTokenizer.from_text("ab\n")
+    stream = TextStream(chars, out)
+    for i in chars.encode("ba"):
+        stream(i)
+    assert out.getvalue() == "ba"
+
+
+@pytest.fixture
+def gpt2_folder(tmp_path):
+    """A small random model with GPT-2's real tokenizer, saved as a GPT-2 folder."""
+    from tinygrad_gpt.tokenizers import BPETokenizer
+    if not (gpt2_dir() / "vocab.json").is_file():
+        pytest.skip(f"no GPT-2 vocab.json in {gpt2_dir()}")
+    model = GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=8), seed=3)
+    return model.save_pretrained(tmp_path / "gpt2", tokenizer=BPETokenizer.from_gpt2(gpt2_dir()))
+
+
+def _example(*args, **kw):
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    return subprocess.Popen([sys.executable, str(REPO / "examples" / "shakespeare.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ), **kw)
+
+
+def test_sample_streams_and_ctrl_c_keeps_what_was_printed(gpt2_folder):
+    """The first tokens arrive while the process still runs (streamed, flushed); SIGINT then exits 130
+    with everything that was printed before it still in the output."""
+    import os
+    import signal
+    import time
+    proc = _example("--init-from", str(gpt2_folder), "--sample", "--prompt", "ROMEO:", "--num-tokens", "1000000")
+    got = b""
+    deadline = time.time() + 120
+    while len(got) < 40 and time.time() < deadline:
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            break
+        got += chunk
+    assert proc.poll() is None, "the sampler finished before streaming was observed"
+    assert got.startswith(b"ROMEO:") and len(got) >= 40
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert (got + rest).startswith(got) and b"Traceback" not in err
+
+
+def test_sample_from_a_folder_is_seeded(gpt2_folder):
+    outs = []
+    for _ in range(2):
+        proc = _example("--init-from", str(gpt2_folder), "--sample", "--prompt", "To be", "--num-tokens", "12",
+                        "--seed", "5", "--top-k", "50", "--top-p", "0.9", "--temperature", "0.7")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        outs.append(out)
+    assert outs[0] == outs[1] and outs[0].startswith(b"To be") and len(outs[0]) > len(b"To be\n")

@@ -199,12 +199,15 @@ class GPT(nn.Module):
         return [KVCache(batch, self.config, self.wte.weight.dtype, xp) for _ in self.h]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 use_cache=True, rng=None):
+                 use_cache=True, rng=None, on_token=None):
         """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + max_new_tokens) numpy ids.
 
         temperature divides the logits; top_k keeps the k most likely tokens; top_p keeps the
         smallest set whose probability reaches p (nucleus). With use_cache, keys and values of past
         positions are kept (KVCache) and each step runs the model on one new token only.
+        on_token(ids) is called with each step's new ids (B,) as soon as they are sampled (streaming,
+        e.g. tokenizers.stream.TextStream for B == 1); an exception it raises, or Ctrl-C, ends the
+        loop, and what it was given has already been handed over.
         # subtle: when the context fills block_size the cache is rebuilt from the last
         # block_size // 2 tokens (and then grows again), where the uncached path slides a full
         # window every token; both see only real past tokens, at most block_size of them.
@@ -240,6 +243,8 @@ class GPT(nn.Module):
                     logits = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
                     nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p)          # (B,)
                     out = np.concatenate([out, nxt[:, None]], axis=1)
+                    if on_token is not None:
+                        on_token(nxt)
         finally:
             self.train(was_training)
         return out

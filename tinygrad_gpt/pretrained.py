@@ -213,6 +213,20 @@ def _weight_files(directory):
 # the two entry points (GPT.from_pretrained / GPT.save_pretrained call these)
 # ---------------------------------------------------------------------------------------------
 
+def read_config(directory):
+    """The dict of `directory`/config.json."""
+    config_path = pathlib.Path(directory).expanduser() / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"from_pretrained: {config_path} does not exist (a GPT-2 folder needs config.json)")
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PretrainedError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(hf, dict):
+        raise PretrainedError(f"{config_path}: expected a JSON object")
+    return hf
+
+
 def from_pretrained(directory, dtype=np.float32, device="cpu", dropout=0.0):
     """A GPT with the weights of the Hugging Face GPT-2 folder `directory` (see the file docstring)."""
     from tinygrad_gpt.model import GPT
@@ -220,16 +234,8 @@ def from_pretrained(directory, dtype=np.float32, device="cpu", dropout=0.0):
     directory = pathlib.Path(directory).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"from_pretrained: {directory} is not a directory")
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"from_pretrained: {config_path} does not exist (a GPT-2 folder needs config.json)")
-    try:
-        hf = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PretrainedError(f"{config_path}: not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(hf, dict):
-        raise PretrainedError(f"{config_path}: expected a JSON object")
-    config = config_from_hf(hf, config_path, dropout=dropout)
+    hf = read_config(directory)
+    config = config_from_hf(hf, directory / CONFIG_NAME, dropout=dropout)
     dtype = np.dtype(dtype)
     files = _weight_files(directory)
     model = GPT(config, seed=0, dtype=dtype, device=device)
@@ -290,6 +296,10 @@ def save_pretrained(model, directory, tokenizer=None):
             json.dump(hf, f, indent=2)
             f.write("\n")
     checkpoint.write_atomic(directory / CONFIG_NAME, write_json)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):  # temp files are made 0600; give them a plain file's mode
+        os.chmod(directory / name, 0o666 & ~umask)
     if tokenizer is not None:
         if not hasattr(tokenizer, "save_gpt2"):
             raise TypeError(f"save_pretrained: tokenizer must be a BPETokenizer (it writes vocab.json and "

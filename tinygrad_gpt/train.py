@@ -50,6 +50,7 @@ class TrainConfig:
     out_dir: str = "out/shakespeare"
     val_fraction: float = 0.1
     stop_after: int | None = None       # testing aid: behave as if Ctrl-C came after this step
+    init_from: str | None = None        # a Hugging Face GPT-2 folder: start from its weights and tokenizer
 
     def __post_init__(self):
         if self.epoch_mode not in ("windows", "all_starts"):
@@ -70,6 +71,11 @@ PRESETS = {
     # nanoGPT's shakespeare_char (train with --max-iters 5000 --eval-every 500)
     "gpu": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
             dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_iters=100)),
+    # nanoGPT's finetune_shakespeare scaled to a CPU, for --init-from a GPT-2 folder (the model's
+    # shape comes from its config.json; block_size crops the 1024-position table): small constant lr
+    "finetune": (dict(block_size=256, dropout=0.0),
+                 dict(batch_size=4, epochs=1, max_iters=300, lr=3e-5, min_lr=3e-5, warmup_iters=0,
+                      eval_batches=8, eval_every=100, sample_tokens=100, log_every=5)),
     # the configuration the project started from: 4 heads of 16, AdamW 5e-4, every start position
     "original": (dict(n_layer=4, n_head=4, n_embd=64, block_size=32, dropout=0.0),
                  dict(batch_size=64, lr=5e-4, min_lr=5e-4, warmup_iters=0, weight_decay=0.01, beta2=0.999,

@@ -382,3 +382,35 @@ def test_sample_from_a_folder_is_seeded(gpt2_folder):
         assert proc.returncode == 0, err.decode()
         outs.append(out)
     assert outs[0] == outs[1] and outs[0].startswith(b"To be") and len(outs[0]) > len(b"To be\n")
+
+
+def test_tied_embedding_backward_makes_no_extra_full_size_copies():
+    """wte (V, C) is used by the embedding and by the head: its gradient is the sum of two (V, C)
+    arrays. The engine keeps that sum as wte.grad (no copy) and adds into it in place, so backward
+    peaks at three (V, C) arrays (the two parts and the sum); copying the sum out, as a gradient
+    that an op returned must be, would make four. Measured with tracemalloc (numpy reports to it)."""
+    import tracemalloc
+    from tinygrad_gpt import nn, ops
+    V, C = 20000, 32
+    wte = nn.Embedding(V, C, rng=np.random.default_rng(0))
+    idx = np.array([[1, 7, 7]])
+    logits = wte(idx) @ wte.weight.T                               # (1, 3, V)
+    loss = ops.cross_entropy(logits, np.array([[7, 2, 3]]))
+    tracemalloc.start()
+    loss.backward()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    full = wte.weight.data.nbytes
+    assert peak < 3.5 * full, f"backward peaked at {peak / full:.2f} x the (V, C) table"
+    # the gradient itself: d/dW of both uses, against a float64 rebuild of the same sum
+    w = wte.weight.data.astype(np.float64)
+    x = w[idx[0]]                                                  # (3, C)
+    z = x @ w.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dz = p.copy()
+    dz[np.arange(3), [7, 2, 3]] -= 1
+    dz /= 3
+    dw = dz.T @ x                                                  # head use
+    np.add.at(dw, idx[0], dz @ w)                                  # embedding use
+    np.testing.assert_allclose(wte.weight.grad, dw, rtol=1e-4, atol=1e-7)

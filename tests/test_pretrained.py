@@ -414,3 +414,39 @@ def test_tied_embedding_backward_makes_no_extra_full_size_copies():
     dw = dz.T @ x                                                  # head use
     np.add.at(dw, idx[0], dz @ w)                                  # embedding use
     np.testing.assert_allclose(wte.weight.grad, dw, rtol=1e-4, atol=1e-7)
+
+
+def test_fine_tune_resume_export_and_reload(gpt2_folder, tmp_path):
+    """--init-from trains with the folder's tokenizer and weights (position table cropped to the run's
+    block), resumes, and --export-pretrained writes a folder equal to the checkpoint."""
+    from conftest import shakespeare_path
+    from tinygrad_gpt.train import load_model
+    if not shakespeare_path().is_file():
+        pytest.skip(f"no {shakespeare_path()}")
+    text = tmp_path / "small.txt"
+    text.write_text(shakespeare_path().read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    out = tmp_path / "ft"
+    common = ["--init-from", str(gpt2_folder), "--data", str(text), "--out", str(out), "--block-size", "16",
+              "--batch-size", "2", "--eval-batches", "2", "--sample-tokens", "5", "--no-progress",
+              "--lr", "1e-3", "--min-lr", "1e-3"]
+    for extra in (["--max-iters", "3"], ["--max-iters", "6", "--resume"]):
+        proc = _example(*common, *extra)
+        stdout, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"resumed from" in stdout and b"at step 3" in stdout
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps[-1] == 6
+    trained, meta, _ = load_model(out)
+    assert trained.config.block_size == 16 and trained.config.vocab_size == 50257
+    start = GPT.from_pretrained(gpt2_folder)
+    assert not np.array_equal(trained.h[0].mlp.c_fc.weight.data, start.h[0].mlp.c_fc.weight.data)
+    proc = _example("--out", str(out), "--export-pretrained", str(tmp_path / "exported"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    again = GPT.from_pretrained(tmp_path / "exported")
+    assert again.config == trained.config
+    assert_same_weights(again, trained)
+    bad = _example("--init-from", str(gpt2_folder), "--n-layer", "3", "--data", str(text), "--out", str(out))
+    _, err = bad.communicate(timeout=120)
+    assert bad.returncode == 2 and b"--n-layer" in err and b"Traceback" not in err

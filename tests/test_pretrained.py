@@ -450,3 +450,17 @@ def test_fine_tune_resume_export_and_reload(gpt2_folder, tmp_path):
     bad = _example("--init-from", str(gpt2_folder), "--n-layer", "3", "--data", str(text), "--out", str(out))
     _, err = bad.communicate(timeout=120)
     assert bad.returncode == 2 and b"--n-layer" in err and b"Traceback" not in err
+
+
+def test_accumulating_backward_calls_adds_in_place_and_keeps_leaves_apart():
+    """y = a + b hands the same array to both leaves: after two backward calls a.grad and b.grad
+    are 2 each, separate arrays, and a.grad is the array of the first call, added into in place."""
+    from tinygrad_gpt.tensor import Tensor
+    a = Tensor(np.zeros(4), requires_grad=True)
+    b = Tensor(np.zeros(4), requires_grad=True)
+    (a + b).sum().backward()
+    first = a.grad
+    (a + b).sum().backward()
+    assert a.grad is first and a.grad is not b.grad
+    np.testing.assert_array_equal(a.grad, [2, 2, 2, 2])
+    np.testing.assert_array_equal(b.grad, [2, 2, 2, 2])

@@ -248,7 +248,10 @@ class Tensor:
             if ctx is None:  # a leaf: accumulate across backward calls, as PyTorch does
                 if dout is not None:
                     # subtle: copy an op's output, because one array may be the gradient of two leaves (a + b)
-                    node.grad = (dout if owned else dout.copy()) if node.grad is None else node.grad + dout
+                    if node.grad is None:
+                        node.grad = dout if owned else dout.copy()
+                    else:  # the engine owns node.grad (see above): add in place, no full-size temporary
+                        node.grad += dout
                 continue
             if not retain_graph:
                 node._ctx = None  # release the graph behind us

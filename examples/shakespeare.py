@@ -11,10 +11,11 @@
     python examples/shakespeare.py --out out/ft --export-pretrained gpt2-shakespeare  # back to a GPT-2 folder
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
-and validation loss and a sample. --sample streams the tokens as they are generated (Ctrl-C keeps
-what was printed). With --init-from DIR the model and the GPT-2 tokenizer come from a Hugging Face
-GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt). Checkpoints (safetensors + JSON, atomic) go to --out after every
-epoch, on Ctrl-C, and at the end; metrics.jsonl beside them.
+and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
+epoch, on Ctrl-C, and at the end; metrics.jsonl beside them. --sample streams the tokens as they
+are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the model and the
+GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json,
+merges.txt); --export-pretrained writes a checkpoint back as one.
 
 Follows: nanoGPT's train.py and sample.py, one script. Deliberately does not: read config files
 (every setting is a flag; presets fill in the rest).

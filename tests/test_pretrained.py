@@ -428,7 +428,7 @@ def test_fine_tune_resume_export_and_reload(gpt2_folder, tmp_path):
     out = tmp_path / "ft"
     common = ["--init-from", str(gpt2_folder), "--data", str(text), "--out", str(out), "--block-size", "16",
               "--batch-size", "2", "--eval-batches", "2", "--sample-tokens", "5", "--no-progress",
-              "--lr", "1e-3", "--min-lr", "1e-3"]
+              "--lr", "1e-3", "--min-lr", "1e-3", "--grad-accum", "2"]
     for extra in (["--max-iters", "3"], ["--max-iters", "6", "--resume"]):
         proc = _example(*common, *extra)
         stdout, err = proc.communicate(timeout=300)

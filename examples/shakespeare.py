@@ -96,7 +96,7 @@ def load_tokens(args):
 
 def encode_prompt(tokenizer, prompt):
     """Prompt ids; a BPE tokenizer reads special tokens such as <|endoftext|> as their ids."""
-    ids = tokenizer.encode(prompt, allowed_special="all") if hasattr(tokenizer, "special_tokens") \
+    ids = tokenizer.encode(prompt, allowed_special="all") if isinstance(tokenizer, BPETokenizer) \
         else tokenizer.encode(prompt)
     if not ids:
         raise ValueError("--prompt must hold at least one character")

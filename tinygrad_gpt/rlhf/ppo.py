@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint
+from tinygrad_gpt import backend, checkpoint
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController, gae, shaped_rewards
@@ -47,6 +47,7 @@ class PPOTrainer:
     """
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer, self.reward_model, self.cfg, self.log = scorer, reward_model, config, log
         policy.value_trunk_grad = config.value_trunk_grad
@@ -204,13 +205,14 @@ class PPOTrainer:
 
     # ---- saving -------------------------------------------------------------------------------
     def save(self, directory, extra_meta=None):
-        """The tuned GPT as a checkpoint `train.load_model` reads; the value head beside it."""
+        """The tuned GPT as a checkpoint `train.load_model` reads; the value head beside it
+        (`checkpoint.load_tensors(directory, "value_head")`). No optimizer state: a PPO run is not resumed."""
         from dataclasses import asdict
-        meta = {"format": "tinygrad_gpt-checkpoint-1", "model_config": asdict(self.policy.config),
+        meta = {"kind": "rlhf-ppo", "model_config": asdict(self.policy.config),
                 "tokenizer": self.tokenizer.to_dict(), "ppo_config": asdict(self.cfg), "ppo_steps": self.step_count,
                 "kl_coef": self.kl_ctl.value,
                 "normalizer": None if self.normalizer is None else asdict(self.normalizer)}
         meta.update(extra_meta or {})
         value_head = {"weight": self.policy.v_head.weight.numpy(), "bias": self.policy.v_head.bias.numpy()}
         return checkpoint.save_checkpoint(directory, self.policy.gpt.state_dict(), meta,
-                                          optimizer_state={"value_head": value_head})
+                                          tensors={"value_head": value_head})

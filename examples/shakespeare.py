@@ -6,6 +6,7 @@
     python examples/shakespeare.py --preset gpu --device cuda --max-iters 5000 --eval-every 500
     python examples/shakespeare.py --resume              # continue the run in --out
     python examples/shakespeare.py --sample --prompt "ROMEO:"
+    mpirun -n 2 python examples/shakespeare.py           # data parallel: the same training, 2 processes
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
 and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
@@ -16,6 +17,7 @@ Follows: nanoGPT's train.py and sample.py, one script. Deliberately does not: re
 """
 import argparse
 import sys
+import traceback
 from dataclasses import fields
 from pathlib import Path
 
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, data  # noqa: E402
+from tinygrad_gpt import backend, data, distributed  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
 from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
@@ -60,7 +62,8 @@ def build_parser():
         if f.name in ("device", "out_dir"):
             continue
         kind = str if f.name == "epoch_mode" else float if f.name in (
-            "lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "val_fraction") else int
+            "lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "val_fraction", "bucket_mb") else \
+            (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else int
         train.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
     return p
 
@@ -93,6 +96,21 @@ def sample_only(args, out_dir):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    world = distributed.from_environment(args.device)  # None unless mpirun started several processes
+    if world is None:
+        return run(args)
+    try:
+        return run(args, world)
+    except (Exception, KeyboardInterrupt) as exc:
+        # one rank failing ends the whole job (MPI_Abort) with this rank's message, never a hang
+        usage = isinstance(exc, USAGE_ERRORS)
+        detail = str(exc) if usage or isinstance(exc, KeyboardInterrupt) else traceback.format_exc()
+        print(f"error (rank {world.rank} of {world.size}): {detail or type(exc).__name__}", file=sys.stderr)
+        world.abort(130 if isinstance(exc, KeyboardInterrupt) else 2 if usage else 1)
+
+
+def run(args, world=None):
+    say = print if world is None or world.is_root else (lambda *a, **k: None)  # rank 0 alone prints
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
     if args.sample:
@@ -108,40 +126,47 @@ def main(argv=None):
     dtype = np.float32 if args.dtype == "float32" else np.float64
 
     model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
-    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress)
-    if args.resume:
+    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress,
+                      world=world)
+    if args.resume and (world is None or world.is_root):  # other ranks receive rank 0's state in train()
         loaded, meta, optimizer_state = load_model(out_dir, device=args.device)
         if meta["model_config"] != {**gpt_cfg.__dict__}:
             raise ValueError(f"--resume: the checkpoint in {out_dir} was trained with {meta['model_config']}, "
                              f"these flags give {gpt_cfg.__dict__}")
         model.load_state_dict(loaded.state_dict())
         trainer.restore(meta, optimizer_state)
-        print(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
-              f"batch {trainer.state.batch})")
-    else:
-        print(f"tiny Shakespeare: {len(tokens):,} tokens ({len(train_tokens):,} train, {len(val_tokens):,} val), "
-              f"vocabulary {tokenizer.vocab_size}")
-        print(f"model: {gpt_cfg}, {model.num_parameters():,} parameters, device {args.device}")
-        print(f"training: {trainer.total_iters():,} steps, {trainer.iters_per_epoch():,} per epoch, "
-              f"batch {train_cfg.batch_size} x block {gpt_cfg.block_size}")
-        print(f"--- untrained sample ---\n{trainer.sample(seed=train_cfg.seed)}\n------------------------")
+        ranks = f", saved by {meta.get('world_size', 1)} process(es), now {1 if world is None else world.size}"
+        say(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
+            f"batch {trainer.state.batch}{ranks})")
+    elif not args.resume:
+        say(f"tiny Shakespeare: {len(tokens):,} tokens ({len(train_tokens):,} train, {len(val_tokens):,} val), "
+            f"vocabulary {tokenizer.vocab_size}")
+        say(f"model: {gpt_cfg}, {model.num_parameters():,} parameters, device {args.device}"
+            + ("" if world is None else f", {world.size} ranks of {train_cfg.batch_size // world.size} rows"))
+        say(f"training: {trainer.total_iters():,} steps, {trainer.iters_per_epoch():,} per epoch, "
+            f"batch {train_cfg.batch_size} x block {gpt_cfg.block_size}")
+        if world is None or world.is_root:
+            say(f"--- untrained sample ---\n{trainer.sample(seed=train_cfg.seed)}\n------------------------")
     try:
         result = trainer.train()
-    except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except NonFiniteLoss as exc:  # every rank sees the same reduced loss: all stop, rank 0 says why
+        if world is None or world.is_root:
+            print(f"error: {exc}", file=sys.stderr)
         return 3
     if result == "interrupted":
-        return 130
-    for record in trainer.state.history:
-        print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-    print(f"checkpoint: {out_dir}")
+        return trainer.stop_exit_code()
+    for record in trainer.state.history if world is None or world.is_root else ():
+        say(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+    say(f"checkpoint: {out_dir}")
     return 0
 
+
+USAGE_ERRORS = (ValueError, FileNotFoundError, RuntimeError, IndexError, ImportError)
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, FileNotFoundError, RuntimeError, IndexError, ImportError) as exc:
+    except USAGE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

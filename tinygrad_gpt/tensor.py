@@ -246,6 +246,11 @@ class Tensor:
                 if dout is not None:
                     # subtle: copy, because one array may be the gradient of two leaves (a + b)
                     node.grad = dout.copy() if node.grad is None else node.grad + dout
+                    # a leaf is visited once, after every use: its gradient for this pass is final
+                    # (distributed.py starts all-reducing a parameter's bucket from here)
+                    hook = getattr(node, "_grad_hook", None)
+                    if hook is not None:
+                        hook(node)
                 continue
             if not retain_graph:
                 node._ctx = None  # release the graph behind us

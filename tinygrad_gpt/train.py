@@ -13,6 +13,13 @@ of batch_size / N; each micro-batch's mean loss is back-propagated with weight r
 accumulated gradient and the summed loss are the whole batch's (a short last batch included), and
 the optimizer steps once per batch: only peak memory changes, not the training.
 
+Data parallel (`world`, a distributed.World from mpirun): `batch_size` stays the global batch;
+every rank draws it, trains on its slice (then on micro-batches of that), gradients are
+all-reduced in buckets before clipping, and rank 0 alone prints, logs and writes checkpoints
+(which record the world size, so a run resumes on another number of ranks). A stop request
+(SIGINT, SIGTERM) on any rank is all-reduced with the loss each step, so every rank stops after
+the same step and one checkpoint.
+
 Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss, gradient accumulation).
 Deliberately does not: mixed precision.
 """
@@ -55,6 +62,8 @@ class TrainConfig:
     device: str = "cpu"
     out_dir: str = "out/shakespeare"
     val_fraction: float = 0.1
+    bucket_mb: float = 4.0              # data parallel: size of one flat gradient all-reduce bucket (MB)
+    overlap_comm: bool = False          # data parallel: start each bucket's all-reduce during backward
     stop_after: int | None = None       # testing aid: behave as if Ctrl-C came after this step
 
     def __post_init__(self):
@@ -63,6 +72,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "epochs", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.bucket_mb <= 0:
+            raise ValueError(f"TrainConfig: bucket_mb must be > 0, got {self.bucket_mb}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig: batch_size {self.batch_size} is not divisible by grad_accum "
                              f"{self.grad_accum} (each micro-batch holds batch_size / grad_accum rows)")
@@ -121,10 +132,23 @@ class TrainState:
 class Trainer:
     """Trains `model` on token arrays; prints (via `log`) what a person watching needs to see."""
 
-    def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True):
+    def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True, world=None):
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
-        self.log, self.progress = log, progress
+        self.world = world                                   # None: one process, no MPI
+        self.is_root = world is None or world.is_root        # rank 0 prints and writes
+        self.log = log if self.is_root else (lambda *args, **kwargs: None)
+        self.progress = progress and self.is_root
+        self.grad_sync = None
+        if world is not None:
+            if config.batch_size % (world.size * config.grad_accum):
+                raise ValueError(f"TrainConfig: batch_size {config.batch_size} is not divisible by {world.size} ranks "
+                                 f"x grad_accum {config.grad_accum}")
+            world.check_same(model_config=asdict(model.config), train_config=asdict(config),
+                             tokenizer=tokenizer.to_dict(), train_tokens=np.asarray(train_tokens),
+                             val_tokens=np.asarray(val_tokens), dtype=str(model.wte.weight.dtype))
+            self.grad_sync = world.gradient_reducer(model.parameters(), int(config.bucket_mb * 2 ** 20),
+                                                    overlap=config.overlap_comm)
         self.opt = AdamW(decay_groups(model.named_parameters(), config.weight_decay), lr=config.lr,
                          betas=(config.beta1, config.beta2))
         self.state = TrainState(epoch_rng=np.random.default_rng(config.seed).bit_generator.state)
@@ -134,6 +158,7 @@ class Trainer:
         self._iters_per_epoch = min(n, config.iters_per_epoch) if config.iters_per_epoch else n
         self.out_dir = Path(config.out_dir)
         self._interrupted = False
+        self._stop_signal = None
         self.xp = get_xp(config.device)
 
     # ---- epochs and schedule --------------------------------------------------------------
@@ -175,6 +200,9 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self):
+        """Write the checkpoint (rank 0 only; the other ranks hold the same state)."""
+        if not self.is_root:
+            return
         meta = {
             "format": "tinygrad_gpt-checkpoint-1",
             "model_config": asdict(self.model.config),
@@ -182,6 +210,7 @@ class Trainer:
             "tokenizer": self.tokenizer.to_dict(),
             "state": asdict(self.state),
             "dropout_rng": checkpoint.rng_state(self.model.drop_rng),
+            "world_size": 1 if self.world is None else self.world.size,
         }
         checkpoint.save_checkpoint(self.out_dir, self.model.state_dict(), meta,
                                    optimizer_state=self.opt.state_dict())
@@ -191,7 +220,17 @@ class Trainer:
         self.state = TrainState(**meta["state"])
         self.model.drop_rng.bit_generator.state = meta["dropout_rng"]
 
+    def sync_from_root(self):
+        """Data parallel: every rank takes rank 0's parameters, optimizer moments and loop state."""
+        w = self.world
+        w.broadcast_arrays([p.data for p in self.model.parameters()] + self.opt.m + self.opt.v)
+        t, state, drop = w.bcast((self.opt.t, asdict(self.state), self.model.drop_rng.bit_generator.state))
+        self.opt.t, self.state = t, TrainState(**state)
+        self.model.drop_rng.bit_generator.state = drop
+
     def _metrics(self, record):
+        if not self.is_root:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -201,7 +240,13 @@ class Trainer:
         if self._interrupted:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._interrupted = True
-        self.log("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+        self._stop_signal = signum
+        name = "SIGTERM" if signum == signal.SIGTERM else "interrupt"
+        self.log(f"\n{name}: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+
+    def stop_exit_code(self):
+        """130 after SIGINT (or --stop-after), 143 after SIGTERM: the shell's convention."""
+        return 143 if self._stop_signal == signal.SIGTERM else 130
 
     def train(self):
         """Run the remaining epochs. Returns "done", "interrupted"; raises NonFiniteLoss."""
@@ -210,6 +255,9 @@ class Trainer:
         total = self.total_iters()
         per_epoch = self.iters_per_epoch()
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        previous_term = signal.signal(signal.SIGTERM, self._on_sigint) if self.world is not None else None
+        if self.world is not None:
+            self.sync_from_root()
         model, opt, st, cfg = self.model, self.opt, self.state, self.cfg
         model.train()
         try:
@@ -229,7 +277,9 @@ class Trainer:
                     if cfg.grad_clip:
                         clip_grad_norm(model.parameters(), cfg.grad_clip)
                     log_now = (st.step + 1) % cfg.log_every == 0 or st.batch + 1 == steps_this_epoch
-                    loss_value = float(loss) if (log_now or cfg.device == "cpu") else None
+                    loss_value = float(loss) if (log_now or cfg.device == "cpu") and loss is not None else None
+                    if self.world is not None:
+                        loss_value = self._reduce_loss_and_stop(loss_value, log_now)
                     if loss_value is not None and not math.isfinite(loss_value):
                         raise NonFiniteLoss(f"loss is {loss_value} at step {st.step + 1} (epoch {st.epoch + 1}, "
                                             f"batch {st.batch + 1}); stopping without saving, the last good "
@@ -248,13 +298,14 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if cfg.stop_after is not None and st.step >= cfg.stop_after:
+                    if cfg.stop_after is not None and st.step >= cfg.stop_after and self.world is None:
                         self._interrupted = True
                     if self._interrupted or st.step >= total:
                         break
                 bar.close()
                 if self._interrupted and st.batch < steps_this_epoch:
                     self.save()
+                    self._barrier()
                     self.log(f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}); checkpoint saved "
                              f"to {self.out_dir}; continue with --resume")
                     return "interrupted"
@@ -268,12 +319,39 @@ class Trainer:
                 st.epoch += 1
                 st.batch = 0
                 self.save()
+                self._barrier()
                 if self._interrupted:
                     self.log(f"stopped after epoch {st.epoch}; checkpoint saved to {self.out_dir}")
                     return "interrupted"
             return "done"
         finally:
             signal.signal(signal.SIGINT, previous_handler)
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+
+    def _barrier(self):
+        if self.world is not None:
+            self.world.barrier()   # rank 0 has written the checkpoint; every rank goes on together
+
+    def _reduce_loss_and_stop(self, loss_value, log_now):
+        """Data parallel, once per step: sum the ranks' weighted losses and their stop requests.
+
+        Every rank then holds the global batch's loss (for the non-finite check and the log) and
+        stops after this step if any rank was asked to (SIGTERM anywhere gives 143 everywhere).
+        """
+        cfg, st = self.cfg, self.state
+        want_loss = log_now or cfg.device == "cpu"
+        stop_term = self._interrupted and self._stop_signal == signal.SIGTERM
+        stop_other = self._interrupted and not stop_term
+        if cfg.stop_after is not None and st.step + 1 >= cfg.stop_after:
+            stop_other = True
+        total, n_other, n_term = self.world.sum_host([(loss_value or 0.0) if want_loss else 0.0,
+                                                      float(stop_other), float(stop_term)])
+        if n_term:
+            self._interrupted, self._stop_signal = True, signal.SIGTERM
+        elif n_other:
+            self._interrupted = True
+        return float(total) if want_loss else None
 
     def micro_batches(self, x, y):
         """(x_i, y_i, weight_i) for the micro-batches of one batch: grad_accum row ranges of x (B, T).
@@ -283,7 +361,11 @@ class Trainer:
         pieces are left out).
         """
         rows = x.shape[0]
-        return [(x[r], y[r], len(r) / rows) for r in np.array_split(np.arange(rows), self.cfg.grad_accum) if len(r)]
+        mine = np.arange(rows)
+        if self.world is not None:  # this rank's slice of the global batch
+            from tinygrad_gpt.distributed import shard
+            mine = shard(rows, self.world.rank, self.world.size)
+        return [(x[r], y[r], len(r) / rows) for r in np.array_split(mine, self.cfg.grad_accum) if len(r)]
 
     def _forward_backward(self, x, y):
         """Forward and backward over the micro-batches of (x, y); returns the batch's mean loss.
@@ -291,15 +373,22 @@ class Trainer:
         The loss comes back as a 0-d array on the model's device (no host sync on the GPU).
         """
         total = None
-        for xm, ym, weight in self.micro_batches(x, y):
+        pieces = self.micro_batches(x, y)
+        for k, (xm, ym, weight) in enumerate(pieces):
             _, loss = self.model(xm, self.xp.asarray(ym))   # xm (numpy) is range-checked on the host, then uploaded
             w = loss.dtype.type(weight)
+            if self.grad_sync is not None and k == len(pieces) - 1:
+                self.grad_sync.arm()  # the last backward of the step: buckets may start from its hooks
             # d(total)/d(loss_i) = weight_i: the gradient of the whole batch's mean accumulates
             loss.backward(self.xp.full(loss.shape, w, dtype=loss.dtype))
             total = loss.data * w if total is None else total + loss.data * w
+        if self.grad_sync is not None:
+            self.grad_sync.reduce()   # the summed weighted gradients: the global batch's mean gradient
         return total
 
     def _evaluate(self, bar, label):
+        if not self.is_root:  # rank 0 evaluates and samples; the others wait at the next collective
+            return {"step": self.state.step}
         t0 = time.perf_counter()
         train_loss = self.estimate_loss(self.train_tokens, seed=1)
         val_loss = self.estimate_loss(self.val_tokens, seed=2)

@@ -157,7 +157,8 @@ class Trainer:
         n = len(self.epoch_batches(self.state.epoch_rng))
         self._iters_per_epoch = min(n, config.iters_per_epoch) if config.iters_per_epoch else n
         self.out_dir = Path(config.out_dir)
-        self._interrupted = False
+        self._interrupted = False   # a stop was asked for in this process
+        self._agreed_stop = False   # data parallel: some rank asked, as of the last step's all-reduce
         self._stop_signal = None
         self.xp = get_xp(config.device)
 
@@ -239,8 +240,8 @@ class Trainer:
     def _on_sigint(self, signum, frame):
         if self._interrupted:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
+        self._stop_signal = signum  # before the flag: _reduce_loss_and_stop reads them in the other order
         self._interrupted = True
-        self._stop_signal = signum
         name = "SIGTERM" if signum == signal.SIGTERM else "interrupt"
         self.log(f"\n{name}: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
 
@@ -300,14 +301,14 @@ class Trainer:
                         self._evaluate(bar, f"step {st.step}")
                     if cfg.stop_after is not None and st.step >= cfg.stop_after and self.world is None:
                         self._interrupted = True
-                    if self._interrupted or st.step >= total:
+                    if self._stopping() or st.step >= total:
                         break
                 bar.close()
-                if self._interrupted and st.batch < steps_this_epoch:
+                if self._stopping() and st.batch < steps_this_epoch:
                     self.save()
-                    self._barrier()
                     self.log(f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}); checkpoint saved "
                              f"to {self.out_dir}; continue with --resume")
+                    self._barrier()
                     return "interrupted"
                 record = self._evaluate(None, f"epoch {st.epoch + 1}")
                 record.update(epoch=st.epoch + 1)
@@ -320,7 +321,7 @@ class Trainer:
                 st.batch = 0
                 self.save()
                 self._barrier()
-                if self._interrupted:
+                if self._stopping():
                     self.log(f"stopped after epoch {st.epoch}; checkpoint saved to {self.out_dir}")
                     return "interrupted"
             return "done"
@@ -328,6 +329,12 @@ class Trainer:
             signal.signal(signal.SIGINT, previous_handler)
             if previous_term is not None:
                 signal.signal(signal.SIGTERM, previous_term)
+
+    def _stopping(self):
+        """Whether to stop after this step. Data parallel: only what every rank agreed on at the
+        last all-reduce; subtle: a signal that lands after it waits for the next step's, else this
+        rank would stop one step before the others and wait for them in a collective for ever."""
+        return self._interrupted if self.world is None else self._agreed_stop
 
     def _barrier(self):
         if self.world is not None:
@@ -341,16 +348,16 @@ class Trainer:
         """
         cfg, st = self.cfg, self.state
         want_loss = log_now or cfg.device == "cpu"
-        stop_term = self._interrupted and self._stop_signal == signal.SIGTERM
-        stop_other = self._interrupted and not stop_term
+        asked = self._interrupted
+        stop_term = asked and self._stop_signal == signal.SIGTERM
+        stop_other = asked and not stop_term
         if cfg.stop_after is not None and st.step + 1 >= cfg.stop_after:
             stop_other = True
         total, n_other, n_term = self.world.sum_host([(loss_value or 0.0) if want_loss else 0.0,
                                                       float(stop_other), float(stop_term)])
         if n_term:
-            self._interrupted, self._stop_signal = True, signal.SIGTERM
-        elif n_other:
-            self._interrupted = True
+            self._stop_signal = signal.SIGTERM
+        self._agreed_stop = bool(n_term or n_other)
         return float(total) if want_loss else None
 
     def micro_batches(self, x, y):

@@ -23,7 +23,7 @@ from kernels.reference import get_array_module
 from tinygrad_gpt.tensor import Function
 
 
-class CausalSelfAttention(Function):
+class CausalSelfAttentionOp(Function):
     @staticmethod
     def forward(ctx, q, k, v):
         if not (q.shape == k.shape == v.shape) or q.ndim != 4:
@@ -42,10 +42,10 @@ class CausalSelfAttention(Function):
 
 def causal_self_attention(q, k, v):
     """Causal softmax attention of q, k, v Tensors (B, nh, T, hs)."""
-    return CausalSelfAttention.apply(q, k, v)
+    return CausalSelfAttentionOp.apply(q, k, v)
 
 
-class CausalSelfAttentionQKV(Function):
+class CausalSelfAttentionQKVOp(Function):
     """The same attention, taking the packed c_attn output: qkv (B, T, 3C) -> y (B, T, C).
 
     Splitting the heads and merging them again happen inside the op, so the model's graph holds one
@@ -87,4 +87,4 @@ class CausalSelfAttentionQKV(Function):
 
 def causal_self_attention_qkv(qkv, n_head):
     """Causal attention straight from the packed projection qkv (B, T, 3C); returns (B, T, C)."""
-    return CausalSelfAttentionQKV.apply(qkv, n_head=n_head)
+    return CausalSelfAttentionQKVOp.apply(qkv, n_head=n_head)

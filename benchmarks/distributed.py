@@ -15,8 +15,8 @@ every variant, variants interleaved over rounds; "comm" is the time a rank spend
 GradAllreduce.reduce() (with overlap: what is left to wait for after backward). `paper` turns a
 measured step time into ring all-reduce estimates for 2, 8 and 64 nodes at 10 and 100 Gb/s.
 
-Workers are started as `mpirun -n 2 python benchmarks/distributed.py worker-...` (root and
-oversubscribe allowed through the environment). Does not: measure several hosts (one machine here)
+Workers are started as `mpirun -n 2 python benchmarks/distributed.py worker-...` (root allowed
+through the environment). Does not: measure several hosts (one machine here)
 or NCCL (no GPU); the paper table is arithmetic on the measured figures, labelled as such.
 """
 import argparse
@@ -50,7 +50,9 @@ def _env(threads):
 def _launch(ranks, threads, *args):
     cmd = [sys.executable, __file__, *args]
     if ranks > 1:
-        cmd = ["mpirun", "-n", str(ranks), "--oversubscribe", "--bind-to", "none", *cmd]
+        # subtle: no --oversubscribe with ranks <= cores: it makes Open MPI yield the core while it
+        # waits, and on a loaded machine every collective then took ~16 ms instead of ~30 us
+        cmd = ["mpirun", "-n", str(ranks), "--bind-to", "none", *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads), timeout=900)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")

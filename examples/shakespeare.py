@@ -95,6 +95,8 @@ def sample_only(args, out_dir):
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser().parse_args(argv)
     world = distributed.from_environment(args.device)  # None unless mpirun started several processes
     if world is None:

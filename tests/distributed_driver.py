@@ -5,8 +5,9 @@ Each rank writes its pid to <out>/pid.<rank> (so a test can signal one rank) and
     DRIVER_RAISE_AT=R:S        rank R raises ArithmeticError at step S (an unexpected exception)
     DRIVER_SKIP_ALLREDUCE=1    gradients stay local (the control of the equality test)
     DRIVER_RANK1_ARGS="..."    extra flags for rank 1 only (the config-mismatch check)
-    DRIVER_SIGTERM_AFTER=R:S   rank R sends itself SIGTERM just after step S's loss/stop all-reduce
-                               (the worst moment: the request must wait for step S + 1's)
+    DRIVER_SIGNAL_AFTER=SIG:R:S  rank R sends itself SIGSIG (INT, TERM) just after step S's
+                               loss/stop all-reduce (the worst moment: the request must wait for
+                               step S + 1's, so every rank stops after step S + 1)
 """
 import os
 import signal
@@ -44,14 +45,15 @@ def main():
                 raise ArithmeticError(f"injected failure on rank {me} at step {fault_step}")
             return original_lr_at(self, step)
         train.Trainer.lr_at = lr_at
-    if os.environ.get("DRIVER_SIGTERM_AFTER"):
-        term_rank, term_step = map(int, os.environ["DRIVER_SIGTERM_AFTER"].split(":"))
+    if os.environ.get("DRIVER_SIGNAL_AFTER"):
+        name, term_rank, term_step = os.environ["DRIVER_SIGNAL_AFTER"].split(":")
+        signum, term_rank, term_step = getattr(signal, "SIG" + name), int(term_rank), int(term_step)
         original_reduce = train.Trainer._reduce_loss_and_stop
 
         def reduce(self, loss_value, log_now):
             result = original_reduce(self, loss_value, log_now)
             if me == term_rank and self.state.step + 1 == term_step:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signum)
             return result
         train.Trainer._reduce_loss_and_stop = reduce
     if os.environ.get("DRIVER_SKIP_ALLREDUCE"):

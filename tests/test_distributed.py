@@ -192,17 +192,18 @@ def test_overlapped_small_buckets_with_grad_accum_train_the_same(corpus, tmp_pat
 
 @needs_mpi
 @pytest.mark.parametrize("first", ["two ranks", "one process"])
-def test_resume_across_world_sizes(corpus, tmp_path, single_runs, first):
+def test_resume_across_world_sizes(corpus, tmp_path, single_runs, first, ctrl_c_after_step):
     """8 steps on one world size, stop, resume on the other for the remaining 12: the same losses."""
     out = tmp_path / "resumed"
-    two = lambda *extra: _mpirun(_flags(corpus, out, "float64", *extra))  # noqa: E731
+    two = lambda *extra, **env: _mpirun(_flags(corpus, out, "float64", *extra), **env)  # noqa: E731
     if first == "two ranks":
-        run = two("--stop-after", "8")
+        run = two(DRIVER_SIGNAL_AFTER="INT:0:7")   # seen at step 8's all-reduce: both stop after 8
         assert run.returncode == 130, run.stderr[-3000:]
         assert checkpoint.load_checkpoint(out)[2]["world_size"] == 2
         assert shakespeare.main(_flags(corpus, out, "float64", "--resume")) == 0
     else:
-        assert shakespeare.main(_flags(corpus, out, "float64", "--stop-after", "8")) == 130
+        ctrl_c_after_step(8)
+        assert shakespeare.main(_flags(corpus, out, "float64")) == 130
         assert checkpoint.load_checkpoint(out)[2]["world_size"] == 1
         run = two("--resume")
         assert run.returncode == 0, run.stderr[-3000:]
@@ -250,7 +251,7 @@ def test_a_signal_just_after_the_stop_all_reduce_waits_for_the_next_step(corpus,
     """SIGTERM lands on rank 1 right after step 6's all-reduce said "go on": rank 1 must not stop
     alone after step 6 (rank 0 would wait for it in step 7's all-reduce for ever); both stop after 7."""
     out = tmp_path / "late"
-    run = _mpirun(_flags(corpus, out, "float32"), timeout=60, DRIVER_SIGTERM_AFTER="1:6")
+    run = _mpirun(_flags(corpus, out, "float32"), timeout=60, DRIVER_SIGNAL_AFTER="TERM:1:6")
     assert run.returncode == 143, run.stderr[-3000:]
     assert [(out / f"exit.{r}").read_text() for r in (0, 1)] == ["143"] * 2
     assert checkpoint.load_checkpoint(out)[2]["state"]["step"] == max(_losses(out)) == 7

@@ -3,7 +3,7 @@
 `examples/shakespeare.py` maps its flags onto `TrainConfig` and `GPTConfig` and calls `Trainer`;
 the RLHF example and the benchmarks reuse the same loop. One epoch is one shuffled pass over the
 training split in block_size windows (`epoch_mode="windows"`), or over every start position
-(`"all_starts"`, the founding run's definition). After each epoch: train and val loss (estimated on
+(`"all_starts"`, the `original` preset's epoch). After each epoch: train and val loss (estimated on
 `eval_batches` held-out batches drawn with a fixed seed, so epochs are comparable), a sample, and a
 checkpoint. Ctrl-C finishes the current step, saves, and exits; a NaN/Inf loss stops the run and
 keeps the last good checkpoint.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint, data
+from tinygrad_gpt import backend, checkpoint, data
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
@@ -64,7 +64,6 @@ class TrainConfig:
     val_fraction: float = 0.1
     bucket_mb: float = 4.0              # data parallel: size of one flat gradient all-reduce bucket (MB)
     overlap_comm: bool = False          # data parallel: start each bucket's all-reduce during backward
-    stop_after: int | None = None       # testing aid: behave as if Ctrl-C came after this step
 
     def __post_init__(self):
         if self.epoch_mode not in ("windows", "all_starts"):
@@ -133,6 +132,7 @@ class Trainer:
     """Trains `model` on token arrays; prints (via `log`) what a person watching needs to see."""
 
     def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True, world=None):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.world = world                                   # None: one process, no MPI
@@ -299,8 +299,6 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if cfg.stop_after is not None and st.step >= cfg.stop_after and self.world is None:
-                        self._interrupted = True
                     if self._stopping() or st.step >= total:
                         break
                 bar.close()
@@ -346,13 +344,11 @@ class Trainer:
         Every rank then holds the global batch's loss (for the non-finite check and the log) and
         stops after this step if any rank was asked to (SIGTERM anywhere gives 143 everywhere).
         """
-        cfg, st = self.cfg, self.state
+        cfg = self.cfg
         want_loss = log_now or cfg.device == "cpu"
         asked = self._interrupted
         stop_term = asked and self._stop_signal == signal.SIGTERM
         stop_other = asked and not stop_term
-        if cfg.stop_after is not None and st.step + 1 >= cfg.stop_after:
-            stop_other = True
         total, n_other, n_term = self.world.sum_host([(loss_value or 0.0) if want_loss else 0.0,
                                                       float(stop_other), float(stop_term)])
         if n_term:
@@ -409,7 +405,9 @@ class Trainer:
 
 
 def load_model(directory, device="cpu"):
-    """Model, tokenizer dict and meta from a checkpoint directory written by Trainer.save."""
+    """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save.
+
+    The tokenizer is in the meta, as its dict: `tokenizer_from_dict(meta["tokenizer"])` rebuilds it."""
     state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
     config = GPTConfig(**meta["model_config"])
     dtype = next(iter(state_dict.values())).dtype

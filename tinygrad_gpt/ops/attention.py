@@ -19,7 +19,7 @@ attention_backward. Deliberately does not: support padding masks or cross-attent
 import math
 
 import kernels
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function
 
 
@@ -59,7 +59,7 @@ class CausalSelfAttentionQKVOp(Function):
         if C3 % (3 * n_head):
             raise ValueError(f"attention: qkv width {C3} is not 3 * n_head ({n_head}) * head size")
         hs = C3 // (3 * n_head)
-        xp = get_array_module(qkv)
+        xp = array_module(qkv)
         heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view
         q = xp.ascontiguousarray(heads[0])                        # (B, nh, T, hs)
         k = xp.ascontiguousarray(heads[1])                        # (B, nh, T, hs)
@@ -71,7 +71,7 @@ class CausalSelfAttentionQKVOp(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         B, nh, T, hs = ctx.q.shape
         # forward, last line: y = out merged over heads, so dout = dy split into heads
         dout = xp.ascontiguousarray(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))  # (B, nh, T, hs)

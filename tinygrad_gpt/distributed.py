@@ -8,7 +8,8 @@ rows_r / rows, so the all-reduced SUM of the weighted gradients is the whole bat
 
     World            rank, world size, local rank (ranks on this host), the communicator; checks
                      that every rank holds the same configs and data, broadcasts from rank 0, a
-                     per-step host all-reduce (loss, stop flags), abort on an exception
+                     per-step host all-reduce (loss, stop flags), abort on an exception (with
+                     the exit status cli.run_main gives one process)
     bucket_layout    flat gradient buckets of ~bucket_bytes, in parameter order
     GradAllreduce    preallocated buckets, all-reduced in place (MPI, or NCCL on cuda); with
                      `overlap`, each bucket's non-blocking all-reduce starts during backward as
@@ -137,10 +138,21 @@ class World:
         sys.stderr.flush()
         self.comm.Abort(code)
 
-    def _excepthook(self, kind, value, tb):
-        text = "".join(traceback.format_exception(kind, value, tb))
+    def abort_for(self, exc):
+        """End every rank of the job for `exc`, raised on this rank: its one-line message and the
+        exit status that cli.run_main gives one process for it (cli.status_of); a bug (no status)
+        prints its traceback and exits 1."""
+        from tinygrad_gpt.cli import EXIT_RUNTIME, status_of
+        status = status_of(exc)
+        if status is None:
+            code, text = EXIT_RUNTIME, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        else:
+            code, text = status[0], status[1] + "\n"
         sys.stderr.write(f"rank {self.rank} of {self.size}: {text}")
-        self.abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+        self.abort(code)
+
+    def _excepthook(self, kind, value, tb):
+        self.abort_for(value)
 
     # ---- agreement and broadcast --------------------------------------------------------------
     def check_same(self, **parts):

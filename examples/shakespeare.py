@@ -9,6 +9,7 @@
     python examples/shakespeare.py --init-from gpt2 --sample --prompt "ROMEO:"   # a Hugging Face GPT-2 folder
     python examples/shakespeare.py --init-from gpt2 --out out/ft                 # fine-tune it (preset finetune)
     python examples/shakespeare.py --out out/ft --export-pretrained gpt2-shakespeare  # back to a GPT-2 folder
+    mpirun -n 2 python examples/shakespeare.py           # data parallel: the same training, 2 processes
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
 and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
@@ -30,12 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, checkpoint, cli, data, pretrained  # noqa: E402
-from tinygrad_gpt.model import GPTConfig  # noqa: E402
-from tinygrad_gpt.tokenizers import BPETokenizer  # noqa: E402
+from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained  # noqa: E402
+from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
+from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
-from tinygrad_gpt.model import GPT  # noqa: E402
 from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable, load_model,  # noqa: E402
                                 preset_configs, tokenizer_of)
 
@@ -172,6 +172,20 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.preset = args.preset or ("finetune" if init_from(args) else "cpu")
+    world = distributed.from_environment(args.device)  # None unless mpirun started several processes
+    if world is None:
+        return run(args, parser)  # what escapes goes to cli.run_main: its message and exit status
+    try:
+        return run(args, parser, world)
+    except (Exception, KeyboardInterrupt) as exc:
+        # one rank failing ends the whole job (MPI_Abort) with this rank's message and the exit
+        # status cli.run_main gives one process for the same exception, never a hang
+        world.abort_for(exc)
+
+
+def run(args, parser, world=None):
+    root = world is None or world.is_root
+    say = print if root else (lambda *a, **k: None)  # rank 0 alone prints
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
     if args.sample:
@@ -184,14 +198,22 @@ def main(argv=None):
             parser.error(f"{', '.join(fixed)}: with --init-from the model's shape comes from "
                          f"{init_from(args)}/config.json")
 
-    resumed = None
+    resumed = None  # rank 0's (model, meta, optimizer_state); the other ranks receive its state in train()
     if args.resume:
         # the checkpoint first: its kind and tokenizer decide how the data is read (no BPE retraining)
-        resumed = load_model(out_dir, device=args.device)
-        check_resumable(resumed[1], out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
-        tokenizer, tokens = load_tokens(args, tokenizer_of(resumed[1], out_dir), out_dir)
+        saved = None
+        if root:  # a checkpoint rank 0 refuses raises here and aborts the job with its message
+            resumed = load_model(out_dir, device=args.device)
+            check_resumable(resumed[1], out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+            saved = tokenizer_of(resumed[1], out_dir)
+        if world is not None:
+            saved_dict = world.bcast(saved.to_dict() if root else None)
+            if not root:
+                saved = tokenizer_from_dict(saved_dict)
+        tokenizer, tokens = load_tokens(args, saved, out_dir)
     else:
-        checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
+        if root:  # rank 0 alone writes
+            checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
         tokenizer, tokens = load_tokens(args)
     overrides = cli.values_from(args, cli.flag_fields(GPTConfig) + cli.flag_fields(TrainConfig))
     overrides.update(device=args.device, out_dir=str(out_dir))
@@ -210,7 +232,8 @@ def main(argv=None):
         gpt_cfg = model.config
     else:
         model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
-    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress)
+    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress,
+                      world=world)
     if resumed is not None:
         loaded, meta, optimizer_state = resumed
         saved = GPTConfig(**meta["model_config"]).__dict__  # a field newer than the checkpoint takes its default
@@ -220,25 +243,29 @@ def main(argv=None):
                 f"{cli.flag_name(k)} {old!r} (these flags give {new!r})" for k, (old, new) in differ.items()))
         model.load_state_dict(loaded.state_dict())
         trainer.restore(meta, optimizer_state)
-        print(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
-              f"batch {trainer.state.batch})")
-    else:
-        print(f"tiny Shakespeare: {len(tokens):,} tokens ({len(train_tokens):,} train, {len(val_tokens):,} val), "
-              f"vocabulary {tokenizer.vocab_size}")
-        print(f"model: {gpt_cfg}, {model.num_parameters():,} parameters, device {args.device}")
-        print(f"training: {trainer.total_iters():,} steps, {trainer.iters_per_epoch():,} per epoch, "
-              f"batch {train_cfg.batch_size} x block {gpt_cfg.block_size}")
-        print(f"--- untrained sample ---\n{trainer.sample(seed=train_cfg.seed)}\n------------------------")
+        ranks = f", saved by {meta.get('world_size', 1)} process(es), now {1 if world is None else world.size}"
+        say(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
+            f"batch {trainer.state.batch}{ranks})")
+    elif not args.resume:
+        say(f"tiny Shakespeare: {len(tokens):,} tokens ({len(train_tokens):,} train, {len(val_tokens):,} val), "
+            f"vocabulary {tokenizer.vocab_size}")
+        say(f"model: {gpt_cfg}, {model.num_parameters():,} parameters, device {args.device}"
+            + ("" if world is None else f", {world.size} ranks of {train_cfg.batch_size // world.size} rows"))
+        say(f"training: {trainer.total_iters():,} steps, {trainer.iters_per_epoch():,} per epoch, "
+            f"batch {train_cfg.batch_size} x block {gpt_cfg.block_size}")
+        if root:
+            say(f"--- untrained sample ---\n{trainer.sample(seed=train_cfg.seed)}\n------------------------")
     try:
         result = trainer.train()
-    except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except NonFiniteLoss as exc:  # every rank sees the same reduced loss: all stop, rank 0 says why
+        if root:
+            print(f"error: {exc}", file=sys.stderr)
         return 3
     if result != "done":
         return cli.exit_status(result)
-    for record in trainer.state.history:
-        print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-    print(f"checkpoint: {out_dir}")
+    for record in trainer.state.history if root else ():
+        say(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+    say(f"checkpoint: {out_dir}")
     return 0
 
 

@@ -267,6 +267,11 @@ class Tensor:
                         node.grad = dout if owned else dout.copy()
                     else:  # the engine owns node.grad (see above): add in place, no full-size temporary
                         node.grad += dout
+                    # a leaf is visited once, after every use: its gradient for this pass is final
+                    # (distributed.py starts all-reducing a parameter's bucket from here)
+                    hook = getattr(node, "_grad_hook", None)
+                    if hook is not None:
+                        hook(node)
                 continue
             if not retain_graph:
                 node._ctx, node._released = None, ctx.fn.__name__  # release the graph behind us

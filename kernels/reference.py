@@ -144,9 +144,9 @@ def attention_shapes(q, k, v, t0):
     return T, L
 
 
-def _future(xp, T, L, t0):
-    """(T, L) bool: key j lies after query i's position t0 + i (the causal mask, cache tail included)."""
-    return xp.arange(L)[None, :] > (t0 + xp.arange(T))[:, None]   # (T, L)
+def _future(xp, T, t0):
+    """(T, t0 + T) bool: key j lies after query i's position t0 + i (the causal mask)."""
+    return xp.arange(t0 + T)[None, :] > (t0 + xp.arange(T))[:, None]  # (T, W)
 
 
 def attention_forward(q, k, v, scale, t0=0):
@@ -158,12 +158,14 @@ def attention_forward(q, k, v, scale, t0=0):
     """
     xp = get_array_module(q)
     T, L = attention_shapes(q, k, v, t0)
-    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, L)   1
-    scores = xp.where(_future(xp, T, L, t0), -xp.inf, scores)      # (B, nh, T, L)   2
+    W = t0 + T                                                     # keys any query sees
+    k, v = k[..., :W, :], v[..., :W, :]                            # (B, nh, W, hs)
+    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, W)   1
+    scores = xp.where(_future(xp, T, t0), -xp.inf, scores)         # (B, nh, T, W)   2
     rowmax = scores.max(axis=-1, keepdims=True)                    # (B, nh, T, 1)
-    p = xp.exp(scores - rowmax)                                    # (B, nh, T, L)
+    p = xp.exp(scores - rowmax)                                    # (B, nh, T, W)
     denom = p.sum(axis=-1, keepdims=True)                          # (B, nh, T, 1)
-    p = p / denom                                                  # (B, nh, T, L)   3
+    p = p / denom                                                  # (B, nh, T, W)   3
     out = p @ v                                                    # (B, nh, T, hs)  4
     lse = (rowmax + xp.log(denom))[..., 0]                         # (B, nh, T)
     return out, lse.astype(q.dtype, copy=False)
@@ -176,19 +178,28 @@ def attention_backward(dout, q, k, v, out, lse, scale, t0=0):
     """
     xp = get_array_module(q)
     T, L = attention_shapes(q, k, v, t0)
-    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, L)  recompute 1
-    p = xp.where(_future(xp, T, L, t0), 0, xp.exp(scores - lse[..., None]))  # (B, nh, T, L)  recompute 2-3
+    W = t0 + T
+    kw, vw = k[..., :W, :], v[..., :W, :]                          # (B, nh, W, hs)  forward's first line
+    scores = (q @ kw.swapaxes(-1, -2)) * q.dtype.type(scale)       # (B, nh, T, W)  recompute 1
+    p = xp.where(_future(xp, T, t0), 0, xp.exp(scores - lse[..., None]))  # (B, nh, T, W)  recompute 2-3
     # forward 4: out = p v, so dp = dout v^T and dv = p^T dout
-    dv = p.swapaxes(-1, -2) @ dout                                 # (B, nh, L, hs)
-    dp = dout @ v.swapaxes(-1, -2)                                 # (B, nh, T, L)
+    dp = dout @ vw.swapaxes(-1, -2)                                # (B, nh, T, W)
     # forward 3: p = softmax(scores) per row, so dscores = p * (dp - sum_j p_j dp_j);
     # sum_j p_j dp_j = sum_j p_j (dout . v_j) = dout . out, one dot product per row
     rowdot = (dout * out).sum(axis=-1, keepdims=True)              # (B, nh, T, 1)
-    dscores = p * (dp - rowdot)                                    # (B, nh, T, L)
+    dscores = p * (dp - rowdot)                                    # (B, nh, T, W)
     # forward 2: masked entries were constants, and p is 0 there, so dscores is 0 there already
     # forward 1: scores = q k^T * scale
-    dq = (dscores @ k) * q.dtype.type(scale)                       # (B, nh, T, hs)
-    dk = (dscores.swapaxes(-1, -2) @ q) * q.dtype.type(scale)      # (B, nh, L, hs)
+    dq = (dscores @ kw) * q.dtype.type(scale)                      # (B, nh, T, hs)
+    # forward, first line: only keys [0, W) were read, so the rest get 0
+    dvw = p.swapaxes(-1, -2) @ dout                                # (B, nh, W, hs)
+    dkw = (dscores.swapaxes(-1, -2) @ q) * q.dtype.type(scale)     # (B, nh, W, hs)
+    if W == L:
+        return dq, dkw, dvw
+    dk = xp.zeros(k.shape, dtype=dkw.dtype)                        # (B, nh, L, hs)
+    dv = xp.zeros(k.shape, dtype=dvw.dtype)                        # (B, nh, L, hs)
+    dk[..., :W, :] = dkw
+    dv[..., :W, :] = dvw
     return dq, dk, dv
 
 

@@ -7,7 +7,9 @@
 
 Parameter names and layouts are Hugging Face GPT-2's (`wte`, `wpe`, `h.{i}.ln_1`,
 `h.{i}.attn.c_attn`, ..., `ln_f`; Linear weights (in, out)), so a state dict saved here is readable
-by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte`.
+by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte` (`GPT.logits`).
+Cached sampling runs the same fused attention op as training: each step's queries attend at an
+offset t0 (the cache length) over the keys and values the KVCache holds.
 
 Dimension legend: B batch, T time, C n_embd, nh n_head, hs head size C // nh, V vocab_size.
 Follows: nanoGPT model.py (GPTConfig, init, generate), HF GPT-2 (names), Radford et al. 2019.

@@ -8,8 +8,13 @@ training split in block_size windows (`epoch_mode="windows"`), or over every sta
 checkpoint. Ctrl-C finishes the current step, saves, and exits; a NaN/Inf loss stops the run and
 keeps the last good checkpoint.
 
-Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss). Deliberately does not:
-do gradient accumulation, mixed precision or distributed training.
+Gradient accumulation (`grad_accum` N) splits each batch of `batch_size` rows into N micro-batches
+of batch_size / N; each micro-batch's mean loss is back-propagated with weight rows_i / rows, so the
+accumulated gradient and the summed loss are the whole batch's (a short last batch included), and
+the optimizer steps once per batch: only peak memory changes, not the training.
+
+Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss, gradient accumulation).
+Deliberately does not: mixed precision.
 """
 import json
 import math
@@ -29,7 +34,8 @@ from tinygrad_gpt.tensor import no_grad
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 12
+    batch_size: int = 12                # rows of one optimizer step, however many micro-batches it is split into
+    grad_accum: int = 1                 # micro-batches per step (batch_size / grad_accum rows each); same loss and gradient
     epochs: int = 5
     max_iters: int | None = None        # stop after this many steps in total (overrides epochs)
     iters_per_epoch: int | None = None  # cap an epoch's length (the tiny smoke-test preset)
@@ -54,9 +60,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.epoch_mode not in ("windows", "all_starts"):
             raise ValueError(f"TrainConfig: epoch_mode must be 'windows' or 'all_starts', got {self.epoch_mode!r}")
-        for name in ("batch_size", "epochs", "eval_batches", "log_every"):
+        for name in ("batch_size", "grad_accum", "epochs", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig: batch_size {self.batch_size} is not divisible by grad_accum "
+                             f"{self.grad_accum} (each micro-batch holds batch_size / grad_accum rows)")
 
 
 # presets: (GPTConfig fields, TrainConfig fields); every field can still be overridden by a flag
@@ -215,13 +224,12 @@ class Trainer:
                     x, y = next(it)
                     lr = self.lr_at(st.step)
                     opt.set_lr(lr)
-                    _, loss = model(x, self.xp.asarray(y))   # x (numpy) is range-checked on the host, then uploaded
                     model.zero_grad()
-                    loss.backward()
+                    loss = self._forward_backward(x, y)
                     if cfg.grad_clip:
                         clip_grad_norm(model.parameters(), cfg.grad_clip)
                     log_now = (st.step + 1) % cfg.log_every == 0 or st.batch + 1 == steps_this_epoch
-                    loss_value = loss.item() if (log_now or cfg.device == "cpu") else None
+                    loss_value = float(loss) if (log_now or cfg.device == "cpu") else None
                     if loss_value is not None and not math.isfinite(loss_value):
                         raise NonFiniteLoss(f"loss is {loss_value} at step {st.step + 1} (epoch {st.epoch + 1}, "
                                             f"batch {st.batch + 1}); stopping without saving, the last good "
@@ -266,6 +274,30 @@ class Trainer:
             return "done"
         finally:
             signal.signal(signal.SIGINT, previous_handler)
+
+    def micro_batches(self, x, y):
+        """(x_i, y_i, weight_i) for the micro-batches of one batch: grad_accum row ranges of x (B, T).
+
+        weight_i = rows_i / B, so sum_i weight_i * mean-loss_i is the mean loss of the whole batch;
+        np.array_split keeps them exact when a short last batch does not divide evenly (empty
+        pieces are left out).
+        """
+        rows = x.shape[0]
+        return [(x[r], y[r], len(r) / rows) for r in np.array_split(np.arange(rows), self.cfg.grad_accum) if len(r)]
+
+    def _forward_backward(self, x, y):
+        """Forward and backward over the micro-batches of (x, y); returns the batch's mean loss.
+
+        The loss comes back as a 0-d array on the model's device (no host sync on the GPU).
+        """
+        total = None
+        for xm, ym, weight in self.micro_batches(x, y):
+            _, loss = self.model(xm, self.xp.asarray(ym))   # xm (numpy) is range-checked on the host, then uploaded
+            w = loss.dtype.type(weight)
+            # d(total)/d(loss_i) = weight_i: the gradient of the whole batch's mean accumulates
+            loss.backward(self.xp.full(loss.shape, w, dtype=loss.dtype))
+            total = loss.data * w if total is None else total + loss.data * w
+        return total
 
     def _evaluate(self, bar, label):
         t0 = time.perf_counter()

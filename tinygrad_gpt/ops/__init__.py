@@ -5,18 +5,22 @@ elementwise.py  add, sub, mul, div, neg, pow, exp, log, sqrt, tanh, relu, gelu, 
 reduce.py       sum, mean, max, var
 movement.py     reshape, permute, getitem (slices and integer arrays), gather, concat, stack
 matmul.py       matmul (batched, broadcasting), linear (matmul + bias fused)
-nn.py           softmax, log_softmax, cross_entropy, layer_norm, dropout, embedding
+functional.py   softmax, log_softmax, cross_entropy, layer_norm, dropout, embedding
+                (the list of torch.nn.functional; tinygrad_gpt/nn.py holds the Modules)
 attention.py    causal self-attention as one op
 
-Functional forms (`ops.cross_entropy(logits, targets)`) live beside the Functions.
+Functional forms (`ops.cross_entropy(logits, targets)`) live beside the Functions. A Function whose
+name would also name an nn Module or a model class carries the suffix `Op` (`LinearOp`, `LayerNormOp`,
+`EmbeddingOp`, `DropoutOp`, `CausalSelfAttentionOp`, `CausalSelfAttentionQKVOp`), so a grep for
+`class Linear` finds one thing.
 """
 from tinygrad_gpt.ops.elementwise import (Add, Clip, Div, Exp, Gelu, Log, Maximum, MaskedFill, Minimum, Mul, Neg,
                                           Pow, PowScalar, Relu, Sigmoid, Sqrt, Sub, Tanh, Where, unbroadcast,
                                           where)
 from tinygrad_gpt.ops.reduce import Max, Mean, Sum, Var
 from tinygrad_gpt.ops.movement import Concat, Gather, GetItem, Permute, Reshape, Stack, concat, stack
-from tinygrad_gpt.ops.matmul import Linear, MatMul, linear
-from tinygrad_gpt.ops.nn import (CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax, cross_entropy,
-                                 dropout, embedding, layer_norm)
-from tinygrad_gpt.ops.attention import (CausalSelfAttention, CausalSelfAttentionQKV, causal_self_attention,
+from tinygrad_gpt.ops.matmul import LinearOp, MatMul, linear
+from tinygrad_gpt.ops.functional import (CrossEntropy, DropoutOp, EmbeddingOp, LayerNormOp, LogSoftmax, Softmax,
+                                         cross_entropy, dropout, embedding, layer_norm)
+from tinygrad_gpt.ops.attention import (CausalSelfAttentionOp, CausalSelfAttentionQKVOp, causal_self_attention,
                                         causal_self_attention_qkv)

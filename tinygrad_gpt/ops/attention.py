@@ -57,7 +57,7 @@ def join_heads(q, k, v):
     return qkv.reshape(B, T, 3 * nh * hs)                          # (B, T, 3C)
 
 
-class CausalSelfAttention(Function):
+class CausalSelfAttentionOp(Function):
     @staticmethod
     def forward(ctx, q, k, v, t0=0):
         if not q.ndim == k.ndim == v.ndim == 4:
@@ -78,10 +78,10 @@ class CausalSelfAttention(Function):
 
 def causal_self_attention(q, k, v, t0=0):
     """Causal softmax attention of q (B, nh, T, hs) at positions t0.. over k, v Tensors (B, nh, L, hs)."""
-    return CausalSelfAttention.apply(q, k, v, t0=t0)
+    return CausalSelfAttentionOp.apply(q, k, v, t0=t0)
 
 
-class CausalSelfAttentionQKV(Function):
+class CausalSelfAttentionQKVOp(Function):
     """The same attention, taking the packed c_attn output: qkv (B, T, 3C) -> y (B, T, C).
 
     Splitting the heads and merging them again happen inside the op, so the model's graph holds one
@@ -129,4 +129,4 @@ def causal_self_attention_qkv(qkv, n_head, cache=None):
 
     With a KV cache the T new positions attend over the cached ones too (and are appended).
     """
-    return CausalSelfAttentionQKV.apply(qkv, n_head=n_head, cache=cache)
+    return CausalSelfAttentionQKVOp.apply(qkv, n_head=n_head, cache=cache)

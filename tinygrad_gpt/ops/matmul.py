@@ -47,7 +47,7 @@ class MatMul(Function):
         return da, db
 
 
-class Linear(Function):
+class LinearOp(Function):
     """y = x @ W + b as one op: x (..., in), W (in, out), b (out,) -> y (..., out).
 
     The same maths as MatMul followed by Add, fused so that the bias is added in place into the
@@ -80,4 +80,4 @@ class Linear(Function):
 
 def linear(x, weight, bias=None):
     """x @ weight (+ bias), with weight stored (in, out) as GPT-2's Conv1D."""
-    return Linear.apply(x, weight, bias) if bias is not None else x.matmul(weight)
+    return LinearOp.apply(x, weight, bias) if bias is not None else x.matmul(weight)

@@ -98,7 +98,7 @@ def cross_entropy(logits, targets, ignore_index=-100):
     return CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index)
 
 
-class LayerNorm(Function):
+class LayerNormOp(Function):
     """Normalise over the last axis, then scale and shift: (..., C) with weight, bias (C,)."""
 
     @staticmethod
@@ -119,10 +119,10 @@ class LayerNorm(Function):
 
 
 def layer_norm(x, weight, bias, eps=1e-5):
-    return LayerNorm.apply(x, weight, bias, eps=eps)
+    return LayerNormOp.apply(x, weight, bias, eps=eps)
 
 
-class Dropout(Function):
+class DropoutOp(Function):
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
 
     The mask is a hash of (seed, element index) (kernels: dropout_forward / dropout_backward), the
@@ -149,10 +149,10 @@ def dropout(x, p, rng, training=True):
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
-    return Dropout.apply(x, p=p, rng=rng)
+    return DropoutOp.apply(x, p=p, rng=rng)
 
 
-class Embedding(Function):
+class EmbeddingOp(Function):
     """out[...] = weight[idx[...]]: rows of a (V, C) table picked by integer ids."""
 
     @staticmethod
@@ -178,4 +178,4 @@ class Embedding(Function):
 
 def embedding(weight, idx):
     idx = idx.data if isinstance(idx, Tensor) else idx
-    return Embedding.apply(weight, idx=idx)
+    return EmbeddingOp.apply(weight, idx=idx)

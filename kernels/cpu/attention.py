@@ -58,20 +58,41 @@ def _transpose(src, dstT):
             dstT[d, j] = src[j, d]
 
 
+@njit(inline="always", **KERNEL_OPTIONS)
+def _scores_by_rows(q, i0, nr, k, n, s):
+    """s[c, j] = q[i0 + c] . k[j] for c < nr, j < n: dot products over contiguous rows of k."""
+    hs = q.shape[1]
+    dt = q.dtype.type
+    for c in range(nr):
+        for j in range(n):
+            acc = dt(0.0)
+            for d in range(hs):
+                acc += q[i0 + c, d] * k[j, d]
+            s[c, j] = acc
+
+
 @kernel()
 def _attention_forward_head(q, k, v, scale, t0, out, lse, kT, s):
     """One head: q, out (T, hs), k, v (L, hs), lse (T,), queries at positions t0..t0+T-1;
     scratch kT (hs, W), s (4, W), W = t0 + T the keys any query sees."""
     T, hs = q.shape
-    W = kT.shape[1]
+    W = s.shape[1]                                                 # t0 + T
     dt = q.dtype.type
-    _transpose(k, kT)
+    # subtle: the transposed copy of k pays off over many query blocks; one block (decoding,
+    # T <= 4 over a long cache) would spend more time copying k than multiplying, so its scores
+    # are dot products with the rows of k where they lie
+    by_rows = T <= 4
+    if not by_rows:
+        _transpose(k, kT)
     inv_denom = np.empty(4, dtype=q.dtype)                         # (4,)
     for i0 in range(0, T, 4):                                      # query rows i0..i0+nr-1
         nr = min(4, T - i0)
         n = t0 + i0 + nr                                           # keys the last of them sees
         # forward 1: scores = q k^T * scale (the scale in the softmax loop)
-        gemm4(q, i0 * hs, hs, 1, kT, 0, W, hs, s, 0, W, nr, n, False)
+        if by_rows:
+            _scores_by_rows(q, i0, nr, k, n, s)
+        else:
+            gemm4(q, i0 * hs, hs, 1, kT, 0, W, hs, s, 0, W, nr, n, False)
         # forward 2-3: causal mask (row i, at position t0 + i, sees keys j <= t0 + i), softmax;
         # s stays unnormalised, forward 4 divides its result by the row sum once
         for c in range(nr):
@@ -162,7 +183,7 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, t0, dq, dk, dv, kT,
 def _attention_forward_claim(counters, q, k, v, scale, t0, out, lse):
     BH, T, hs = q.shape
     W = t0 + T                                                     # keys any query sees
-    kT = np.empty((hs, W), dtype=q.dtype)                          # (hs, W)
+    kT = np.empty((hs, W if T > 4 else 1), dtype=q.dtype)          # (hs, W); unused when T <= 4
     s = np.empty((4, W), dtype=q.dtype)                            # (4, W)
     bh = atomic_add(counters, 0, 1)
     while bh < BH:

@@ -396,16 +396,15 @@ def test_attention_offset_zero_is_the_square_kernel(rng, dtype):
     assert_close(plain[0], reference.attention_forward(q, k, v, 0.3)[0], dtype, "t0 = 0 forward")
 
 
-def test_attention_decoding_steps_equal_the_square_rows(rng):
-    """Sixteen steps of T = 1 at t0 = 0, 1, ..., over one growing key array, give the rows of one
-    square attention over the sixteen positions to float32 rounding (the kernel sums the same terms
-    in the same order; only the masked tail of a block differs, and it adds zeros)."""
-    q, k, v = (normal(rng, (1, 3, 16, 12), np.float32) for _ in range(3))  # (B, nh, T, hs)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_decoding_steps_equal_the_square_rows(rng, dtype):
+    """Forty steps of T = 1 at t0 = 0, 1, ..., over one growing key array (the by-rows scores of a
+    single query block), give the rows of one square attention over the forty positions."""
+    q, k, v = (normal(rng, (2, 3, 40, 12), dtype) for _ in range(3))  # (B, nh, T, hs)
     square, square_lse = cpu.attention_forward(q, k, v, 0.25)
-    for t in range(16):
-        out, lse = cpu.attention_forward(q[:, :, t:t + 1], k, v, 0.25, t)  # (1, 3, 1, 12)
-        np.testing.assert_allclose(out[:, :, 0], square[:, :, t], rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(lse[:, :, 0], square_lse[:, :, t], rtol=1e-6, atol=1e-7)
+    steps = [cpu.attention_forward(q[:, :, t:t + 1], k, v, 0.25, t) for t in range(40)]  # (2, 3, 1, 12) each
+    assert_close(np.concatenate([o for o, _ in steps], axis=2), square, dtype, "decoded out")
+    assert_close(np.concatenate([l for _, l in steps], axis=2), square_lse, dtype, "decoded lse")
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

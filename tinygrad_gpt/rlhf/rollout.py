@@ -14,10 +14,10 @@ then, in one batched no-graph pass per model over the finished sequences, record
     kl            KL_t (exact or sampled)  (B, R)    and kl_exact (B, R) always, for reporting
 
 # subtle: the log-probs come from that second pass, not from the sampling pass. Both run the same
-# fused attention kernel (the cached step at a query offset gives the same bits as the square
-# attention's row), but the sampling pass multiplies B rows at a time where the PPO forward
-# multiplies B * L, and BLAS may round a (M, K) @ (K, N) product differently for another M (seen
-# first in the MLP's c_proj, K = 4C: logits apart by up to ~1e-6 at the cpu preset). That would
+# fused attention kernel, but a one-token step sums its scores in another order than the square
+# attention's row, and the sampling pass multiplies B rows at a time where the PPO forward
+# multiplies B * L: BLAS may round a (M, K) @ (K, N) product differently for another M (seen in
+# the MLP's c_proj, K = 4C: logits apart by up to ~1e-6 at the cpu preset). That would
 # make the first PPO ratio 1 +- 1e-7 instead of exactly 1. The extra pass costs about one
 # forward. It runs in chunks of the PPO minibatch size for the same reason: same shapes as the
 # PPO forward, same bits, a ratio of exactly 1.

@@ -3,7 +3,7 @@
     python benchmarks/cuda_resources.py                 # sm_90 (H100 / H200)
     python benchmarks/cuda_resources.py --arch sm_80    # A100
 
-Each kernel file's CUDA C (read as tests/test_cuda_compile.py reads it, without cupy) goes through
+Each kernel file's CUDA C (read by cuda_emulator.nvrtc, as the compile checks read it: without cupy) goes through
 NVRTC to PTX for the architecture, then through `ptxas -v`, which reports per kernel: registers
 per thread, stack frame, spill stores / loads (registers that did not fit, moved to local memory:
 slow, L1-cached memory traffic), and static shared memory. From the registers and the launch's
@@ -27,18 +27,18 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # run from a checkout: the cuda_emulator package sits at its root
 
-from test_cuda_compile import CUDA_DIR, OPTIONS, _find_all_nvrtc, _module_constants, kernel_sources  # noqa: E402
+from cuda_emulator.nvrtc import CUDA_DIR, OPTIONS, find_all_nvrtc, kernel_sources, module_constants  # noqa: E402
 
 
 def launch_blocks():
     """{kernel name prefix: (threads a block for float, for double)}, read from the wrappers'
     constants in kernels/cuda (with ast, as the compile test reads them: no cupy needed)."""
-    threads = _module_constants(CUDA_DIR / "_common.py", {"THREADS"})["THREADS"]
-    cols = _module_constants(CUDA_DIR / "layernorm.py", {"COLS_PER_BLOCK"})["COLS_PER_BLOCK"]
-    row = _module_constants(CUDA_DIR / "cross_entropy.py", {"BLOCK_ROW_THREADS"})["BLOCK_ROW_THREADS"]
-    tiles = _module_constants(CUDA_DIR / "attention.py", {"FORWARD_TILES", "DKDV_TILES"})
+    threads = module_constants(CUDA_DIR / "_common.py", {"THREADS"})["THREADS"]
+    cols = module_constants(CUDA_DIR / "layernorm.py", {"COLS_PER_BLOCK"})["COLS_PER_BLOCK"]
+    row = module_constants(CUDA_DIR / "cross_entropy.py", {"BLOCK_ROW_THREADS"})["BLOCK_ROW_THREADS"]
+    tiles = module_constants(CUDA_DIR / "attention.py", {"FORWARD_TILES", "DKDV_TILES"})
     fwd, dkdv = tiles["FORWARD_TILES"], tiles["DKDV_TILES"]
     # the forward and dq kernels launch BR threads a block (a query row each), dk/dv BC (a key each)
     return {"layernorm_backward_params": (cols, cols), "ce_forward_block": (row, row),
@@ -113,7 +113,7 @@ def main(argv=None):
     have = (int(release.group(1)), int(release.group(2))) if release else (99, 99)
     # ptxas reads the PTX of its own CUDA version or older (13.0's rejects 13.5's PTX ISA 9.5):
     # take the newest NVRTC that is not newer than ptxas
-    matching = [(label, w) for label, w in _find_all_nvrtc() if tuple(w.version()) <= have]
+    matching = [(label, w) for label, w in find_all_nvrtc() if tuple(w.version()) <= have]
     if not matching:
         print(f"error: no NVRTC as old as ptxas {have} (pip install nvidia-cuda-nvrtc-cu12)", file=sys.stderr)
         return 2

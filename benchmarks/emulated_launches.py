@@ -3,7 +3,7 @@
     python benchmarks/emulated_launches.py               # 6 layers, 6 heads (the gpu preset's depth)
     python benchmarks/emulated_launches.py --n-layer 2
 
-Runs the engine's cuda path on the tests' CUDA emulator (tests/cuda_emulator: the stand-in cupy)
+Runs the engine's cuda path on the CUDA emulator (cuda_emulator/: the stand-in cupy)
 at a small width (the counts do not depend on it) and counts, for one step after a warm-up step
 (forward with dropout, backward, clip_grad_norm, AdamW): our RawKernel launches, by kernel, and
 every other operation on a device array, by name. Each of the latter is one or more cupy kernel
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))  # run from a checkout: tinygrad_gpt, kernels and cuda_emulator
 
 import numpy as np  # noqa: E402
 

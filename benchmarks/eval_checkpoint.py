@@ -1,6 +1,6 @@
 """Loss of a checkpoint on the WHOLE validation (and optionally training) split, not a sample.
 
-    python benchmarks/eval_checkpoint.py /work/runs/cpu2000 [--data PATH] [--train]
+    python benchmarks/eval_checkpoint.py out/shakespeare-cpu [--data PATH] [--train]
 
 The split is cut into consecutive block_size windows (each token predicted once, with up to
 block_size - 1 tokens of context, as in training), evaluated in batches under no_grad. This is the
@@ -35,6 +35,8 @@ def split_loss(model, tokens, batch=64):
 
 
 def main():
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--data", default=None)

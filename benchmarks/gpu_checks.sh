@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Issue 5's checks on a real GPU, in two calls that each fit a 10-minute limit:
+# The CUDA port's checks on a real GPU, in two calls that each fit a 10-minute limit:
 #
 #   bash benchmarks/gpu_checks.sh checks    # CUDA tests, kernel benchmark, step time vs PyTorch
 #   bash benchmarks/gpu_checks.sh quality   # gpu preset, 5000 iterations: val loss <= 1.48
 #                                           # (quality --resume continues a run the limit cut)
 #
-# For a machine with an NVIDIA GPU, cupy, numba and tqdm (the device tool's image has them, and
-# torch; nothing is installed: the scripts import the checkout, pytest.ini puts it on the path).
+# For a machine with an NVIDIA GPU, cupy, numba and tqdm (and torch for the step-time peer).
+# Nothing is installed: the scripts import the checkout, and pytest.ini puts it on the path.
 # The quality run needs tiny Shakespeare: $TINYSHAKESPEARE, else out/data/tinyshakespeare.txt
-# (copy it there and pass `out/data` as a carried path; out/ is ignored by git).
-# Logs and the summary go to $OUT (the device tool's output folder) or out/gpu_checks. Each step
+# (copy it there; out/ is ignored by git).
+# Logs and the summary go to $OUT (when set) or out/gpu_checks. Each step
 # has its own time limit, so one stuck step cannot take the whole call; the summary is printed last.
 # The [emulated] tests are left out here: CI runs them on every machine.
 set -u
@@ -44,7 +44,7 @@ case "${1:-}" in
     DATA="${TINYSHAKESPEARE:-out/data/tinyshakespeare.txt}"
     # checkpoints every 500 iterations: a run cut by the time limit continues with
     #   bash benchmarks/gpu_checks.sh quality --resume      (extra arguments go to the example;
-    # the device machine keeps nothing between starts, so carry out/gpu_checks back if it restarted)
+    # on a machine that keeps nothing between starts, bring out/gpu_checks back first)
     shift
     step quality 570 "$PY" examples/shakespeare.py --device cuda --preset gpu --max-iters 5000 \
       --eval-every 500 --no-progress --data "$DATA" --out "$LOG/shakespeare-gpu" "$@"

@@ -1,6 +1,6 @@
 """RLHF benchmark: PPO from the cpu-preset checkpoint toward positive VADER, measured on fixed prompts.
 
-    python benchmarks/rlhf.py --checkpoint /work/runs/cpu2000 --out out/bench-rlhf      # 150 steps, batch 64
+    python benchmarks/rlhf.py --checkpoint out/shakespeare-cpu --out out/bench-rlhf   # 150 steps, batch 64
     python benchmarks/rlhf.py --checkpoint DIR --reward model                           # proxy vs gold
 
 Evaluation set: 128 prompts of 64 characters from the last 20% of the validation split (PPO draws
@@ -10,7 +10,7 @@ reference and the tuned policy see the same prompts and the same random numbers.
     kl        mean exact KL(policy || reference) per character
     fluency   reference loss (nats/char) on the policy's completions minus on its own
     wall      seconds for the whole PPO run and per step
-Targets (issue 7): score >= +0.40 and >= reference + 0.30; fraction >= 0.70; kl <= 0.10;
+Targets: score >= +0.40 and >= reference + 0.30; fraction >= 0.70; kl <= 0.10;
 fluency <= 0.15. Writes metrics.jsonl (per step) and results.json into --out; prints a Markdown
 table for benchmarks/RESULTS.md and 8 completions before and after.
 
@@ -37,6 +37,8 @@ from tinygrad_gpt.rlhf.evaluate import evaluate  # noqa: E402
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = build_parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--eval-prompts", type=int, default=128)
     p.add_argument("--eval-samples", type=int, default=2)

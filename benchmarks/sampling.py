@@ -27,6 +27,8 @@ PRESETS = {
 
 
 def main():
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--tokens", type=int, default=256)

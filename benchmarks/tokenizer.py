@@ -159,6 +159,8 @@ def bench_encoding(text, gpt2_dir, repeats, rows):
 
 
 def main():
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE", str(DATA / "tinyshakespeare.txt")))
     ap.add_argument("--gpt2-dir", default=os.environ.get("GPT2_DIR", str(DATA / "gpt2")))

@@ -41,9 +41,11 @@ def worker_ours(cfg, warmup, iters):
 
     import numpy as np
 
+    from tinygrad_gpt.backend import tune_host_allocator
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 
+    tune_host_allocator()  # as the Trainer does: glibc's malloc thresholds, see backend.py
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                           n_head=cfg["n_head"], n_embd=cfg["n_embd"]), seed=0)
     opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3, betas=(0.9, 0.99))

@@ -27,6 +27,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def main():
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     ap = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on a text file.")
     ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE", str(DEFAULT_DATA)),
                     help="UTF-8 text file to train on")

@@ -1,6 +1,6 @@
 """RLHF on Shakespeare: tune a character GPT with PPO so that its completions end positive.
 
-    python examples/rlhf_sentiment.py --checkpoint /work/runs/cpu2000      # PPO against VADER
+    python examples/rlhf_sentiment.py --checkpoint out/shakespeare-cpu  # PPO against VADER
     python examples/rlhf_sentiment.py --checkpoint DIR --reward model      # against a learned reward model
     python examples/rlhf_sentiment.py                                       # trains a tiny model first (minutes)
 
@@ -157,6 +157,8 @@ def run_ppo(trainer, steps, metrics_path, progress=True):
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser().parse_args(argv)
     cfg = ppo_config_from(args)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)

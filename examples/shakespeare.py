@@ -92,6 +92,8 @@ def sample_only(args, out_dir):
 
 
 def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable

@@ -1,6 +1,6 @@
 """Fused kernels, one dispatch: `kernels.for_array(x)` gives the module whose functions run on x.
 
-- numpy arrays  -> `kernels.cpu` (Numba) when it is importable, else `kernels.reference`;
+- numpy arrays  -> `kernels.cpu` (Numba, a hard dependency of the package);
 - cupy arrays   -> `kernels.cuda` (CuPy RawKernels) when it is importable, else the reference;
 - the environment variable TINYGRAD_GPT_KERNELS=reference (or 0/off) forces the NumPy references
   everywhere, so an A/B comparison is always one flag away. `set_backend("reference")` does the
@@ -42,10 +42,7 @@ def _complete(module):
 def _load_cpu():
     global _cpu
     if _cpu is None:
-        try:
-            from kernels import cpu as module
-        except ImportError:  # numba missing
-            module = reference
+        from kernels import cpu as module
         _cpu = _complete(module)
     return _cpu
 

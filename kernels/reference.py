@@ -30,7 +30,7 @@ def get_array_module(x):
     """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU-only machines).
 
     The module is the top package that defines x's type: "cupy" for cupy's arrays, and
-    "cupy_emulated" for the arrays of the tests' CPU stand-in (tests/cuda_emulator)."""
+    "cupy_emulated" for the arrays of the CPU stand-in (cuda_emulator)."""
     module = type(x).__module__
     if module.startswith("cupy"):
         return importlib.import_module(module.split(".")[0])

@@ -1,11 +1,13 @@
-"""Shared fixtures: fresh random generators (seed printed on failure), data paths, kernel backends.
+"""Shared fixtures: fresh random generators (seed printed on failure), data paths, kernel backends,
+devices, and a Ctrl-C delivered after a chosen training step.
 
-Every test that uses `rng` gets a new seed each run (fresh random inputs, as the house rules ask);
-set TINYGRAD_GPT_TEST_SEED to replay a failing run. Data files are found through the
+Every test that uses `rng` gets a new seed each run (so each run checks fresh random inputs, not
+inputs the code was tuned to); set TINYGRAD_GPT_TEST_SEED to replay a failing run. Data files are found through the
 TINYSHAKESPEARE and GPT2_DIR environment variables, defaulting to ../shared/data beside the repo.
 """
 import os
 import pathlib
+import signal
 
 import numpy as np
 import pytest
@@ -35,7 +37,7 @@ def kernel_backend(request):
 @pytest.fixture(params=["cpu", "cuda", "cuda-emulated"])
 def device(request, monkeypatch):
     """Run a test on each device: "cpu"; "cuda" on a GPU (skips, with the reason the backend gives,
-    where there is none); and "cuda" with the CUDA kernels run on the CPU by tests/cuda_emulator
+    where there is none); and "cuda" with the CUDA kernels run on the CPU by cuda_emulator/
     (skips without g++). The test sees "cpu" or "cuda"."""
     from tinygrad_gpt import backend
     if request.param == "cuda":
@@ -48,6 +50,27 @@ def device(request, monkeypatch):
         cuda_emulator.activate(monkeypatch)
         return "cuda"
     return request.param
+
+
+@pytest.fixture
+def ctrl_c_after_step(monkeypatch):
+    """`ctrl_c_after_step(n)`: a real SIGINT reaches the process as its n-th optimizer step ends, so
+    the Trainer's Ctrl-C handler stops the run after that step, as a user's Ctrl-C would."""
+    from tinygrad_gpt import optim
+
+    def arm(n):
+        original = optim.AdamW.step
+        calls = [0]
+
+        def step(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            calls[0] += 1
+            if calls[0] == n:
+                signal.raise_signal(signal.SIGINT)
+            return result
+
+        monkeypatch.setattr(optim.AdamW, "step", step)
+    return arm
 
 
 def shakespeare_path():

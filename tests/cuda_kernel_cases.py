@@ -4,7 +4,7 @@ Not a test module itself: `bind(cupy, cuda, emulated)` gives a fresh copy of the
 one backend, and two test modules collect them:
 - tests/test_cuda_kernels.py: real cupy and kernels.cuda on a GPU (skipped, with the reason,
   where cupy or a GPU is absent);
-- tests/test_cuda_kernels_emulated.py: the same CUDA C run on the CPU by tests/cuda_emulator
+- tests/test_cuda_kernels_emulated.py: the same CUDA C run on the CPU by cuda_emulator/
   (every CI run), the preset-size shapes (PRESET_SIZE, up to 25 M elements) included: they are
   the only cases whose grid-stride loops wrap (GELU at 25 M > 65,536 blocks x 256 threads).
 
@@ -215,6 +215,21 @@ def test_cross_entropy_ignore_index_and_negative_targets(rng, dtype):
     # default ignore_index: -1 is the last class, as in NumPy indexing
     assert_close(cuda.softmax_cross_entropy_forward(*dev(logits, targets))[0],
                  reference.softmax_cross_entropy_forward(logits, targets)[0], dtype, "negative targets")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [1, 5, 31, 32, 33, 65, 200, 1500])
+def test_cross_entropy_large_and_masked_logits(rng, dtype, V):
+    """The online (max, sum) per lane and its merge across lanes: logits of scale 20 (exp would
+    overflow a naive sum), and a row whose first half is -inf, so that some lanes (or warps, in the
+    block-per-row kernel at V > 1024) see only -inf and must merge as empty."""
+    logits = normal(rng, (4, V), dtype, 20.0)                      # (4, V)
+    logits[1, : V // 2] = -np.inf
+    targets = np.full(4, V - 1)                                    # (4,) never a masked class
+    want = reference.softmax_cross_entropy_forward(logits, targets)
+    got = cuda.softmax_cross_entropy_forward(*dev(logits, targets))
+    for name, g, w in zip(("losses", "lse"), got, want):
+        assert_close(g, w, dtype, f"softmax_cross_entropy_forward {name} V={V}, masked row")
 
 
 def test_cross_entropy_bad_targets_give_nan_or_raise_when_checked(monkeypatch):

@@ -4,7 +4,8 @@ What it covers: the chunk cache when it fills up and starts over (a deliberately
 chunks longer than the cache limit (encoded every time, never cached), the basic tier's single
 long chunk (the heap-based merge is O(n log n), the reference O(n * merges)), encode_batch, and
 GPT-2's "merge every occurrence of the best pair" agreeing with the kernel's "one lowest-ranked
-pair at a time, leftmost first" on overlapping pairs.
+pair at a time, leftmost first" on overlapping pairs; and the project's one kernel switch turning
+the tokenizer's kernels off as it does every other kernel.
 
 Follows: tiktoken's `_byte_pair_merge` (the kernel), GPT-2 `bpe()` (the reference). Does not:
 need the GPT-2 files (the tokenizers here are trained in the test).
@@ -13,6 +14,7 @@ import random
 
 import pytest
 
+import kernels
 from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, RegexTokenizer
 from tinygrad_gpt.tokenizers import fastbpe
 from tinygrad_gpt.tokenizers.bpe import bpe_reference
@@ -70,3 +72,26 @@ def test_encode_batch_equals_encode():
     assert tok.encode_batch(texts, allowed_special="all") == [tok.encode(t, allowed_special="all") for t in texts]
     with pytest.raises(TypeError, match="list of str"):
         tok.encode_batch("a single string")
+
+
+def test_kernel_switch_reaches_the_tokenizer(monkeypatch):
+    """`kernels.set_backend` and TINYGRAD_GPT_KERNELS decide for tokenizers too (made before or
+    after the switch), and `fast = ...` pins one tokenizer whatever the switch says."""
+    before = RegexTokenizer()
+    pinned = RegexTokenizer()
+    pinned.fast = True
+    kernels.set_backend("reference")
+    try:
+        assert before.fast is False and RegexTokenizer().fast is False
+        assert pinned.fast is True
+        # the references do the work then: same ids as the kernels give
+        tok = RegexTokenizer()
+        tok.train(TEXT, 300)
+        fast = type(tok).from_dict(tok.to_dict())
+        fast.fast = True
+        assert tok.encode(TEXT) == fast.encode(TEXT)
+    finally:
+        kernels.set_backend(None)
+    assert before.fast is True
+    monkeypatch.setenv("TINYGRAD_GPT_KERNELS", "reference")
+    assert before.fast is False and pinned.fast is True

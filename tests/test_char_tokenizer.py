@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from tinygrad_gpt.tokenizers.char import CharTokenizer, UnknownCharacterError
 
-SHARED_COPY = pathlib.Path("/work/shared/data/tinyshakespeare.txt")
+SHARED_COPY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"  # beside the repo
 REAL_PATH = next((pathlib.Path(p) for p in (os.environ.get("TINYSHAKESPEARE"), SHARED_COPY)
                   if p and pathlib.Path(p).is_file()), None)
 

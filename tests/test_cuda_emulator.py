@@ -1,15 +1,16 @@
-"""The CPU emulator of the CUDA kernels (tests/cuda_emulator) can fail: controls.
+"""The CPU emulator of the CUDA kernels (cuda_emulator) can fail: controls.
 
 tests/test_cuda_kernels_emulated.py passes only if the emulator would have caught a broken kernel.
 Here each kind of bug it claims to catch is put into a kernel and must be caught:
 - mutations of the real kernel sources, run through kernels.cuda's own wrappers: a missing
-  __syncthreads (attention, cross-entropy), a causal mask off by one, a warp reduction that skips
-  half the lanes (layer norm), a scatter one element past its row (embedding);
+  __syncthreads (attention, cross-entropy), a causal mask off by one, attention without its online
+  softmax rescale, a warp reduction that skips half the lanes (layer norm), a scatter one element
+  past its row (embedding);
 - small kernels that break one CUDA rule each: a barrier in divergent code, a shuffle after lanes
   returned, a full-mask shuffle in a block that is not whole warps, reading shared memory nobody
   wrote, a write past the end of an array, a block reading another block's output, arguments of
   the wrong C type, a launch over CUDA's limits, more than 48 KiB of shared memory.
-And the stand-in cupy stays private: after load(), the session still has no `cupy`.
+And the stand-in cupy stays private: after load(), the process still has no `cupy`.
 """
 import math
 import sys
@@ -72,6 +73,16 @@ def test_attention_with_an_off_by_one_mask_is_caught(rng, monkeypatch):
     q, k, v, scale = attention_inputs(rng)
     out, _ = cuda.attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), scale)
     assert rel_err(out.get(), reference.attention_forward(q, k, v, scale)[0]) > 1e-2
+
+
+def test_attention_without_the_online_softmax_rescale_is_caught(rng, monkeypatch):
+    """Leave out the alpha = exp(m - m_new) rescale of what earlier key tiles accumulated."""
+    mutate(monkeypatch, cuda.attention, "for (int d = 0; d < HSP; d++) acc[d] *= alpha;", "")
+    mutate(monkeypatch, cuda.attention, "l = l * alpha + p_sum;", "l = l + p_sum;")
+    q, k, v, scale = attention_inputs(rng)
+    q *= 3.0                                                       # scores spread: maxima move between tiles
+    out, _ = cuda.attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), scale)
+    assert rel_err(out.get(), reference.attention_forward(q, k, v, scale)[0]) > 1e-3
 
 
 def test_layernorm_with_half_a_warp_reduction_is_caught(rng, monkeypatch):

@@ -3,7 +3,7 @@ KV-cache sampling, the training example, no host syncs inside a training step; a
 user without a GPU sees.
 
 Most tests take the `cuda` fixture and run twice: [gpu] with cupy on a GPU (skipped, with the
-backend's reason, where cupy or a GPU is absent) and [emulated] with tests/cuda_emulator's
+backend's reason, where cupy or a GPU is absent) and [emulated] with the CUDA emulator's (cuda_emulator/)
 stand-in cupy, which runs the same engine code and the same CUDA C kernels on the CPU (every CI
 run). Where a result is compared with the CPU, the same model (same seed) runs on both devices;
 float64 for gradients (tight tolerances, differences are only summation order), float32 for the
@@ -42,7 +42,7 @@ needs_gpu = pytest.mark.skipif(CUDA_SKIP is not None, reason=CUDA_SKIP or "")
 
 @pytest.fixture(params=["gpu", "emulated"])
 def cuda(request, monkeypatch):
-    """Device "cuda" on a real GPU, or on the CPU through the CUDA emulator (tests/cuda_emulator).
+    """Device "cuda" on a real GPU, or on the CPU through the CUDA emulator (cuda_emulator).
 
     emulated: for this test only, `cupy` is the emulator's stand-in (sys.modules, the backend)
     and kernels.for_array gives kernels.cuda compiled by it, so the engine's cuda code path runs
@@ -213,7 +213,7 @@ def test_training_step_makes_no_host_copy_emulated(cuda, rng):
     assert np.isfinite(loss.item()) and cuda_emulator.syncs == [("item", ())]
 
 
-def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys):
+def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys, ctrl_c_after_step):
     """examples/shakespeare.py --device cuda end to end on a small corpus: untrained sample, losses,
     samples, checkpoints; interrupted and resumed it gives the straight run's losses; the checkpoint
     samples on the CPU."""
@@ -238,7 +238,8 @@ def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys):
     assert shakespeare.main(args(straight)) == 0
     text = capsys.readouterr().out
     assert "untrained" in text.lower() and "val" in text
-    assert shakespeare.main(args(resumed, "--stop-after", "3")) == 130
+    ctrl_c_after_step(3)
+    assert shakespeare.main(args(resumed)) == 130
     assert shakespeare.main(args(resumed, "--resume")) == 0
     want, got = losses(straight), losses(resumed)
     assert sorted(got) == sorted(want) and len(want) == 10

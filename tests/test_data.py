@@ -17,7 +17,7 @@ import pytest
 
 from tinygrad_gpt import data as D
 
-SHARED_COPY = pathlib.Path("/work/shared/data/tinyshakespeare.txt")
+SHARED_COPY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"  # beside the repo
 
 
 @pytest.fixture(autouse=True)

@@ -191,3 +191,21 @@ def test_training_reduces_loss_with_kernels_on_and_off_identically():
             kernels.set_backend(None)
     np.testing.assert_allclose(curves["fused"], curves["reference"], rtol=2e-4)
     assert curves["fused"][-1] < curves["fused"][0] - 0.5
+
+
+def test_to_device_moves_the_model_and_its_device(rng, device):
+    """A GPT built on the CPU and moved with .to(device) reports `device` and runs there, with the
+    same logits as one built there (bias=False too: its LayerNorms hold a constant zero bias that is
+    not a parameter and must move as well)."""
+    config = GPTConfig(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=8, dropout=0.0, bias=False)
+    seed = int(rng.integers(1 << 30))
+    moved = GPT(config, seed=seed, dtype=np.float64).to(device).eval()
+    built = GPT(config, seed=seed, dtype=np.float64, device=device).eval()
+    assert moved.device == device and moved.h[0].ln_1.device == device
+    idx = rng.integers(0, config.vocab_size, (2, 5))
+    got, _ = moved(idx)
+    want, _ = built(idx)
+    assert backend.device_of_array(got.data) == device
+    np.testing.assert_allclose(backend.to_numpy(got.data), backend.to_numpy(want.data), rtol=1e-12, atol=1e-12)
+    back = moved.to("cpu")
+    assert back.device == "cpu" and backend.device_of_array(back(idx)[0].data) == "cpu"

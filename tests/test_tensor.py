@@ -221,3 +221,12 @@ def test_mixed_devices_raise():
     b.device = "cuda"  # pretend: the check is on the device tag, before any array maths
     with pytest.raises(RuntimeError, match="different devices, cpu and cuda"):
         a + b
+
+
+def test_an_array_names_its_module_and_device(device):
+    """backend.array_module / device_of_array, the engine's one way to ask an array where it lives,
+    agree with the device a tensor was made on (numpy scalars count as cpu)."""
+    t = Tensor.zeros(2, 3, device=device)
+    assert backend.array_module(t.data) is backend.get_xp(device)
+    assert backend.device_of_array(t.data) == device == t.device
+    assert backend.array_module(np.float32(1)) is np and backend.device_of_array(np.float32(1)) == "cpu"

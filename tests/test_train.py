@@ -38,12 +38,13 @@ def _losses(out):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys):
+def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys, ctrl_c_after_step):
     """12 steps straight, versus 4 steps + stop + resume for 8 more: the same loss at every step
     (dropout on, so the dropout generator's state must survive the checkpoint too)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert shakespeare.main(_args(corpus, straight)) == 0
-    assert shakespeare.main(_args(corpus, resumed, "--stop-after", "4")) == 130
+    ctrl_c_after_step(4)
+    assert shakespeare.main(_args(corpus, resumed)) == 130
     assert "continue with --resume" in capsys.readouterr().out
     assert max(_losses(resumed)) == 4
     assert shakespeare.main(_args(corpus, resumed, "--resume")) == 0
@@ -52,9 +53,10 @@ def test_resumed_run_equals_uninterrupted_run(corpus, tmp_path, capsys):
     assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, ctrl_c_after_step):
     out = tmp_path / "run"
-    assert shakespeare.main(_args(corpus, out, "--stop-after", "3")) == 130
+    ctrl_c_after_step(3)
+    assert shakespeare.main(_args(corpus, out)) == 130
     good_step = checkpoint.load_checkpoint(out)[2]["state"]["step"]
     # resume with a poisoned parameter: the first step's loss is NaN
     from tinygrad_gpt import train as train_mod
@@ -150,3 +152,28 @@ def test_real_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path):
     assert "checkpoint saved" in stdout
     state = checkpoint.load_checkpoint(out)[2]["state"]
     assert state["step"] >= 1 and state["batch"] == state["step"]
+
+
+def test_import_changes_no_allocator_and_the_trainer_tunes_it(tmp_path):
+    """`import tinygrad_gpt` leaves glibc's malloc thresholds alone (a process-wide setting); the
+    Trainer raises them, explicitly (backend.tune_host_allocator)."""
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("tune_host_allocator acts on glibc only")
+    code = "\n".join([
+        "import numpy as np",
+        "import tinygrad_gpt, tinygrad_gpt.model as model, tinygrad_gpt.train as train",
+        "from tinygrad_gpt import backend",
+        "print(backend._allocator_tuned)",
+        "gpt = model.GPT(model.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))",
+        "tokens = np.arange(64) % 5",
+        f"cfg = train.TrainConfig(batch_size=2, out_dir={str(tmp_path / 'run')!r})",
+        "train.Trainer(gpt, None, tokens, tokens, cfg, log=lambda *a: None, progress=False)",
+        "print(backend._allocator_tuned)",
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "TINYGRAD_GPT_MALLOC"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]

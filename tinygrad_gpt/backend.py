@@ -1,12 +1,16 @@
 """Device -> array module: the one place that knows "cpu" means numpy and "cuda" means cupy.
 
-Everything else asks this file for `xp` (the array module) instead of importing numpy or cupy
-directly, so the same op code runs on both devices. cupy is imported lazily, only when a cuda
-tensor is asked for, so CPU users never need it installed.
+Everything in tinygrad_gpt asks this file instead of importing numpy or cupy directly, so the
+same op code runs on both devices: `get_xp(device)` for a device name, `array_module(arr)` and
+`device_of_array(arr)` for an array. cupy is imported lazily, only when a cuda tensor is asked
+for, so CPU users never need it installed. (The kernels package, which never imports
+tinygrad_gpt, has its own `kernels.reference.get_array_module` and `kernels.for_array`.)
 
-Does not: move data implicitly between devices (an op that mixes devices is an error, see
-`device_of_tensors`), or manage more than one GPU.
+Does not: move data implicitly between devices (an op whose inputs live on different devices is
+an error, raised by `Function.apply` in tensor.py), or manage more than one GPU.
 """
+import importlib
+
 import numpy as np
 
 DEVICES = ("cpu", "cuda")
@@ -52,15 +56,22 @@ def get_xp(device):
     return np if device == "cpu" else _import_cupy()
 
 
+def _is_cupy_array(arr):
+    # the package that defines the array's type: "cupy" for cupy's arrays (and "cupy_emulated" for
+    # the CPU emulator's stand-in), asked without importing cupy on CPU-only machines
+    return type(arr).__module__.startswith("cupy")
+
+
+def array_module(arr):
+    """The array module `arr` belongs to: numpy for numpy arrays (and scalars), cupy for cupy's."""
+    if _is_cupy_array(arr):
+        return importlib.import_module(type(arr).__module__.split(".")[0])
+    return np
+
+
 def device_of_array(arr):
     """"cpu" for a numpy array (or scalar), "cuda" for a cupy array."""
-    if isinstance(arr, (np.ndarray, np.generic)):
-        return "cpu"
-    if _cupy is not None and isinstance(arr, _cupy.ndarray):
-        return "cuda"
-    if type(arr).__module__.startswith("cupy"):
-        return "cuda"
-    return "cpu"
+    return "cuda" if _is_cupy_array(arr) else "cpu"
 
 
 def cuda_available():
@@ -100,8 +111,10 @@ def tune_host_allocator(mmap_threshold=64 << 20, trim_threshold=256 << 20):
 
     subtle: glibc serves every allocation above 128 KiB (most activations at the cpu preset) with a
     fresh mmap and unmaps it on free, so each training step page-faults all of its temporaries in
-    again; measured: a cpu-preset step went from ~97 to ~60 ms with the thresholds raised. Called
-    once on import of tinygrad_gpt (glibc only; a no-op elsewhere); TINYGRAD_GPT_MALLOC=default
+    again; measured: a cpu-preset step went from ~97 to ~60 ms with the thresholds raised. This
+    changes the allocator of the whole process (freed memory stays with it up to the thresholds),
+    so it is explicit: train.Trainer, rlhf.PPOTrainer and the scripts in examples/ and benchmarks/
+    call it; importing tinygrad_gpt does not. glibc only (a no-op elsewhere); TINYGRAD_GPT_MALLOC=default
     keeps the system behaviour. Returns True when the thresholds were set.
     """
     global _allocator_tuned

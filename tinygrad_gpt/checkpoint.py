@@ -21,8 +21,8 @@ truncated or bit-flipped weight file is reported instead of silently loaded.
 Python's json keeps ints of any size exactly, so a numpy Generator's 128-bit state survives (see
 `rng_state` / `restore_rng`). NumPy scalars in meta are stored as Python numbers; arrays belong in
 the state dict or the optimizer state. The optimizer state is any nest of dicts/lists whose array
-leaves go to optimizer-*.safetensors (under their JSON-Pointer path, e.g. "m/wte.weight") while the
-rest (step counts, hyper-parameters) stays in the JSON.
+leaves go to optimizer-*.safetensors (under their JSON-Pointer path, e.g. "arrays/m.0" for AdamW's
+first moment of parameter 0) while the rest (step counts, hyper-parameters) stays in the JSON.
 
 Follows the safetensors format (https://github.com/huggingface/safetensors) so the weights open in
 other tools, and the write-temp-fsync-rename pattern for atomic files.
@@ -46,7 +46,7 @@ VERSION = 1
 JSON_NAME = "checkpoint.json"
 _VERSIONED = re.compile(r"^(model|optimizer)-(\d{8,})\.safetensors$")
 _TMP_PREFIX = ".ckpt-tmp-"
-_ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safetensors__": "m/wte.weight"}
+_ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safetensors__": "arrays/m.0"}
 
 
 class CheckpointError(ValueError):

@@ -124,7 +124,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout, rng=drop_rng)
         self.h = [Block(config, rng, drop_rng, dtype, device) for _ in range(config.n_layer)]
         self.ln_f = nn.LayerNorm(C, bias=config.bias, dtype=dtype, device=device)
-        self.device = device
+        # self.device is Module.device: read from the parameters, so model.to(device) keeps it right
 
     def hidden(self, idx, caches=None):
         """The last hidden states ln_f(x) (B, T, C) for token ids idx (B, T): forward without the head.

@@ -65,14 +65,25 @@ class Module:
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 
-    def to(self, device):
-        """Move every parameter to `device` in place (optimizers must be made after this)."""
-        backend.check_device(device)
+    @property
+    def device(self):
+        """The device the parameters live on ("cpu" for a module without any).
+
+        Derived from the parameters rather than stored, so it stays right after `to(device)`."""
         for _, p in self.named_parameters():
-            if p.device != device:
-                p.data = backend.to_device(p.data, device)
-                p.device = device
-                p.grad = None
+            return p.device
+        return "cpu"
+
+    def to(self, device):
+        """Move every tensor of the module in place: the parameters and constant tensors (e.g. the
+        fixed zero bias of a LayerNorm without bias). Optimizers must be made after this."""
+        backend.check_device(device)
+        for m in self.modules():
+            for value in vars(m).values():
+                if isinstance(value, Tensor) and value.device != device:
+                    value.data = backend.to_device(value.data, device)
+                    value.device = device
+                    value.grad = None
         return self
 
     def state_dict(self):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 import kernels
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 
 
 def decay_groups(named_parameters, weight_decay):
@@ -81,8 +81,8 @@ class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.t = 0  # steps taken (bias correction uses t + 1 on the next step)
-        self.m = [get_array_module(p.data).zeros_like(p.data) for p in self.params()]  # first moments
-        self.v = [get_array_module(p.data).zeros_like(p.data) for p in self.params()]  # second moments
+        self.m = [array_module(p.data).zeros_like(p.data) for p in self.params()]  # first moments
+        self.v = [array_module(p.data).zeros_like(p.data) for p in self.params()]  # second moments
 
     def set_lr(self, lr):
         for group in self.param_groups:
@@ -135,8 +135,8 @@ def clip_grad_norm(params, max_norm):
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
-    squares = [get_array_module(p.grad).vdot(p.grad.ravel(), p.grad.ravel()) for p in params]
-    xp = get_array_module(params[0].grad)
+    squares = [array_module(p.grad).vdot(p.grad.ravel(), p.grad.ravel()) for p in params]
+    xp = array_module(params[0].grad)
     if xp is not np:
         # on the GPU nothing leaves the device: the scale is computed there and applied always
         # (1 when no clipping is needed); the norm is returned as a 0-d device array. One stack

@@ -3,7 +3,7 @@
 `examples/shakespeare.py` maps its flags onto `TrainConfig` and `GPTConfig` and calls `Trainer`;
 the RLHF example and the benchmarks reuse the same loop. One epoch is one shuffled pass over the
 training split in block_size windows (`epoch_mode="windows"`), or over every start position
-(`"all_starts"`, the founding run's definition). After each epoch: train and val loss (estimated on
+(`"all_starts"`, the `original` preset's epoch). After each epoch: train and val loss (estimated on
 `eval_batches` held-out batches drawn with a fixed seed, so epochs are comparable), a sample, and a
 checkpoint. Ctrl-C finishes the current step, saves, and exits; a NaN/Inf loss stops the run and
 keeps the last good checkpoint.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint, data
+from tinygrad_gpt import backend, checkpoint, data
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
@@ -55,7 +55,6 @@ class TrainConfig:
     device: str = "cpu"
     out_dir: str = "out/shakespeare"
     val_fraction: float = 0.1
-    stop_after: int | None = None       # testing aid: behave as if Ctrl-C came after this step
 
     def __post_init__(self):
         if self.epoch_mode not in ("windows", "all_starts"):
@@ -122,6 +121,7 @@ class Trainer:
     """Trains `model` on token arrays; prints (via `log`) what a person watching needs to see."""
 
     def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.log, self.progress = log, progress
@@ -248,8 +248,6 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if cfg.stop_after is not None and st.step >= cfg.stop_after:
-                        self._interrupted = True
                     if self._interrupted or st.step >= total:
                         break
                 bar.close()
@@ -313,7 +311,9 @@ class Trainer:
 
 
 def load_model(directory, device="cpu"):
-    """Model, tokenizer dict and meta from a checkpoint directory written by Trainer.save."""
+    """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save.
+
+    The tokenizer is in the meta, as its dict: `tokenizer_from_dict(meta["tokenizer"])` rebuilds it."""
     state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
     config = GPTConfig(**meta["model_config"])
     dtype = next(iter(state_dict.values())).dtype

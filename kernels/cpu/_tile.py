@@ -9,7 +9,7 @@ for LLVM's loop vectoriser. Written as Numba loops they ran at 10-30 GFLOP/s: a 
 in memory. Here the four output rows of a tile of columns live in vector registers for the whole
 sum over k, as in the micro-kernel of any BLAS: per k, one vector load of B's row, four scalar
 loads of A broadcast to vectors, four vector multiply-adds. Measured at 150 GFLOP/s (float32, one
-core of this machine's AVX-512 EPYC) against 30 for the best Numba-loop version.
+core of a 2-core AVX-512 AMD EPYC VM) against 30 for the best Numba-loop version.
 
 The IR is target-neutral: LLVM splits a vector wider than the machine's registers into several
 (a tile is two registers wide: 2 x 16 float32 with AVX-512, 2 x 8 with AVX2), and the masked loads

@@ -216,7 +216,7 @@ def _run_threaded(claim, *args):
     """Run `claim` on the calling thread and on numba.get_num_threads() - 1 pool threads, all taking
     heads (axis 0 of every array argument) from one atomic counter; return once every head is done.
 
-    subtle: heads are claimed one at a time, not split into fixed ranges. On this VM a pool thread
+    subtle: heads are claimed one at a time, not split into fixed ranges. Measured on a 2-core VM: a pool thread
     that has slept (between training ops it always has) took 0.3-0.5 ms to wake, about the whole
     serial kernel at the cpu preset: with fixed halves the caller finished its half and then waited
     for that wake-up. Claiming lets the caller take every head the late thread does not, and it only

@@ -21,7 +21,7 @@ run the reference (array-module generic, so on the GPU too). See `_common.py` fo
 policy (TINYGRAD_GPT_CUDA_CHECKS=1).
 
 Status: compiled with NVRTC (tests/test_cuda_compile.py) and run on the CPU by the CUDA emulator
-(tests/cuda_emulator: this CUDA C compiled by g++, one fiber per GPU thread, behind a stand-in
+(cuda_emulator/: this CUDA C compiled by g++, one fiber per GPU thread, behind a stand-in
 cupy), against the references (tests/test_cuda_kernels_emulated.py) and in the whole engine
 (tests/test_cuda_engine.py [emulated], the device-parametrised gradient and model tests). Not yet
 run on a GPU: the [gpu] tests and the benchmarks need one, see benchmarks/RESULTS.md.

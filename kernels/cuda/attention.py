@@ -30,9 +30,9 @@ backward, two kernels, both recomputing p = exp(q . k * scale - lse) tile by til
 Tile sizes (BR, BC): float (64, 32) forward and dq, (32, 32) dk/dv; double (32, 16) and (16, 16),
 so every kernel's static shared memory stays under 48 KiB (16-33 KiB).
 
-tests/test_cuda_emulation.py replays these three kernels' loop structure in NumPy (same tiles,
-padding, masks and recurrences, one array lane per thread) against the reference, on machines
-without a GPU; tests/test_cuda_kernels.py checks the kernels themselves on a GPU.
+The CUDA emulator (cuda_emulator/) runs these kernels on the CPU against the reference
+(tests/test_cuda_kernels_emulated.py, and mutations in tests/test_cuda_emulator.py);
+tests/test_cuda_kernels.py runs them on a GPU.
 
 Follows: Dao et al., "FlashAttention" (2022) and "FlashAttention-2" (2023): online softmax,
 lse saved, D = rowsum(dout * out), p recomputed in backward, dq in its own pass instead of atomics.

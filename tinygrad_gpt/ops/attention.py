@@ -30,7 +30,7 @@ Dimension legend: B batch, T queries (new positions), L keys, nh heads, hs head 
 import math
 
 import kernels
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function
 
 
@@ -50,7 +50,7 @@ def split_heads(qkv, n_head):
 def join_heads(q, k, v):
     """q, k, v (B, nh, T, hs) packed back as qkv (B, T, 3C): the inverse of `split_heads`."""
     B, nh, T, hs = q.shape
-    qkv = get_array_module(q).empty((B, T, 3, nh, hs), dtype=q.dtype)  # (B, T, 3, nh, hs)
+    qkv = array_module(q).empty((B, T, 3, nh, hs), dtype=q.dtype)  # (B, T, 3, nh, hs)
     qkv[:, :, 0] = q.transpose(0, 2, 1, 3)
     qkv[:, :, 1] = k.transpose(0, 2, 1, 3)
     qkv[:, :, 2] = v.transpose(0, 2, 1, 3)
@@ -93,7 +93,7 @@ class CausalSelfAttentionQKVOp(Function):
     @staticmethod
     def forward(ctx, qkv, n_head, cache=None):
         B, T, C3 = qkv.shape
-        xp = get_array_module(qkv)
+        xp = array_module(qkv)
         heads = split_heads(qkv, n_head)                           # (3, B, nh, T, hs) view
         q = xp.ascontiguousarray(heads[0])                         # (B, nh, T, hs)
         if cache is None:
@@ -112,7 +112,7 @@ class CausalSelfAttentionQKVOp(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         B, nh, T, hs = ctx.q.shape
         t0 = ctx.t0
         # forward, last line: y = out merged over heads, so dout = dy split into heads

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 import kernels
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function, Tensor
 
 
@@ -154,7 +155,7 @@ class Pow(Function):
         da = unbroadcast(dout * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
         db = None
         if ctx.needs_input_grad[1]:
-            xp = kernels.reference.get_array_module(a)
+            xp = array_module(a)
             db = unbroadcast(dout * out * xp.log(a), b.shape)
         return da, db
 
@@ -162,7 +163,7 @@ class Pow(Function):
 class Exp(Function):
     @staticmethod
     def forward(ctx, a):
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         ctx.out = xp.exp(a)
         return ctx.out
 
@@ -175,7 +176,7 @@ class Exp(Function):
 class Log(Function):
     @staticmethod
     def forward(ctx, a):
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         ctx.a = a
         return xp.log(a)
 
@@ -188,7 +189,7 @@ class Log(Function):
 class Sqrt(Function):
     @staticmethod
     def forward(ctx, a):
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         ctx.out = xp.sqrt(a)
         return ctx.out
 
@@ -201,7 +202,7 @@ class Sqrt(Function):
 class Tanh(Function):
     @staticmethod
     def forward(ctx, a):
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         ctx.out = xp.tanh(a)
         return ctx.out
 
@@ -215,7 +216,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, a):
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         # subtle: written with exp(-|a|) so that neither branch overflows for large |a|
         e = xp.exp(-xp.abs(a))
         ctx.out = xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
@@ -259,7 +260,7 @@ class Maximum(Function):
     @staticmethod
     def forward(ctx, a, b):
         _check_dtypes("maximum", a, b)
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         out = xp.maximum(a, b)                                    # (X)
         ctx.a_shape, ctx.b_shape = a.shape, b.shape
         ctx.a_wins = (a > b) + (a == b) * a.dtype.type(0.5)       # (X) share of the gradient a gets
@@ -276,7 +277,7 @@ class Minimum(Function):
     @staticmethod
     def forward(ctx, a, b):
         _check_dtypes("minimum", a, b)
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         out = xp.minimum(a, b)                                    # (X)
         ctx.a_shape, ctx.b_shape = a.shape, b.shape
         ctx.a_wins = (a < b) + (a == b) * a.dtype.type(0.5)       # (X)
@@ -294,7 +295,7 @@ class Clip(Function):
     def forward(ctx, a, low=None, high=None):
         if low is None and high is None:
             raise ValueError("clip: give at least one of low and high")
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         lo = -math.inf if low is None else low
         hi = math.inf if high is None else high
         if lo > hi:
@@ -314,14 +315,14 @@ class Where(Function):
     @staticmethod
     def forward(ctx, a, b, cond):
         _check_dtypes("where", a, b)
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         ctx.cond, ctx.a_shape, ctx.b_shape = cond, a.shape, b.shape
         return xp.where(cond, a, b)                               # (X)
 
     @staticmethod
     def backward(ctx, dout):
         # forward: out = a where cond else b, so da = dout * cond and db = dout * (not cond)
-        xp = kernels.reference.get_array_module(dout)
+        xp = array_module(dout)
         zero = dout.dtype.type(0)
         da = unbroadcast(xp.where(ctx.cond, dout, zero), ctx.a_shape)
         db = unbroadcast(xp.where(ctx.cond, zero, dout), ctx.b_shape)
@@ -344,7 +345,7 @@ class MaskedFill(Function):
 
     @staticmethod
     def forward(ctx, a, mask, value):
-        xp = kernels.reference.get_array_module(a)
+        xp = array_module(a)
         mask = xp.asarray(mask)
         if mask.dtype != bool:
             raise TypeError(f"masked_fill: mask must be boolean, got dtype {mask.dtype}")
@@ -360,5 +361,5 @@ class MaskedFill(Function):
     @staticmethod
     def backward(ctx, dout):
         # forward: out = value where mask else a, so da = dout where not mask, 0 where mask
-        xp = kernels.reference.get_array_module(dout)
+        xp = array_module(dout)
         return xp.where(ctx.mask, dout.dtype.type(0), dout)

@@ -11,14 +11,14 @@ Deliberately does not: support label smoothing or class weights in cross_entropy
 import numpy as np
 
 import kernels
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function, Tensor
 
 
 class Softmax(Function):
     @staticmethod
     def forward(ctx, a, axis=-1):
-        xp = get_array_module(a)
+        xp = array_module(a)
         e = xp.exp(a - a.max(axis=axis, keepdims=True))           # (X)  subtract the max: no overflow
         ctx.out = e / e.sum(axis=axis, keepdims=True)             # (X)
         ctx.axis = axis
@@ -34,7 +34,7 @@ class Softmax(Function):
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, a, axis=-1):
-        xp = get_array_module(a)
+        xp = array_module(a)
         shifted = a - a.max(axis=axis, keepdims=True)             # (X)
         out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))  # (X)
         ctx.out, ctx.axis = out, axis
@@ -43,7 +43,7 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, dout):
         # forward: out_i = a_i - log sum_j exp(a_j), so da_i = dout_i - softmax_i * sum_j dout_j
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         return dout - xp.exp(ctx.out) * dout.sum(axis=ctx.axis, keepdims=True)
 
 
@@ -52,7 +52,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100):
-        xp = get_array_module(logits)
+        xp = array_module(logits)
         V = logits.shape[-1]
         targets = xp.asarray(targets)
         if targets.shape != logits.shape[:-1]:
@@ -85,7 +85,7 @@ class CrossEntropy(Function):
     @staticmethod
     def backward(ctx, dout):
         # forward: loss = sum_n losses_n / count, so dlosses_n = dout / count for every valid row
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         dlosses = xp.asarray(dout / ctx.count, dtype=ctx.logits.dtype)  # () broadcast by the kernel
         k = kernels.for_array(ctx.logits)
         dlogits = k.softmax_cross_entropy_backward(dlosses, ctx.logits, ctx.lse, ctx.targets, ctx.ignore_index)
@@ -157,7 +157,7 @@ class EmbeddingOp(Function):
 
     @staticmethod
     def forward(ctx, weight, idx):
-        xp = get_array_module(weight)
+        xp = array_module(weight)
         idx = xp.asarray(idx)
         V = weight.shape[0]
         if idx.dtype.kind not in "iu":

@@ -7,7 +7,7 @@ the weight gradient comes out already summed over the batch.
 Follows: numpy matmul broadcasting; llm.c matmul_forward/backward. Deliberately does not: accept
 1-D or 0-D arrays here (Tensor.matmul promotes vectors before calling this op).
 """
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.ops.elementwise import unbroadcast
 from tinygrad_gpt.tensor import Function
 
@@ -39,7 +39,7 @@ class MatMul(Function):
             if ctx.needs_input_grad[1]:
                 db = a.reshape(-1, a.shape[-1]).T @ dout2         # (K, N)
             return da, db
-        xp = get_array_module(a)
+        xp = array_module(a)
         if ctx.needs_input_grad[0]:
             da = unbroadcast(dout @ xp.swapaxes(b, -1, -2), a.shape)  # (..., M, K)
         if ctx.needs_input_grad[1]:

@@ -10,7 +10,7 @@ Deliberately does not: support boolean-mask indexing with a gradient other than 
 """
 import numpy as np
 
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function
 
 
@@ -56,7 +56,7 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, a, index):
-        xp = get_array_module(a)
+        xp = array_module(a)
         if xp is not np:  # integer-array indices must live where the data lives
             index = tuple(xp.asarray(i) if isinstance(i, (np.ndarray, list)) else i for i in index) \
                 if isinstance(index, tuple) else (xp.asarray(index) if isinstance(index, (np.ndarray, list)) else index)
@@ -70,7 +70,7 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         da = xp.zeros(ctx.in_shape, dtype=ctx.dtype)              # (a.shape)
         if ctx.advanced:
             # forward: out = a[idx] with integer arrays; an index may repeat, so scatter-ADD
@@ -86,7 +86,7 @@ class Gather(Function):
 
     @staticmethod
     def forward(ctx, a, index):
-        xp = get_array_module(a)
+        xp = array_module(a)
         index = xp.asarray(index)
         if index.dtype.kind not in "iu":
             raise TypeError(f"gather: index must be integers, got dtype {index.dtype}")
@@ -102,7 +102,7 @@ class Gather(Function):
     @staticmethod
     def backward(ctx, dout):
         # forward: out[r, j] = a[r, index[r, j]], so da[r, index[r, j]] += dout[r, j]
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         n, j = ctx.in_shape[-1], ctx.index.shape[-1]
         rows = ctx.index.size // j if j else 0
         da = xp.zeros((rows, n), dtype=dout.dtype)                # (R, n)
@@ -114,7 +114,7 @@ class Gather(Function):
 class Concat(Function):
     @staticmethod
     def forward(ctx, *arrays, axis=0):
-        xp = get_array_module(arrays[0])
+        xp = array_module(arrays[0])
         ctx.axis = axis % arrays[0].ndim
         ctx.sizes = [a.shape[ctx.axis] for a in arrays]
         try:
@@ -136,7 +136,7 @@ class Concat(Function):
 class Stack(Function):
     @staticmethod
     def forward(ctx, *arrays, axis=0):
-        xp = get_array_module(arrays[0])
+        xp = array_module(arrays[0])
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise ValueError(f"stack: all inputs need one shape, got {sorted(shapes)}")

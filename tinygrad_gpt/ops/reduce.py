@@ -6,7 +6,7 @@ over the input. Shapes: input (X), output (X with the reduced axes removed or ke
 Follows: numpy's reduction semantics. Deliberately does not: reduce integer tensors with gradients,
 or implement argmax with a gradient (it has none).
 """
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function
 
 
@@ -100,5 +100,5 @@ class Var(Function):
 
 def _broadcast_to(g, shape):
     """`g` broadcast to `shape` as a contiguous array (kernels downstream expect real strides)."""
-    xp = get_array_module(g)
+    xp = array_module(g)
     return xp.ascontiguousarray(xp.broadcast_to(g, shape))

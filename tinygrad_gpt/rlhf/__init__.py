@@ -9,6 +9,7 @@ losses.py        PolicyLoss, ValueLoss, Entropy, KLToReference, Whiten, BradleyT
                  side by side
 reward_model.py  preference pairs labelled by the scorer, RewardModel, Bradley-Terry training, accuracy
 ppo.py           PPOTrainer.step(): rollout, rewards, GAE, clipped PPO epochs, early stop, metrics
+evaluate.py      evaluate(): gold score, exact KL to the reference and fluency on a fixed prompt set
 
 Follows: Ziegler et al. 2019 "Fine-Tuning Language Models from Human Preferences", Schulman et al.
 2017 (PPO) and 2016 (GAE), Stiennon et al. 2020, TRL's PPOTrainer. Deliberately does not: run

@@ -24,7 +24,7 @@ Follows: the papers above; TRL's PPOTrainer (loss layout, whiten); llm.c's forwa
 Deliberately does not: take gradients w.r.t. the old log-probs, old values, advantages, returns or
 mask (they are constants of a PPO step, passed as keyword parameters), or support second derivatives.
 """
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function, Tensor, no_grad
 
 
@@ -66,7 +66,7 @@ class PolicyLoss(Function):
 
     @staticmethod
     def forward(ctx, logprobs, old_logprobs, advantages, mask, clip_eps):
-        xp = get_array_module(logprobs)
+        xp = array_module(logprobs)
         _same_shape("policy_loss", logprobs, old_logprobs=old_logprobs, advantages=advantages)
         n = _check_mask("policy_loss", logprobs, mask)
         dt = logprobs.dtype.type
@@ -85,7 +85,7 @@ class PolicyLoss(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         # F6: loss = sum m_t per_token_t / n, so dper_token_t = dout m_t / n
         dper_token = dout * ctx.mask / ctx.n                              # (B, T)
         # F5: per_token = unclipped where use_unclipped else clipped; F4 is constant in logp where it
@@ -99,7 +99,7 @@ class PolicyLoss(Function):
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
     """L_CLIP (a scalar Tensor) for new log-probs `logprobs` (B, T) Tensor; the rest are arrays."""
     lp = _data(logprobs)
-    xp = get_array_module(lp)
+    xp = array_module(lp)
     return PolicyLoss.apply(logprobs, old_logprobs=xp.asarray(_data(old_logprobs), dtype=lp.dtype),
                             advantages=xp.asarray(_data(advantages), dtype=lp.dtype),
                             mask=xp.asarray(_data(mask)), clip_eps=float(clip_eps))
@@ -110,7 +110,7 @@ class ValueLoss(Function):
 
     @staticmethod
     def forward(ctx, values, old_values, returns, mask, clip_range):
-        xp = get_array_module(values)
+        xp = array_module(values)
         _same_shape("value_loss", values, old_values=old_values, returns=returns)
         n = _check_mask("value_loss", values, mask)
         dt = values.dtype.type
@@ -130,7 +130,7 @@ class ValueLoss(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         # F7: loss = 1/2 sum m_t per_token_t / n, so dper_token_t = dout m_t / (2 n)
         dper_token = dout * ctx.mask / (2 * ctx.n)                        # (B, T)
         # F6 + F5: the clipped square wins strictly only when |V - V_old| > c, where F2's clip is
@@ -141,7 +141,7 @@ class ValueLoss(Function):
 def value_loss(values, old_values, returns, mask, clip_range=0.2):
     """L_VF (a scalar Tensor) for the value head's `values` (B, T) Tensor; the rest are arrays."""
     v = _data(values)
-    xp = get_array_module(v)
+    xp = array_module(v)
     return ValueLoss.apply(values, old_values=xp.asarray(_data(old_values), dtype=v.dtype),
                            returns=xp.asarray(_data(returns), dtype=v.dtype), mask=xp.asarray(_data(mask)),
                            clip_range=float(clip_range))
@@ -155,7 +155,7 @@ class Whiten(Function):
 
     @staticmethod
     def forward(ctx, x, mask, eps=1e-8):
-        xp = get_array_module(x)
+        xp = array_module(x)
         n = _check_mask("whiten", x, mask)
         dt = x.dtype.type
         m = mask.astype(x.dtype, copy=False)                              # (B, T)
@@ -184,7 +184,7 @@ def whiten(x, mask, eps=1e-8):
     if isinstance(x, Tensor):
         return Whiten.apply(x, mask=x.xp.asarray(_data(mask)), eps=eps)
     with no_grad():
-        return Whiten.apply(Tensor(x), mask=get_array_module(x).asarray(mask), eps=eps).data
+        return Whiten.apply(Tensor(x), mask=array_module(x).asarray(mask), eps=eps).data
 
 
 class Entropy(Function):
@@ -192,7 +192,7 @@ class Entropy(Function):
 
     @staticmethod
     def forward(ctx, logits, mask):
-        xp = get_array_module(logits)
+        xp = array_module(logits)
         n = _check_vocab_mask("entropy", logits, mask)
         dt = logits.dtype.type
         logp, p = _log_softmax(xp, logits)                                # F1-F2 (B, T, V) log p, p = softmax
@@ -225,7 +225,7 @@ class KLToReference(Function):
 
     @staticmethod
     def forward(ctx, logits, ref_logprobs, mask):
-        xp = get_array_module(logits)
+        xp = array_module(logits)
         _same_shape("kl_to_reference", logits, ref_logprobs=ref_logprobs)
         n = _check_vocab_mask("kl_to_reference", logits, mask)
         dt = logits.dtype.type
@@ -257,7 +257,7 @@ class BradleyTerryLoss(Function):
 
     @staticmethod
     def forward(ctx, r_chosen, r_rejected):
-        xp = get_array_module(r_chosen)
+        xp = array_module(r_chosen)
         _same_shape("bradley_terry_loss", r_chosen, r_rejected=r_rejected)
         if r_chosen.size == 0:
             raise ValueError("bradley_terry_loss: got no pairs (empty inputs)")
@@ -268,7 +268,7 @@ class BradleyTerryLoss(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         # F3: dlosses_i = dout / N;  F2: dsoftplus(-u)/du = -sigmoid(-u)
         dmargin = -dout / ctx.n / (1 + xp.exp(ctx.margin))               # (N,) -sigmoid(-margin) dout / N
         # F1: margin = r_c - r_r, so dr_c = dmargin, dr_r = -dmargin

@@ -8,7 +8,8 @@
 GPT.forward returns logits only; the value head reads the same hidden state the logits come from.
 The value head shares the trunk (its loss, times vf_coef, flows into the GPT), as in Ziegler et al.
 2019 and TRL, unless `value_trunk_grad=False`: then it reads a detached hidden state and the value
-loss trains the head alone (the GPT then moves only for the policy loss and the KL penalty). Dropout is off: the GPT is put in eval mode and its `drop` module is not called.
+loss trains the head alone (the GPT then moves only for the policy loss and the KL penalty).
+Dropout is off: the GPT is put in eval mode, in which its Dropout modules pass activations through.
 
 Windows. A prompt of P tokens and a response of R tokens can be longer than the model's block_size
 W (the benchmark: 64 + 64 tokens, W = 64). Then the response is scored in chunks of `stride` tokens
@@ -57,8 +58,7 @@ class PolicyWithValue(nn.Module):
         gpt.eval()  # dropout off during PPO
         C = gpt.config.n_embd
         dtype, device = gpt.wte.weight.dtype, gpt.device
-        self.v_head = nn.Linear(C, 1, bias=True, std=0.0, dtype=dtype, device=device)  # (C, 1), zeros
-        self.v_head.weight.data[...] = 0
+        self.v_head = nn.Linear(C, 1, bias=True, std=0.0, dtype=dtype, device=device)  # (C, 1), zeros (std 0)
 
     @property
     def config(self):

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from tinygrad_gpt import checkpoint
+from tinygrad_gpt import backend, checkpoint
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController, gae, shaped_rewards
@@ -47,6 +47,7 @@ class PPOTrainer:
     """
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
+        backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer, self.reward_model, self.cfg, self.log = scorer, reward_model, config, log
         policy.value_trunk_grad = config.value_trunk_grad

@@ -14,22 +14,15 @@ Deliberately does not: pick a tokenizer for you; scripts choose (`--tokenizer ch
 from tinygrad_gpt.tokenizers.bpe import (
     ENDOFTEXT, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BasicTokenizer, BPETokenizer, RegexTokenizer)
 from tinygrad_gpt.tokenizers import formats as _formats
+from tinygrad_gpt.tokenizers.char import CharTokenizer
 from tinygrad_gpt.tokenizers.formats import TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer
-
-try:  # written by a colleague in char.py; the BPE side must import without it
-    from tinygrad_gpt.tokenizers.char import CharTokenizer
-except ImportError:
-    CharTokenizer = None
-
 
 
 def tokenizer_from_dict(d):
     """Any tokenizer of this package from its `to_dict()` (e.g. read back from a checkpoint)."""
     if isinstance(d, dict) and d.get("type") == "char":
-        if CharTokenizer is None:
-            raise ImportError("tokenizer_from_dict: the dict is a CharTokenizer's, but tokenizers/char.py is missing")
         return CharTokenizer.from_dict(d)
-    return _formats.tokenizer_from_dict(d, source="tokenizer_from_dict")
+    return _formats.bpe_from_dict(d, source="tokenizer_from_dict")
 
 
 __all__ = ["tokenizer_from_dict", "BasicTokenizer", "RegexTokenizer", "BPETokenizer", "CharTokenizer",

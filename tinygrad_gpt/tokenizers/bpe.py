@@ -25,7 +25,9 @@ not valid UTF-8 (a token sequence cut mid-character) become U+FFFD, as in GPT-2'
 Fast and readable paths. The hot loops are Numba kernels in `fastbpe.py` (and the GPT-2 split
 scanner in `pretokenize.py`); the readable references below (`bpe_reference`,
 `train_merges_reference`) define the behaviour and the tests hold the kernels to them. Setting
-TINYGRAD_GPT_KERNELS=reference (or `tokenizer.fast = False`) runs the references instead.
+the project's one kernel switch (TINYGRAD_GPT_KERNELS=reference, or `kernels.set_backend("reference")`;
+see kernels/__init__.py) runs the references instead; `tokenizer.fast = False` (or True) pins one
+tokenizer either way.
 
 Follows: Sennrich et al. 2016; OpenAI GPT-2 `encoder.py`; tiktoken (special-token rules); minbpe
 (the three tiers and the "aaabdaaabac" example).
@@ -33,12 +35,12 @@ Follows: Sennrich et al. 2016; OpenAI GPT-2 `encoder.py`; tiktoken (special-toke
 Deliberately does not: normalise text (no NFC, no prefix space), add special tokens around text,
 treat lone surrogates (they raise), or parallelise encode_batch (one thread; output order kept).
 """
-import os
 import re
 from collections import Counter
 
 import numpy as np
 
+import kernels
 from tinygrad_gpt.tokenizers import fastbpe
 from tinygrad_gpt.tokenizers.pretokenize import (
     GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, codepoints, resolve_pattern, split)
@@ -46,12 +48,6 @@ from tinygrad_gpt.tokenizers.pretokenize import (
 FORMAT_NAME = "tinygrad_gpt.bpe"
 FORMAT_VERSION = 1
 ENDOFTEXT = "<|endoftext|>"
-_OFF_VALUES = {"0", "off", "reference", "ref", "numpy", "false", "no"}
-
-
-def _fast_default():
-    """The project's one switch (see kernels/__init__.py): TINYGRAD_GPT_KERNELS=reference."""
-    return os.environ.get("TINYGRAD_GPT_KERNELS", "fused").strip().lower() not in _OFF_VALUES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,8 +116,17 @@ class BasicTokenizer:
         self.byte_ids = list(range(256))
         self.merges = []  # [(a, b, new)], rank order
         self.special_tokens = {}  # str -> id (used by the BPETokenizer tier)
-        self.fast = _fast_default()
+        self._fast = None  # None: follow the kernel switch; True / False: pinned by `fast = ...`
         self._rebuild()
+
+    @property
+    def fast(self):
+        """True when the Numba kernels run: the kernel switch's answer unless pinned by `fast = ...`."""
+        return kernels.fused_enabled() if self._fast is None else self._fast
+
+    @fast.setter
+    def fast(self, value):
+        self._fast = None if value is None else bool(value)
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -284,7 +289,7 @@ class BasicTokenizer:
     def from_dict(cls, d, source="from_dict"):
         """Inverse of `to_dict` (any tier: the dict's "tier" picks the class)."""
         from tinygrad_gpt.tokenizers import formats
-        return formats.tokenizer_from_dict(d, source)
+        return formats.bpe_from_dict(d, source)
 
     def save(self, path):
         """Write the project's versioned format (see formats.py)."""

@@ -92,7 +92,8 @@ def assemble(tier, pattern, byte_ids, merges, special_tokens):
 # Our own format
 
 
-def tokenizer_from_dict(d, source="from_dict"):
+def bpe_from_dict(d, source="from_dict"):
+    """A BPE tokenizer (any tier) from its `to_dict()`, every field checked; errors name `source`."""
     if not isinstance(d, dict):
         raise ValueError(f"{source}: expected a dict, got {type(d).__name__}")
     if d.get("format") != FORMAT_NAME:

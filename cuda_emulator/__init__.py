@@ -2,7 +2,7 @@
 kernels' own source with g++ against `emulator.h`, for the tests on machines without a GPU.
 
 `load()` returns (cupy, cuda): this stand-in module and a private import of `kernels.cuda` made
-against it (sys.modules is left as it was: nothing else in the test session sees a cupy). Then
+against it (sys.modules is left as it was: nothing else in the pytest process sees a cupy). Then
 `cuda.attention_forward(cupy.asarray(q), ...)` runs the same Python wrapper and the same CUDA C
 text as on a GPU; only the hardware is replaced:
 
@@ -213,7 +213,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
-                        "construct a NumPy array explicitly. (cupy stand-in, tests/cuda_emulator)")
+                        "construct a NumPy array explicitly. (cupy stand-in, cuda_emulator/)")
 
     # numpy protocol: ufuncs and functions run on the wrapped arrays
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -591,13 +591,13 @@ class _RandomModule(_Host):
 
 def _device_properties(device=0):
     # no "clockRate": CUDA 13 removed it from cudaDeviceProp (and the GPU machines run CUDA 13)
-    return {"name": b"CPU (tests/cuda_emulator)", "totalGlobalMem": 0,
+    return {"name": b"CPU (cuda_emulator)", "totalGlobalMem": 0,
             "multiProcessorCount": 1}
 
 
 def make_cupy():
     """A module named cupy: the functions above, and NumPy's others with arrays translated."""
-    cp = types.ModuleType("cupy_emulated", "CPU stand-in for cupy (tests/cuda_emulator)")
+    cp = types.ModuleType("cupy_emulated", "CPU stand-in for cupy (cuda_emulator)")
     numpy_side = _Host(np)
     cp.__getattr__ = lambda name: getattr(numpy_side, name)
     for name in ("ndarray", "empty", "zeros", "ones", "asarray", "ascontiguousarray", "asnumpy",
@@ -617,7 +617,7 @@ def load():
 
     The stand-in is registered in sys.modules as "cupy_emulated" (the package name its arrays give,
     so kernels.reference.get_array_module finds it); "cupy" and "kernels.cuda" are left as they were.
-    One per session: the kernel files are compiled once (cached on disk across sessions)."""
+    One per process: the kernel files are compiled once (cached on disk across runs)."""
     import kernels
     ours = [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]
     saved = {k: sys.modules.pop(k) for k in ours}

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from examples.rlhf_sentiment import (build_parser, build_reward_model, fixed_prompts, load_setup,  # noqa: E402
                                      ppo_config_from, run_ppo, show_completions)
+from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt.rlhf import PolicyWithValue, PPOTrainer, VaderScorer, frozen_copy  # noqa: E402
 from tinygrad_gpt.rlhf.evaluate import evaluate  # noqa: E402
 
@@ -40,8 +41,8 @@ def main(argv=None):
     from tinygrad_gpt.backend import tune_host_allocator
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = build_parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--eval-prompts", type=int, default=128)
-    p.add_argument("--eval-samples", type=int, default=2)
+    p.add_argument("--eval-prompts", type=cli.bounded(int, ge=1), default=128)
+    p.add_argument("--eval-samples", type=cli.bounded(int, ge=1), default=2)
     p.set_defaults(out="out/bench-rlhf")
     args = p.parse_args(argv)
     cfg = ppo_config_from(args)

@@ -21,31 +21,73 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, load_tokenizer  # noqa: E402
+from tinygrad_gpt.tokenizers.pretokenize import compiled, resolve_pattern  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def main():
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
+def read_text(path):
+    """The UTF-8 text of --data; a missing, binary or empty file is a usage error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data: {path} does not exist or is not a file "
+                                f"(pass --data or set TINYSHAKESPEARE)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--data: {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                         f"{err.start})") from None
+    if not text:
+        raise ValueError(f"--data: {path} is empty; there is nothing to learn merges from")
+    return text
+
+
+def check_out(path):
+    """Refuse an --out that cannot take the file now, not after minutes of training."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out: {path} is a directory; give a file path, e.g. {path / 'bpe.tokenizer'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out: the directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--out: {path} is not writable")
+
+
+def build_parser():
     ap = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on a text file.")
     ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE", str(DEFAULT_DATA)),
                     help="UTF-8 text file to train on")
-    ap.add_argument("--vocab-size", type=int, default=4096, help="tokens in all: 256 bytes + merges + specials")
+    ap.add_argument("--vocab-size", type=cli.bounded(int, ge=256), default=4096,
+                    help="tokens in all: 256 bytes + merges + specials")
     ap.add_argument("--pattern", default="gpt2",
                     help="split pattern: gpt2, gpt4, none (basic tier: no split) or a regex")
     ap.add_argument("--out", default="bpe.tokenizer", help="where to save the trained tokenizer")
     ap.add_argument("--sample", default="To be, or not to be: that is the question. 🙂", help="round-trip text")
-    args = ap.parse_args()
+    return ap
 
-    if not Path(args.data).is_file():
-        sys.exit(f"--data: {args.data} does not exist (pass --data or set TINYSHAKESPEARE)")
-    text = Path(args.data).read_text(encoding="utf-8")
+
+def main(argv=None):
+    from tinygrad_gpt.backend import tune_host_allocator
+    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
+    ap = build_parser()
+    args = ap.parse_args(argv)
+
+    check_out(args.out)
     if args.pattern == "none":
         tok = BasicTokenizer()
     else:
+        try:
+            compiled(resolve_pattern(args.pattern))
+        except Exception as exc:  # the regex module's own error type
+            ap.error(f"--pattern: {args.pattern!r} is not a valid regular expression ({exc})")
         tok = BPETokenizer(pattern=args.pattern, special_tokens=["<|endoftext|>"])
+    least = 256 + len(tok._special_names())
+    if args.vocab_size < least:
+        ap.error(f"--vocab-size must be >= {least} (256 bytes + special tokens), got {args.vocab_size}")
+    text = read_text(args.data)
 
     t0 = time.perf_counter()
     tok.train(text, args.vocab_size)
@@ -56,6 +98,10 @@ def main():
     n_bytes = len(text.encode("utf-8"))
 
     print(f"trained on {args.data}: {n_bytes:,} bytes in {t_train:.2f} s")
+    if tok.vocab_size < args.vocab_size:
+        print(f"warning: --vocab-size {args.vocab_size} asked for more tokens than this text allows: no pair of "
+              f"tokens was left to merge after {len(tok.merges)} merges, so the vocabulary has "
+              f"{tok.vocab_size}", file=sys.stderr)
     print(f"vocab size: {tok.vocab_size} ({len(tok.merges)} merges, {len(tok.special_tokens)} special)")
     print(f"compression: {n_bytes:,} bytes -> {len(ids):,} tokens = {n_bytes / max(1, len(ids)):.2f} bytes/token "
           f"(encoded in {t_enc:.2f} s)")
@@ -66,9 +112,11 @@ def main():
     back = tok.decode(sample_ids)
     print(f"round trip: {args.sample!r} -> {sample_ids} -> {back!r} ({'ok' if back == args.sample else 'MISMATCH'})")
     tok.save(args.out)
-    assert load_tokenizer(args.out).encode(args.sample) == sample_ids
+    if load_tokenizer(args.out).encode(args.sample) != sample_ids:
+        raise RuntimeError(f"{args.out}: the saved tokenizer encodes the sample differently")
     print(f"saved to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

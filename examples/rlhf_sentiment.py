@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import data  # noqa: E402
+from tinygrad_gpt import checkpoint as checkpoint_module  # noqa: E402  (`checkpoint` names a directory below)
+from tinygrad_gpt import cli, data  # noqa: E402
 from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, RewardModel, RewardModelConfig,  # noqa: E402
                                VaderScorer, frozen_copy, make_preference_pairs, pairwise_accuracy,
                                prompt_batches, sample_responses, train_reward_model)
-from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_gpt.train import load_model  # noqa: E402
+from tinygrad_gpt.train import load_model, tokenizer_of  # noqa: E402
 
 
 def build_parser(description=None):
@@ -43,26 +43,21 @@ def build_parser(description=None):
     p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
     p.add_argument("--reward", choices=["vader", "model"], default="vader",
                    help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")
-    p.add_argument("--rm-pairs", type=int, default=RewardModelConfig.pairs, help="prompts sampled for RM pairs")
-    p.add_argument("--rm-steps", type=int, default=RewardModelConfig.steps)
     p.add_argument("--no-progress", action="store_true")
-    ppo = p.add_argument_group("PPO (PPOConfig fields)")
-    for f in fields(PPOConfig):
-        if f.name in ("adam_betas", "device"):
-            continue
-        if f.type in (bool, "bool"):
-            ppo.add_argument("--" + f.name.replace("_", "-"), type=lambda s: s.lower() in ("1", "true", "yes"),
-                             default=f.default)
-        elif f.name == "kl_estimator":
-            ppo.add_argument("--kl-estimator", choices=["exact", "sampled"], default=f.default)
-        else:
-            kind = float if isinstance(f.default, float) or f.name in ("target_kl",) else int
-            ppo.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    cli.add_flags(p, RewardModelConfig, prefix="rm_", skip=("seed",),
+                  title="reward model, with --reward model (RewardModelConfig fields)")
+    cli.add_flags(p, PPOConfig, use_defaults=True, title="PPO (PPOConfig fields)")
     return p
 
 
 def ppo_config_from(args):
-    return PPOConfig(**{f.name: getattr(args, f.name) for f in fields(PPOConfig) if hasattr(args, f.name)})
+    return PPOConfig(**cli.values_from(args, cli.flag_fields(PPOConfig)))
+
+
+def reward_model_config_from(args, seed):
+    """RewardModelConfig from the --rm-* flags given (its defaults for the rest), seeded like PPO."""
+    return RewardModelConfig(**cli.values_from(args, cli.flag_fields(RewardModelConfig, skip=("seed",)),
+                                               prefix="rm_"), seed=seed)
 
 
 def train_tiny_model(data_path, out_dir):
@@ -82,9 +77,11 @@ def load_setup(args):
     """(gpt, tokenizer, ppo prompt tokens, held-out prompt tokens) from --checkpoint / --data."""
     checkpoint = args.checkpoint or train_tiny_model(args.data, args.out)
     gpt, meta, _ = load_model(checkpoint)
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    tokenizer = tokenizer_of(meta, checkpoint)
     text = data.load_text(data.find_data(args.data))
-    tokens = tokenizer.encode_array(text)
+    # a character tokenizer encodes a corpus in one array op; a BPE one (--tokenizer bpe) has encode only
+    tokens = (tokenizer.encode_array(text) if hasattr(tokenizer, "encode_array")
+              else np.asarray(tokenizer.encode(text), dtype=np.int64))
     _, val = data.split_train_val(tokens, meta.get("train_config", {}).get("val_fraction", 0.1))
     cut = int(len(val) * 0.8)  # PPO prompts from the first 80% of val, evaluation prompts from the rest
     return gpt, tokenizer, val[:cut], val[cut:]
@@ -110,7 +107,7 @@ def show_completions(title, gpt, prompts, cfg, tokenizer, scorer, seed=0):
 
 def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=print):
     """Sample pairs from the reference, label them with VADER, train and report the reward model."""
-    rm_cfg = RewardModelConfig(pairs=args.rm_pairs, steps=args.rm_steps, seed=cfg.seed)
+    rm_cfg = reward_model_config_from(args, cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
     prompts = prompt_batches(prompt_tokens, cfg.batch_size, cfg.prompt_len, rng)
     t0 = time.perf_counter()
@@ -156,11 +153,25 @@ def run_ppo(trainer, steps, metrics_path, progress=True):
     return history
 
 
+def check_out(out):
+    """--out must be writable and must not hold a training run: saving the policy would replace it."""
+    checkpoint_module.check_writable(out, "--out")
+    if (Path(out) / checkpoint_module.JSON_NAME).is_file():
+        try:
+            kind = checkpoint_module.load_checkpoint(out, verify=False)[2].get("kind", "train")
+        except (ValueError, OSError):
+            kind = None
+        if kind == "train":
+            raise ValueError(f"--out {out} holds a training run (examples/shakespeare.py); the tuned policy "
+                             f"would replace it: choose another --out")
+
+
 def main(argv=None):
     from tinygrad_gpt.backend import tune_host_allocator
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser().parse_args(argv)
     cfg = ppo_config_from(args)
+    check_out(args.out)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
     reference = frozen_copy(gpt)
     scorer = VaderScorer()
@@ -185,11 +196,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(cli.run_main(main))

@@ -9,25 +9,27 @@
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
 and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
-epoch, on Ctrl-C, and at the end; metrics.jsonl beside them.
+epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. Every GPTConfig and
+TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything runs. Exit status:
+0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM.
 
 Follows: nanoGPT's train.py and sample.py, one script. Deliberately does not: read config files
 (every setting is a flag; presets fill in the rest).
 """
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, data  # noqa: E402
-from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
-from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt import backend, checkpoint, cli, data  # noqa: E402
+from tinygrad_gpt.model import GPTConfig  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
-from tinygrad_gpt.train import PRESETS, NonFiniteLoss, Trainer, TrainConfig, load_model, preset_configs  # noqa: E402
+from tinygrad_gpt.model import GPT  # noqa: E402
+from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable, load_model,  # noqa: E402
+                                preset_configs, tokenizer_of)
 
 
 def build_parser():
@@ -40,82 +42,101 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--sample", action="store_true", help="only sample from the checkpoint in --out")
     p.add_argument("--prompt", default="\n")
-    p.add_argument("--num-tokens", type=int, default=500, help="tokens to sample with --sample")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
-    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size with --tokenizer bpe")
+    p.add_argument("--num-tokens", type=cli.bounded(int, ge=1), default=500, help="tokens to sample with --sample")
+    p.add_argument("--temperature", type=cli.bounded(float, gt=0), default=0.8)
+    p.add_argument("--top-k", type=cli.bounded(int, ge=1), default=None)
+    p.add_argument("--top-p", type=cli.bounded(float, gt=0, le=1), default=None)
+    p.add_argument("--tokenizer", choices=["char", "bpe"], default=None,
+                   help="char (default), or bpe; --resume takes the checkpoint's")
+    p.add_argument("--vocab-size", type=cli.bounded(int, ge=257), default=None,
+                   help="BPE vocabulary size with --tokenizer bpe (default 512)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    model = p.add_argument_group("model (default: from the preset)")
-    for f in fields(GPTConfig):
-        if f.name == "vocab_size":
-            continue
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else \
-            (float if f.type in (float, "float") else int)
-        model.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
-    train = p.add_argument_group("training (default: from the preset)")
-    for f in fields(TrainConfig):
-        if f.name in ("device", "out_dir"):
-            continue
-        kind = str if f.name == "epoch_mode" else float if f.name in (
-            "lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "val_fraction") else int
-        train.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+    cli.add_flags(p, GPTConfig, title="model (default: from the preset)")
+    cli.add_flags(p, TrainConfig, title="training (default: from the preset)")
     return p
 
 
-def load_tokens(args):
+def load_tokens(args, tokenizer=None, source=None):
+    """(tokenizer, tokens) of the data; with `tokenizer` (a checkpoint's), the data must fit it."""
     path = data.find_data(args.data)
     text = data.load_text(path)
-    if args.tokenizer == "char":
+    if tokenizer is not None:
+        return tokenizer, encode_for(tokenizer, text, path, source)
+    if args.tokenizer in (None, "char"):
         tokenizer = CharTokenizer.from_text(text)
-        tokens = tokenizer.encode_array(text)
-    else:
-        from tinygrad_gpt.tokenizers import RegexTokenizer
-        train_part = text[:int(len(text) * 0.9)]
-        tokenizer = RegexTokenizer()
-        tokenizer.train(train_part, args.vocab_size)
-        tokens = np.asarray(tokenizer.encode(text), dtype=np.int64)
-    return tokenizer, tokens
+        return tokenizer, tokenizer.encode_array(text)
+    from tinygrad_gpt.tokenizers import RegexTokenizer
+    train_part = text[:int(len(text) * 0.9)]
+    tokenizer = RegexTokenizer()
+    tokenizer.train(train_part, args.vocab_size or 512)
+    return tokenizer, np.asarray(tokenizer.encode(text), dtype=np.int64)
+
+
+def encode_for(tokenizer, text, path, source):
+    """`text` in `tokenizer`'s ids; characters its alphabet lacks are a usage error, all named."""
+    if isinstance(tokenizer, CharTokenizer):
+        alphabet = set(tokenizer.chars)
+        present = set(text)
+        unknown = sorted(present - alphabet)
+        if unknown:
+            absent = sorted(alphabet - present)
+            raise ValueError(f"--resume: --data {path} has {len(unknown)} character(s) that the tokenizer of "
+                             f"the checkpoint in {source} does not know: {''.join(unknown[:40])!r}"
+                             + (f" (and lacks {''.join(absent[:40])!r}, which it knows)" if absent else "")
+                             + "; train a new run (another --out) for this text")
+        return tokenizer.encode_array(text)
+    return np.asarray(tokenizer.encode(text), dtype=np.int64)
 
 
 def sample_only(args, out_dir):
     model, meta, _ = load_model(out_dir, device=args.device)
-    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    tokenizer = tokenizer_of(meta, out_dir)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise ValueError("--prompt must hold at least one character")
     ids = model.generate(np.array([prompt]), args.num_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed if args.seed is not None else 0)
+                         top_p=args.top_p, seed=getattr(args, "seed", 0))
     print(tokenizer.decode(ids[0].tolist()))
+    return 0
 
 
 def main(argv=None):
     from tinygrad_gpt.backend import tune_host_allocator
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
     if args.sample:
         return sample_only(args, out_dir)
 
-    tokenizer, tokens = load_tokens(args)
-    overrides = {f.name: getattr(args, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
-    overrides.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                      if f.name not in ("device", "out_dir")})
+    resumed = None
+    if args.resume:
+        # the checkpoint first: its kind and tokenizer decide how the data is read (no BPE retraining)
+        resumed = load_model(out_dir, device=args.device)
+        check_resumable(resumed[1], out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        tokenizer, tokens = load_tokens(args, tokenizer_of(resumed[1], out_dir), out_dir)
+    else:
+        checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
+        tokenizer, tokens = load_tokens(args)
+    overrides = cli.values_from(args, cli.flag_fields(GPTConfig) + cli.flag_fields(TrainConfig))
     overrides.update(device=args.device, out_dir=str(out_dir))
-    gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
+    try:
+        gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
     train_tokens, val_tokens = data.split_train_val(tokens, train_cfg.val_fraction)
     dtype = np.float32 if args.dtype == "float32" else np.float64
 
     model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
     trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress)
-    if args.resume:
-        loaded, meta, optimizer_state = load_model(out_dir, device=args.device)
-        if meta["model_config"] != {**gpt_cfg.__dict__}:
-            raise ValueError(f"--resume: the checkpoint in {out_dir} was trained with {meta['model_config']}, "
-                             f"these flags give {gpt_cfg.__dict__}")
+    if resumed is not None:
+        loaded, meta, optimizer_state = resumed
+        differ = {k: (meta["model_config"][k], v) for k, v in gpt_cfg.__dict__.items() if meta["model_config"][k] != v}
+        if differ:
+            raise ValueError("--resume: the checkpoint in " + str(out_dir) + " was trained with " + ", ".join(
+                f"{cli.flag_name(k)} {old!r} (these flags give {new!r})" for k, (old, new) in differ.items()))
         model.load_state_dict(loaded.state_dict())
         trainer.restore(meta, optimizer_state)
         print(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
@@ -132,8 +153,8 @@ def main(argv=None):
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    if result == "interrupted":
-        return 130
+    if result != "done":
+        return cli.exit_status(result)
     for record in trainer.state.history:
         print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
     print(f"checkpoint: {out_dir}")
@@ -141,11 +162,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, RuntimeError, IndexError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(cli.run_main(main))

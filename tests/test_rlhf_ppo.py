@@ -181,7 +181,10 @@ def test_save_loads_with_load_model(tmp_path):
     trainer = PPOTrainer(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)
     trainer.step()
     trainer.save(tmp_path / "tuned")
-    model, meta, extra = load_model(tmp_path / "tuned")
+    from tinygrad_gpt.checkpoint import load_tensors
+    model, meta, optimizer_state = load_model(tmp_path / "tuned")
     for name, p in policy.gpt.named_parameters():
         np.testing.assert_array_equal(dict(model.named_parameters())[name].data, p.data)
-    assert meta["ppo_steps"] == 1 and extra["value_head"]["weight"].shape == (32, 1)
+    value_head = load_tensors(tmp_path / "tuned", "value_head")
+    assert meta["ppo_steps"] == 1 and value_head["weight"].shape == (32, 1)
+    assert optimizer_state is None and meta["kind"] == "rlhf-ppo"

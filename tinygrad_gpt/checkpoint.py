@@ -4,6 +4,8 @@ A checkpoint is a directory holding
     checkpoint.json                 the commit record: names the files below, holds `meta`
     model-00000007.safetensors      the state dict (GPT-2 names: wte.weight, h.0.ln_1.weight, ...)
     optimizer-00000007.safetensors  the optimizer's arrays, if it has any
+    <role>-00000007.safetensors     other weights saved beside the model, one file per role
+                                    (e.g. value_head, an RLHF policy's value head), if any
 where 7 is the save's generation number (one more than the highest in the directory).
 
 Crash safety (the choice, and why): every file is written to a temp file in the same directory,
@@ -15,7 +17,8 @@ flushed, fsync'ed and `os.replace`d into place, then the directory is fsync'ed. 
 Overwriting a fixed `model.safetensors` instead would leave a window where new weights sit beside
 an old JSON (a torn checkpoint); renaming a whole directory over another is not atomic on POSIX
 when the target exists. The JSON records each file's size and SHA-256, checked on load, so a
-truncated or bit-flipped weight file is reported instead of silently loaded.
+truncated or bit-flipped weight file is reported instead of silently loaded; it records the
+SHA-256 of `meta` as well, since an edited model_config (say n_head) would load the weights wrongly.
 
 `meta` is free-form JSON (config, tokenizer.to_dict(), step, epoch, batch index, RNG state...):
 Python's json keeps ints of any size exactly, so a numpy Generator's 128-bit state survives (see
@@ -44,7 +47,8 @@ import numpy as np
 FORMAT = "tinygrad_gpt.checkpoint"
 VERSION = 1
 JSON_NAME = "checkpoint.json"
-_VERSIONED = re.compile(r"^(model|optimizer)-(\d{8,})\.safetensors$")
+_VERSIONED = re.compile(r"^([a-z][a-z_]*)-(\d{8,})\.safetensors$")
+_ROLE = re.compile(r"^[a-z][a-z_]*$")
 _TMP_PREFIX = ".ckpt-tmp-"
 _ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safetensors__": "arrays/m.0"}
 
@@ -104,13 +108,30 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _file_mode():
+    """The mode a plain open() would give a new file: 0o666 less the umask (mkstemp makes 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path, write):
-    """Call write(tmp_path) on a temp file next to `path`, fsync it, os.replace it onto `path`."""
+    """Call write(tmp_path) on a temp file next to `path`, fsync it, os.replace it onto `path`.
+
+    The one atomic writer of the package (checkpoints, tokenizer files, metrics rewrites): the
+    destination is either the old file or the complete new one, the temp file never outlives the
+    call, and the file gets the umask's mode like any other file the program writes.
+    """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a directory; expected a file path to write")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix="-" + path.name, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())  # after write: a writer may replace the file it was given
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -118,6 +139,23 @@ def write_atomic(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_writable(directory, what="directory"):
+    """Raise ValueError naming `what` unless `directory` is, or could be made, a writable directory.
+
+    For scripts, before any training: a path that is a file, or a read-only place, is reported
+    now instead of at the first checkpoint. Creates nothing.
+    """
+    directory = pathlib.Path(directory).absolute()
+    probe = directory
+    while not probe.exists():  # the nearest existing ancestor decides whether mkdir can succeed
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == directory else f" (its ancestor {str(probe)!r} is a file)"
+        raise ValueError(f"{what} {str(directory)!r} is not a directory{where}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(directory)!r} is not writable ({str(probe)!r} is read-only)")
 
 
 def _sha256(path):
@@ -232,13 +270,25 @@ def _remove_stale(directory, keep):
                 pass
 
 
-def save_checkpoint(directory, state_dict, meta, optimizer_state=None):
+class CheckpointWriteError(OSError):
+    """Saving failed (disk full, I/O error); the checkpoint previously in the directory is intact."""
+
+
+def _meta_sha256(meta_json):
+    return hashlib.sha256(json.dumps(meta_json, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def save_checkpoint(directory, state_dict, meta, optimizer_state=None, tensors=None):
     """Save a checkpoint into `directory` (created if missing), replacing the one there atomically.
 
     state_dict: {name: numpy array}, e.g. the model's parameters.
-    meta: JSON-able dict (config, tokenizer, step, epoch, batch index, rng state, ...).
+    meta: JSON-able dict (config, tokenizer, step, epoch, batch index, rng state, ...); its SHA-256
+        is recorded too, so a hand-edited meta is reported on load.
     optimizer_state: optional nest of dicts/lists; its numpy arrays go to a safetensors file.
-    Returns the path of checkpoint.json.
+    tensors: optional {role: {name: numpy array}} for other weights saved beside the model (e.g.
+        an RLHF value head), each role in its own file; read back with `load_tensors`.
+    Returns the path of checkpoint.json. Raises CheckpointWriteError if the disk fails; the files of
+    this save are then removed and the previous checkpoint is kept.
     """
     st = _safetensors_numpy()
     if not isinstance(state_dict, dict):
@@ -246,11 +296,19 @@ def save_checkpoint(directory, state_dict, meta, optimizer_state=None):
                         f"got {type(state_dict).__name__}")
     if not isinstance(meta, dict):
         raise TypeError(f"save_checkpoint: meta must be a dict, got {type(meta).__name__}")
-    tensors = {}
+    model_tensors = {}
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"save_checkpoint: state_dict key {name!r} must be a str")
-        tensors[name] = _tensor(value, f"state_dict[{name!r}]")
+        model_tensors[name] = _tensor(value, f"state_dict[{name!r}]")
+    extra = {}
+    for role, arrays in (tensors or {}).items():
+        if not isinstance(role, str) or not _ROLE.match(role) or role in ("model", "optimizer"):
+            raise ValueError(f"save_checkpoint: tensors role {role!r} must be lowercase letters and '_', "
+                             f"and not 'model' or 'optimizer'")
+        if not isinstance(arrays, dict):
+            raise TypeError(f"save_checkpoint: tensors[{role!r}] must be a dict of name -> numpy array")
+        extra[role] = {name: _tensor(value, f"tensors[{role!r}][{name!r}]") for name, value in arrays.items()}
     meta_json = _json_value(meta, "meta")
     optimizer_arrays = {}
     optimizer_json = None
@@ -260,26 +318,35 @@ def save_checkpoint(directory, state_dict, meta, optimizer_state=None):
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     generation = _next_generation(directory)
-    files = {"model": f"model-{generation:08d}.safetensors"}
-    to_write = {"model": tensors}
+    to_write = {"model": model_tensors}
     if optimizer_arrays:
-        files["optimizer"] = f"optimizer-{generation:08d}.safetensors"
         to_write["optimizer"] = optimizer_arrays
+    to_write.update(extra)
+    files = {role: f"{role}-{generation:08d}.safetensors" for role in to_write}
 
     # 1. the weight files, under names no committed JSON refers to
     records = {}
-    for role, arrays in to_write.items():
-        path = directory / files[role]
-        write_atomic(path, lambda tmp, arrays=arrays: st.save_file(arrays, tmp, metadata={"format": "np"}))
-        records[role] = {"file": files[role], "bytes": path.stat().st_size, "sha256": _sha256(path)}
-    _fsync_dir(directory)
+    try:
+        for role, arrays in to_write.items():
+            path = directory / files[role]
+            write_atomic(path, lambda tmp, arrays=arrays: st.save_file(arrays, tmp, metadata={"format": "np"}))
+            records[role] = {"file": files[role], "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        _fsync_dir(directory)
 
-    # 2. the commit: checkpoint.json, replaced last
-    record = {"format": FORMAT, "version": VERSION, "generation": generation, "files": records,
-              "optimizer": optimizer_json, "meta": meta_json}
-    text = json.dumps(record, indent=1)
-    write_atomic(directory / JSON_NAME, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
-    _fsync_dir(directory)
+        # 2. the commit: checkpoint.json, replaced last
+        record = {"format": FORMAT, "version": VERSION, "generation": generation, "files": records,
+                  "optimizer": optimizer_json, "meta": meta_json, "meta_sha256": _meta_sha256(meta_json)}
+        text = json.dumps(record, indent=1)
+        write_atomic(directory / JSON_NAME, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+        _fsync_dir(directory)
+    except Exception as exc:  # safetensors reports a full disk as its own SafetensorError, not OSError
+        for name in files.values():  # this save's files: no committed JSON names them
+            try:
+                os.unlink(directory / name)
+            except OSError:
+                pass
+        raise CheckpointWriteError(f"saving the checkpoint in {str(directory)!r} failed ({exc}); the "
+                                   f"checkpoint that was there is kept") from exc
 
     # 3. now nothing refers to older weight files
     _remove_stale(directory, keep={r["file"] for r in records.values()})
@@ -306,6 +373,11 @@ def _read_record(directory):
             raise CheckpointError(f"{str(path)!r} lacks the key {key!r}")
     if not isinstance(record["files"], dict) or "model" not in record["files"]:
         raise CheckpointError(f"{str(path)!r}: 'files' must name the 'model' weights")
+    if not isinstance(record["meta"], dict):
+        raise CheckpointError(f"{str(path)!r}: 'meta' must be an object")
+    if "meta_sha256" in record and record["meta_sha256"] != _meta_sha256(record["meta"]):
+        raise CheckpointError(f"{str(path)!r}: 'meta' does not match its recorded SHA-256 'meta_sha256': it was "
+                              f"edited or is corrupt (a changed model_config would load the weights wrongly)")
     return path, record
 
 
@@ -347,6 +419,15 @@ def load_checkpoint(directory, verify=True):
         arrays = _load_tensors(directory, json_path, files["optimizer"], verify) if "optimizer" in files else {}
         optimizer_state = _join_arrays(optimizer_state, arrays, json_path)
     return state_dict, optimizer_state, record["meta"]
+
+
+def load_tensors(directory, role, verify=True):
+    """The {name: array} saved under `role` by save_checkpoint(tensors={role: ...})."""
+    json_path, record = _read_record(directory)
+    if role not in record["files"] or role in ("model", "optimizer"):
+        extra = sorted(set(record["files"]) - {"model", "optimizer"})
+        raise CheckpointError(f"{str(json_path)!r} holds no {role!r} tensors (it has: {extra or 'none'})")
+    return _load_tensors(directory, json_path, record["files"][role], verify)
 
 
 def load_safetensors_state_dict(path):

@@ -22,28 +22,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygrad_gpt import nn, ops
+from tinygrad_gpt.cli import check_fields, setting
 from tinygrad_gpt.backend import get_xp, to_numpy
 from tinygrad_gpt.tensor import Tensor, no_grad
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65       # 65 characters in tiny Shakespeare; 50257 for GPT-2's BPE
-    block_size: int = 64       # the longest context the position table covers
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128          # C; must be divisible by n_head
-    dropout: float = 0.0       # on embeddings, residual branches and the MLP; 0 for small data
-    bias: bool = True          # biases in Linear and LayerNorm, as GPT-2
+    vocab_size: int = setting(65, ge=1, flag=False)  # 65 characters in tiny Shakespeare; 50257 for GPT-2's BPE
+    block_size: int = setting(64, ge=1)   # the longest context the position table covers
+    n_layer: int = setting(4, ge=1)
+    n_head: int = setting(4, ge=1)
+    n_embd: int = setting(128, ge=1)      # C; must be divisible by n_head
+    dropout: float = setting(0.0, ge=0, lt=1)  # on embeddings, residual branches and the MLP; 0 for small data
+    bias: bool = True                     # biases in Linear and LayerNorm, as GPT-2
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig: {name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
 
 
 class CausalSelfAttention(nn.Module):

@@ -131,18 +131,23 @@ class Tensor:
         if backend.device_of_array(data) != device and not isinstance(data, (list, tuple, int, float)):
             data = backend.to_device(data, device)
         self.data = _as_array(data, dtype, xp)
+        if self.data.dtype.kind not in "biuf":
+            raise TypeError(f"Tensor: data must be numbers or bools, got dtype {self.data.dtype} "
+                            f"(from {type(data).__name__})")
         self.device = device
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"Tensor: only floating-point tensors can require grad, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self._ctx = None
+        self._released = None  # the op's name once backward dropped this tensor's graph (see backward)
 
     @classmethod
     def _wrap(cls, data, device, requires_grad):
         """Fast constructor for op outputs: no conversion, no checks."""
         t = cls.__new__(cls)
         t.data, t.device, t.requires_grad, t.grad, t._ctx = data, device, requires_grad, None, None
+        t._released = None
         return t
 
     # ---- constructors ------------------------------------------------------------------------
@@ -224,7 +229,9 @@ class Tensor:
 
         `grad` is d(loss)/d(self); it may be omitted only for a one-element tensor (then it is 1).
         After the pass the graph is released (each op's saved arrays are dropped) unless
-        `retain_graph`, so memory stays flat over training steps.
+        `retain_graph`, so memory stays flat over training steps. A later backward that reaches a
+        released part of the graph raises RuntimeError before touching any gradient (as PyTorch
+        does); pass retain_graph=True to every backward but the last through a shared graph.
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad (no input had requires_grad=True, "
@@ -238,8 +245,16 @@ class Tensor:
             grad = grad.data if isinstance(grad, Tensor) else self.xp.asarray(grad, dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has shape {self.shape}")
+        order = _toposort(self)
+        for node in order:
+            # subtle: a released op output has no ctx, like a leaf; without this check it would
+            # silently take the gradient as if it were a leaf and pass nothing on to the inputs
+            if node._released is not None:
+                raise RuntimeError(f"backward: trying to backward through the graph a second time: the output "
+                                   f"of {node._released} (shape {node.shape}) was released by an earlier "
+                                   f"backward(); call that backward with retain_graph=True to keep the graph")
         grads = {id(self): grad}
-        for node in reversed(_toposort(self)):
+        for node in reversed(order):
             dout = grads.pop(id(node), None)
             ctx = node._ctx
             if ctx is None:  # a leaf: accumulate across backward calls, as PyTorch does
@@ -248,7 +263,7 @@ class Tensor:
                     node.grad = dout.copy() if node.grad is None else node.grad + dout
                 continue
             if not retain_graph:
-                node._ctx = None  # release the graph behind us
+                node._ctx, node._released = None, ctx.fn.__name__  # release the graph behind us
             if dout is None:
                 continue
             dinputs = ctx.fn.backward(ctx, dout)

@@ -5,8 +5,11 @@ the RLHF example and the benchmarks reuse the same loop. One epoch is one shuffl
 training split in block_size windows (`epoch_mode="windows"`), or over every start position
 (`"all_starts"`, the `original` preset's epoch). After each epoch: train and val loss (estimated on
 `eval_batches` held-out batches drawn with a fixed seed, so epochs are comparable), a sample, and a
-checkpoint. Ctrl-C finishes the current step, saves, and exits; a NaN/Inf loss stops the run and
-keeps the last good checkpoint.
+checkpoint. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves, and exits; a NaN/Inf loss
+stops the run and keeps the last good checkpoint. A checkpoint's meta is checked on load
+(`check_meta`: every field named in the error), and `--resume` accepts only a training run
+(`meta["kind"] == "train"`) whose tokenizer describes the data; metrics.jsonl keeps one record per
+step across a crash and resume.
 
 Gradient accumulation (`grad_accum` N) splits each batch of `batch_size` rows into N micro-batches
 of batch_size / N; each micro-batch's mean loss is back-propagated with weight rows_i / rows, so the
@@ -26,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from tinygrad_gpt import backend, checkpoint, data
-from tinygrad_gpt.backend import get_xp
+from tinygrad_gpt.backend import DEVICES, get_xp
+from tinygrad_gpt.cli import check_fields, setting
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
 from tinygrad_gpt.tensor import no_grad
@@ -34,34 +38,35 @@ from tinygrad_gpt.tensor import no_grad
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 12                # rows of one optimizer step, however many micro-batches it is split into
-    grad_accum: int = 1                 # micro-batches per step (batch_size / grad_accum rows each); same loss and gradient
-    epochs: int = 5
-    max_iters: int | None = None        # stop after this many steps in total (overrides epochs)
-    iters_per_epoch: int | None = None  # cap an epoch's length (the tiny smoke-test preset)
-    epoch_mode: str = "windows"         # "windows": non-overlapping block_size windows; "all_starts"
-    lr: float = 1e-3
-    min_lr: float = 1e-4                # cosine decay ends here, at the last step
-    warmup_iters: int = 100
-    weight_decay: float = 0.1           # matrices only; biases and LayerNorm weights get none
-    beta1: float = 0.9
-    beta2: float = 0.99                 # nanoGPT's choice for small data (GPT-2 used 0.95-0.999)
-    grad_clip: float = 1.0              # 0 turns clipping off
-    eval_batches: int = 20              # held-out batches per loss estimate
-    eval_every: int | None = None       # also evaluate every N steps (default: only at epoch ends)
-    sample_tokens: int = 200            # length of the sample printed after each epoch
-    log_every: int = 10                 # steps between bar / metrics updates (a host sync on GPU)
-    seed: int = 1337
-    device: str = "cpu"
-    out_dir: str = "out/shakespeare"
-    val_fraction: float = 0.1
+    batch_size: int = setting(12, ge=1)  # rows of one optimizer step, however many micro-batches it is split into
+    grad_accum: int = setting(1, ge=1)   # micro-batches per step (batch_size / grad_accum rows each); same loss
+                                         # and gradient
+    epochs: int = setting(5, ge=1)
+    max_iters: int | None = setting(None, ge=1)        # stop after this many steps in total (overrides epochs)
+    iters_per_epoch: int | None = setting(None, ge=1)  # cap an epoch's length (the tiny smoke-test preset)
+    epoch_mode: str = setting("windows", choices=("windows", "all_starts"))  # "windows": non-overlapping
+                                        # block_size windows; "all_starts": every start position
+    lr: float = setting(1e-3, gt=0)
+    min_lr: float = setting(1e-4, ge=0)  # cosine decay ends here, at the last step; at most lr
+    warmup_iters: int = setting(100, ge=0)
+    weight_decay: float = setting(0.1, ge=0)  # matrices only; biases and LayerNorm weights get none
+    beta1: float = setting(0.9, ge=0, lt=1)
+    beta2: float = setting(0.99, ge=0, lt=1)  # nanoGPT's choice for small data (GPT-2 used 0.95-0.999)
+    grad_clip: float = setting(1.0, ge=0)     # 0 turns clipping off
+    eval_batches: int = setting(20, ge=1)     # held-out batches per loss estimate
+    eval_every: int | None = setting(None, ge=1)  # also evaluate every N steps (default: only at epoch ends)
+    sample_tokens: int = setting(200, ge=1)   # length of the sample printed after each epoch
+    log_every: int = setting(10, ge=1)        # steps between bar / metrics updates (a host sync on GPU)
+    seed: int = setting(1337, ge=0)
+    device: str = setting("cpu", choices=DEVICES, flag=False)  # scripts have their own --device
+    out_dir: str = setting("out/shakespeare", flag=False)      # scripts have their own --out
+    val_fraction: float = setting(0.1, gt=0, lt=1)
 
     def __post_init__(self):
-        if self.epoch_mode not in ("windows", "all_starts"):
-            raise ValueError(f"TrainConfig: epoch_mode must be 'windows' or 'all_starts', got {self.epoch_mode!r}")
-        for name in ("batch_size", "grad_accum", "epochs", "eval_batches", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)
+        if self.min_lr > self.lr:
+            raise ValueError(f"TrainConfig: min_lr {self.min_lr:g} is above lr {self.lr:g}; the cosine schedule "
+                             f"decays from lr to min_lr (set both, e.g. --lr and --min-lr)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig: batch_size {self.batch_size} is not divisible by grad_accum "
                              f"{self.grad_accum} (each micro-batch holds batch_size / grad_accum rows)")
@@ -86,15 +91,13 @@ PRESETS = {
 
 
 def preset_configs(name, vocab_size, **overrides):
-    """GPTConfig and TrainConfig for a preset, with `overrides` (None values ignored) applied."""
+    """GPTConfig and TrainConfig for a preset, with `overrides` applied (None sets an optional field to None)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     model_kw, train_kw = dict(PRESETS[name][0]), dict(PRESETS[name][1])
     model_names = {f.name for f in fields(GPTConfig)}
     train_names = {f.name for f in fields(TrainConfig)}
     for key, value in overrides.items():
-        if value is None:
-            continue
         if key in model_names:
             model_kw[key] = value
         elif key in train_names:
@@ -133,8 +136,16 @@ class Trainer:
         n = len(self.epoch_batches(self.state.epoch_rng))
         self._iters_per_epoch = min(n, config.iters_per_epoch) if config.iters_per_epoch else n
         self.out_dir = Path(config.out_dir)
-        self._interrupted = False
+        self._interrupted = None  # the signal that asked to stop (SIGINT or SIGTERM), once one came
         self.xp = get_xp(config.device)
+        # checked here, not at the first evaluation an epoch later: every estimate draws windows of
+        # block_size + 1 tokens from each split
+        need = model.config.block_size + 1
+        for split, tokens, hint in (("validation", val_tokens, "raise val_fraction (--val-fraction)"),
+                                    ("training", train_tokens, "lower val_fraction (--val-fraction)")):
+            if len(tokens) < need:
+                raise ValueError(f"the {split} split has {len(tokens)} tokens, fewer than block_size + 1 = "
+                                 f"{need}, so no batch can be drawn from it: {hint} or use more data")
 
     # ---- epochs and schedule --------------------------------------------------------------
     def epoch_batches(self, epoch_rng_state, start_batch=0):
@@ -176,7 +187,7 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self):
         meta = {
-            "format": "tinygrad_gpt-checkpoint-1",
+            "kind": KIND,
             "model_config": asdict(self.model.config),
             "train_config": asdict(self.cfg),
             "tokenizer": self.tokenizer.to_dict(),
@@ -187,9 +198,27 @@ class Trainer:
                                    optimizer_state=self.opt.state_dict())
 
     def restore(self, meta, optimizer_state):
+        """Continue from a checkpoint `check_resumable` accepted; drops metrics of replayed steps."""
         self.opt.load_state_dict(optimizer_state)
         self.state = TrainState(**meta["state"])
         self.model.drop_rng.bit_generator.state = meta["dropout_rng"]
+        self._drop_metrics_after(self.state.step)
+
+    def _drop_metrics_after(self, step):
+        """After a crash the steps since the last checkpoint run again: keep one record per step."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the crash
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        text = "".join(line + "\n" for line in kept)
+        checkpoint.write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def _metrics(self, record):
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,19 +226,25 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # ---- the loop ---------------------------------------------------------------------------
-    def _on_sigint(self, signum, frame):
-        if self._interrupted:  # a second Ctrl-C: stop now
+    def _on_signal(self, signum, frame):
+        if self._interrupted is not None:  # a second signal: stop now, without saving
             raise KeyboardInterrupt
-        self._interrupted = True
-        self.log("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+        self._interrupted = signum
+        name = "interrupt" if signum == signal.SIGINT else "terminate"
+        self.log(f"\n{name}: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+
+    def _stopped(self):
+        return "terminated" if self._interrupted == signal.SIGTERM else "interrupted"
 
     def train(self):
-        """Run the remaining epochs. Returns "done", "interrupted"; raises NonFiniteLoss."""
+        """Run the remaining epochs. Returns "done", "interrupted" (SIGINT, Ctrl-C) or "terminated"
+        (SIGTERM, as schedulers and `docker stop` send): both save a checkpoint first. Raises
+        NonFiniteLoss."""
         from tqdm import tqdm
 
         total = self.total_iters()
         per_epoch = self.iters_per_epoch()
-        previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         model, opt, st, cfg = self.model, self.opt, self.state, self.cfg
         model.train()
         try:
@@ -248,14 +283,14 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if self._interrupted or st.step >= total:
+                    if self._interrupted is not None or st.step >= total:
                         break
                 bar.close()
-                if self._interrupted and st.batch < steps_this_epoch:
+                if self._interrupted is not None and st.batch < steps_this_epoch:
                     self.save()
                     self.log(f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}); checkpoint saved "
                              f"to {self.out_dir}; continue with --resume")
-                    return "interrupted"
+                    return self._stopped()
                 record = self._evaluate(None, f"epoch {st.epoch + 1}")
                 record.update(epoch=st.epoch + 1)
                 st.history.append(record)
@@ -266,12 +301,13 @@ class Trainer:
                 st.epoch += 1
                 st.batch = 0
                 self.save()
-                if self._interrupted:
+                if self._interrupted is not None:
                     self.log(f"stopped after epoch {st.epoch}; checkpoint saved to {self.out_dir}")
-                    return "interrupted"
+                    return self._stopped()
             return "done"
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
 
     def micro_batches(self, x, y):
         """(x_i, y_i, weight_i) for the micro-batches of one batch: grad_accum row ranges of x (B, T).
@@ -310,13 +346,91 @@ class Trainer:
         return record
 
 
-def load_model(directory, device="cpu"):
-    """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save.
+KIND = "train"  # meta["kind"] of a checkpoint Trainer.save writes; only these can be resumed
+_READERS = {"train": "examples/shakespeare.py (--resume, --sample)",
+            "rlhf-ppo": "examples/shakespeare.py --sample and examples/rlhf_sentiment.py --checkpoint"}
 
-    The tokenizer is in the meta, as its dict: `tokenizer_from_dict(meta["tokenizer"])` rebuilds it."""
+
+def _meta_error(directory, message):
+    return checkpoint.CheckpointError(f"{Path(directory) / checkpoint.JSON_NAME}: {message}")
+
+
+def tokenizer_of(meta, directory):
+    """The tokenizer `meta["tokenizer"]` describes (meta as load_model returned it, so already checked)."""
+    from tinygrad_gpt.tokenizers import tokenizer_from_dict
+    if "tokenizer" not in meta:
+        raise _meta_error(directory, "meta.tokenizer is missing: the checkpoint cannot encode or decode text")
+    try:
+        return tokenizer_from_dict(meta["tokenizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _meta_error(directory, f"meta.tokenizer is not a valid tokenizer: {exc}") from None
+
+
+def check_meta(meta, directory):
+    """Raise CheckpointError naming the field unless `meta` describes a GPT this code can build.
+
+    Checks meta.model_config (exactly GPTConfig's fields, each in range) and meta.tokenizer if there
+    is one (rebuildable, its vocabulary the model's vocab_size). Returns the GPTConfig.
+    """
+    config = meta.get("model_config")
+    if not isinstance(config, dict):
+        raise _meta_error(directory, "meta.model_config is missing or not an object")
+    names = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(config) - names)
+    missing = sorted(names - set(config))
+    if unknown or missing:
+        raise _meta_error(directory, "meta.model_config " + "; ".join(
+            part for part in (f"has unknown field(s) {unknown}" if unknown else "",
+                              f"lacks field(s) {missing}" if missing else "") if part))
+    try:
+        gpt_config = GPTConfig(**config)
+    except ValueError as exc:
+        raise _meta_error(directory, f"meta.model_config: {exc}") from None
+    # subtle: a tokenizer is optional (weights saved by hand need none); tokenizer_of reports its absence
+    tokenizer = tokenizer_of(meta, directory) if "tokenizer" in meta else None
+    if tokenizer is not None and tokenizer.vocab_size != gpt_config.vocab_size:
+        raise _meta_error(directory, f"meta.tokenizer has {tokenizer.vocab_size} tokens but meta.model_config."
+                                     f"vocab_size is {gpt_config.vocab_size}: the checkpoint is inconsistent")
+    kind = meta.get("kind", KIND)
+    if kind not in _READERS:
+        raise _meta_error(directory, f"meta.kind {kind!r} is not one of {sorted(_READERS)}")
+    return gpt_config
+
+
+def check_resumable(meta, directory, tokenizer=None, vocab_size=None):
+    """Raise ValueError unless `meta` (checked by load_model) is a training run --resume can continue.
+
+    tokenizer / vocab_size: what the command line asked for (None = not given); they must agree
+    with the checkpoint's tokenizer, which a resumed run always keeps.
+    """
+    kind = meta.get("kind", KIND)
+    if kind != KIND:
+        raise ValueError(f"--resume: {directory} holds a {kind!r} checkpoint (read by {_READERS[kind]}), not a "
+                         f"training run that examples/shakespeare.py can continue; choose another --out")
+    for key in ("state", "dropout_rng", "train_config"):
+        if key not in meta:
+            raise _meta_error(directory, f"meta.{key} is missing, which --resume needs")
+    saved = meta["tokenizer"].get("type", "bpe") if isinstance(meta["tokenizer"], dict) else None
+    if tokenizer is not None and tokenizer != saved:
+        raise ValueError(f"--resume: --tokenizer {tokenizer}, but the checkpoint in {directory} was trained with "
+                         f"--tokenizer {saved}; leave --tokenizer out to use the checkpoint's")
+    if vocab_size is not None:
+        have = tokenizer_of(meta, directory).vocab_size
+        if vocab_size != have:
+            raise ValueError(f"--resume: --vocab-size {vocab_size}, but the checkpoint's tokenizer has {have} "
+                             f"tokens; leave --vocab-size out to use the checkpoint's")
+
+
+def load_model(directory, device="cpu"):
+    """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save (or an RLHF
+    trainer); the meta is checked first (CheckpointError naming the field), `tokenizer_of(meta,
+    directory)` gives the tokenizer."""
     state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
-    config = GPTConfig(**meta["model_config"])
+    config = check_meta(meta, directory)
     dtype = next(iter(state_dict.values())).dtype
     model = GPT(config, seed=0, dtype=dtype, device=device)
-    model.load_state_dict(state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except (KeyError, ValueError) as exc:
+        raise _meta_error(directory, f"the weights do not fit meta.model_config: {exc}") from None
     return model, meta, optimizer_state

@@ -205,13 +205,14 @@ class PPOTrainer:
 
     # ---- saving -------------------------------------------------------------------------------
     def save(self, directory, extra_meta=None):
-        """The tuned GPT as a checkpoint `train.load_model` reads; the value head beside it."""
+        """The tuned GPT as a checkpoint `train.load_model` reads; the value head beside it
+        (`checkpoint.load_tensors(directory, "value_head")`). No optimizer state: a PPO run is not resumed."""
         from dataclasses import asdict
-        meta = {"format": "tinygrad_gpt-checkpoint-1", "model_config": asdict(self.policy.config),
+        meta = {"kind": "rlhf-ppo", "model_config": asdict(self.policy.config),
                 "tokenizer": self.tokenizer.to_dict(), "ppo_config": asdict(self.cfg), "ppo_steps": self.step_count,
                 "kl_coef": self.kl_ctl.value,
                 "normalizer": None if self.normalizer is None else asdict(self.normalizer)}
         meta.update(extra_meta or {})
         value_head = {"weight": self.policy.v_head.weight.numpy(), "bias": self.policy.v_head.bias.numpy()}
         return checkpoint.save_checkpoint(directory, self.policy.gpt.state_dict(), meta,
-                                          optimizer_state={"value_head": value_head})
+                                          tensors={"value_head": value_head})

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygrad_gpt import nn
+from tinygrad_gpt.cli import check_fields, setting
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.losses import bradley_terry_loss
@@ -36,14 +37,17 @@ from tinygrad_gpt.tensor import no_grad
 
 @dataclass
 class RewardModelConfig:
-    pairs: int = 2048                # preference pairs wanted (before dropping near-ties: prompts sampled)
-    min_margin: float = 0.05         # drop pairs whose gold scores differ by less (ties)
-    heldout_fraction: float = 0.2    # pairs kept out of training for the accuracy figure
-    steps: int = 300                 # optimiser steps
-    batch_size: int = 32             # pairs per step
-    lr: float = 3e-4                 # AdamW
-    weight_decay: float = 0.01
-    seed: int = 0
+    pairs: int = setting(2048, ge=1)               # pairs wanted (before dropping near-ties: prompts sampled)
+    min_margin: float = setting(0.05, ge=0)        # drop pairs whose gold scores differ by less (ties)
+    heldout_fraction: float = setting(0.2, gt=0, lt=1)  # pairs kept out of training for the accuracy figure
+    steps: int = setting(300, ge=1)                # optimiser steps
+    batch_size: int = setting(32, ge=1)            # pairs per step
+    lr: float = setting(3e-4, gt=0)                # AdamW
+    weight_decay: float = setting(0.01, ge=0)
+    seed: int = setting(0, ge=0)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import functools
 import json
 import os
 
+from tinygrad_gpt.checkpoint import write_atomic
 from tinygrad_gpt.tokenizers.bpe import (
     FORMAT_NAME, FORMAT_VERSION, TIERS, BPETokenizer, bpe_reference)
 from tinygrad_gpt.tokenizers.pretokenize import resolve_pattern
@@ -121,8 +122,7 @@ def save_tokenizer(tok, path):
 
 
 def load_tokenizer(path):
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = _read_text(path, "load_tokenizer").split("\n")
     first = lines[0].split(" ")
     if len(first) != 2 or first[0] != FORMAT_NAME:
         raise TokenizerFileError(path, 1, f"expected '{FORMAT_NAME} <version>', got {lines[0][:60]!r}")
@@ -177,10 +177,27 @@ def load_tokenizer(path):
 
 
 def _atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """`text` into `path` through the package's one atomic writer (temp file, fsync, rename)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    write_atomic(path, write)
+
+
+def _read_text(path, what):
+    """The UTF-8 text of a tokenizer file; a missing, directory or binary file is named."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: {path} is a directory, not a tokenizer file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise TokenizerFileError(path, line, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                                             f"{err.start}): not a tokenizer file") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,8 +217,7 @@ def load_gpt2(directory, pattern="gpt2"):
     for p in (vocab_path, merges_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"load_gpt2: {p} does not exist (expected GPT-2's vocab.json and merges.txt)")
-    with open(vocab_path, encoding="utf-8") as f:
-        raw = f.read()
+    raw = _read_text(vocab_path, "load_gpt2")
     try:
         encoder = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -229,8 +245,7 @@ def load_gpt2(directory, pattern="gpt2"):
         if enc[b] not in encoder:
             raise TokenizerFileError(vocab_path, 1, f"the byte token {enc[b]!r} (byte 0x{b:02x}) is missing")
         byte_ids.append(encoder[enc[b]])
-    with open(merges_path, encoding="utf-8") as f:
-        merge_lines = f.read().split("\n")
+    merge_lines = _read_text(merges_path, "load_gpt2").split("\n")
     merges = []
     made = set(byte_ids)
     for k, line in enumerate(merge_lines):
@@ -283,8 +298,7 @@ def save_tiktoken(tok, path):
 
 def load_tiktoken(path, special_tokens=None, pattern="gpt2"):
     """BPETokenizer from a tiktoken ranks file; `special_tokens` {name: id} are added as given."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = _read_text(path, "load_tiktoken").split("\n")
     ranked = []  # (rank, bytes, line number)
     seen_tokens, seen_ranks = {}, {}
     for k, line in enumerate(lines):

@@ -1,0 +1,426 @@
+"""Bad input, faulty files and signals, run the way a user meets them: the engine, the real CLIs.
+
+Each case asserts what the user sees (the exit code, the flag or file named in the message) and
+what is on disk afterwards (nothing lost, no stray temp files). The CLI cases run the scripts in a
+subprocess on the tiny preset with a few steps; one trained checkpoint is shared by the module.
+
+Exit codes of the scripts (README.md): 0 done, 1 runtime error, 2 usage error (bad flag, bad or
+missing input file), 3 non-finite loss, 130 SIGINT, 143 SIGTERM.
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import Tensor
+
+
+# ---- engine: backward through a released graph ---------------------------------------------------
+
+def _x():
+    return Tensor(np.ones(3), requires_grad=True)
+
+
+def test_second_backward_through_released_graph_raises():
+    """y = sum(x*x); the first backward gives 2x = [2,2,2]; the second must refuse, not do nothing."""
+    x = _x()
+    y = (x * x).sum()
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])
+    with pytest.raises(RuntimeError, match="backward through the graph a second time.*retain_graph=True"):
+        y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])  # untouched by the refused pass
+
+
+def test_backward_into_released_subgraph_raises_before_touching_grads():
+    """h = x*x is shared: after sum(h).backward() released it, sum(2h).backward() must refuse."""
+    x = _x()
+    h = x * x
+    h.sum().backward()
+    with pytest.raises(RuntimeError, match="Mul"):
+        (h * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])
+
+
+def test_retain_graph_keeps_the_graph_and_gradients_add_up():
+    """d/dx sum(x*x) = 2x, d/dx sum(2 x*x) = 4x: with retain_graph the two passes give 6x = [6,6,6]."""
+    x = _x()
+    h = x * x
+    h.sum().backward(retain_graph=True)
+    (h * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [6.0, 6.0, 6.0])
+    x2 = Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    y = (x2 * x2).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_array_equal(x2.grad, 4.0 * x2.data)  # two passes of 2x each
+
+
+def test_tensor_of_strings_is_refused():
+    with pytest.raises(TypeError, match="numbers or bools.*str"):
+        Tensor("hello")
+
+
+# ---- the command line -----------------------------------------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = os.environ.get("TINYSHAKESPEARE", str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+needs_data = pytest.mark.skipif(not pathlib.Path(DATA).is_file(), reason="needs tiny Shakespeare ($TINYSHAKESPEARE)")
+
+
+def run(script, *flags, timeout=300):
+    """Run examples/<script> with `flags`; returns the CompletedProcess (text)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(ROOT / "examples" / script), *map(str, flags)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def shakespeare(out, *flags, data=DATA, **kw):
+    """The shorthand S: tiny preset, no bars, a few steps."""
+    return run("shakespeare.py", "--preset", "tiny", "--no-progress", "--data", data, "--max-iters", 3,
+               "--out", out, *flags, **kw)
+
+
+def snapshot(directory):
+    """{file name: bytes} of a directory: what must survive a refused command unchanged."""
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(directory).iterdir())}
+
+
+def no_temp_files(directory):
+    return [p.name for p in pathlib.Path(directory).rglob("*") if "tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny checkpoint for the module (3 steps); tests copy it before changing anything."""
+    if not pathlib.Path(DATA).is_file():
+        pytest.skip("needs tiny Shakespeare ($TINYSHAKESPEARE)")
+    out = tmp_path_factory.mktemp("trained") / "run"
+    r = shakespeare(out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(trained, dst)
+    return dst
+
+
+# 2. every numeric flag is range-checked at parse time, naming the flag, exit 2, nothing written
+@needs_data
+@pytest.mark.parametrize("flag, value, says", [
+    ("--grad-clip", "-1", "must be >= 0"), ("--lr", "-1", "must be > 0"), ("--lr", "nan", "finite"),
+    ("--bias", "maybe", "true or false"), ("--max-iters", "-5", ">= 1"), ("--max-iters", "0", ">= 1"),
+    ("--val-fraction", "0", "> 0 and < 1"), ("--beta1", "2", "< 1"), ("--warmup-iters", "-5", ">= 0"),
+    ("--seed", "-1", ">= 0"), ("--num-tokens", "-3", ">= 1"), ("--dropout", "1", "< 1"),
+    ("--n-layer", "2.5", "integer"), ("--vocab-size", "10", ">= 257")])
+def test_bad_flag_value_exits_2_naming_the_flag(tmp_path, flag, value, says):
+    r = shakespeare(tmp_path / "out", flag, value)
+    assert r.returncode == 2, r.stderr
+    assert f"argument {flag}" in r.stderr and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def _parsers():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from examples import bpe, rlhf_sentiment
+        from examples import shakespeare as shakespeare_example
+    finally:
+        sys.path.remove(str(ROOT))
+    return {"shakespeare": shakespeare_example.build_parser(), "rlhf_sentiment": rlhf_sentiment.build_parser(),
+            "bpe": bpe.build_parser()}
+
+
+def test_every_numeric_flag_of_every_script_refuses_nan_and_huge_negative():
+    """The class of case 2: no flag is a bare int/float; each one refuses 'nan' or -1e30 by name."""
+    checked = 0
+    for script, parser in _parsers().items():
+        for action in parser._actions:
+            if action.type in (int, float):
+                pytest.fail(f"{script}: {action.option_strings[0]} is parsed by a bare {action.type.__name__}")
+            name = getattr(action.type, "__name__", "")
+            if name not in ("int", "float"):
+                continue
+            flag = action.option_strings[0]
+            refused = 0
+            for value in ("nan", "-1e30", "1e30"):
+                try:
+                    action.type(value)
+                except argparse.ArgumentTypeError:
+                    refused += 1
+            # nan is never a number here; ints refuse it (not an integer); bounded ones refuse -1e30 or 1e30
+            assert refused >= 2 or flag in ("--positive-threshold",) and refused >= 1, (script, flag, refused)
+            checked += 1
+    assert checked > 40  # GPTConfig + TrainConfig + PPOConfig + RewardModelConfig + the sampling flags
+
+
+def test_a_new_float_field_becomes_a_float_flag():
+    """Flags follow the dataclass types: a float field is parsed as float, an int | None field takes 'none'."""
+    from dataclasses import dataclass
+
+    from tinygrad_gpt import cli
+
+    @dataclass
+    class Config:
+        rate: float = cli.setting(0.5, gt=0)
+        limit: int | None = cli.setting(None, ge=1)
+        on: bool = True
+
+        def __post_init__(self):
+            cli.check_fields(self)
+
+    p = argparse.ArgumentParser()
+    assert cli.add_flags(p, Config) == ["rate", "limit", "on"]
+    args = p.parse_args(["--rate", "0.25", "--limit", "none", "--on", "no"])
+    assert (args.rate, args.limit, args.on) == (0.25, None, False)
+    names = ["rate", "limit", "on"]
+    assert cli.values_from(p.parse_args([]), names) == {}  # not given: the dataclass or a preset decides
+    assert cli.values_from(p.parse_args(["--limit", "none"]), names) == {"limit": None}  # given: None
+    with pytest.raises(ValueError, match="Config: rate must be > 0"):
+        Config(rate=0.0)
+
+
+# 3. a split too small for a batch is refused before training, naming the flag
+@needs_data
+def test_tiny_validation_split_is_refused_before_training(tmp_path):
+    r = shakespeare(tmp_path / "out", "--val-fraction", "0.00001")
+    assert r.returncode == 2 and "--val-fraction" in r.stderr, r.stderr
+    assert "untrained sample" not in r.stdout and not (tmp_path / "out" / "checkpoint.json").exists()
+
+
+# 4. --resume keeps the checkpoint's tokenizer and refuses data it does not describe
+@needs_data
+def test_resume_on_data_with_other_characters_is_refused(run_copy, tmp_path):
+    text = pathlib.Path(DATA).read_text(encoding="utf-8").replace("z", "@")  # same count, another alphabet
+    other = tmp_path / "other.txt"
+    other.write_text(text, encoding="utf-8")
+    before = snapshot(run_copy)
+    r = shakespeare(run_copy, "--resume", data=other)
+    assert r.returncode == 2 and "'@'" in r.stderr and "'z'" in r.stderr and str(other) in r.stderr, r.stderr
+    assert snapshot(run_copy) == before
+
+
+@needs_data
+def test_resume_with_another_tokenizer_is_refused_before_bpe_training(run_copy):
+    t0 = time.perf_counter()
+    r = shakespeare(run_copy, "--resume", "--tokenizer", "bpe")
+    assert r.returncode == 2 and "--tokenizer" in r.stderr and "char" in r.stderr, r.stderr
+    assert time.perf_counter() - t0 < 20  # no 25 s of BPE training first
+
+
+# 5. the meta is hashed and validated on load
+def _edit_meta(directory, edit, keep_hash=True):
+    path = pathlib.Path(directory) / "checkpoint.json"
+    record = json.loads(path.read_text())
+    edit(record["meta"])
+    if not keep_hash:
+        del record["meta_sha256"]  # as an older checkpoint, or a hand edit that also removed the hash
+    path.write_text(json.dumps(record))
+
+
+@needs_data
+def test_edited_model_config_is_detected_by_the_meta_hash(run_copy):
+    _edit_meta(run_copy, lambda m: m["model_config"].update(n_head=1))
+    r = shakespeare(run_copy, "--sample", "--num-tokens", 5)
+    assert r.returncode == 2 and "meta_sha256" in r.stderr and "checkpoint.json" in r.stderr, r.stderr
+
+
+@needs_data
+@pytest.mark.parametrize("edit, says", [
+    (lambda m: m.pop("tokenizer"), "meta.tokenizer is missing"),
+    (lambda m: m["model_config"].update(colour="red"), "unknown field(s) ['colour']"),
+    (lambda m: m["model_config"].update(n_head=0), "n_head must be >= 1"),
+    (lambda m: m["tokenizer"].update(chars=m["tokenizer"]["chars"][:40]), "inconsistent"),
+])
+def test_invalid_meta_names_the_field(run_copy, edit, says):
+    _edit_meta(run_copy, edit, keep_hash=False)
+    r = shakespeare(run_copy, "--sample", "--num-tokens", 5)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# 6. --resume on a directory some other command wrote
+@needs_data
+def test_resume_on_an_rlhf_directory_says_what_it_holds(run_copy):
+    from tinygrad_gpt import checkpoint
+    state_dict, _, meta = checkpoint.load_checkpoint(run_copy)
+    meta = dict(meta, kind="rlhf-ppo")
+    checkpoint.save_checkpoint(run_copy, state_dict, meta,
+                               tensors={"value_head": {"weight": np.zeros((32, 1), np.float32)}})
+    before = snapshot(run_copy)
+    r = shakespeare(run_copy, "--resume")
+    assert r.returncode == 2 and "'rlhf-ppo'" in r.stderr and "rlhf_sentiment.py" in r.stderr, r.stderr
+    assert snapshot(run_copy) == before
+
+
+@needs_data
+def test_rlhf_example_refuses_to_overwrite_a_training_run(run_copy):
+    before = snapshot(run_copy)
+    r = run("rlhf_sentiment.py", "--checkpoint", run_copy, "--out", run_copy, "--data", DATA, "--steps", 1)
+    assert r.returncode == 2 and "--out" in r.stderr and "training run" in r.stderr, r.stderr
+    assert snapshot(run_copy) == before
+
+
+# --out that cannot take a checkpoint: refused before training
+@needs_data
+def test_out_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    r = shakespeare(f)
+    assert r.returncode == 2 and "--out" in r.stderr and str(f) in r.stderr, r.stderr
+    assert f.read_text() == "keep me"
+
+
+@needs_data
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write a read-only directory")
+def test_out_is_read_only(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = shakespeare(ro / "out")
+        assert r.returncode == 2 and "not writable" in r.stderr, r.stderr
+    finally:
+        ro.chmod(0o755)
+
+
+# SIGTERM and SIGINT: checkpoint, then 143 / 130; a resume after a crash keeps one metrics record per step
+@needs_data
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_a_checkpoint_and_exits(tmp_path, sig, status):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "shakespeare.py"), "--preset", "tiny",
+                             "--no-progress", "--data", DATA, "--out", str(out), "--max-iters", "100000",
+                             "--iters-per-epoch", "100000", "--log-every", "1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr
+    assert "checkpoint saved" in stdout, stdout
+    from tinygrad_gpt import checkpoint
+    _, _, meta = checkpoint.load_checkpoint(out)
+    step = meta["state"]["step"]
+    assert step >= 1
+    if sig == signal.SIGTERM:  # then a crash after the save: its records of later steps get replayed
+        with open(out / "metrics.jsonl", "a") as f:
+            for s in range(step + 1, step + 4):
+                f.write(json.dumps({"step": s, "loss": 1.0}) + "\n")
+            f.write('{"step": 99')  # a line the crash cut
+        r = shakespeare(out, "--resume", "--max-iters", step + 4, "--iters-per-epoch", 100000)
+        assert r.returncode == 0, r.stderr
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                 if "loss" in json.loads(line)]
+        assert steps == sorted(set(steps)) and steps[-1] == step + 4, steps
+
+
+# 7. tokenizer files: the destination is checked first; no temp file is ever left behind
+def test_bpe_example_refuses_a_directory_before_training(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello world " * 50)
+    (tmp_path / "dir").mkdir()
+    r = run("bpe.py", "--data", text, "--out", tmp_path / "dir", "--vocab-size", 300)
+    assert r.returncode == 2 and "--out" in r.stderr and "is a directory" in r.stderr, r.stderr
+    assert "trained on" not in r.stdout and no_temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, flags, says", [
+    (b"", (), "is empty"), (b"\xff\xfe\x00binary", (), "not UTF-8"),
+    (b"hello", ("--vocab-size", 100), "argument --vocab-size"), (b"hello", ("--pattern", "("), "--pattern")])
+def test_bpe_example_bad_input(tmp_path, content, flags, says):
+    data = tmp_path / "in.txt"
+    data.write_bytes(content)
+    r = run("bpe.py", "--data", data, "--out", tmp_path / "t.bpe", *flags)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "t.bpe").exists()
+
+
+def test_bpe_example_warns_when_the_text_allows_fewer_merges(tmp_path):
+    """'abab...' has one distinct pair, then 'abab' pairs...: far fewer than 1000 merges exist."""
+    data = tmp_path / "in.txt"
+    data.write_text("ab" * 64)
+    r = run("bpe.py", "--data", data, "--out", tmp_path / "t.bpe", "--vocab-size", 1000)
+    assert r.returncode == 0, r.stderr
+    assert "--vocab-size 1000" in r.stderr and "warning" in r.stderr
+    assert (tmp_path / "t.bpe").is_file() and no_temp_files(tmp_path) == []
+
+
+def test_tokenizer_save_into_a_directory_and_load_of_binary(tmp_path):
+    from tinygrad_gpt.tokenizers import BasicTokenizer, TokenizerFileError, load_tokenizer
+    tok = BasicTokenizer().train("aaabdaaabac", 258)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IsADirectoryError, match="dir"):
+        tok.save(tmp_path / "dir")
+    assert no_temp_files(tmp_path) == []
+    binary = tmp_path / "blob"
+    binary.write_bytes(b"\x00\xff" * 10)
+    with pytest.raises(TokenizerFileError, match="blob:1: not UTF-8"):
+        load_tokenizer(binary)
+
+
+# disk full during a save; file modes
+def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_orphans(tmp_path, monkeypatch):
+    from tinygrad_gpt import checkpoint
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    checkpoint.save_checkpoint(tmp_path, state, {"step": 1}, optimizer_state={"m": [np.ones(3, np.float32)]})
+    before = snapshot(tmp_path)
+    real = checkpoint._safetensors_numpy()
+    calls = []
+
+    class FullDisk:
+        @staticmethod
+        def save_file(arrays, path, metadata=None):
+            calls.append(path)
+            if len(calls) == 2:  # the model file went through, the optimizer's hits a full disk
+                pathlib.Path(path).write_bytes(b"partial")
+                raise OSError(28, "No space left on device")
+            real.save_file(arrays, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "_safetensors_numpy", lambda: FullDisk)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="No space left.*is kept"):
+        checkpoint.save_checkpoint(tmp_path, {"w": state["w"] * 2}, {"step": 2},
+                                   optimizer_state={"m": [np.zeros(3, np.float32)]})
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before
+    loaded, _, meta = checkpoint.load_checkpoint(tmp_path)
+    assert meta == {"step": 1} and np.array_equal(loaded["w"], state["w"])
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    from tinygrad_gpt import checkpoint
+    old = os.umask(0o022)
+    try:
+        checkpoint.save_checkpoint(tmp_path, {"w": np.ones(2, np.float32)}, {}, optimizer_state={"a": np.ones(1)})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+# 8. the RLHF example on a checkpoint trained with --tokenizer bpe
+@needs_data
+def test_rlhf_example_runs_on_a_bpe_checkpoint(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text(pathlib.Path(DATA).read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    r = shakespeare(tmp_path / "bpe", "--tokenizer", "bpe", "--vocab-size", 300, data=small)
+    assert r.returncode == 0, r.stderr
+    r = run("rlhf_sentiment.py", "--checkpoint", tmp_path / "bpe", "--data", small, "--out", tmp_path / "rl",
+            "--no-progress", "--steps", 1, "--batch-size", 4, "--minibatch-size", 4, "--prompt-len", 8,
+            "--response-len", 8, "--norm-batches", 1, "--ppo-epochs", 1)
+    assert r.returncode == 0, r.stderr
+    from tinygrad_gpt import checkpoint
+    assert checkpoint.load_tensors(tmp_path / "rl", "value_head")["weight"].shape[1] == 1

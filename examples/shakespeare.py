@@ -6,12 +6,19 @@
     python examples/shakespeare.py --preset gpu --device cuda --max-iters 5000 --eval-every 500
     python examples/shakespeare.py --resume              # continue the run in --out
     python examples/shakespeare.py --sample --prompt "ROMEO:"
+    python examples/shakespeare.py --init-from gpt2 --sample --prompt "ROMEO:"   # a Hugging Face GPT-2 folder
+    python examples/shakespeare.py --init-from gpt2 --out out/ft                 # fine-tune it (preset finetune)
+    python examples/shakespeare.py --out out/ft --export-pretrained gpt2-shakespeare  # back to a GPT-2 folder
+    mpirun -n 2 python examples/shakespeare.py           # data parallel: the same training, 2 processes
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
 and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
 epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. Every GPTConfig and
 TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything runs. Exit status:
-0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM.
+0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
+the tokens as they are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the
+model and the GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json,
+model.safetensors, vocab.json, merges.txt); --export-pretrained writes a checkpoint back as one.
 
 Follows: nanoGPT's train.py and sample.py, one script. Deliberately does not: read config files
 (every setting is a flag; presets fill in the rest).
@@ -24,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, checkpoint, cli, data  # noqa: E402
-from tinygrad_gpt.model import GPTConfig  # noqa: E402
+from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained  # noqa: E402
+from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
+from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
-from tinygrad_gpt.model import GPT  # noqa: E402
+from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
 from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable, load_model,  # noqa: E402
                                 preset_configs, tokenizer_of)
 
@@ -36,12 +44,16 @@ from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, ch
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default: cpu, or finetune with --init-from")
     p.add_argument("--device", choices=backend.DEVICES, default="cpu")
     p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
     p.add_argument("--out", default=None, help="checkpoint directory (default out/shakespeare-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--sample", action="store_true", help="only sample from the checkpoint in --out")
+    p.add_argument("--sample", action="store_true",
+                   help="only sample (streamed) from the checkpoint in --out, or from --init-from DIR")
+    p.add_argument("--export-pretrained", default=None, metavar="DIR",
+                   help="write the checkpoint in --out as a Hugging Face GPT-2 folder in DIR, then exit")
     p.add_argument("--prompt", default="\n")
     p.add_argument("--num-tokens", type=cli.bounded(int, ge=1), default=500, help="tokens to sample with --sample")
     p.add_argument("--temperature", type=cli.bounded(float, gt=0), default=0.8)
@@ -64,6 +76,9 @@ def load_tokens(args, tokenizer=None, source=None):
     text = data.load_text(path)
     if tokenizer is not None:
         return tokenizer, encode_for(tokenizer, text, path, source)
+    if init_from(args):
+        tokenizer = BPETokenizer.from_gpt2(init_from(args))
+        return tokenizer, np.asarray(tokenizer.encode(text), dtype=np.int64)
     if args.tokenizer in (None, "char"):
         tokenizer = CharTokenizer.from_text(text)
         return tokenizer, tokenizer.encode_array(text)
@@ -90,16 +105,66 @@ def encode_for(tokenizer, text, path, source):
     return np.asarray(tokenizer.encode(text), dtype=np.int64)
 
 
-def sample_only(args, out_dir):
-    model, meta, _ = load_model(out_dir, device=args.device)
-    tokenizer = tokenizer_of(meta, out_dir)
-    prompt = tokenizer.encode(args.prompt)
-    if not prompt:
+def init_from(args):
+    """The --init-from folder, or None (a flag not given leaves no attribute: see cli.add_flags)."""
+    return getattr(args, "init_from", None)
+
+
+def encode_prompt(tokenizer, prompt):
+    """Prompt ids; a BPE tokenizer reads special tokens such as <|endoftext|> as their ids."""
+    ids = tokenizer.encode(prompt, allowed_special="all") if isinstance(tokenizer, BPETokenizer) \
+        else tokenizer.encode(prompt)
+    if not ids:
         raise ValueError("--prompt must hold at least one character")
-    ids = model.generate(np.array([prompt]), args.num_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=getattr(args, "seed", 0))
-    print(tokenizer.decode(ids[0].tolist()))
+    return ids
+
+
+def sample_only(args, out_dir):
+    """Stream --num-tokens sampled tokens after --prompt; Ctrl-C keeps what was printed (exit 130)."""
+    if init_from(args):
+        dtype = np.float32 if args.dtype == "float32" else np.float64
+        model = GPT.from_pretrained(init_from(args), dtype=dtype, device=args.device)
+        tokenizer = BPETokenizer.from_gpt2(init_from(args))
+    else:
+        model, meta, _ = load_model(out_dir, device=args.device)
+        tokenizer = tokenizer_of(meta, out_dir)
+    prompt = encode_prompt(tokenizer, args.prompt)
+    stream = TextStream(tokenizer)
+    stream.write(args.prompt)
+    try:
+        model.generate(np.array([prompt]), args.num_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=getattr(args, "seed", 0), on_token=lambda ids: stream(ids[0]))
+    except KeyboardInterrupt:
+        stream.close()
+        print("interrupted: the text above is what was sampled", file=sys.stderr)
+        return cli.EXIT_SIGINT
+    stream.close()
     return 0
+
+
+def export_pretrained(args, out_dir):
+    """Write the checkpoint in --out as a Hugging Face GPT-2 folder (weights, config, tokenizer)."""
+    model, meta, _ = load_model(out_dir, device="cpu")
+    tokenizer = tokenizer_of(meta, out_dir)
+    if not hasattr(tokenizer, "save_gpt2"):
+        raise ValueError(f"--export-pretrained: the checkpoint in {out_dir} uses a character tokenizer; a GPT-2 "
+                         f"folder needs a byte-level BPE one (train with --init-from or --tokenizer bpe)")
+    directory = model.save_pretrained(args.export_pretrained, tokenizer=tokenizer)
+    print(f"wrote {directory} (config.json, model.safetensors, vocab.json, merges.txt)")
+    return 0
+
+
+# the model's shape comes from --init-from's config.json; these flags would contradict it
+PRETRAINED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "layer_norm_epsilon")
+
+
+def pretrained_model(args, gpt_cfg, dtype):
+    """The --init-from model, its position table cropped to the run's block_size."""
+    model = GPT.from_pretrained(init_from(args), dtype=dtype, device=args.device, dropout=gpt_cfg.dropout)
+    if gpt_cfg.block_size > model.config.block_size:
+        raise ValueError(f"--block-size {gpt_cfg.block_size} is longer than the {model.config.block_size} "
+                         f"positions of {init_from(args)}")
+    return model.crop_block_size(gpt_cfg.block_size)
 
 
 def main(argv=None):
@@ -107,22 +172,55 @@ def main(argv=None):
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.preset = args.preset or ("finetune" if init_from(args) else "cpu")
+    world = distributed.from_environment(args.device)  # None unless mpirun started several processes
+    if world is None:
+        return run(args, parser)  # what escapes goes to cli.run_main: its message and exit status
+    try:
+        return run(args, parser, world)
+    except (Exception, KeyboardInterrupt) as exc:
+        # one rank failing ends the whole job (MPI_Abort) with this rank's message and the exit
+        # status cli.run_main gives one process for the same exception, never a hang
+        world.abort_for(exc)
+
+
+def run(args, parser, world=None):
+    root = world is None or world.is_root
+    say = print if root else (lambda *a, **k: None)  # rank 0 alone prints
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
     if args.sample:
         return sample_only(args, out_dir)
+    if args.export_pretrained:
+        return export_pretrained(args, out_dir)
+    if init_from(args):
+        fixed = [cli.flag_name(n) for n in PRETRAINED_SHAPE if hasattr(args, n)]
+        if fixed:
+            parser.error(f"{', '.join(fixed)}: with --init-from the model's shape comes from "
+                         f"{init_from(args)}/config.json")
 
-    resumed = None
+    resumed = None  # rank 0's (model, meta, optimizer_state); the other ranks receive its state in train()
     if args.resume:
         # the checkpoint first: its kind and tokenizer decide how the data is read (no BPE retraining)
-        resumed = load_model(out_dir, device=args.device)
-        check_resumable(resumed[1], out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
-        tokenizer, tokens = load_tokens(args, tokenizer_of(resumed[1], out_dir), out_dir)
+        saved = None
+        if root:  # a checkpoint rank 0 refuses raises here and aborts the job with its message
+            resumed = load_model(out_dir, device=args.device)
+            check_resumable(resumed[1], out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+            saved = tokenizer_of(resumed[1], out_dir)
+        if world is not None:
+            saved_dict = world.bcast(saved.to_dict() if root else None)
+            if not root:
+                saved = tokenizer_from_dict(saved_dict)
+        tokenizer, tokens = load_tokens(args, saved, out_dir)
     else:
-        checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
+        if root:  # rank 0 alone writes
+            checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
         tokenizer, tokens = load_tokens(args)
     overrides = cli.values_from(args, cli.flag_fields(GPTConfig) + cli.flag_fields(TrainConfig))
     overrides.update(device=args.device, out_dir=str(out_dir))
+    if init_from(args):
+        hf = pretrained.config_from_hf(pretrained.read_config(init_from(args)), init_from(args))
+        overrides.update({name: getattr(hf, name) for name in PRETRAINED_SHAPE})
     try:
         gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
     except ValueError as exc:
@@ -130,36 +228,47 @@ def main(argv=None):
     train_tokens, val_tokens = data.split_train_val(tokens, train_cfg.val_fraction)
     dtype = np.float32 if args.dtype == "float32" else np.float64
 
-    model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
-    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress)
+    if init_from(args):
+        model = pretrained_model(args, gpt_cfg, dtype)
+        gpt_cfg = model.config
+    else:
+        model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device)
+    trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress,
+                      world=world)
     if resumed is not None:
         loaded, meta, optimizer_state = resumed
-        differ = {k: (meta["model_config"][k], v) for k, v in gpt_cfg.__dict__.items() if meta["model_config"][k] != v}
+        saved = GPTConfig(**meta["model_config"]).__dict__  # a field newer than the checkpoint takes its default
+        differ = {k: (saved[k], v) for k, v in gpt_cfg.__dict__.items() if saved[k] != v}
         if differ:
             raise ValueError("--resume: the checkpoint in " + str(out_dir) + " was trained with " + ", ".join(
                 f"{cli.flag_name(k)} {old!r} (these flags give {new!r})" for k, (old, new) in differ.items()))
         model.load_state_dict(loaded.state_dict())
         trainer.restore(meta, optimizer_state)
-        print(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
-              f"batch {trainer.state.batch})")
-    else:
-        print(f"tiny Shakespeare: {len(tokens):,} tokens ({len(train_tokens):,} train, {len(val_tokens):,} val), "
-              f"vocabulary {tokenizer.vocab_size}")
-        print(f"model: {gpt_cfg}, {model.num_parameters():,} parameters, device {args.device}")
-        print(f"training: {trainer.total_iters():,} steps, {trainer.iters_per_epoch():,} per epoch, "
-              f"batch {train_cfg.batch_size} x block {gpt_cfg.block_size}")
-        print(f"--- untrained sample ---\n{trainer.sample(seed=train_cfg.seed)}\n------------------------")
+        ranks = f", saved by {meta.get('world_size', 1)} process(es), now {1 if world is None else world.size}"
+        say(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
+            f"batch {trainer.state.batch}{ranks})")
+    elif not args.resume:
+        say(f"tiny Shakespeare: {len(tokens):,} tokens ({len(train_tokens):,} train, {len(val_tokens):,} val), "
+            f"vocabulary {tokenizer.vocab_size}")
+        say(f"model: {gpt_cfg}, {model.num_parameters():,} parameters, device {args.device}"
+            + ("" if world is None else f", {world.size} ranks of {train_cfg.batch_size // world.size} rows"))
+        say(f"training: {trainer.total_iters():,} steps, {trainer.iters_per_epoch():,} per epoch, "
+            f"batch {train_cfg.batch_size} x block {gpt_cfg.block_size}")
+        if root:
+            say(f"--- untrained sample ---\n{trainer.sample(seed=train_cfg.seed)}\n------------------------")
     try:
         result = trainer.train()
-    except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except NonFiniteLoss as exc:  # every rank sees the same reduced loss: all stop, rank 0 says why
+        if root:
+            print(f"error: {exc}", file=sys.stderr)
         return 3
     if result != "done":
         return cli.exit_status(result)
-    for record in trainer.state.history:
-        print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-    print(f"checkpoint: {out_dir}")
-    write_plots_if_possible(out_dir)  # training.png beside the checkpoint, when matplotlib is installed
+    for record in trainer.state.history if root else ():
+        say(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+    say(f"checkpoint: {out_dir}")
+    if root:  # one plot, by the rank that wrote the checkpoint
+        write_plots_if_possible(out_dir)  # training.png beside the checkpoint, when matplotlib is installed
     return 0
 
 

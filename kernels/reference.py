@@ -9,7 +9,8 @@ Follows: llm.c's `doc/layernorm/layernorm.py` and `dev/cuda` references (forward
 recomputes); FlashAttention (keep only the row log-sum-exp of the attention softmax, recompute the
 probabilities in backward). Does not: import tinygrad_gpt, allocate anything it does not return.
 
-Dimension legend: N rows, C channels, V vocabulary, B batch, nh heads, T time, hs head size.
+Dimension legend: N rows, C channels, V vocabulary, B batch, nh heads, T time (queries), L keys,
+hs head size.
 """
 import importlib
 import math
@@ -126,43 +127,79 @@ def softmax_cross_entropy_backward(dlosses, logits, lse, targets, ignore_index=-
 # ------------------------------------------------------------------------------------------------
 # causal self-attention per (batch, head), flash-style: keep only the row log-sum-exp
 # ------------------------------------------------------------------------------------------------
-def attention_forward(q, k, v, scale):
-    """out = softmax(mask(q k^T * scale)) v, causal. q, k, v (B, nh, T, hs).
+def attention_shapes(q, k, v, t0):
+    """(T, L) of queries q (B, nh, T, hs) at positions t0..t0+T-1 over keys k, v (B, nh, L, hs).
 
+    Keys 0..t0+T-1 are attended; L may be longer (a preallocated cache), the keys past t0+T are
+    then ignored. Raises ValueError naming the shapes when they do not fit together.
+    """
+    if q.ndim < 2 or k.shape != v.shape or k.ndim != q.ndim or q.shape[:-2] != k.shape[:-2] \
+            or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"attention: q (..., T, hs) and k, v (..., L, hs) must share their batch, head "
+                         f"and head-size axes, got q {q.shape}, k {k.shape}, v {v.shape}")
+    T, L = q.shape[-2], k.shape[-2]
+    if int(t0) != t0 or t0 < 0 or t0 + T > L:
+        raise ValueError(f"attention: query offset t0 = {t0} with {T} queries needs 0 <= t0 and "
+                         f"t0 + T <= {L} keys (k {k.shape})")
+    return T, L
+
+
+def _future(xp, T, t0):
+    """(T, t0 + T) bool: key j lies after query i's position t0 + i (the causal mask)."""
+    return xp.arange(t0 + T)[None, :] > (t0 + xp.arange(T))[:, None]  # (T, W)
+
+
+def attention_forward(q, k, v, scale, t0=0):
+    """out = softmax(mask(q k^T * scale)) v, causal, queries at positions t0..t0+T-1.
+
+    q (B, nh, T, hs); k, v (B, nh, L, hs) with L >= t0 + T: query i sees keys 0..t0+i (t0 = 0 and
+    L = T is training's square causal attention; T = 1 at t0 is one decoding step over a cache).
     Returns out (B, nh, T, hs) and lse (B, nh, T), the log-sum-exp of each row of masked scores.
     """
     xp = get_array_module(q)
-    T = q.shape[-2]
-    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, T)   1
-    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)             # (T, T)
-    scores = xp.where(future, -xp.inf, scores)                     # (B, nh, T, T)   2
+    T, L = attention_shapes(q, k, v, t0)
+    W = t0 + T                                                     # keys any query sees
+    k, v = k[..., :W, :], v[..., :W, :]                            # (B, nh, W, hs)
+    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, W)   1
+    scores = xp.where(_future(xp, T, t0), -xp.inf, scores)         # (B, nh, T, W)   2
     rowmax = scores.max(axis=-1, keepdims=True)                    # (B, nh, T, 1)
-    p = xp.exp(scores - rowmax)                                    # (B, nh, T, T)
+    p = xp.exp(scores - rowmax)                                    # (B, nh, T, W)
     denom = p.sum(axis=-1, keepdims=True)                          # (B, nh, T, 1)
-    p = p / denom                                                  # (B, nh, T, T)   3
+    p = p / denom                                                  # (B, nh, T, W)   3
     out = p @ v                                                    # (B, nh, T, hs)  4
     lse = (rowmax + xp.log(denom))[..., 0]                         # (B, nh, T)
     return out, lse.astype(q.dtype, copy=False)
 
 
-def attention_backward(dout, q, k, v, out, lse, scale):
-    """dq, dk, dv of attention_forward, recomputing the probabilities from lse."""
+def attention_backward(dout, q, k, v, out, lse, scale, t0=0):
+    """dq (B, nh, T, hs), dk, dv (B, nh, L, hs) of attention_forward, recomputing p from lse.
+
+    Keys past t0 + T were ignored by the forward: their dk and dv are 0.
+    """
     xp = get_array_module(q)
-    T = q.shape[-2]
-    scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, T)  recompute 1
-    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)
-    p = xp.where(future, 0, xp.exp(scores - lse[..., None]))       # (B, nh, T, T)  recompute 2-3
+    T, L = attention_shapes(q, k, v, t0)
+    W = t0 + T
+    kw, vw = k[..., :W, :], v[..., :W, :]                          # (B, nh, W, hs)  forward's first line
+    scores = (q @ kw.swapaxes(-1, -2)) * q.dtype.type(scale)       # (B, nh, T, W)  recompute 1
+    p = xp.where(_future(xp, T, t0), 0, xp.exp(scores - lse[..., None]))  # (B, nh, T, W)  recompute 2-3
     # forward 4: out = p v, so dp = dout v^T and dv = p^T dout
-    dv = p.swapaxes(-1, -2) @ dout                                 # (B, nh, T, hs)
-    dp = dout @ v.swapaxes(-1, -2)                                 # (B, nh, T, T)
+    dp = dout @ vw.swapaxes(-1, -2)                                # (B, nh, T, W)
     # forward 3: p = softmax(scores) per row, so dscores = p * (dp - sum_j p_j dp_j);
     # sum_j p_j dp_j = sum_j p_j (dout . v_j) = dout . out, one dot product per row
     rowdot = (dout * out).sum(axis=-1, keepdims=True)              # (B, nh, T, 1)
-    dscores = p * (dp - rowdot)                                    # (B, nh, T, T)
+    dscores = p * (dp - rowdot)                                    # (B, nh, T, W)
     # forward 2: masked entries were constants, and p is 0 there, so dscores is 0 there already
     # forward 1: scores = q k^T * scale
-    dq = (dscores @ k) * q.dtype.type(scale)                       # (B, nh, T, hs)
-    dk = (dscores.swapaxes(-1, -2) @ q) * q.dtype.type(scale)      # (B, nh, T, hs)
+    dq = (dscores @ kw) * q.dtype.type(scale)                      # (B, nh, T, hs)
+    # forward, first line: only keys [0, W) were read, so the rest get 0
+    dvw = p.swapaxes(-1, -2) @ dout                                # (B, nh, W, hs)
+    dkw = (dscores.swapaxes(-1, -2) @ q) * q.dtype.type(scale)     # (B, nh, W, hs)
+    if W == L:
+        return dq, dkw, dvw
+    dk = xp.zeros(k.shape, dtype=dkw.dtype)                        # (B, nh, L, hs)
+    dv = xp.zeros(k.shape, dtype=dvw.dtype)                        # (B, nh, L, hs)
+    dk[..., :W, :] = dkw
+    dv[..., :W, :] = dvw
     return dq, dk, dv
 
 

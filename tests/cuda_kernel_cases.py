@@ -290,6 +290,51 @@ def test_attention_is_causal(rng):
     assert not bool(cupy.allclose(out[:, :, 40:], out2[:, :, 40:]))
 
 
+# (B, nh, T, hs, t0, L): queries at positions t0..t0+T-1 over the first t0 + T of L keys. T = 1 is a
+# decoding step (one block of queries over many key tiles); t0 not a multiple of any tile shifts
+# the query tiles against the key tiles; L > t0 + T is a preallocated cache whose tail is not read
+ATTN_OFFSET_SHAPES = [(1, 1, 1, 4, 0, 1), (2, 3, 1, 5, 6, 7), (1, 2, 1, 64, 69, 128), (2, 3, 7, 5, 1, 8),
+                      (1, 2, 33, 9, 5, 40), (2, 2, 9, 16, 3, 20), (1, 1, 70, 32, 35, 200),
+                      (1, 2, 3, 80, 10, 13)]                       # hs = 80: the reference fallback
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ATTN_OFFSET_SHAPES)
+def test_attention_query_offset(rng, dtype, shape):
+    B, nh, T, hs, t0, L = shape
+    W = t0 + T
+    q = normal(rng, (B, nh, T, hs), dtype)                         # (B, nh, T, hs)
+    k, v = normal(rng, (B, nh, L, hs), dtype), normal(rng, (B, nh, L, hs), dtype)  # (B, nh, L, hs)
+    k[:, :, W:] = np.nan                                           # never to be read
+    v[:, :, W:] = np.nan
+    dout = normal(rng, q.shape, dtype)
+    scale = 1.0 / math.sqrt(hs)
+    want_out, want_lse = reference.attention_forward(q, k, v, scale, t0)
+    got_out, got_lse = cuda.attention_forward(*dev(q, k, v), scale, t0)
+    assert_close(got_out, want_out, dtype, f"attention_forward out {shape}")
+    assert_close(got_lse, want_lse, dtype, f"attention_forward lse {shape}")
+    want = reference.attention_backward(dout, q, k, v, want_out, want_lse, scale, t0)
+    got = cuda.attention_backward(*dev(dout, q, k, v, want_out, want_lse), scale, t0)
+    terms = np.linalg.norm(dout) * np.linalg.norm(v[:, :, :W]) * np.linalg.norm(k[:, :, :W]) * scale
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert_close(g, w, dtype, f"attention_backward {name} {shape}", scale=terms)
+    for name, g in zip(("dk", "dv"), got[1:]):
+        assert not bool(g[:, :, W:].any()), f"attention_backward {name} {shape}: keys past t0 + T have a gradient"
+
+
+def test_attention_offset_zero_is_the_square_kernel(rng):
+    """t0 = 0 over L = T keys (training's attention) gives the same arrays as the call without one."""
+    (q, k, v), (dq_, dk_, dv_) = _qkv(rng, (2, 3, 37, 20), np.float32, True)
+    dout = cupy.asarray(normal(rng, q.shape, np.float32))
+    plain = cuda.attention_forward(dq_, dk_, dv_, 0.3)
+    offset = cuda.attention_forward(dq_, dk_, dv_, 0.3, 0)
+    for a, b in zip(plain, offset):
+        assert bool((a == b).all())
+    for a, b in zip(cuda.attention_backward(dout, dq_, dk_, dv_, *plain, 0.3),
+                    cuda.attention_backward(dout, dq_, dk_, dv_, *plain, 0.3, 0)):
+        assert bool((a == b).all())
+
+
 # ------------------------------------------------------------------------------------------------
 # embedding backward
 # ------------------------------------------------------------------------------------------------

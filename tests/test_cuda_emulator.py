@@ -68,8 +68,8 @@ def test_attention_without_the_tile_barrier_is_caught(rng, monkeypatch):
 
 
 def test_attention_with_an_off_by_one_mask_is_caught(rng, monkeypatch):
-    mutate(monkeypatch, cuda.attention, "(key <= row && key < T_) ? dot : ninf",
-           "(key <= row + 1 && key < T_) ? dot : ninf")
+    mutate(monkeypatch, cuda.attention, "(key <= t0 + row && key < W) ? dot : ninf",
+           "(key <= t0 + row + 1 && key < W) ? dot : ninf")
     q, k, v, scale = attention_inputs(rng)
     out, _ = cuda.attention_forward(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), scale)
     assert rel_err(out.get(), reference.attention_forward(q, k, v, scale)[0]) > 1e-2

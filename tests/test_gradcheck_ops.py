@@ -29,6 +29,20 @@ def _idx(shape, high, seed=7):
     return np.random.default_rng(seed).integers(0, high, shape)
 
 
+def _cached_attention(qkv, n_head=2, t0=5, seed=3):
+    """The packed attention of qkv (B, T, 3C) appended to a KV cache that already holds t0 fixed
+    positions (a fresh cache per call, since the op appends to it): queries at t0..t0+T-1."""
+    from tinygrad_gpt.backend import get_xp
+    from tinygrad_gpt.model import GPTConfig, KVCache
+    B, T, C3 = qkv.shape
+    config = GPTConfig(vocab_size=2, block_size=t0 + T + 2, n_head=n_head, n_embd=C3 // 3)  # 2 slots unused
+    xp = get_xp(qkv.device)
+    cache = KVCache(B, config, qkv.data.dtype, xp)
+    past = np.random.default_rng(seed).standard_normal((2, B, n_head, t0, C3 // (3 * n_head)))
+    cache.append(xp.asarray(past[0]), xp.asarray(past[1]))       # (B, nh, t0, hs) each
+    return ops.causal_self_attention_qkv(qkv, n_head, cache)
+
+
 CASES = [
     ("add", lambda a, b: a + b, [(3, 1, 5), (4, 1)], "normal"),
     ("sub", lambda a, b: a - b, [(4, 1), (3, 1, 5)], "normal"),
@@ -85,6 +99,13 @@ CASES = [
     ("layer_norm", lambda x, w, b: ops.layer_norm(x, w, b), [(3, 4, 9), (9,), (9,)], "normal"),
     ("dropout", lambda a: ops.dropout(a, 0.3, np.random.default_rng(5)), [(4, 9)], "normal"),
     ("attention", lambda q, k, v: ops.causal_self_attention(q, k, v), [(2, 3, 7, 5)] * 3, "normal"),
+    # queries at positions 5..7 over 9 keys: the 9th is past t0 + T (a cache's unused slot, gradient 0)
+    ("attention_offset", lambda q, k, v: ops.causal_self_attention(q, k, v, t0=5),
+     [(2, 3, 3, 5), (2, 3, 9, 5), (2, 3, 9, 5)], "normal"),
+    ("attention_decode_step", lambda q, k, v: ops.causal_self_attention(q, k, v, t0=6),
+     [(1, 2, 1, 7), (1, 2, 7, 7), (1, 2, 7, 7)], "normal"),
+    ("attention_qkv", lambda qkv: ops.causal_self_attention_qkv(qkv, 2), [(2, 5, 18)], "normal"),
+    ("attention_qkv_cached", lambda qkv: _cached_attention(qkv), [(2, 3, 18)], "normal"),
 ]
 
 
@@ -104,7 +125,8 @@ def test_cross_entropy_ignore_index_gradient(rng):
     assert result.ok, str(result)
 
 
-@pytest.mark.parametrize("name", ["gelu", "layer_norm", "cross_entropy", "embedding", "attention"])
+@pytest.mark.parametrize("name", ["gelu", "layer_norm", "cross_entropy", "embedding", "attention",
+                                  "attention_offset", "attention_decode_step", "attention_qkv_cached"])
 def test_fused_op_gradient_both_backends(name, kernel_backend, rng):
     """The fused ops pass the finite-difference check with the reference AND the Numba kernels."""
     _, fn, shapes, kind = next(c for c in CASES if c[0] == name)

@@ -243,6 +243,7 @@ def test_edited_model_config_is_detected_by_the_meta_hash(run_copy):
     (lambda m: m["model_config"].update(colour="red"), "unknown field(s) ['colour']"),
     (lambda m: m["model_config"].update(n_head=0), "n_head must be >= 1"),
     (lambda m: m["tokenizer"].update(chars=m["tokenizer"]["chars"][:40]), "inconsistent"),
+    (lambda m: m.update(world_size=0), "meta.world_size must be an integer >= 1"),
 ])
 def test_invalid_meta_names_the_field(run_copy, edit, says):
     _edit_meta(run_copy, edit, keep_hash=False)

@@ -333,6 +333,93 @@ def test_attention_is_causal(rng, dtype):
     assert not np.allclose(out[:, :, 5:], out2[:, :, 5:])
 
 
+# (B, nh, T, hs, t0, L): queries at positions t0..t0+T-1 over the first t0 + T of L keys. T = 1 is
+# a decoding step; t0 % 4 != 0 shifts the query blocks against the key blocks of the backward;
+# L > t0 + T is a preallocated cache whose tail must not be read
+ATTN_OFFSET_SHAPES = [(1, 1, 1, 4, 0, 1), (2, 3, 1, 5, 6, 7), (1, 2, 1, 40, 69, 128), (2, 3, 7, 5, 1, 8),
+                      (1, 2, 33, 9, 5, 40), (2, 2, 9, 16, 3, 20), (1, 2, 3, 40, 70, 73), (3, 4, 5, 8, 13, 18)]
+
+
+def _offset_qkv(rng, shape, dtype):
+    """q (B, nh, T, hs), k, v (B, nh, L, hs) with NaN in the keys past t0 + T (never to be read)."""
+    B, nh, T, hs, t0, L = shape
+    q = normal(rng, (B, nh, T, hs), dtype)                         # (B, nh, T, hs)
+    k, v = normal(rng, (B, nh, L, hs), dtype), normal(rng, (B, nh, L, hs), dtype)  # (B, nh, L, hs)
+    k[:, :, t0 + T:] = np.nan
+    v[:, :, t0 + T:] = np.nan
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ATTN_OFFSET_SHAPES)
+def test_attention_query_offset(rng, dtype, shape):
+    """Queries at t0.. against the reference, and against the reference's square attention over the
+    whole sequence (rows t0.. of it); keys past t0 + T get zero gradients and are not read."""
+    B, nh, T, hs, t0, L = shape
+    q, k, v = _offset_qkv(rng, shape, dtype)
+    dout = normal(rng, q.shape, dtype)                             # (B, nh, T, hs)
+    scale = 1.0 / np.sqrt(hs)
+    want_out, want_lse = reference.attention_forward(q, k, v, scale, t0)
+    got_out, got_lse = cpu.attention_forward(q, k, v, scale, t0)
+    assert np.isfinite(want_out).all() and np.isfinite(got_out).all(), "a key past t0 + T was read"
+    assert_close(got_out, want_out, dtype, f"attention_forward out {shape}")
+    assert_close(got_lse, want_lse, dtype, f"attention_forward lse {shape}")
+    # the same rows of the square causal attention of a sequence whose last T positions are q
+    W = t0 + T
+    q_full = np.concatenate([normal(rng, (B, nh, t0, hs), dtype), q], axis=2)  # (B, nh, W, hs)
+    full_out, full_lse = reference.attention_forward(q_full, k[:, :, :W], v[:, :, :W], scale)
+    assert_close(got_out, np.ascontiguousarray(full_out[:, :, t0:]), dtype, f"rows {t0}.. of square attention {shape}")
+    assert_close(got_lse, np.ascontiguousarray(full_lse[:, :, t0:]), dtype, f"lse rows {t0}.. {shape}")
+    want = reference.attention_backward(dout, q, k, v, want_out, want_lse, scale, t0)
+    got = cpu.attention_backward(dout, q, k, v, want_out, want_lse, scale, t0)
+    terms = np.linalg.norm(dout) * np.linalg.norm(v[:, :, :W]) * np.linalg.norm(k[:, :, :W]) * scale
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert np.isfinite(g).all(), f"attention_backward {name} {shape}: a key past t0 + T was read"
+        assert_close(g, w, dtype, f"attention_backward {name} {shape}", scale=terms)
+    for name, g in zip(("dk", "dv"), got[1:]):
+        assert not g[:, :, W:].any(), f"attention_backward {name} {shape}: keys past t0 + T have a gradient"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_offset_zero_is_the_square_kernel(rng, dtype):
+    """t0 = 0 over L = T keys is training's attention: the same arrays, bit for bit, as the call
+    without an offset (the default), and the same as the reference."""
+    q, k, v = _qkv(rng, (2, 3, 37, 20), dtype, False)
+    dout = normal(rng, q.shape, dtype)
+    plain = cpu.attention_forward(q, k, v, 0.3)
+    offset = cpu.attention_forward(q, k, v, 0.3, 0)
+    for a, b in zip(plain, offset):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(cpu.attention_backward(dout, q, k, v, *plain, 0.3),
+                    cpu.attention_backward(dout, q, k, v, *plain, 0.3, 0)):
+        np.testing.assert_array_equal(a, b)
+    assert_close(plain[0], reference.attention_forward(q, k, v, 0.3)[0], dtype, "t0 = 0 forward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_decoding_steps_equal_the_square_rows(rng, dtype):
+    """Forty steps of T = 1 at t0 = 0, 1, ..., over one growing key array (the by-rows scores of a
+    single query block), give the rows of one square attention over the forty positions."""
+    q, k, v = (normal(rng, (2, 3, 40, 12), dtype) for _ in range(3))  # (B, nh, T, hs)
+    square, square_lse = cpu.attention_forward(q, k, v, 0.25)
+    steps = [cpu.attention_forward(q[:, :, t:t + 1], k, v, 0.25, t) for t in range(40)]  # (2, 3, 1, 12) each
+    assert_close(np.concatenate([o for o, _ in steps], axis=2), square, dtype, "decoded out")
+    assert_close(np.concatenate([l for _, l in steps], axis=2), square_lse, dtype, "decoded lse")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_attention_offset_errors_name_the_shapes(backend):
+    module = {"reference": reference, "cpu": cpu}[backend]
+    q = np.zeros((1, 2, 3, 4), np.float32)
+    k = np.zeros((1, 2, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"t0 = 3 with 3 queries.*5 keys"):
+        module.attention_forward(q, k, k, 0.5, 3)
+    with pytest.raises(ValueError, match=r"t0 = -1"):
+        module.attention_forward(q, k, k, 0.5, -1)
+    with pytest.raises(ValueError, match=r"q \(1, 2, 3, 4\), k \(1, 2, 5, 4\), v \(1, 2, 5, 3\)"):
+        module.attention_forward(q, k, np.zeros((1, 2, 5, 3), np.float32), 0.5, 2)
+
+
 def test_attention_serial_and_threaded_drivers_agree_bit_for_bit(rng):
     """ThreadPicker may run either driver from call to call; the heads are independent, so the
     two must give identical arrays, not merely close ones (three threads: uneven head ranges)."""
@@ -347,9 +434,9 @@ def test_attention_serial_and_threaded_drivers_agree_bit_for_bit(rng):
                          (attn._attention_forward_threaded, attn._attention_backward_threaded)):
             out = np.empty_like(q)                                 # (BH, T, hs)
             lse = np.empty(q.shape[:2], dtype=q.dtype)             # (BH, T)
-            fwd(q, k, v, np.float32(0.4), out, lse)
+            fwd(q, k, v, np.float32(0.4), 0, out, lse)
             grads = [np.empty_like(q) for _ in range(3)]           # dq, dk, dv (BH, T, hs)
-            bwd(dout, q, k, v, out, lse, np.float32(0.4), *grads)
+            bwd(dout, q, k, v, out, lse, np.float32(0.4), 0, *grads)
             outs.append([out, lse] + grads)
     finally:
         numba.set_num_threads(threads)

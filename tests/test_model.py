@@ -67,6 +67,59 @@ def test_kv_cache_logits_equal_full_forward_at_every_position(rng, device):
                                rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_kv_cache_logits_equal_full_forward_in_uneven_chunks(rng, kernel_backend, dtype, rtol):
+    """Prefill 2, then chunks of 3, 1, 2, 1 (queries at offsets 2, 5, 6, 8): every position's logits
+    equal the uncached forward's, with the reference kernels and the fused ones."""
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=dtype).eval()
+    idx = rng.integers(0, TINY.vocab_size, (3, TINY.block_size))
+    full, _ = model(idx)
+    caches = model.new_caches(3)
+    pieces, t = [], 0
+    for n in (2, 3, 1, 2, 1):
+        pieces.append(model(idx[:, t:t + n], caches=caches)[0].numpy())
+        t += n
+    assert caches[0].length == TINY.block_size
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full.numpy(), rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_cached_path_runs_the_fused_attention_kernel_at_the_cache_offset(monkeypatch):
+    """Each layer's cached step calls the same kernel as training, with t0 = the cache length and
+    the cache's (B, nh, block_size, hs) buffers as keys."""
+    import kernels
+    from kernels import cpu
+    calls = []
+    real = cpu.attention_forward
+
+    def spy(q, k, v, scale, t0=0):
+        calls.append((q.shape, k.shape, t0))
+        return real(q, k, v, scale, t0)
+
+    monkeypatch.setattr(cpu, "attention_forward", spy)
+    kernels.set_backend("fused")
+    try:
+        model = GPT(TINY, seed=0).eval()
+        caches = model.new_caches(2)
+        model(np.zeros((2, 4), np.int64), caches=caches)
+        model(np.zeros((2, 1), np.int64), caches=caches)
+    finally:
+        kernels.set_backend(None)
+    hs = TINY.n_embd // TINY.n_head
+    cache_shape = (2, TINY.n_head, TINY.block_size, hs)
+    assert calls == [((2, TINY.n_head, 4, hs), cache_shape, 0)] * TINY.n_layer + \
+        [((2, TINY.n_head, 1, hs), cache_shape, 4)] * TINY.n_layer
+
+
+def test_kv_cache_overflow_names_the_sizes():
+    model = GPT(TINY, seed=0)
+    caches = model.new_caches(1)
+    k = np.zeros((1, TINY.n_head, TINY.block_size + 1, TINY.n_embd // TINY.n_head), np.float32)
+    with pytest.raises(ValueError, match=r"0 cached \+ 10 new positions exceed block_size 9"):
+        caches[0].append(k, k)
+    with pytest.raises(ValueError, match=r"keys \(1, 2, 10, 4\).*\(1, 3, 10, 4\)"):
+        caches[0].append(k, np.zeros((1, 3, 10, 4), np.float32))
+
+
 def test_generate_cached_equals_uncached_within_block(rng):
     model = GPT(TINY, seed=5, dtype=np.float64)
     prompt = rng.integers(0, TINY.vocab_size, (2, 2))

@@ -226,22 +226,32 @@ def exit_status(result):
     return _RESULT_STATUS[result]
 
 
-def run_main(main):
-    """Call a script's main() and turn what escapes it into a one-line message and an exit status.
+def status_of(exc):
+    """(exit status, one-line message) for an exception that escaped a script, or None for a bug.
 
     Bad input (ValueError, including CheckpointError and TokenizerFileError; a missing file or
     directory; a missing optional package) is a usage error, 2. Other OS errors (disk full, I/O)
-    and RuntimeError are runtime errors, 1. Ctrl-C is 130. Anything else is a bug and keeps its
-    traceback.
+    and RuntimeError are runtime errors, 1. Ctrl-C is 130. Anything else is a bug (None: the
+    caller keeps its traceback). run_main uses it, and so does a data-parallel run to choose the
+    status it aborts every rank with.
     """
+    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError)):
+        return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, (OSError, RuntimeError, MemoryError)):
+        return EXIT_RUNTIME, f"error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_SIGINT, "aborted"
+    return None
+
+
+def run_main(main):
+    """Call a script's main() and turn what escapes it into a one-line message and an exit status
+    (`status_of`); a bug keeps its traceback."""
     try:
         return main()
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, RuntimeError, MemoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr)
-        return EXIT_SIGINT
+    except (Exception, KeyboardInterrupt) as exc:
+        status = status_of(exc)
+        if status is None:
+            raise
+        print(status[1], file=sys.stderr)
+        return status[0]

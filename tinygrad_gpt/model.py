@@ -7,7 +7,9 @@
 
 Parameter names and layouts are Hugging Face GPT-2's (`wte`, `wpe`, `h.{i}.ln_1`,
 `h.{i}.attn.c_attn`, ..., `ln_f`; Linear weights (in, out)), so a state dict saved here is readable
-by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte`.
+by other tools and GPT-2 weights load without renaming. The lm_head is tied to `wte` (`GPT.logits`).
+Cached sampling runs the same fused attention op as training: each step's queries attend at an
+offset t0 (the cache length) over the keys and values the KVCache holds.
 
 Dimension legend: B batch, T time, C n_embd, nh n_head, hs head size C // nh, V vocab_size.
 Follows: nanoGPT model.py (GPTConfig, init, generate), HF GPT-2 (names), Radford et al. 2019.
@@ -34,6 +36,7 @@ class GPTConfig:
     n_embd: int = setting(128, ge=1)      # C; must be divisible by n_head
     dropout: float = setting(0.0, ge=0, lt=1)  # on embeddings, residual branches and the MLP; 0 for small data
     bias: bool = True                     # biases in Linear and LayerNorm, as GPT-2
+    layer_norm_epsilon: float = setting(1e-5, gt=0)  # added to the variance in every LayerNorm (config.json's name)
 
     def __post_init__(self):
         check_fields(self)
@@ -52,10 +55,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None):
         qkv = self.c_attn(x)                                      # (B, T, 3C)
-        if cache is None:
-            y = ops.causal_self_attention_qkv(qkv, self.n_head)   # (B, T, C)
-        else:
-            y = Tensor._wrap(cache.attend(qkv.data, self.n_head), x.device, False)  # (B, T, C)
+        y = ops.causal_self_attention_qkv(qkv, self.n_head, cache)  # (B, T, C) over cached keys too
         return self.resid_dropout(self.c_proj(y))                 # (B, T, C)
 
 
@@ -73,9 +73,10 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, config, rng, drop_rng, dtype, device):
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype, device=device)
+        eps = config.layer_norm_epsilon
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=eps, dtype=dtype, device=device)
         self.attn = CausalSelfAttention(config, rng, drop_rng, dtype, device)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype, device=device)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=eps, dtype=dtype, device=device)
         self.mlp = MLP(config, rng, drop_rng, dtype, device)
 
     def forward(self, x, cache=None):
@@ -84,34 +85,30 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, for one layer: (B, nh, block_size, hs) each."""
+    """Keys and values of the positions seen so far, for one layer: (B, nh, block_size, hs) each.
+
+    The attention op appends each call's keys and values and attends over the first `length`
+    slots (ops/attention.py; the same fused kernel as training, with a query offset).
+    """
 
     def __init__(self, batch, config, dtype, xp):
         hs = config.n_embd // config.n_head
         self.k = xp.zeros((batch, config.n_head, config.block_size, hs), dtype=dtype)  # (B, nh, Tmax, hs)
         self.v = xp.zeros_like(self.k)                                                # (B, nh, Tmax, hs)
         self.length = 0
-        self.xp = xp
 
-    def attend(self, qkv, n_head):
-        """Causal attention of the new positions (qkv (B, T, 3C)) over cached + new keys."""
-        xp = self.xp
-        B, T, C3 = qkv.shape
-        hs = C3 // (3 * n_head)
-        t0 = self.length
-        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        self.k[:, :, t0:t0 + T] = heads[1]
-        self.v[:, :, t0:t0 + T] = heads[2]
+    def append(self, k, v):
+        """Store k, v (B, nh, T, hs) at slots length..length+T-1; return the buffers (B, nh, Tmax, hs)."""
+        t0, T = self.length, k.shape[2]
+        if k.shape != v.shape or k.shape[:2] + k.shape[3:] != self.k.shape[:2] + self.k.shape[3:]:
+            raise ValueError(f"KVCache: keys {k.shape} and values {v.shape} do not fit a cache of "
+                             f"{self.k.shape} (B, nh, block_size, hs)")
+        if t0 + T > self.k.shape[2]:
+            raise ValueError(f"KVCache: {t0} cached + {T} new positions exceed block_size {self.k.shape[2]}")
+        self.k[:, :, t0:t0 + T] = k
+        self.v[:, :, t0:t0 + T] = v
         self.length = t0 + T
-        keys, values = self.k[:, :, :t0 + T], self.v[:, :, :t0 + T]      # (B, nh, L, hs)
-        scores = heads[0] @ keys.swapaxes(-1, -2) * qkv.dtype.type(1.0 / math.sqrt(hs))  # (B, nh, T, L)
-        # query i sits at position t0 + i and may see keys at positions <= t0 + i
-        future = xp.arange(t0 + T)[None, :] > (t0 + xp.arange(T))[:, None]  # (T, L)
-        scores = xp.where(future, -xp.inf, scores)
-        scores = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-        p = scores / scores.sum(axis=-1, keepdims=True)           # (B, nh, T, L)
-        out = p @ values                                          # (B, nh, T, hs)
-        return out.transpose(0, 2, 1, 3).reshape(B, T, n_head * hs)  # (B, T, C)
+        return self.k, self.v
 
 
 class GPT(nn.Module):
@@ -125,8 +122,31 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (Tmax, C)
         self.drop = nn.Dropout(config.dropout, rng=drop_rng)
         self.h = [Block(config, rng, drop_rng, dtype, device) for _ in range(config.n_layer)]
-        self.ln_f = nn.LayerNorm(C, bias=config.bias, dtype=dtype, device=device)
+        self.ln_f = nn.LayerNorm(C, bias=config.bias, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
         # self.device is Module.device: read from the parameters, so model.to(device) keeps it right
+
+    @classmethod
+    def from_pretrained(cls, directory, dtype=np.float32, device="cpu", dropout=0.0):
+        """A GPT with the weights of a Hugging Face GPT-2 folder (config.json + model.safetensors).
+
+        The tokenizer of the same folder: `BPETokenizer.from_gpt2(directory)`. See pretrained.py.
+        """
+        from tinygrad_gpt import pretrained
+        return pretrained.from_pretrained(directory, dtype=dtype, device=device, dropout=dropout)
+
+    def save_pretrained(self, directory, tokenizer=None):
+        """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads (see pretrained.py)."""
+        from tinygrad_gpt import pretrained
+        return pretrained.save_pretrained(self, directory, tokenizer=tokenizer)
+
+    def crop_block_size(self, block_size):
+        """Keep the first block_size rows of the position table (train a 1024-context model on 256)."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"crop_block_size: block_size must be in [1, {self.config.block_size}], got {block_size}")
+        self.wpe.weight.data = self.wpe.weight.data[:block_size].copy()   # (block_size, C)
+        self.wpe.weight.grad = None
+        self.config = GPTConfig(**{**self.config.__dict__, "block_size": block_size})
+        return self
 
     def hidden(self, idx, caches=None):
         """The last hidden states ln_f(x) (B, T, C) for token ids idx (B, T): forward without the head.
@@ -156,10 +176,21 @@ class GPT(nn.Module):
             x = block(x, caches[i] if caches else None)           # (B, T, C)
         return self.ln_f(x)                                       # (B, T, C)
 
+    def logits(self, hidden, temperature=1.0):
+        """The tied lm_head: hidden states (B, T, C) -> logits (B, T, V) = hidden @ wte^T / temperature.
+
+        Every path that turns hidden states into logits (forward, the RLHF policy and scoring)
+        calls this, so they round alike.
+        """
+        logits = hidden @ self.wte.weight.T                       # (B, T, V)
+        if temperature != 1.0:
+            logits = logits * (1.0 / temperature)                 # (B, T, V)
+        return logits
+
     def forward(self, idx, targets=None, caches=None):
         """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
         xp = get_xp(self.device)
-        logits = self.hidden(idx, caches) @ self.wte.weight.T     # (B, T, V) tied lm_head
+        logits = self.logits(self.hidden(idx, caches))            # (B, T, V) tied lm_head
         loss = None if targets is None else ops.cross_entropy(logits, targets.data if isinstance(targets, Tensor)
                                                               else xp.asarray(targets))
         return logits, loss
@@ -169,12 +200,15 @@ class GPT(nn.Module):
         return [KVCache(batch, self.config, self.wte.weight.dtype, xp) for _ in self.h]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 use_cache=True, rng=None):
+                 use_cache=True, rng=None, on_token=None):
         """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + max_new_tokens) numpy ids.
 
         temperature divides the logits; top_k keeps the k most likely tokens; top_p keeps the
         smallest set whose probability reaches p (nucleus). With use_cache, keys and values of past
         positions are kept (KVCache) and each step runs the model on one new token only.
+        on_token(ids) is called with each step's new ids (B,) as soon as they are sampled (streaming,
+        e.g. tokenizers.stream.TextStream for B == 1); an exception it raises, or Ctrl-C, ends the
+        loop, and what it was given has already been handed over.
         # subtle: when the context fills block_size the cache is rebuilt from the last
         # block_size // 2 tokens (and then grows again), where the uncached path slides a full
         # window every token; both see only real past tokens, at most block_size of them.
@@ -210,6 +244,8 @@ class GPT(nn.Module):
                     logits = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
                     nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p)          # (B,)
                     out = np.concatenate([out, nxt[:, None]], axis=1)
+                    if on_token is not None:
+                        on_token(nxt)
         finally:
             self.train(was_training)
         return out

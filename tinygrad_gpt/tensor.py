@@ -253,14 +253,25 @@ class Tensor:
                 raise RuntimeError(f"backward: trying to backward through the graph a second time: the output "
                                    f"of {node._released} (shape {node.shape}) was released by an earlier "
                                    f"backward(); call that backward with retain_graph=True to keep the graph")
-        grads = {id(self): grad}
+        # id(tensor) -> (gradient, owned): owned marks a sum made here, which no op's output and no
+        # other tensor's gradient aliases, so it may be added to in place and kept without a copy
+        # (the tied wte gets two (V, C) gradients: one sum, no further full-size copies)
+        grads = {id(self): (grad, False)}
         for node in reversed(order):
-            dout = grads.pop(id(node), None)
+            dout, owned = grads.pop(id(node), (None, False))
             ctx = node._ctx
             if ctx is None:  # a leaf: accumulate across backward calls, as PyTorch does
                 if dout is not None:
-                    # subtle: copy, because one array may be the gradient of two leaves (a + b)
-                    node.grad = dout.copy() if node.grad is None else node.grad + dout
+                    # subtle: copy an op's output, because one array may be the gradient of two leaves (a + b)
+                    if node.grad is None:
+                        node.grad = dout if owned else dout.copy()
+                    else:  # the engine owns node.grad (see above): add in place, no full-size temporary
+                        node.grad += dout
+                    # a leaf is visited once, after every use: its gradient for this pass is final
+                    # (distributed.py starts all-reducing a parameter's bucket from here)
+                    hook = getattr(node, "_grad_hook", None)
+                    if hook is not None:
+                        hook(node)
                 continue
             if not retain_graph:
                 node._ctx, node._released = None, ctx.fn.__name__  # release the graph behind us
@@ -278,9 +289,16 @@ class Tensor:
                 if dparent.shape != parent.shape:
                     raise RuntimeError(f"{ctx.fn.__name__}.backward: gradient for input {i} has shape "
                                        f"{dparent.shape}, the input has shape {parent.shape}")
-                # subtle: a tensor used twice gets the sum; never add in place, dparent may alias dout
-                previous = grads.get(id(parent))
-                grads[id(parent)] = dparent if previous is None else previous + dparent
+                # subtle: a tensor used twice gets the sum; add in place only into a sum made here,
+                # never into an op's output (dparent may alias dout or another input's gradient)
+                previous, prev_owned = grads.get(id(parent), (None, False))
+                if previous is None:
+                    grads[id(parent)] = (dparent, False)
+                elif prev_owned:
+                    previous += dparent  # in place (a 0-d sum may come back a new scalar: stored again)
+                    grads[id(parent)] = (previous, True)
+                else:
+                    grads[id(parent)] = (previous + dparent, True)
 
     # ---- operators and methods: bound by hand so that `grep "def relu"` finds them ---------
     def _lift(self, other):

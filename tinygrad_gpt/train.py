@@ -16,6 +16,13 @@ of batch_size / N; each micro-batch's mean loss is back-propagated with weight r
 accumulated gradient and the summed loss are the whole batch's (a short last batch included), and
 the optimizer steps once per batch: only peak memory changes, not the training.
 
+Data parallel (`world`, a distributed.World from mpirun): `batch_size` stays the global batch;
+every rank draws it, trains on its slice (then on micro-batches of that), gradients are
+all-reduced in buckets before clipping, and rank 0 alone prints, logs and writes checkpoints
+(which record the world size, so a run resumes on another number of ranks). A stop request
+(SIGINT, SIGTERM) on any rank is all-reduced with the loss each step, so every rank stops after
+the same step and one checkpoint.
+
 Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss, gradient accumulation).
 Deliberately does not: mixed precision.
 """
@@ -61,6 +68,9 @@ class TrainConfig:
     device: str = setting("cpu", choices=DEVICES, flag=False)  # scripts have their own --device
     out_dir: str = setting("out/shakespeare", flag=False)      # scripts have their own --out
     val_fraction: float = setting(0.1, gt=0, lt=1)
+    init_from: str | None = None        # a Hugging Face GPT-2 folder: start from its weights and tokenizer
+    bucket_mb: float = setting(4.0, gt=0)     # data parallel: size of one flat gradient all-reduce bucket (MB)
+    overlap_comm: bool = setting(False)       # data parallel: start each bucket's all-reduce during backward
 
     def __post_init__(self):
         check_fields(self)
@@ -83,6 +93,11 @@ PRESETS = {
     # nanoGPT's shakespeare_char (train with --max-iters 5000 --eval-every 500)
     "gpu": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
             dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_iters=100)),
+    # nanoGPT's finetune_shakespeare scaled to a CPU, for --init-from a GPT-2 folder (the model's
+    # shape comes from its config.json; block_size crops the 1024-position table): small constant lr
+    "finetune": (dict(block_size=256, dropout=0.0),
+                 dict(batch_size=4, epochs=1, max_iters=300, lr=3e-5, min_lr=3e-5, warmup_iters=0,
+                      eval_batches=8, eval_every=100, sample_tokens=100, log_every=5)),
     # the configuration the project started from: 4 heads of 16, AdamW 5e-4, every start position
     "original": (dict(n_layer=4, n_head=4, n_embd=64, block_size=32, dropout=0.0),
                  dict(batch_size=64, lr=5e-4, min_lr=5e-4, warmup_iters=0, weight_decay=0.01, beta2=0.999,
@@ -123,11 +138,24 @@ class TrainState:
 class Trainer:
     """Trains `model` on token arrays; prints (via `log`) what a person watching needs to see."""
 
-    def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True):
+    def __init__(self, model, tokenizer, train_tokens, val_tokens, config, log=print, progress=True, world=None):
         backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
-        self.log, self.progress = log, progress
+        self.world = world                                   # None: one process, no MPI
+        self.is_root = world is None or world.is_root        # rank 0 prints and writes
+        self.log = log if self.is_root else (lambda *args, **kwargs: None)
+        self.progress = progress and self.is_root
+        self.grad_sync = None
+        if world is not None:
+            if config.batch_size % (world.size * config.grad_accum):
+                raise ValueError(f"TrainConfig: batch_size {config.batch_size} is not divisible by {world.size} ranks "
+                                 f"x grad_accum {config.grad_accum}")
+            world.check_same(model_config=asdict(model.config), train_config=asdict(config),
+                             tokenizer=tokenizer.to_dict(), train_tokens=np.asarray(train_tokens),
+                             val_tokens=np.asarray(val_tokens), dtype=str(model.wte.weight.dtype))
+            self.grad_sync = world.gradient_reducer(model.parameters(), int(config.bucket_mb * 2 ** 20),
+                                                    overlap=config.overlap_comm)
         self.opt = AdamW(decay_groups(model.named_parameters(), config.weight_decay), lr=config.lr,
                          betas=(config.beta1, config.beta2))
         self.state = TrainState(epoch_rng=np.random.default_rng(config.seed).bit_generator.state)
@@ -136,7 +164,8 @@ class Trainer:
         n = len(self.epoch_batches(self.state.epoch_rng))
         self._iters_per_epoch = min(n, config.iters_per_epoch) if config.iters_per_epoch else n
         self.out_dir = Path(config.out_dir)
-        self._interrupted = None  # the signal that asked to stop (SIGINT or SIGTERM), once one came
+        self._interrupted = None  # the signal that asked this process to stop (SIGINT or SIGTERM)
+        self._agreed_stop = None  # data parallel: the stop every rank agreed on at the last all-reduce
         self.xp = get_xp(config.device)
         # checked here, not at the first evaluation an epoch later: every estimate draws windows of
         # block_size + 1 tokens from each split
@@ -186,6 +215,9 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self):
+        """Write the checkpoint (rank 0 only; the other ranks hold the same state)."""
+        if not self.is_root:
+            return
         meta = {
             "kind": KIND,
             "model_config": asdict(self.model.config),
@@ -193,6 +225,7 @@ class Trainer:
             "tokenizer": self.tokenizer.to_dict(),
             "state": asdict(self.state),
             "dropout_rng": checkpoint.rng_state(self.model.drop_rng),
+            "world_size": 1 if self.world is None else self.world.size,
         }
         checkpoint.save_checkpoint(self.out_dir, self.model.state_dict(), meta,
                                    optimizer_state=self.opt.state_dict())
@@ -220,7 +253,17 @@ class Trainer:
         text = "".join(line + "\n" for line in kept)
         checkpoint.write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
+    def sync_from_root(self):
+        """Data parallel: every rank takes rank 0's parameters, optimizer moments and loop state."""
+        w = self.world
+        w.broadcast_arrays([p.data for p in self.model.parameters()] + self.opt.m + self.opt.v)
+        t, state, drop = w.bcast((self.opt.t, asdict(self.state), self.model.drop_rng.bit_generator.state))
+        self.opt.t, self.state = t, TrainState(**state)
+        self.model.drop_rng.bit_generator.state = drop
+
     def _metrics(self, record):
+        if not self.is_root:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -229,12 +272,22 @@ class Trainer:
     def _on_signal(self, signum, frame):
         if self._interrupted is not None:  # a second signal: stop now, without saving
             raise KeyboardInterrupt
-        self._interrupted = signum
+        self._interrupted = signum  # one assignment: _reduce_loss_and_stop reads it once
         name = "interrupt" if signum == signal.SIGINT else "terminate"
         self.log(f"\n{name}: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
 
+    def _stopping(self):
+        """The signal to stop after this step for (SIGINT, SIGTERM), or None to go on.
+
+        One process: the signal this process received. Data parallel: only what every rank agreed
+        on at the last step's all-reduce; subtle: a signal that lands after it waits for the next
+        step's, else this rank would stop one step before the others and wait for them in a
+        collective for ever.
+        """
+        return self._interrupted if self.world is None else self._agreed_stop
+
     def _stopped(self):
-        return "terminated" if self._interrupted == signal.SIGTERM else "interrupted"
+        return "terminated" if self._stopping() == signal.SIGTERM else "interrupted"
 
     def train(self):
         """Run the remaining epochs. Returns "done", "interrupted" (SIGINT, Ctrl-C) or "terminated"
@@ -245,6 +298,8 @@ class Trainer:
         total = self.total_iters()
         per_epoch = self.iters_per_epoch()
         previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if self.world is not None:
+            self.sync_from_root()  # a resumed rank 0's state (or its fresh one) on every rank
         model, opt, st, cfg = self.model, self.opt, self.state, self.cfg
         model.train()
         try:
@@ -264,7 +319,9 @@ class Trainer:
                     if cfg.grad_clip:
                         clip_grad_norm(model.parameters(), cfg.grad_clip)
                     log_now = (st.step + 1) % cfg.log_every == 0 or st.batch + 1 == steps_this_epoch
-                    loss_value = float(loss) if (log_now or cfg.device == "cpu") else None
+                    loss_value = float(loss) if (log_now or cfg.device == "cpu") and loss is not None else None
+                    if self.world is not None:
+                        loss_value = self._reduce_loss_and_stop(loss_value, log_now)
                     if loss_value is not None and not math.isfinite(loss_value):
                         raise NonFiniteLoss(f"loss is {loss_value} at step {st.step + 1} (epoch {st.epoch + 1}, "
                                             f"batch {st.batch + 1}); stopping without saving, the last good "
@@ -283,13 +340,14 @@ class Trainer:
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
-                    if self._interrupted is not None or st.step >= total:
+                    if self._stopping() is not None or st.step >= total:
                         break
                 bar.close()
-                if self._interrupted is not None and st.batch < steps_this_epoch:
+                if self._stopping() is not None and st.batch < steps_this_epoch:
                     self.save()
                     self.log(f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}); checkpoint saved "
                              f"to {self.out_dir}; continue with --resume")
+                    self._barrier()
                     return self._stopped()
                 record = self._evaluate(None, f"epoch {st.epoch + 1}")
                 record.update(epoch=st.epoch + 1)
@@ -301,13 +359,33 @@ class Trainer:
                 st.epoch += 1
                 st.batch = 0
                 self.save()
-                if self._interrupted is not None:
+                self._barrier()
+                if self._stopping() is not None:
                     self.log(f"stopped after epoch {st.epoch}; checkpoint saved to {self.out_dir}")
                     return self._stopped()
             return "done"
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
+
+    def _barrier(self):
+        if self.world is not None:
+            self.world.barrier()   # rank 0 has written the checkpoint; every rank goes on together
+
+    def _reduce_loss_and_stop(self, loss_value, log_now):
+        """Data parallel, once per step: sum the ranks' weighted losses and their stop requests.
+
+        Every rank then holds the global batch's loss (for the non-finite check and the log) and
+        stops after this step if any rank was asked to; SIGTERM on any rank outranks SIGINT on
+        another, so every rank exits with the same status (143, else 130).
+        """
+        want_loss = log_now or self.cfg.device == "cpu"
+        asked = self._interrupted  # read once: a signal may land while the all-reduce runs
+        total, n_int, n_term = self.world.sum_host([(loss_value or 0.0) if want_loss else 0.0,
+                                                    float(asked is not None and asked != signal.SIGTERM),
+                                                    float(asked == signal.SIGTERM)])
+        self._agreed_stop = signal.SIGTERM if n_term else signal.SIGINT if n_int else None
+        return float(total) if want_loss else None
 
     def micro_batches(self, x, y):
         """(x_i, y_i, weight_i) for the micro-batches of one batch: grad_accum row ranges of x (B, T).
@@ -317,7 +395,11 @@ class Trainer:
         pieces are left out).
         """
         rows = x.shape[0]
-        return [(x[r], y[r], len(r) / rows) for r in np.array_split(np.arange(rows), self.cfg.grad_accum) if len(r)]
+        mine = np.arange(rows)
+        if self.world is not None:  # this rank's slice of the global batch
+            from tinygrad_gpt.distributed import shard
+            mine = shard(rows, self.world.rank, self.world.size)
+        return [(x[r], y[r], len(r) / rows) for r in np.array_split(mine, self.cfg.grad_accum) if len(r)]
 
     def _forward_backward(self, x, y):
         """Forward and backward over the micro-batches of (x, y); returns the batch's mean loss.
@@ -325,15 +407,22 @@ class Trainer:
         The loss comes back as a 0-d array on the model's device (no host sync on the GPU).
         """
         total = None
-        for xm, ym, weight in self.micro_batches(x, y):
+        pieces = self.micro_batches(x, y)
+        for k, (xm, ym, weight) in enumerate(pieces):
             _, loss = self.model(xm, self.xp.asarray(ym))   # xm (numpy) is range-checked on the host, then uploaded
             w = loss.dtype.type(weight)
+            if self.grad_sync is not None and k == len(pieces) - 1:
+                self.grad_sync.arm()  # the last backward of the step: buckets may start from its hooks
             # d(total)/d(loss_i) = weight_i: the gradient of the whole batch's mean accumulates
             loss.backward(self.xp.full(loss.shape, w, dtype=loss.dtype))
             total = loss.data * w if total is None else total + loss.data * w
+        if self.grad_sync is not None:
+            self.grad_sync.reduce()   # the summed weighted gradients: the global batch's mean gradient
         return total
 
     def _evaluate(self, bar, label):
+        if not self.is_root:  # rank 0 evaluates and samples; the others wait at the next collective
+            return {"step": self.state.step}
         t0 = time.perf_counter()
         train_loss = self.estimate_loss(self.train_tokens, seed=1)
         val_loss = self.estimate_loss(self.val_tokens, seed=2)
@@ -370,15 +459,17 @@ def tokenizer_of(meta, directory):
 def check_meta(meta, directory):
     """Raise CheckpointError naming the field unless `meta` describes a GPT this code can build.
 
-    Checks meta.model_config (exactly GPTConfig's fields, each in range) and meta.tokenizer if there
-    is one (rebuildable, its vocabulary the model's vocab_size). Returns the GPTConfig.
+    Checks meta.model_config (exactly GPTConfig's fields, each in range), meta.tokenizer if there
+    is one (rebuildable, its vocabulary the model's vocab_size), meta.kind, and meta.world_size if
+    there is one (a positive integer). Returns the GPTConfig.
     """
     config = meta.get("model_config")
     if not isinstance(config, dict):
         raise _meta_error(directory, "meta.model_config is missing or not an object")
     names = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(config) - names)
-    missing = sorted(names - set(config))
+    # subtle: layer_norm_epsilon came after the first checkpoints, which all used its default 1e-5
+    missing = sorted(names - set(config) - {"layer_norm_epsilon"})
     if unknown or missing:
         raise _meta_error(directory, "meta.model_config " + "; ".join(
             part for part in (f"has unknown field(s) {unknown}" if unknown else "",
@@ -395,6 +486,10 @@ def check_meta(meta, directory):
     kind = meta.get("kind", KIND)
     if kind not in _READERS:
         raise _meta_error(directory, f"meta.kind {kind!r} is not one of {sorted(_READERS)}")
+    world_size = meta.get("world_size", 1)  # absent from checkpoints that one process wrote by hand
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise _meta_error(directory, f"meta.world_size must be an integer >= 1 (the number of processes that "
+                                     f"trained it), got {world_size!r}")
     return gpt_config
 
 

@@ -73,9 +73,7 @@ class PolicyWithValue(nn.Module):
         x = self.hidden(idx)                                              # (B, L, C)
         if last is not None:
             x = x[:, x.shape[1] - last:, :]                               # (B, n, C)
-        logits = x @ self.gpt.wte.weight.T                                # (B, n, V) tied lm_head
-        if temperature != 1.0:
-            logits = logits * (1.0 / temperature)                         # (B, n, V)
+        logits = self.gpt.logits(x, temperature)                          # (B, n, V) tied lm_head / tau
         B, n, C = x.shape
         xv = x if self.value_trunk_grad else x.detach()                   # (B, n, C)
         values = (xv.reshape(B * n, C) @ self.v_head.weight + self.v_head.bias).reshape(B, n)  # (B, n)
@@ -104,9 +102,7 @@ def score_windows(model, seq, windows, temperature=1.0):
         else:
             x = model.hidden(window)                                       # (B, L, C)
             x = x[:, x.shape[1] - (b - a):, :]                            # (B, b-a, C)
-            logits = x @ model.wte.weight.T                               # (B, b-a, V)
-            if temperature != 1.0:
-                logits = logits * (1.0 / temperature)
+            logits = model.logits(x, temperature)                         # (B, b-a, V)
         logits_parts.append(logits)
     cat = (lambda parts: parts[0] if len(parts) == 1 else ops.concat(parts, axis=1))
     return cat(logits_parts), (cat(value_parts) if value_parts else None)  # (B, R, V), (B, R)

@@ -13,11 +13,14 @@ then, in one batched no-graph pass per model over the finished sequences, record
     values        V_old(s_t)               (B, R)
     kl            KL_t (exact or sampled)  (B, R)    and kl_exact (B, R) always, for reporting
 
-# subtle: the log-probs come from that second pass, not from the sampling pass: the two compute
-# the same numbers by different attention code (cached vs fused), and float32 rounding would make
-# the first PPO ratio 1 +- 1e-7 instead of exactly 1. The extra pass costs about one forward. It
-# runs in chunks of the PPO minibatch size, because BLAS may round a (M, K) @ (K, N) product
-# differently for another M: same shapes as the PPO forward, same bits, a ratio of exactly 1.
+# subtle: the log-probs come from that second pass, not from the sampling pass. Both run the same
+# fused attention kernel, but a one-token step sums its scores in another order than the square
+# attention's row, and the sampling pass multiplies B rows at a time where the PPO forward
+# multiplies B * L: BLAS may round a (M, K) @ (K, N) product differently for another M (seen in
+# the MLP's c_proj, K = 4C: logits apart by up to ~1e-6 at the cpu preset). That would
+# make the first PPO ratio 1 +- 1e-7 instead of exactly 1. The extra pass costs about one
+# forward. It runs in chunks of the PPO minibatch size for the same reason: same shapes as the
+# PPO forward, same bits, a ratio of exactly 1.
 
 `prompt_batches` cuts fixed-length windows from the validation tokens (no padding needed).
 

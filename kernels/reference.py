@@ -127,11 +127,12 @@ def softmax_cross_entropy_backward(dlosses, logits, lse, targets, ignore_index=-
 # ------------------------------------------------------------------------------------------------
 # causal self-attention per (batch, head), flash-style: keep only the row log-sum-exp
 # ------------------------------------------------------------------------------------------------
-def attention_shapes(q, k, v, t0):
+def _attention_shapes(q, k, v, t0):
     """(T, L) of queries q (B, nh, T, hs) at positions t0..t0+T-1 over keys k, v (B, nh, L, hs).
 
     Keys 0..t0+T-1 are attended; L may be longer (a preallocated cache), the keys past t0+T are
-    then ignored. Raises ValueError naming the shapes when they do not fit together.
+    then ignored. Raises ValueError naming the shapes when they do not fit together. Private: a
+    shape rule that the cpu and cuda attention wrappers share, not a kernel they must export.
     """
     if q.ndim < 2 or k.shape != v.shape or k.ndim != q.ndim or q.shape[:-2] != k.shape[:-2] \
             or q.shape[-1] != k.shape[-1]:
@@ -157,7 +158,7 @@ def attention_forward(q, k, v, scale, t0=0):
     Returns out (B, nh, T, hs) and lse (B, nh, T), the log-sum-exp of each row of masked scores.
     """
     xp = get_array_module(q)
-    T, L = attention_shapes(q, k, v, t0)
+    T, L = _attention_shapes(q, k, v, t0)
     W = t0 + T                                                     # keys any query sees
     k, v = k[..., :W, :], v[..., :W, :]                            # (B, nh, W, hs)
     scores = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)        # (B, nh, T, W)   1
@@ -177,7 +178,7 @@ def attention_backward(dout, q, k, v, out, lse, scale, t0=0):
     Keys past t0 + T were ignored by the forward: their dk and dv are 0.
     """
     xp = get_array_module(q)
-    T, L = attention_shapes(q, k, v, t0)
+    T, L = _attention_shapes(q, k, v, t0)
     W = t0 + T
     kw, vw = k[..., :W, :], v[..., :W, :]                          # (B, nh, W, hs)  forward's first line
     scores = (q @ kw.swapaxes(-1, -2)) * q.dtype.type(scale)       # (B, nh, T, W)  recompute 1

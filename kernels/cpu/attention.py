@@ -286,7 +286,7 @@ def attention_forward(q, k, v, scale, t0=0):
     t0 + T are not read). Returns out (B, nh, T, hs) and lse (B, nh, T), the log-sum-exp of each
     row of masked scores.
     """
-    T, L = reference.attention_shapes(q, k, v, t0)
+    T, L = reference._attention_shapes(q, k, v, t0)
     dtype = common_float_dtype(q, k, v)
     if dtype is None or q.size == 0:
         return reference.attention_forward(q, k, v, scale, t0)
@@ -310,7 +310,7 @@ def attention_backward(dout, q, k, v, out, lse, scale, t0=0):
 
     Keys past t0 + T were ignored by the forward: their dk and dv are 0.
     """
-    T, L = reference.attention_shapes(q, k, v, t0)
+    T, L = reference._attention_shapes(q, k, v, t0)
     dtype = common_float_dtype(dout, q, k, v, out, lse)
     if dtype is None or dout.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:-1] \
             or q.size == 0:

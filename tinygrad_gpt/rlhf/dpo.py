@@ -32,7 +32,6 @@ import time
 import numpy as np
 
 from kernels.reference import get_array_module
-from tinygrad_gpt.optim import clip_grad_norm
 from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats
 from tinygrad_gpt.rlhf.losses import _data, _same_shape, entropy
@@ -137,11 +136,7 @@ class DPOTrainer(SampledTrainer):
                     if first_ratio_dev is None:
                         first_ratio_dev = float(np.abs(ratio - 1).max())
                     stats["entropy"].append(entropy(logits, xp.ones((2 * M, R), dtype=dtype)).item())
-                    self.policy.zero_grad()
-                    loss.backward()
-                    if c.max_grad_norm:
-                        clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
-                    self.opt.step()
+                    self.optimizer_step(loss)
                     updates += 1
                     stats["loss"].append(loss.item())
                     stats["reward_margin"].append(float(u.mean()))

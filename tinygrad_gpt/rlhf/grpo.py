@@ -37,7 +37,6 @@ import time
 import numpy as np
 
 from kernels.reference import get_array_module
-from tinygrad_gpt.optim import clip_grad_norm
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
 from tinygrad_gpt.rlhf.losses import _check_mask, _data, _same_shape, entropy, kl_to_reference
 from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
@@ -175,11 +174,7 @@ class GRPOTrainer(SampledTrainer):
                     loss = loss + kl_loss * beta
                     stats["kl_loss"].append(kl_loss.item())
                 stats["entropy"].append(entropy(logits, mmask).item())
-                self.policy.zero_grad()
-                loss.backward()
-                if c.max_grad_norm:
-                    clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
-                self.opt.step()
+                self.optimizer_step(loss)
                 updates += 1
                 stats["loss"].append(loss.item())
                 for key, value in ratio_stats(ratio, c.clip_eps).items():

@@ -28,7 +28,6 @@ import time
 
 import numpy as np
 
-from tinygrad_gpt.optim import clip_grad_norm
 from tinygrad_gpt.rlhf.advantage import gae, shaped_rewards
 from tinygrad_gpt.rlhf.diagnostics import explained_variance, ratio_stats
 from tinygrad_gpt.rlhf.losses import entropy, kl_to_reference, policy_loss, value_loss, whiten
@@ -111,11 +110,7 @@ class PPOTrainer(SampledTrainer):
                     kl_loss = kl_to_reference(logits, roll.ref_logq[mb], mmask)
                     loss = loss + kl_loss * c.kl_loss_coef
                     stats["kl_loss"].append(kl_loss.item())
-                self.policy.zero_grad()
-                loss.backward()
-                if c.max_grad_norm:
-                    clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
-                self.opt.step()
+                self.optimizer_step(loss)
                 updates += 1
                 rs = ratio_stats(ratio, c.clip_eps)                       # ratio, clip fraction, k1 / k3 KL
                 approx_kl = rs["approx_kl"]                               # k3 estimate of KL(pi_old || pi_theta)

@@ -30,7 +30,6 @@ import time
 import numpy as np
 
 from kernels.reference import get_array_module
-from tinygrad_gpt.optim import clip_grad_norm
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
 from tinygrad_gpt.rlhf.losses import _check_mask, _data, entropy, policy_loss
 from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
@@ -132,11 +131,7 @@ class RLOOTrainer(SampledTrainer):
                     per_token = np.repeat(advantages[mb, None], R, axis=1)   # (M, R) A_i on every token
                     loss = policy_loss(logp, roll.logprobs[mb], per_token, mmask, c.clip_eps)
                 stats["entropy"].append(entropy(logits, mmask).item())
-                self.policy.zero_grad()
-                loss.backward()
-                if c.max_grad_norm:
-                    clip_grad_norm(self.policy.parameters(), c.max_grad_norm)
-                self.opt.step()
+                self.optimizer_step(loss)
                 updates += 1
                 stats["loss"].append(loss.item())
                 for key, value in ratio_stats(ratio, c.clip_eps).items():

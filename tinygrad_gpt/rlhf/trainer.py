@@ -22,7 +22,7 @@ import numpy as np
 
 from tinygrad_gpt import backend, checkpoint
 from tinygrad_gpt.backend import get_xp
-from tinygrad_gpt.optim import AdamW, decay_groups
+from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController
 from tinygrad_gpt.rlhf.diagnostics import check_health
 from tinygrad_gpt.rlhf.policy import response_windows
@@ -55,6 +55,14 @@ class SampledTrainer:
 
     def kl_controller(self, init, adaptive, target, horizon):
         return AdaptiveKLController(init, target, horizon) if adaptive else FixedKLController(init)
+
+    def optimizer_step(self, loss):
+        """One update of every method: gradients of `loss`, clipped to cfg.max_grad_norm (0: no clip), AdamW."""
+        self.policy.zero_grad()
+        loss.backward()
+        if self.cfg.max_grad_norm:
+            clip_grad_norm(self.policy.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
 
     # ---- prompts, rollouts, scores --------------------------------------------------------------
     def decode(self, ids):

@@ -346,3 +346,11 @@ def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path, capsys
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ppo") or
             line.startswith("| grpo")]
     assert len(rows) == 2 and all("| 16 |" in row for row in rows), rows
+
+
+@pytest.mark.parametrize("cls", ["GRPOConfig", "RLOOConfig"])
+def test_grouped_configs_refuse_a_batch_of_partial_groups(cls):
+    from tinygrad_gpt.rlhf import config
+    with pytest.raises(ValueError, match=f"{cls}: batch_size 6 is not a multiple of group_size 4"):
+        getattr(config, cls)(batch_size=6, group_size=4)
+    assert getattr(config, cls)(batch_size=8, group_size=4).batch_size == 8

@@ -123,10 +123,15 @@ class SampledConfig:
     seed: int = setting(0, ge=0)  # rollouts, prompt draws and minibatch shuffles
     device: str = setting("cpu", flag=False)
 
-    def _check_common(self, name):
+    def _check_common(self):
+        """The declared ranges, AdamW's betas and, for the grouped methods, whole groups in a batch."""
+        name = type(self).__name__
         check_fields(self)
         if not (len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas)):
             raise ValueError(f"{name}: adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        group_size = getattr(self, "group_size", None)
+        if group_size and self.batch_size % group_size:
+            raise ValueError(f"{name}: batch_size {self.batch_size} is not a multiple of group_size {group_size}")
 
 
 @dataclass
@@ -151,10 +156,7 @@ class GRPOConfig(SampledConfig):
     kl_horizon: int = setting(1000, ge=1)  # sequences over which beta can change by ~e (PPO's)
 
     def __post_init__(self):
-        self._check_common("GRPOConfig")
-        if self.batch_size % self.group_size:
-            raise ValueError(f"GRPOConfig: batch_size {self.batch_size} is not a multiple of group_size "
-                             f"{self.group_size}")
+        self._check_common()
 
 
 @dataclass
@@ -175,10 +177,7 @@ class RLOOConfig(SampledConfig):
     kl_horizon: int = setting(1000, ge=1)  # sequences over which beta can change by ~e (PPO's)
 
     def __post_init__(self):
-        self._check_common("RLOOConfig")
-        if self.batch_size % self.group_size:
-            raise ValueError(f"RLOOConfig: batch_size {self.batch_size} is not a multiple of group_size "
-                             f"{self.group_size}")
+        self._check_common()
 
 
 @dataclass
@@ -196,7 +195,7 @@ class DPOConfig(SampledConfig):
     lr: float = setting(2e-5, gt=0)  # AdamW learning rate
 
     def __post_init__(self):
-        self._check_common("DPOConfig")
+        self._check_common()
         if self.batch_size % 2:
             raise ValueError(f"DPOConfig: batch_size must be even (two completions per prompt), got {self.batch_size}")
 

@@ -48,8 +48,7 @@ class PPOTrainer(SampledTrainer):
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log)
         policy.value_trunk_grad = config.value_trunk_grad
-        self.kl_ctl = self.kl_controller(config.init_kl_coef, config.adaptive_kl, config.kl_target,
-                                         config.kl_horizon)
+        self.kl_ctl = self.kl_controller(config)
 
     def make_rollout(self, prompts, model=None, kl_estimator=None):
         return super().make_rollout(prompts, model, kl_estimator or self.cfg.kl_estimator)

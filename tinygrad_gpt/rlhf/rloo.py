@@ -91,8 +91,7 @@ class RLOOTrainer(SampledTrainer):
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
                          group_size=config.group_size)
-        self.kl_ctl = self.kl_controller(config.init_kl_coef, config.adaptive_kl, config.kl_target,
-                                         config.kl_horizon)
+        self.kl_ctl = self.kl_controller(config)
 
     def step(self):
         """One batch of B / k prompts x k responses and its update(s); returns the step's metrics."""

@@ -53,8 +53,12 @@ class SampledTrainer:
         self.completions = 0  # completions generated so far (the normaliser's reference samples excluded)
         self.xp = get_xp(policy.gpt.device)
 
-    def kl_controller(self, init, adaptive, target, horizon):
-        return AdaptiveKLController(init, target, horizon) if adaptive else FixedKLController(init)
+    @staticmethod
+    def kl_controller(cfg):
+        """beta's controller from a config's init_kl_coef, adaptive_kl, kl_target and kl_horizon."""
+        if cfg.adaptive_kl:
+            return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        return FixedKLController(cfg.init_kl_coef)
 
     def optimizer_step(self, loss):
         """One update of every method: gradients of `loss`, clipped to cfg.max_grad_norm (0: no clip), AdamW."""

@@ -31,7 +31,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 from examples.rlhf_sentiment import (algo_of, build_parser, build_reward_model, config_from,  # noqa: E402
                                      fixed_prompts, load_setup, make_trainer, run_rlhf, show_completions)

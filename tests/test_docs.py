@@ -39,6 +39,7 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
 RUN_LANGUAGES = {"python", "py", "python3"}
 BLOCK_TIMEOUT_S = 60
+IMAGE_MAX_BYTES = 200 * 1024  # pictures are committed, so they stay small
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -178,6 +179,17 @@ def block_problems(code):
     return problems
 
 
+def chapter_problem(text):
+    """None if some ```python block of a chapter exits 0 and prints a gradient check line."""
+    blocks = python_blocks(text)
+    for _, code in blocks:
+        rc, out, _ = run_block(code)
+        if rc == 0 and gradcheck_lines(out):
+            return None
+    return (f"none of its {len(blocks)} ```python blocks printed a 'worst relative error X (tol Y)' "
+            f"line (print(gradcheck(...)))")
+
+
 def missing_target(doc, target):
     """None if the relative link `target` in the Markdown file `doc` points to an existing file."""
     file = (doc.parent / target.split("#")[0]).resolve()
@@ -227,10 +239,8 @@ def test_python_block_runs_and_gradchecks_pass(doc, lineno, code):
 
 @pytest.mark.parametrize("doc", [d for d in DOC_FILES if CHAPTER.match(d.name)], ids=_doc_id)
 def test_chapter_prints_a_gradient_check(doc):
-    blocks = python_blocks(doc.read_text())
-    printed = [lineno for lineno, code in blocks if run_block(code)[0] == 0 and gradcheck_lines(run_block(code)[1])]
-    assert printed, (f"docs/{doc.name}: none of its {len(blocks)} ```python blocks printed a "
-                     f"'worst relative error X (tol Y)' line (print(gradcheck(...)))")
+    problem = chapter_problem(doc.read_text())
+    assert problem is None, f"docs/{doc.name}: {problem}"
 
 
 @pytest.mark.parametrize("doc, lineno, target", list(_links(IMAGE)))
@@ -238,6 +248,9 @@ def test_image_exists(doc, lineno, target):
     problem = missing_target(doc, target)
     assert problem is None, (f"docs/{doc.name} line {lineno}: image {problem}; make the pictures with "
                              f"`python docs/make_figures.py --out docs/images`")
+    size = (doc.parent / target.split("#")[0]).stat().st_size
+    assert size < IMAGE_MAX_BYTES, (f"docs/{doc.name} line {lineno}: image {target} is {size / 1024:.0f} KiB, "
+                                    f"over the {IMAGE_MAX_BYTES // 1024} KiB a committed picture may take")
 
 
 @pytest.mark.parametrize("doc, lineno, target", list(_links(LINK)))
@@ -303,6 +316,12 @@ def test_control_wrong_gradient_is_reported():
     assert len(problems) == 1 and "> tol 1e-06" in problems[0], problems
     # the same block with the backward fixed passes, so it is the gradient that failed
     assert block_problems(code.replace("dout * ctx.x  #", "2 * dout * ctx.x  #")) == []
+
+
+def test_control_chapter_without_a_gradient_check_is_reported():
+    assert chapter_problem(CONTROL_DOC) is None
+    silent = "# A chapter\n\n```python\nprint('loss 1.23')\n```\n\n```bash\necho 'worst relative error 0 (tol 1)'\n```\n"
+    assert "none of its 1 ```python blocks printed" in chapter_problem(silent)
 
 
 def test_control_failing_block_is_reported():

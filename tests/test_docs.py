@@ -32,7 +32,8 @@ DOC_FILES = sorted(DOCS.glob("*.md"))
 CHAPTER = re.compile(r"^(0[1-8])-.*\.md$")
 
 REF = re.compile(r"([A-Za-z0-9_./-]+\.py):([A-Za-z_][A-Za-z0-9_.]*)")
-INLINE_CODE = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)")
+# a code span may wrap onto the next line of its paragraph, never across a blank line
+INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.DOTALL)
 GRADCHECK_LINE = re.compile(r"worst relative error ([-+0-9.eE]+|nan|inf) \(tol ([-+0-9.eE]+)\)")
 IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -67,14 +68,26 @@ def split_markdown(text):
     return prose, blocks
 
 
+def _prose_text(text):
+    """The document with every fenced block's lines blanked, so offsets still map to line numbers."""
+    prose, _ = split_markdown(text)
+    lines = [""] * len(text.split("\n"))
+    for lineno, line in prose:
+        lines[lineno - 1] = line
+    return "\n".join(lines)
+
+
+def _line_of(text, offset):
+    return text.count("\n", 0, offset) + 1
+
+
 def code_refs(text):
     """[(line number, path, symbol)] for every `path.py:Symbol` in an inline code span outside fences."""
-    prose, _ = split_markdown(text)
+    prose = _prose_text(text)
     refs = []
-    for lineno, line in prose:
-        for span in INLINE_CODE.finditer(line):
-            for m in REF.finditer(span.group(2)):
-                refs.append((lineno, m.group(1), m.group(2).rstrip(".")))
+    for span in INLINE_CODE.finditer(prose):
+        for m in REF.finditer(span.group(2)):
+            refs.append((_line_of(prose, span.start(2) + m.start()), m.group(1), m.group(2).rstrip(".")))
     return refs
 
 
@@ -86,12 +99,8 @@ def python_blocks(text):
 
 def links(text, pattern):
     """[(line number, target)] for every link matching `pattern` outside fenced blocks and code spans."""
-    prose, _ = split_markdown(text)
-    found = []
-    for lineno, line in prose:
-        line = INLINE_CODE.sub("", line)
-        found.extend((lineno, m.group(1)) for m in pattern.finditer(line))
-    return found
+    prose = INLINE_CODE.sub(lambda m: "\n" * m.group(0).count("\n"), _prose_text(text))  # keep the lines
+    return [(_line_of(prose, m.start()), m.group(1)) for m in pattern.finditer(prose)]
 
 
 def is_external(target):
@@ -265,7 +274,8 @@ CONTROL_DOC = textwrap.dedent('''\
 
     The engine is `tinygrad_gpt/tensor.py:Tensor.backward`, the checker `tinygrad_gpt/gradcheck.py:gradcheck`.
     Renamed code: `tinygrad_gpt/tensor.py:Tensor.backwards_renamed`, `tinygrad_gpt/no_such_file.py:Tensor`,
-    and `tinygrad_gpt/tensor.py:no_grad.inner` (a function has no members).
+    and `tinygrad_gpt/tensor.py:no_grad.inner` (a function has no members); a span may wrap, `as
+    in tinygrad_gpt/tensor.py:Tensor.backward_wrapped`.
 
     ![a picture nobody made](images/no_such_picture.png) and [a chapter nobody wrote](99-nothing.md).
 
@@ -299,18 +309,19 @@ def test_control_unresolved_references_are_reported():
     assert [(p, s) for _, p, s in refs] == [
         ("tinygrad_gpt/tensor.py", "Tensor.backward"), ("tinygrad_gpt/gradcheck.py", "gradcheck"),
         ("tinygrad_gpt/tensor.py", "Tensor.backwards_renamed"), ("tinygrad_gpt/no_such_file.py", "Tensor"),
-        ("tinygrad_gpt/tensor.py", "no_grad.inner")]
+        ("tinygrad_gpt/tensor.py", "no_grad.inner"), ("tinygrad_gpt/tensor.py", "Tensor.backward_wrapped")]
     verdicts = [resolve(p, s) for _, p, s in refs]
     assert verdicts[:2] == [None, None]
     assert "no 'backwards_renamed' at class Tensor" in verdicts[2]
     assert "no file tinygrad_gpt/no_such_file.py" in verdicts[3]
     assert "not a class" in verdicts[4]
-    assert refs[2][0] == 4  # the line number a failure names
+    assert "no 'backward_wrapped' at class Tensor" in verdicts[5]
+    assert [lineno for lineno, _, _ in refs] == [3, 3, 4, 4, 5, 6]  # the line numbers a failure names
 
 
 def test_control_wrong_gradient_is_reported():
     blocks = python_blocks(CONTROL_DOC)
-    assert len(blocks) == 1 and blocks[0][0] == 14
+    assert len(blocks) == 1 and blocks[0][0] == 15
     lineno, code = blocks[0]
     problems = block_problems(code)
     assert len(problems) == 1 and "> tol 1e-06" in problems[0], problems
@@ -335,7 +346,7 @@ def test_control_missing_image_and_link_are_reported(tmp_path):
     doc.write_text(CONTROL_DOC)
     (images,) = links(CONTROL_DOC, IMAGE)
     (chapter,) = links(CONTROL_DOC, LINK)
-    assert images == (7, "images/no_such_picture.png") and chapter == (7, "99-nothing.md")
+    assert images == (8, "images/no_such_picture.png") and chapter == (8, "99-nothing.md")
     assert "no_such_picture.png points to nothing" in missing_target(doc, images[1])
     assert "99-nothing.md points to nothing" in missing_target(doc, chapter[1])
     (tmp_path / "99-nothing.md").write_text("# written after all\n")

@@ -17,7 +17,8 @@ WORK is --work (kept; it must not hold a run already) or a temporary directory r
 runs. Every figure is drawn by the functions `python -m tinygrad_gpt.plot` uses, so the CLI draws
 the same pictures from the same files.
 
-Follows: the examples' entry points (no second training loop). Deliberately does not: download
+Needs the `plot` (matplotlib) and `rlhf` (vaderSentiment) extras. Follows: the examples' entry
+points (no second training loop). Deliberately does not: download
 anything but the data file when it is missing, use a GPU, or cache a run between invocations.
 """
 import argparse

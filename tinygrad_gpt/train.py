@@ -10,6 +10,9 @@ stops the run and keeps the last good checkpoint. A checkpoint's meta is checked
 (`check_meta`: every field named in the error), and `--resume` accepts only a training run
 (`meta["kind"] == "train"`) whose tokenizer describes the data; metrics.jsonl keeps one record per
 step across a crash and resume.
+With `log_grad_norms`, each logged step's record also carries the L2 norm of the gradient of each
+layer group (wte, wpe, each block h.i, ln_f) and their total, before clipping (`grad_norms`; drawn
+by tinygrad_gpt/plot.py).
 
 Gradient accumulation (`grad_accum` N) splits each batch of `batch_size` rows into N micro-batches
 of batch_size / N; each micro-batch's mean loss is back-propagated with weight rows_i / rows, so the

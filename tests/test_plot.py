@@ -65,17 +65,17 @@ def test_plot_errors_name_the_file_and_line(tmp_path, capsys):
 
 
 # ---- --log-grad-norms ----------------------------------------------------------------------------------
-def _tiny_trainer(tmp_path, **train_kw):
+def _tiny_trainer(tmp_path, device="cpu", **train_kw):
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.train import TrainConfig, Trainer
     from test_rlhf_ppo import TOK, prompt_tokens
 
     tokens = prompt_tokens(3000)
     cfg = TrainConfig(**dict(dict(batch_size=4, max_iters=1, log_every=1, eval_batches=1, warmup_iters=0,
-                                  out_dir=str(tmp_path / "run")), **train_kw))
+                                  out_dir=str(tmp_path / "run"), device=device), **train_kw))
     gpt_cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=3, n_head=2, n_embd=16)
-    make_model = (lambda: GPT(gpt_cfg, seed=3, dtype=np.float64))
-    return Trainer(make_model(), TOK, tokens[:2500], tokens[2500:], cfg, log=lambda *a: None, progress=False), \
+    make_model = (lambda device="cpu": GPT(gpt_cfg, seed=3, dtype=np.float64, device=device))
+    return Trainer(make_model(device), TOK, tokens[:2500], tokens[2500:], cfg, log=lambda *a: None, progress=False), \
         make_model
 
 
@@ -83,11 +83,12 @@ def _records(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_log_grad_norms_equal_a_direct_computation_before_clipping(tmp_path):
-    """Step 1's logged norms = sqrt(sum of squared gradients) per group, computed here on a replica
+def test_log_grad_norms_equal_a_direct_computation_before_clipping(tmp_path, device):
+    """Step 1's logged norms = sqrt(sum of squared gradients) per group, computed here on a CPU replica
     of the model at its initial weights with the trainer's first batch. grad_clip 1e-3 is far
-    below the norm, so a norm read after clipping would be 1e-3 and fail."""
-    trainer, make_model = _tiny_trainer(tmp_path, log_grad_norms=True, grad_clip=1e-3)
+    below the norm, so a norm read after clipping would be 1e-3 and fail. On cuda the norms are
+    summed on the device and cross to the host once."""
+    trainer, make_model = _tiny_trainer(tmp_path, device, log_grad_norms=True, grad_clip=1e-3)
     x, y = next(iter(trainer.epoch_batches(trainer.state.epoch_rng)))   # the batch step 1 trains on
     trainer.train()
     logged = [r for r in _records(tmp_path / "run") if "loss" in r][0]["grad_norms"]

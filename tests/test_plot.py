@@ -163,6 +163,17 @@ def test_attention_probs_equal_a_direct_softmax_rows_sum_to_one_causal(rng):
     np.testing.assert_array_equal(model(ids)[0].data, logits_before)
 
 
+def test_attention_probs_on_each_device(device, rng):
+    """The same maps from the model on `device` (its own attention kernel gives lse) as on the CPU."""
+    from tinygrad_gpt.model import GPT, GPTConfig
+    cfg = GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=8)
+    seed = int(rng.integers(100))
+    ids = rng.integers(0, 11, size=(1, 7))
+    on_cpu = plot.attention_probs(GPT(cfg, seed=seed, dtype=np.float64), ids)
+    on_device = plot.attention_probs(GPT(cfg, seed=seed, dtype=np.float64, device=device), ids)
+    np.testing.assert_allclose(on_device, on_cpu, rtol=1e-9, atol=1e-12)
+
+
 # ---- PPO ratios --------------------------------------------------------------------------------------------
 def test_ratio_recorder_keeps_what_the_clipped_objective_saw(tmp_path):
     """The recorded ratios of step 2 reproduce that step's logged clip fraction (the mean over its

@@ -7,8 +7,9 @@
 
 Prints 8 completions of fixed validation prompts with their VADER scores, then a progress bar over
 PPO steps (mean score, KL per char to the reference, beta, clip fraction, value loss, entropy),
-then the same 8 prompts after. With --reward model, pairs of reference samples are labelled by
-VADER, a reward model is trained on them (held-out pairwise accuracy printed) and PPO optimises
+then the same 8 prompts after. With --reward model, 4 reference samples per prompt are compared in
+pairs by VADER, a reward model is trained on the pairs (per-word valences; --rm-model gpt for a GPT
+backbone with a pooled head; held-out pairwise accuracy printed) and PPO optimises
 it, while the bar shows both the learned reward (proxy) and VADER (gold). Metrics per step go to
 --out/metrics.jsonl; the tuned policy is saved to --out (loadable with train.load_model, or
 `python examples/shakespeare.py --sample --out OUT`).

@@ -7,8 +7,9 @@
 
 Prints 8 completions of fixed validation prompts with their VADER scores, then a progress bar over
 PPO steps (mean score, KL per char to the reference, beta, clip fraction, value loss, entropy),
-then the same 8 prompts after. With --reward model, pairs of reference samples are labelled by
-VADER, a reward model is trained on them (held-out pairwise accuracy printed) and PPO optimises
+then the same 8 prompts after. With --reward model, 4 reference samples per prompt are compared in
+pairs by VADER, a reward model is trained on the pairs (per-word valences; --rm-model gpt for a GPT
+backbone with a pooled head; held-out pairwise accuracy printed) and PPO optimises
 it, while the bar shows both the learned reward (proxy) and VADER (gold). Metrics per step go to
 --out/metrics.jsonl; the tuned policy is saved to --out (loadable with train.load_model, or
 `python examples/shakespeare.py --sample --out OUT`).
@@ -32,9 +33,10 @@ import numpy as np  # noqa: E402
 from tinygrad_gpt import checkpoint as checkpoint_module  # noqa: E402  (`checkpoint` names a directory below)
 from tinygrad_gpt import cli, data  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.rlhf import (ALGOS, CONFIGS, TRAINERS, PolicyWithValue, RewardModel,  # noqa: E402
-                               RewardModelConfig, VaderScorer, frozen_copy, make_preference_pairs,
+from tinygrad_gpt.rlhf import (ALGOS, CONFIGS, TRAINERS, PolicyWithValue, RewardModelConfig,  # noqa: E402
+                               VaderScorer, frozen_copy, make_preference_pairs, make_reward_model,
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
+from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN  # noqa: E402
 from tinygrad_gpt.train import load_model, tokenizer_of  # noqa: E402
 
 
@@ -120,27 +122,31 @@ def show_completions(title, gpt, prompts, cfg, tokenizer, scorer, seed=0):
 
 
 def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=print):
-    """Sample pairs from the reference, label them with VADER, train and report the reward model."""
+    """Sample responses from the reference, label every pair with VADER, train and report the reward model."""
     rm_cfg = reward_model_config_from(args, cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
     prompts = prompt_batches(prompt_tokens, cfg.batch_size, cfg.prompt_len, rng)
     t0 = time.perf_counter()
-    pairs = make_preference_pairs(gpt, prompts, rm_cfg.pairs, cfg.response_len, cfg.temperature, scorer,
-                                  tokenizer.decode, rng, rm_cfg.min_margin, cfg.window_stride)
+    pairs = make_preference_pairs(gpt, prompts, rm_cfg.prompts, cfg.response_len, cfg.temperature, scorer,
+                                  tokenizer.decode, rng, min(rm_cfg.min_margin, REPORT_MARGIN), cfg.window_stride,
+                                  samples_per_prompt=rm_cfg.samples_per_prompt)
     train, heldout = pairs.split(rm_cfg.heldout_fraction, rng)
+    train, heldout = train.with_margin(rm_cfg.min_margin), heldout.with_margin(REPORT_MARGIN)
     if len(train) < 2 or len(heldout) < 1:
-        raise ValueError(f"reward model: only {len(pairs)} of {rm_cfg.pairs} sampled pairs differ in VADER score by "
-                         f">= {rm_cfg.min_margin}; sample more with --rm-pairs (or start from a model that "
-                         f"writes words)")
-    log(f"reward model data: {rm_cfg.pairs} prompts x 2 samples -> {len(pairs)} non-tied pairs "
-        f"({len(train)} train, {len(heldout)} held out), {time.perf_counter() - t0:.0f} s")
-    rm = RewardModel(gpt)
+        raise ValueError(f"reward model: only {len(pairs)} pairs of the responses to {rm_cfg.prompts} prompts differ in "
+                         f"VADER score by >= {rm_cfg.min_margin}; sample more with --rm-prompts (or start from a "
+                         f"model that writes words)")
+    log(f"reward model data: {rm_cfg.prompts} prompts x {rm_cfg.samples_per_prompt} samples -> {len(pairs)} non-tied "
+        f"pairs ({len(train)} train, {len(heldout)} held out by prompt), {time.perf_counter() - t0:.0f} s")
+    rm = make_reward_model(rm_cfg, gpt, tokenizer.decode, train)
+    t1 = time.perf_counter()
     losses = train_reward_model(rm, train, rm_cfg, log=log)
-    info = {"pairs": len(pairs), "train_pairs": len(train), "heldout_pairs": len(heldout),
+    info = {"model": rm_cfg.model, "pairs": len(pairs), "train_pairs": len(train), "heldout_pairs": len(heldout),
             "final_loss": float(np.mean(losses[-20:])), "train_accuracy": pairwise_accuracy(rm, train),
-            "heldout_accuracy": pairwise_accuracy(rm, heldout), "seconds": round(time.perf_counter() - t0, 1)}
-    log(f"reward model: held-out pairwise accuracy {info['heldout_accuracy']:.3f} "
-        f"(train {info['train_accuracy']:.3f}, chance 0.5)")
+            "heldout_accuracy": pairwise_accuracy(rm, heldout), "train_s": round(time.perf_counter() - t1, 1),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"reward model ({rm_cfg.model}): held-out pairwise accuracy {info['heldout_accuracy']:.3f} "
+        f"(train {info['train_accuracy']:.3f}, chance 0.5; {info['train_s']:.0f} s of training)")
     return rm, info
 
 

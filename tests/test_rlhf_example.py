@@ -27,7 +27,7 @@ def _flags(tmp_path, data_path, reward):
     return ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(data_path), "--out", str(tmp_path / "rlhf"),
             "--steps", "2", "--batch-size", "8", "--minibatch-size", "4", "--prompt-len", "12", "--response-len",
             "12", "--ppo-epochs", "1", "--norm-batches", "1", "--no-progress", "--reward", reward,
-            "--rm-pairs", "16", "--rm-steps", "2"]
+            "--rm-prompts", "16", "--rm-steps", "2"]
 
 
 def test_example_runs_and_saves(tmp_path, capsys):
@@ -57,5 +57,5 @@ def test_example_reward_model_without_pairs_says_what_to_do(tmp_path):
     from examples.rlhf_sentiment import main
 
     _tiny_checkpoint(tmp_path, data_path)
-    with pytest.raises(ValueError, match="--rm-pairs"):
+    with pytest.raises(ValueError, match="--rm-prompts"):
         main(_flags(tmp_path, data_path, "model"))

@@ -30,8 +30,10 @@ from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, Entropy, KLToReference, 
                                       bradley_terry_loss, entropy, kl_to_reference, policy_loss, value_loss, whiten)
 from tinygrad_gpt.rlhf.policy import PolicyWithValue, frozen_copy, response_windows, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.ppo import PPOTrainer
-from tinygrad_gpt.rlhf.reward_model import (PreferencePairs, pairs_from_responses, RewardModel, RewardModelConfig, make_preference_pairs,
-                                            pairwise_accuracy, train_reward_model)
+from tinygrad_gpt.rlhf.reward_model import (PooledScore, PreferencePairs, RewardModel, RewardModelConfig,
+                                            WordRewardModel, WordSum, make_preference_pairs, make_reward_model,
+                                            pairs_from_groups, pairs_from_responses, pairwise_accuracy,
+                                            train_reward_model, vocabulary_of, words_of)
 from tinygrad_gpt.rlhf.rloo import ReinforceLoss, RLOOTrainer, leave_one_out_baseline, reinforce_loss, rloo_advantages
 from tinygrad_gpt.rlhf.rollout import Rollout, prompt_batches, rollout, sample_responses, score_rollout
 from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, VaderScorer, drop_partial_word, shaped_score, signed_power

@@ -384,3 +384,18 @@ def test_grouped_configs_refuse_a_batch_of_partial_groups(cls):
     with pytest.raises(ValueError, match=f"{cls}: batch_size 6 is not a multiple of group_size 4"):
         getattr(config, cls)(batch_size=6, group_size=4)
     assert getattr(config, cls)(batch_size=8, group_size=4).batch_size == 8
+
+
+def test_summary_time_to_target_and_recipes_by_hand():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rlhf_summary
+    # scores 0, 0.1, ..., 0.9 then 1.0 ...: the 3-step mean first reaches 0.5 at step 6 (0.4 + 0.5 + 0.6)
+    records = [{"score": i / 10, "step_s": 2.0, "completions": 64 * (i + 1)} for i in range(12)]
+    assert rlhf_summary.time_to_target(records, 0.5, window=3) == (64 * 7, 14.0)
+    assert rlhf_summary.time_to_target(records, 2.0, window=3) == (None, None)
+    offline = [dict(r, score_of="reference") for r in records]
+    assert rlhf_summary.time_to_target(offline, 0.5, window=3) == (None, None)
+    from dataclasses import asdict
+    cfg = json.loads(json.dumps(asdict(DPOConfig())))
+    assert rlhf_summary.recipe_of("dpo", dict(cfg, seed=3)) == "dpo"
+    assert rlhf_summary.recipe_of("dpo", dict(cfg, beta=cfg["beta"] * 2, seed=1)) == f"dpo beta={cfg['beta'] * 2}"

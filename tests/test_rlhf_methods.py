@@ -197,6 +197,8 @@ def test_dpo_best_worst_pairs_by_hand():
 def test_dpo_best_worst_of_two_is_the_reward_models_pairing(rng):
     a, b = rng.integers(0, 50, (20, 6)), rng.integers(0, 50, (20, 6))
     sa, sb = rng.normal(0, 0.3, 20), rng.normal(0, 0.3, 20)
+    sb[:5] = sa[:5] + rng.uniform(-0.04, 0.04, 5)                         # five near-ties to drop
+    sb[5:10] = sa[5:10] + rng.choice([-1, 1], 5) * rng.uniform(0.06, 0.5, 5)  # five clear pairs to keep
     seqs = np.stack([a, b], axis=1).reshape(40, 6)                        # rows 2i, 2i + 1: prompt i's two
     scores = np.stack([sa, sb], axis=1).reshape(40)
     ours, theirs = best_worst_pairs(seqs, scores, 2, 0.05), pairs_from_responses(a, b, sa, sb, 0.05)
@@ -270,9 +272,10 @@ COMMON = dict(batch_size=32, prompt_len=8, response_len=12, norm_batches=1, seed
                              **COMMON)),
     (RLOOTrainer, RLOOConfig(steps=12, group_size=4, epochs=2, minibatch_size=16, init_kl_coef=0.02,
                              adaptive_kl=False, update="clipped", **COMMON)),
-    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, **COMMON)),
+    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, online=False,
+                           group_size=2, **COMMON)),
     (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, online=True,
-                           **COMMON)),
+                           group_size=2, **COMMON)),
     (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=4, beta=0.1, min_margin=0.01, online=True,
                            group_size=4, **COMMON)),
 ], ids=["grpo", "dr_grpo-exact-kl", "rloo-reinforce", "rloo-clipped", "dpo-offline", "dpo-online",

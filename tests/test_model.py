@@ -132,6 +132,43 @@ def test_generate_cached_equals_uncached_within_block(rng):
     assert longer.shape == (2, 2 + 3 * TINY.block_size) and longer.max() < TINY.vocab_size
 
 
+@pytest.mark.parametrize("prompt_len", [1, 3, 8])
+@pytest.mark.parametrize("mode", [dict(top_k=1), dict(seed=7), dict(seed=8, top_p=0.8, temperature=0.7)])
+def test_generate_cached_equals_uncached_for_prompt_lengths(rng, prompt_len, mode):
+    """Greedy, seeded and nucleus sampling: the cached path (prefill of the whole prompt, then one
+    token a step, the lm head on the last position) gives the uncached path's tokens, for prompts
+    of 1, 3 and 8 tokens filled up to block_size 9."""
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    prompt = rng.integers(0, TINY.vocab_size, (3, prompt_len))
+    new = TINY.block_size - prompt_len
+    a = model.generate(prompt, new, use_cache=True, **mode)
+    b = model.generate(prompt, new, use_cache=False, **mode)
+    assert a.shape == (3, TINY.block_size)
+    np.testing.assert_array_equal(a[:, :prompt_len], prompt)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_generate_logits_are_forwards_last_row(rng, monkeypatch):
+    """The token generate samples comes from forward's logits at the last position: the tokens
+    sample_from_logits receives, for a 5-token prompt, are forward's last row / temperature."""
+    import tinygrad_gpt.model as model_module
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    prompt = rng.integers(0, TINY.vocab_size, (2, 5))
+    seen = []
+    real = model_module.sample_from_logits
+
+    def spy(logits, rng, top_k=None, top_p=None):
+        seen.append(logits.copy())
+        return real(logits, rng, top_k=top_k, top_p=top_p)
+
+    monkeypatch.setattr(model_module, "sample_from_logits", spy)
+    for use_cache in (True, False):
+        seen.clear()
+        model.generate(prompt, 1, temperature=0.5, seed=0, use_cache=use_cache)
+        full, _ = model.eval()(prompt)
+        np.testing.assert_allclose(seen[0], full.numpy()[:, -1, :] / 0.5, rtol=1e-12, atol=1e-12)
+
+
 def test_generate_is_seeded_and_builds_no_graph():
     model = GPT(TINY, seed=1)
     a = model.generate(np.array([[1, 2]]), 10, seed=3)

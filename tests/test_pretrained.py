@@ -202,6 +202,15 @@ def test_save_pretrained_round_trip_and_layout(tmp_path, rng):
     assert_same_weights(back, src)
 
 
+def test_save_pretrained_onto_a_file_names_it_and_leaves_it(tmp_path, rng):
+    """A file where the folder should go is named in the error and left as it was."""
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"keep me")
+    with pytest.raises(PretrainedError, match="model.bin is a file"):
+        GPT(SMALL, seed=int(rng.integers(1 << 30))).save_pretrained(target)
+    assert target.read_bytes() == b"keep me"
+
+
 def test_tokenizer_from_the_folder_round_trips(tmp_path):
     """The real GPT-2 vocabulary: <|endoftext|> is 50256, and save_pretrained writes the same files."""
     from tinygrad_gpt.tokenizers import BPETokenizer

@@ -1,5 +1,6 @@
 """The engine itself: forward values against plain NumPy, gradient accumulation, the long chain,
 no_grad, detach, graph release, devices, and the errors a user sees."""
+import contextlib
 import gc
 import weakref
 
@@ -127,6 +128,27 @@ def test_no_grad_builds_no_graph_and_detach_cuts():
     d = a * 2.0
     assert d.requires_grad and d._ctx is not None
 
+
+
+@pytest.mark.parametrize("grad_on", [False, True])
+def test_no_graph_path_keeps_no_inputs_and_no_saved_arrays(grad_on):
+    """h * h saves both factors for its backward. Under no_grad (or when no input requires grad)
+    the op keeps nothing: once h is gone, its array is freed, and the output has no ctx. Control:
+    with the graph on, the same product keeps h's array alive through its ctx."""
+    a = T(np.arange(6.0).reshape(2, 3))
+    with (contextlib.nullcontext() if grad_on else no_grad()):
+        h = a * 2.0                                               # (2, 3)
+        ref = weakref.ref(h.data)
+        y = h * h                                                 # (2, 3)
+    del h
+    gc.collect()
+    np.testing.assert_array_equal(y.numpy(), (2.0 * np.arange(6.0).reshape(2, 3)) ** 2)
+    if grad_on:
+        assert y.requires_grad and y._ctx is not None and ref() is not None
+    else:
+        assert not y.requires_grad and y._ctx is None and ref() is None
+    const = Tensor(np.ones(3)) * 3.0                              # grad on, no input needs it
+    assert not const.requires_grad and const._ctx is None
 
 def test_graph_released_after_backward():
     """After backward no op context is alive: memory stays flat over training steps."""

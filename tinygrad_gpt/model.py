@@ -153,7 +153,7 @@ class GPT(nn.Module):
 
         The RLHF value head and reward model read these; forward() turns them into logits.
         """
-        xp = get_xp(self.device)
+        xp = get_xp(self.wte.weight.device)  # = self.device, without walking every parameter
         idx = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(idx, "ndim"):
             idx = np.asarray(idx)
@@ -189,11 +189,11 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, caches=None):
         """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given."""
-        xp = get_xp(self.device)
         logits = self.logits(self.hidden(idx, caches))            # (B, T, V) tied lm_head
-        loss = None if targets is None else ops.cross_entropy(logits, targets.data if isinstance(targets, Tensor)
-                                                              else xp.asarray(targets))
-        return logits, loss
+        if targets is None:
+            return logits, None
+        targets = targets.data if isinstance(targets, Tensor) else get_xp(self.device).asarray(targets)
+        return logits, ops.cross_entropy(logits, targets)
 
     def new_caches(self, batch):
         xp = get_xp(self.device)
@@ -237,10 +237,13 @@ class GPT(nn.Module):
                             keep = out.shape[1] if caches is None else block // 2
                             keep = min(keep, block)
                             caches, fed = self.new_caches(out.shape[0]), out.shape[1] - keep
-                        logits, _ = self(out[:, fed:], caches=caches)  # (B, t, V) host ids: checked, uploaded
+                        hidden = self.hidden(out[:, fed:], caches=caches)  # (B, t, C) host ids: checked, uploaded
                         fed = out.shape[1]
                     else:
-                        logits, _ = self(out[:, -block:])                         # (B, t, V)
+                        hidden = self.hidden(out[:, -block:])                  # (B, t, C)
+                    if hidden.shape[1] > 1:
+                        hidden = hidden[:, -1:]                                # (B, 1, C) only the next token's
+                    logits = self.logits(hidden)                               # (B, 1, V)
                     logits = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
                     nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p)          # (B,)
                     out = np.concatenate([out, nxt[:, None]], axis=1)

@@ -1,11 +1,17 @@
-"""Curves from metrics.jsonl: `python -m tinygrad_gpt.plot RUN_DIR [RUN_DIR ...] [--out DIR]`.
+"""The project's figures: `python -m tinygrad_gpt.plot`, one function per figure (matplotlib, the `plot` extra).
 
-A run directory holds the metrics.jsonl that examples/shakespeare.py (train.Trainer) or
-examples/rlhf_sentiment.py / benchmarks/rlhf.py write, one JSON object per line. The kind of run is
-read from its records:
+    python -m tinygrad_gpt.plot RUN_DIR [RUN_DIR ...] [--out DIR]     curves from metrics.jsonl
+    python -m tinygrad_gpt.plot --attention CKPT_DIR [--prompt TEXT]  attention maps of a checkpoint
+    python -m tinygrad_gpt.plot --ppo-ratios FILE.npz                 one PPO step's ratio histogram
+
+Curves (`plot_runs`). A run directory holds the metrics.jsonl that examples/shakespeare.py
+(train.Trainer) or examples/rlhf_sentiment.py / benchmarks/rlhf.py write, one JSON object per line.
+The kind of run is read from its records:
 
     training  records with "loss" (per log interval: loss, lr, tokens_per_s) and "val_loss" (per
-              evaluation)  ->  training.png: loss and val loss, lr, tokens/s against the step
+              evaluation)  ->  training.png: loss and val loss, lr, tokens/s against the step;
+              records with "grad_norms" (--log-grad-norms true)  ->  grad_norms.png: the gradient
+              norm of each layer group (wte, wpe, h.i, ln_f; before clipping) against the step
     RLHF      records with "score" (one per step)  ->  rlhf.png: score, KL to the reference, beta,
               clip fraction, entropy, proxy (reward_raw) vs gold (score) for runs that optimised a
               reward model, and score against KL; the x axis is completions generated, so methods
@@ -15,14 +21,26 @@ Offline DPO's rollouts are the reference's samples ("score_of": "reference"), so
 leave it out. Several runs are overlaid on the same axes, labelled by their directory name; the PNGs go to --out
 (default: the first run's directory). A metric a run lacks is skipped for that run.
 
-Follows: nanoGPT's / TRL's logged curves. Deliberately does not: smooth curves (the points are the
-logged values), read TensorBoard files, or need matplotlib anywhere but here (the `plot` extra).
+Attention maps (`plot_attention`): the attention probabilities p (T, T) of every layer and head of a
+checkpoint for a prompt, from `attention_probs`, which records each block's c_attn output during the
+model's own forward and recomputes p = exp(q k^T / sqrt(hs) - lse) with the log-sum-exp lse of the
+model's attention kernel, as that kernel's backward does (ops/attention.py).
+
+PPO ratios (`plot_ppo_ratios`): the ratio r_t = pi_theta / pi_old of every token the clipped
+objective saw in one PPO step, per epoch, split by the sign of the advantage, with the clip region
+[1 - eps, 1 + eps]. `RatioRecorder` is the PPOTrainer.on_ratios hook that keeps them (an .npz file).
+
+Follows: nanoGPT's / TRL's logged curves; the attention-map grids of Vig 2019 (bertviz) drawn as
+plain heat maps. Deliberately does not: smooth curves (the points are the logged values), read
+TensorBoard files, draw attention of a batch (one prompt), or need matplotlib anywhere but here.
 """
 import argparse
 import json
 import math
 import sys
 from pathlib import Path
+
+import numpy as np
 
 TRAIN_PANELS = [("loss", "train loss (per log interval)"), ("val_loss", "val loss (per evaluation)"),
                 ("lr", "learning rate"), ("tokens_per_s", "tokens / s")]
@@ -67,12 +85,17 @@ def _series(records, key, x_key):
     return xs, ys
 
 
-def plot_runs(run_dirs, out_dir=None):
-    """Draw the PNGs for the runs (overlaid by kind); returns the list of paths written."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_runs(run_dirs, out_dir=None):
+    """Draw the PNGs for the runs (overlaid by kind; grad_norms.png for the training runs that
+    logged gradient norms); returns the list of paths written."""
+    plt = _pyplot()
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
     out_dir = Path(out_dir) if out_dir else runs[0][0]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +146,262 @@ def plot_runs(run_dirs, out_dir=None):
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
+    with_norms = [(d, records) for d, records in by_kind.get("training", []) if grad_norm_series(records)]
+    if with_norms:
+        written.append(plot_grad_norms(with_norms, out_dir / "grad_norms.png"))
     return written
+
+
+# ---- gradient norms per layer group ----------------------------------------------------------------
+def grad_norm_series(records):
+    """{group: (steps, norms)} from the records' "grad_norms" (train.grad_norms), in logged order."""
+    series = {}
+    for r in records:
+        norms = r.get("grad_norms")
+        if not isinstance(norms, dict) or "step" not in r:
+            continue
+        for group, value in norms.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                xs, ys = series.setdefault(group, ([], []))
+                xs.append(r["step"])
+                ys.append(value)
+    return series
+
+
+def _grad_clip_of(run_dir):
+    """The run's TrainConfig.grad_clip from its checkpoint.json, or None (no checkpoint, clipping off)."""
+    from tinygrad_gpt.checkpoint import JSON_NAME
+    try:
+        meta = json.loads((Path(run_dir) / JSON_NAME).read_text(encoding="utf-8"))
+        clip = meta.get("meta", meta).get("train_config", {}).get("grad_clip")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return clip if isinstance(clip, (int, float)) and clip > 0 else None
+
+
+def plot_grad_norms(runs, path):
+    """grad_norms.png: one panel per run (run_dir, records): each layer group's gradient norm
+    (before clipping) against the step, log scale; blocks shaded from the first (light) to the
+    last (dark); the total dashed, with the run's clipping threshold dotted when it has one."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 4.8), squeeze=False)
+    for ax, (d, records) in zip(axes[0], runs):
+        series = grad_norm_series(records)
+        blocks = [g for g in series if g.startswith("h.")]
+        cmap = plt.get_cmap("viridis")
+        for group, (xs, ys) in series.items():
+            if group in blocks:
+                i = blocks.index(group)
+                style = dict(color=cmap(0.85 - 0.75 * i / max(1, len(blocks) - 1)), label=f"block {group}")
+            elif group == "total":
+                style = dict(color="black", linestyle="--", label="total (what clipping sees)")
+            else:
+                names = {"wte": "wte (token embedding + tied head)", "wpe": "wpe (positions)", "ln_f": "ln_f"}
+                style = dict(color={"wte": "C3", "wpe": "C1", "ln_f": "C4"}.get(group, "C7"),
+                             label=names.get(group, group))
+            ax.plot(xs, ys, linewidth=1.2, **style)
+        clip = _grad_clip_of(d)
+        if clip is not None:
+            ax.axhline(clip, color="grey", linestyle=":", label=f"grad_clip {clip:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("gradient L2 norm (before clipping)")
+        ax.set_title(f"gradient norm per layer group: {d.resolve().name}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ---- attention maps ----------------------------------------------------------------------------------
+class _Recording:
+    """Stands in for a block's c_attn (a Linear) during one forward and keeps its output array."""
+
+    def __init__(self, linear):
+        self.linear, self.out = linear, None
+
+    def __call__(self, x):
+        y = self.linear(x)
+        self.out = y.data                                         # (B, T, 3C)
+        return y
+
+
+def attention_probs(model, idx):
+    """The attention probabilities of every layer and head of `model` (a GPT) for token ids idx (B, T).
+
+    Returns a float64 numpy array (n_layer, B, nh, T, T); row t of each map is a distribution over
+    the keys 0..t (the future is 0). The model's own forward runs once (eval mode, no grad) with
+    each block's c_attn recorded; per layer, q and k are split from that qkv as the attention op
+    splits them, the model's attention kernel gives the row log-sum-exp lse, and
+        p = exp(q k^T / sqrt(hs) - lse)                 (masked: 0 above the diagonal)
+    is the recomputation the kernel's backward does (kernels/reference.py attention_backward), so
+    the rows sum to 1 only if these scores are the kernel's.
+    """
+    import kernels
+    from tinygrad_gpt.backend import array_module, to_numpy
+    from tinygrad_gpt.ops.attention import split_heads
+    from tinygrad_gpt.tensor import no_grad
+
+    recorders = [_Recording(block.attn.c_attn) for block in model.h]
+    was_training = model.training
+    model.eval()
+    try:
+        for block, rec in zip(model.h, recorders):
+            block.attn.c_attn = rec
+        with no_grad():
+            model.hidden(idx)
+    finally:
+        for block, rec in zip(model.h, recorders):
+            block.attn.c_attn = rec.linear
+        model.train(was_training)
+    maps = []
+    for rec in recorders:
+        xp = array_module(rec.out)
+        q, k, v = (xp.ascontiguousarray(a) for a in split_heads(rec.out, model.config.n_head))  # (B, nh, T, hs)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        _, lse = kernels.for_array(q).attention_forward(q, k, v, scale, 0)        # (B, nh, T) the model's kernel
+        T = q.shape[2]
+        scores = (q.astype(xp.float64) @ k.astype(xp.float64).swapaxes(-1, -2)) * scale  # (B, nh, T, T)
+        future = xp.arange(T)[None, :] > xp.arange(T)[:, None]                     # (T, T) key after query
+        p = xp.exp(xp.where(future, -xp.inf, scores) - lse.astype(xp.float64)[..., None])  # (B, nh, T, T)
+        maps.append(to_numpy(p))
+    return np.stack(maps)                                         # (n_layer, B, nh, T, T)
+
+
+def _token_label(text):
+    return text.replace("\n", "\u23ce").replace(" ", "\u2423") or "?"
+
+
+def plot_attention(model, tokenizer, prompt, path):
+    """attention_maps.png: one heat map per layer (row) and head (column) for `prompt` (text).
+
+    Query positions run down, keys across, each labelled with its token (newline as a return
+    sign, space as an open box). The colour scale is p ** 0.5, so weak attention still shows.
+    """
+    from matplotlib.colors import PowerNorm
+    plt = _pyplot()
+    ids = list(tokenizer.encode(prompt))
+    if not ids:
+        raise ValueError("plot: the prompt encodes to no tokens")
+    block = model.config.block_size
+    if len(ids) > block:
+        raise ValueError(f"plot: the prompt is {len(ids)} tokens, longer than the model's block_size {block}")
+    probs = attention_probs(model, np.array([ids], dtype=np.int64))[:, 0]          # (n_layer, nh, T, T)
+    n_layer, nh, T, _ = probs.shape
+    labels = [_token_label(tokenizer.decode([i])) for i in ids]
+    size = min(4.5, max(2.2, 0.075 * T))                         # inches per map: ~5 pt per token
+    fig, axes = plt.subplots(n_layer, nh, figsize=(size * nh + 1.0, size * n_layer + 0.6), squeeze=False,
+                             layout="constrained")
+    norm = PowerNorm(0.5, vmin=0.0, vmax=1.0)
+    cmap = plt.get_cmap("magma", 32)  # 32 levels: the eye tells no more apart, and the PNG stays small
+    for layer in range(n_layer):
+        for head in range(nh):
+            ax = axes[layer, head]
+            image = ax.imshow(probs[layer, head], cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            ax.set_xticks(range(T))
+            ax.set_yticks(range(T))
+            ax.set_xticklabels(labels if layer == n_layer - 1 else [], fontsize=5, rotation=90)
+            ax.set_yticklabels(labels if head == 0 else [], fontsize=5)
+            ax.tick_params(length=0, pad=1)
+    fig.suptitle(f"attention probabilities, query (down) over key (across): {prompt!r}"[:120], fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.5, label="p (colour scale p ** 0.5)")
+    path = Path(path)
+    fig.savefig(path, dpi=100, pil_kwargs={"optimize": True})
+    plt.close(fig)
+    return path
+
+
+# ---- PPO ratios and the clip region -------------------------------------------------------------------
+class RatioRecorder:
+    """A PPOTrainer.on_ratios hook that keeps the ratios of every minibatch of one step.
+
+    trainer.on_ratios = RatioRecorder(step=3); run the steps; recorder.save(path, clip_eps).
+    """
+
+    def __init__(self, step):
+        self.step = step
+        self.ratio, self.advantage, self.epoch = [], [], []
+
+    def __call__(self, step, epoch, ratio, advantages):
+        if step != self.step:
+            return
+        r = np.asarray(ratio, dtype=np.float64).ravel()           # (M * R,)
+        self.ratio.append(r)
+        self.advantage.append(np.asarray(advantages, dtype=np.float64).ravel())
+        self.epoch.append(np.full(r.shape, epoch, dtype=np.int64))
+
+    def arrays(self):
+        if not self.ratio:
+            raise ValueError(f"RatioRecorder: step {self.step} was not run (or the trainer's on_ratios was not set)")
+        return {"ratio": np.concatenate(self.ratio), "advantage": np.concatenate(self.advantage),
+                "epoch": np.concatenate(self.epoch), "step": np.int64(self.step)}
+
+    def save(self, path, clip_eps):
+        """Write ratio, advantage, epoch (one entry per token per minibatch update), step, clip_eps (.npz)."""
+        from tinygrad_gpt.checkpoint import write_atomic
+        arrays = dict(self.arrays(), clip_eps=np.float64(clip_eps))
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        write_atomic(path, write)
+        return Path(path)
+
+
+def read_ratios(path):
+    """The arrays RatioRecorder.save wrote; errors name the file and the missing array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plot: no ratio file at {path}")
+    try:
+        with np.load(path) as f:
+            data = {key: f[key] for key in f.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"plot: {path} is not an .npz file of PPO ratios: {exc}") from None
+    missing = [key for key in ("ratio", "advantage", "epoch", "step", "clip_eps") if key not in data]
+    if missing:
+        raise ValueError(f"plot: {path} lacks the array(s) {missing} (write it with RatioRecorder.save)")
+    return data
+
+
+def plot_ppo_ratios(ratios, path):
+    """ppo_ratio_clip.png: per PPO epoch of one step, the histogram of r_t = pi_theta / pi_old over
+    the tokens each minibatch update saw, stacked by the sign of the advantage, with the clip
+    region [1 - eps, 1 + eps] shaded. A token outside it on the side its advantage pushes towards
+    (A > 0, r > 1 + eps; A < 0, r < 1 - eps) takes the clipped term: its gradient is 0.
+    `ratios`: the dict read_ratios returns (or RatioRecorder.arrays() plus clip_eps)."""
+    plt = _pyplot()
+    r, adv, epoch = ratios["ratio"], ratios["advantage"], ratios["epoch"]
+    eps, step = float(ratios["clip_eps"]), int(ratios["step"])
+    epochs = sorted(set(epoch.tolist()))
+    lo = min(float(r.min()), 1 - 1.5 * eps)
+    hi = max(float(r.max()), 1 + 1.5 * eps)
+    bins = np.linspace(lo, hi, 61)
+    fig, axes = plt.subplots(1, len(epochs), figsize=(3.6 * len(epochs) + 0.6, 3.8), squeeze=False, sharey=True)
+    for ax, e in zip(axes[0], epochs):
+        sel = epoch == e
+        re, ae = r[sel], adv[sel]
+        ax.axvspan(1 - eps, 1 + eps, color="C2", alpha=0.12, label=f"[1 - eps, 1 + eps], eps {eps:g}")
+        ax.hist([re[ae > 0], re[ae <= 0]], bins=bins, stacked=True, color=["C0", "C3"],
+                label=["A > 0", "A <= 0"])
+        zero_grad = ((ae > 0) & (re > 1 + eps)) | ((ae < 0) & (re < 1 - eps))
+        outside = np.abs(re - 1) > eps
+        ax.set_yscale("log")
+        ax.set_title(f"epoch {e + 1}: {outside.mean():.1%} outside, {zero_grad.mean():.1%} zero-gradient", fontsize=8)
+        ax.set_xlabel("ratio r = pi_theta / pi_old")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("tokens (log scale)")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"PPO step {step}: ratios the clipped objective saw, {len(r):,} token-updates", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def write_plots_if_possible(run_dir, log=print):
@@ -138,18 +416,51 @@ def write_plots_if_possible(run_dir, log=print):
     return paths
 
 
+DEFAULT_PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
+
+
+def attention_figure(checkpoint_dir, prompt, out_dir):
+    """attention_maps.png in out_dir for a checkpoint (train.load_model) and its own tokenizer."""
+    from tinygrad_gpt.train import load_model, tokenizer_of
+    model, meta, _ = load_model(checkpoint_dir)
+    tokenizer = tokenizer_of(meta, checkpoint_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return plot_attention(model, tokenizer, prompt, out_dir / "attention_maps.png")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories holding metrics.jsonl")
-    p.add_argument("--out", default=None, help="where the PNGs go (default: the first RUN_DIR)")
+    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.plot", description=__doc__.split("\n\n")[0],
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:2]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="directories holding metrics.jsonl: curves "
+                   "(training.png, grad_norms.png, rlhf.png)")
+    p.add_argument("--attention", metavar="CKPT_DIR", default=None,
+                   help="a checkpoint directory: attention_maps.png for --prompt")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the text whose attention --attention draws")
+    p.add_argument("--ppo-ratios", metavar="FILE", default=None,
+                   help="an .npz of one PPO step's ratios (plot.RatioRecorder.save): ppo_ratio_clip.png")
+    p.add_argument("--out", default=None, help="where the PNGs go (default: the first RUN_DIR, else the "
+                   "checkpoint directory, else the ratio file's directory)")
     args = p.parse_args(argv)
+    if not (args.runs or args.attention or args.ppo_ratios):
+        p.error("nothing to draw: give RUN_DIR(s), --attention CKPT_DIR or --ppo-ratios FILE")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print("error: plotting needs matplotlib: pip install -e .[plot]", file=sys.stderr)
         return 1
+    paths = []
     try:
-        paths = plot_runs(args.runs, args.out)
+        if args.runs:
+            paths += plot_runs(args.runs, args.out)
+        if args.attention:
+            paths.append(attention_figure(args.attention, args.prompt, args.out or args.attention))
+        if args.ppo_ratios:
+            out_dir = Path(args.out) if args.out else Path(args.ppo_ratios).parent
+            ratios = read_ratios(args.ppo_ratios)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            paths.append(plot_ppo_ratios(ratios, out_dir / "ppo_ratio_clip.png"))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

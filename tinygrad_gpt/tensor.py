@@ -70,19 +70,27 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **params):
         device = inputs[0].device
+        requires_grad = False
         for t in inputs:
             if not isinstance(t, Tensor):
                 raise TypeError(f"{cls.__name__}: expected Tensor inputs, got {type(t).__name__}")
             if t.device != device:
                 raise RuntimeError(f"{cls.__name__}: tensors on different devices, {device} and {t.device}; "
                                    f"move them with .to(device) first")
+            requires_grad = requires_grad or t.requires_grad
+        if not (requires_grad and _grad_enabled):
+            # no graph (no_grad, or no input needs a gradient): forward's saved arrays go into a
+            # scratch context that is dropped with it; no Context, no parents, no needs_input_grad
+            return Tensor._wrap(cls.forward(_Discard(), *[t.data for t in inputs], **params), device, False)
         ctx = Context(cls, inputs)
-        out_data = cls.forward(ctx, *[t.data for t in inputs], **params)
-        requires_grad = _grad_enabled and any(ctx.needs_input_grad)
-        out = Tensor._wrap(out_data, device, requires_grad)
-        if requires_grad:
-            out._ctx = ctx
+        out = Tensor._wrap(cls.forward(ctx, *[t.data for t in inputs], **params), device, True)
+        out._ctx = ctx
         return out
+
+
+class _Discard:
+    """The ctx an op's forward gets when no graph is built: it takes what forward saves for
+    backward (ctx.x = ...), and nothing keeps it after the op returns."""
 
 
 def _toposort(root):

@@ -10,6 +10,9 @@ stops the run and keeps the last good checkpoint. A checkpoint's meta is checked
 (`check_meta`: every field named in the error), and `--resume` accepts only a training run
 (`meta["kind"] == "train"`) whose tokenizer describes the data; metrics.jsonl keeps one record per
 step across a crash and resume.
+With `log_grad_norms`, each logged step's record also carries the L2 norm of the gradient of each
+layer group (wte, wpe, each block h.i, ln_f) and their total, before clipping (`grad_norms`; drawn
+by tinygrad_gpt/plot.py).
 
 Gradient accumulation (`grad_accum` N) splits each batch of `batch_size` rows into N micro-batches
 of batch_size / N; each micro-batch's mean loss is back-propagated with weight rows_i / rows, so the
@@ -36,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygrad_gpt import backend, checkpoint, data
-from tinygrad_gpt.backend import DEVICES, get_xp
+from tinygrad_gpt.backend import DEVICES, array_module, get_xp, to_numpy
 from tinygrad_gpt.cli import check_fields, setting
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
@@ -64,6 +67,9 @@ class TrainConfig:
     eval_every: int | None = setting(None, ge=1)  # also evaluate every N steps (default: only at epoch ends)
     sample_tokens: int = setting(200, ge=1)   # length of the sample printed after each epoch
     log_every: int = setting(10, ge=1)        # steps between bar / metrics updates (a host sync on GPU)
+    log_grad_norms: bool = setting(False)     # add each logged step's gradient L2 norm per layer group (wte,
+                                              # wpe, h.0 .. h.{n-1}, ln_f, total; before clipping) to its
+                                              # metrics.jsonl record; off: no extra work
     seed: int = setting(1337, ge=0)
     device: str = setting("cpu", choices=DEVICES, flag=False)  # scripts have their own --device
     out_dir: str = setting("out/shakespeare", flag=False)      # scripts have their own --out
@@ -124,6 +130,40 @@ def preset_configs(name, vocab_size, **overrides):
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def grad_group(name):
+    """The layer group of a GPT parameter name: "wte", "wpe", "h.{i}" (a block) or "ln_f".
+
+    The lm_head is tied to wte (GPT.logits), so the head's gradient is part of wte's.
+    """
+    parts = name.split(".")
+    return f"h.{parts[1]}" if parts[0] == "h" else parts[0]
+
+
+def grad_norms(model):
+    """{group: L2 norm of the gradients of that group's parameters} plus "total", as Python floats.
+
+    Groups by `grad_group`, in the model's parameter order (wte, wpe, h.0, ..., ln_f). Reads the
+    .grad arrays as they are (call it before clip_grad_norm to see the unclipped norms): one dot
+    product per parameter, as clip_grad_norm does, and one transfer to the host for all groups.
+    "total" is the norm clip_grad_norm compares with max_norm.
+    """
+    squares = {}
+    xp = None
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        xp = array_module(p.grad)
+        sq = xp.vdot(p.grad.ravel(), p.grad.ravel())                    # () sum of squares
+        group = grad_group(name)
+        squares[group] = sq if group not in squares else squares[group] + sq
+    if not squares:
+        return {}
+    host = to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for v in squares.values()]))  # (groups,) one sync
+    norms = {group: float(np.sqrt(value)) for group, value in zip(squares, host)}
+    norms["total"] = float(np.sqrt(host.sum()))
+    return norms
 
 
 @dataclass
@@ -316,9 +356,10 @@ class Trainer:
                     opt.set_lr(lr)
                     model.zero_grad()
                     loss = self._forward_backward(x, y)
+                    log_now = (st.step + 1) % cfg.log_every == 0 or st.batch + 1 == steps_this_epoch
+                    norms = grad_norms(model) if cfg.log_grad_norms and log_now and self.is_root else None
                     if cfg.grad_clip:
                         clip_grad_norm(model.parameters(), cfg.grad_clip)
-                    log_now = (st.step + 1) % cfg.log_every == 0 or st.batch + 1 == steps_this_epoch
                     loss_value = float(loss) if (log_now or cfg.device == "cpu") and loss is not None else None
                     if self.world is not None:
                         loss_value = self._reduce_loss_and_stop(loss_value, log_now)
@@ -335,8 +376,11 @@ class Trainer:
                         now = time.perf_counter()
                         tok_s = tokens_since / max(now - t_last, 1e-9)
                         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-                        self._metrics({"step": st.step, "epoch": st.epoch + 1, "loss": loss_value, "lr": lr,
-                                       "tokens_per_s": round(tok_s, 1)})
+                        record = {"step": st.step, "epoch": st.epoch + 1, "loss": loss_value, "lr": lr,
+                                  "tokens_per_s": round(tok_s, 1)}
+                        if norms is not None:
+                            record["grad_norms"] = norms
+                        self._metrics(record)
                         t_last, tokens_since = now, 0
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")

@@ -49,6 +49,10 @@ class PPOTrainer(SampledTrainer):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log)
         policy.value_trunk_grad = config.value_trunk_grad
         self.kl_ctl = self.kl_controller(config)
+        # optional observer of the clipped objective's inputs: called for every minibatch as
+        # on_ratios(step, epoch, ratio (M, R), advantages (M, R)) with the float64 arrays L_CLIP sees
+        # (step counts from 1); tinygrad_gpt/plot.py draws one step's ratios. None: nothing kept
+        self.on_ratios = None
 
     def make_rollout(self, prompts, model=None, kl_estimator=None):
         return super().make_rollout(prompts, model, kl_estimator or self.cfg.kl_estimator)
@@ -94,6 +98,8 @@ class PPOTrainer(SampledTrainer):
                 ratio = np.exp(logp.numpy().astype(np.float64) - old)    # (M, R) r_t, for the checks below
                 if first_ratio_dev is None:
                     first_ratio_dev = float(np.abs(ratio - 1).max())      # 0 up to rounding: pi_theta = pi_old
+                if self.on_ratios is not None:
+                    self.on_ratios(self.step_count + 1, epoch, ratio, advantages[mb])
                 if ratio.mean() > c.ratio_threshold:
                     skipped += 1
                     self.log(f"step {self.step_count + 1}: skipping a minibatch, mean ratio {ratio.mean():.3g} > "

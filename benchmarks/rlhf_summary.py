@@ -66,6 +66,8 @@ def recipe_of(algo, config):
         return algo
     defaults = json.loads(json.dumps(asdict(cls())))  # tuples -> lists, as results.json holds them
     diffs = [f"{k}={v}" for k, v in config.items() if k not in ("seed", "device") and defaults.get(k, v) != v]
+    # a field the run's config lacks predates it (the run used whatever the code did then): say so
+    diffs += [f"no {k}" for k in defaults if k not in config]
     return " ".join([algo] + diffs)
 
 

@@ -3,33 +3,72 @@
     python benchmarks/rlhf_summary.py out/bench-ppo-s0 out/bench-ppo-s1 out/bench-grpo-s0 ... [--plot score_kl.png]
 
 Reads each RUN_DIR/results.json (the evaluation after the run) and RUN_DIR/metrics.jsonl (the
-training rollouts), groups the runs by their "algo", and prints a Markdown table for
-benchmarks/RESULTS.md: per method the median and [min, max] of the evaluated score, fraction > +0.05,
-exact KL per char, fluency gap and wall time, the completions generated, the targets met, and the
-completions and seconds until the training rollouts' 10-step mean score first reached `--target`
-(+0.40; "-" if never, or for offline DPO, whose rollouts are the reference's). With --plot it
-draws the evaluated score against KL per char, one colour per method (matplotlib).
+training rollouts) and groups the runs by recipe: the method ("algo") and the config fields that
+differ from that method's current defaults (config.CONFIGS), the seed aside, so that seeds of one
+recipe share a row ("rloo" or "dpo beta=0.5 online=True"). Prints a Markdown table for
+benchmarks/RESULTS.md: per recipe the median and [min, max] of the evaluated score, fraction >
++0.05, exact KL per char, fluency gap and wall time, the completions generated, the targets met, and
+the completions and seconds until the training rollouts' 10-step mean score first reached
+`--target` (+0.40; "-" if never, or for offline DPO, whose rollouts are the reference's). That last
+pair is a training-curve measure (the rollouts are sampled at the policy's temperature on training
+prompts, not the held-out evaluation), and its seconds are the summed step times of the run
+(`step_s`), so on a shared machine they carry its load. A closing line names the recipe fastest to
+the target by the median of each, among the recipes that met every target in most of their runs.
 
-Deliberately does not: re-evaluate anything (it reads what the runs wrote).
+With --plot it draws score against KL per char: left, every run's evaluation (one colour per recipe,
+the median as a larger mark); right, every run's training rollouts as a path (10-step means of
+score and exact KL per token, which for the character tokenizer is per char).
+
+Deliberately does not: re-evaluate anything (it reads what the runs wrote), or merge runs of
+different recipes into one row.
 """
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def time_to_target(records, target, window=10):
+from tinygrad_gpt.rlhf.config import CONFIGS  # noqa: E402
+
+WINDOW = 10  # steps in the rolling mean of the training curves
+
+
+def rolling(values, window=WINDOW):
+    """Means of each `window` consecutive values (len - window + 1 of them; none if fewer)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < window:
+        return np.array([])
+    c = np.cumsum(np.concatenate([[0.0], v]))
+    return (c[window:] - c[:-window]) / window
+
+
+def time_to_target(records, target, window=WINDOW):
     """(completions, seconds) when the rolling `window`-step mean rollout score first reaches target."""
     if any(r.get("score_of") == "reference" for r in records):
         return None, None
-    scores = [r["score"] for r in records]
+    means = rolling([r["score"] for r in records], window)
     elapsed = np.cumsum([r["step_s"] for r in records])
-    for i in range(window - 1, len(scores)):
-        if np.mean(scores[i - window + 1:i + 1]) >= target:
-            return records[i]["completions"], float(elapsed[i])
-    return None, None
+    hits = np.nonzero(means >= target)[0]
+    if not len(hits):
+        return None, None
+    i = hits[0] + window - 1
+    return records[i]["completions"], float(elapsed[i])
+
+
+def recipe_of(algo, config):
+    """The run's method and the config fields that differ from the method's defaults, seed aside."""
+    cls = CONFIGS.get(algo)
+    if cls is None or not config:
+        return algo
+    defaults = json.loads(json.dumps(asdict(cls())))  # tuples -> lists, as results.json holds them
+    diffs = [f"{k}={v}" for k, v in config.items() if k not in ("seed", "device") and defaults.get(k, v) != v]
+    # a field the run's config lacks predates it (the run used whatever the code did then): say so
+    diffs += [f"no {k}" for k in defaults if k not in config]
+    return " ".join([algo] + diffs)
 
 
 def load_run(run_dir, target):
@@ -40,10 +79,20 @@ def load_run(run_dir, target):
     res = json.loads(path.read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     completions, seconds = time_to_target(records, target)
-    return {"algo": res.get("algo", "ppo"), "score": res["after"]["score_mean"], "frac": res["after"]["pos_frac"],
+    algo = res.get("algo", "ppo")
+    on_policy = not any(r.get("score_of") == "reference" for r in records)
+    return {"dir": str(run_dir), "algo": algo, "recipe": recipe_of(algo, res.get("config")),
+            "score": res["after"]["score_mean"], "frac": res["after"]["pos_frac"],
             "kl": res["after"]["kl_per_char"], "fluency": res["fluency_gap"], "wall": res["wall_s"],
             "completions": res.get("completions"), "met": all(res["checks"].values()),
-            "to_target_completions": completions, "to_target_s": seconds}
+            "to_target_completions": completions, "to_target_s": seconds,
+            "curve_score": rolling([r["score"] for r in records]) if on_policy else np.array([]),
+            "curve_kl": rolling([r["kl"] for r in records]) if on_policy else np.array([])}
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
 
 
 def _cell(values, fmt):
@@ -52,6 +101,53 @@ def _cell(values, fmt):
         return "-"
     med = fmt.format(float(np.median(values)))
     return med if len(values) == 1 else f"{med} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+
+def fastest(by_recipe, key):
+    """(recipe, median) with the smallest median of `key` among the recipes that met every target in most of
+    their runs and whose every run's rollouts reached the score (a run that overshoots the KL is not "at the
+    target", however fast its score rose)."""
+    best = None
+    for recipe, rs in by_recipe.items():
+        values = [r[key] for r in rs]
+        if any(v is None for v in values) or 2 * sum(r["met"] for r in rs) <= len(rs):
+            continue
+        med = float(np.median(values))
+        if best is None or med < best[1]:
+            best = (recipe, med)
+    return best
+
+
+def plot(by_recipe, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_eval, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for i, (recipe, rs) in enumerate(by_recipe.items()):
+        colour = f"C{i % 10}"
+        ax_eval.plot([r["kl"] for r in rs], [r["score"] for r in rs], "o", color=colour, alpha=0.6,
+                     label=f"{recipe} ({len(rs)})")
+        ax_eval.plot([np.median([r["kl"] for r in rs])], [np.median([r["score"] for r in rs])], "D",
+                     color=colour, markersize=9, markeredgecolor="black")
+        for j, r in enumerate(rs):
+            if len(r["curve_kl"]):
+                ax_curve.plot(r["curve_kl"], r["curve_score"], "-", color=colour, lw=1, alpha=0.7,
+                              label=recipe if j == 0 else None)
+                ax_curve.plot(r["curve_kl"][-1:], r["curve_score"][-1:], "o", color=colour, markersize=4)
+    for ax in (ax_eval, ax_curve):
+        ax.axhline(0.40, ls="--", color="grey", lw=0.8)
+        ax.axvline(0.10, ls="--", color="grey", lw=0.8)
+        ax.grid(alpha=0.3)
+    ax_eval.set_xlabel("exact KL to the reference (nats / char), evaluation")
+    ax_eval.set_ylabel("mean VADER")
+    ax_eval.set_title("after the run: 128 held-out prompts x 2 (diamond: median)", fontsize=9)
+    ax_curve.set_xlabel("exact KL to the reference (nats / token), training rollouts")
+    ax_curve.set_title(f"during the run: {WINDOW}-step means of the rollouts (dot: the end)", fontsize=9)
+    ax_eval.legend(fontsize=7)
+    ax_curve.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -65,33 +161,24 @@ def main(argv=None):
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    by_algo = {}
+    by_recipe = {}
     for r in runs:
-        by_algo.setdefault(r["algo"], []).append(r)
+        by_recipe.setdefault(r["recipe"], []).append(r)
     print(f"| method | seeds | score | > +0.05 | KL/char | fluency | wall s | completions | all targets | "
           f"to rollout score {args.target:+.2f}: completions / s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for algo, rs in by_algo.items():
+    for recipe, rs in by_recipe.items():
         col = (lambda key: [r[key] for r in rs])
-        print(f"| {algo} | {len(rs)} | {_cell(col('score'), '{:+.3f}')} | {_cell(col('frac'), '{:.3f}')} | "
+        print(f"| {recipe} | {len(rs)} | {_cell(col('score'), '{:+.3f}')} | {_cell(col('frac'), '{:.3f}')} | "
               f"{_cell(col('kl'), '{:.4f}')} | {_cell(col('fluency'), '{:+.3f}')} | {_cell(col('wall'), '{:.0f}')} | "
               f"{_cell(col('completions'), '{:.0f}')} | {sum(r['met'] for r in rs)} of {len(rs)} | "
               f"{_cell(col('to_target_completions'), '{:.0f}')} / {_cell(col('to_target_s'), '{:.0f}')} |")
+    for key, unit in (("to_target_completions", "completions"), ("to_target_s", "s of training steps")):
+        best = fastest(by_recipe, key)
+        print(f"fastest to a {WINDOW}-step rollout mean of {args.target:+.2f} by {unit} (median; recipes meeting "
+              f"every target in most runs): " + ("none" if best is None else f"{best[0]}, {best[1]:.0f}"))
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        for i, (algo, rs) in enumerate(by_algo.items()):
-            ax.plot([r["kl"] for r in rs], [r["score"] for r in rs], "o", color=f"C{i}", label=algo)
-        ax.axhline(0.40, ls="--", color="grey", lw=0.8)
-        ax.axvline(0.10, ls="--", color="grey", lw=0.8)
-        ax.set_xlabel("exact KL to the reference (nats / char)")
-        ax.set_ylabel("mean VADER, 128 held-out prompts x 2")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=100)
+        plot(by_recipe, args.plot)
         print(f"plot: {args.plot}")
     return 0
 

@@ -21,10 +21,11 @@ import pytest
 from tinygrad_gpt.gradcheck import gradcheck
 from tinygrad_gpt.rlhf.config import DPOConfig, GRPOConfig, RLOOConfig
 from tinygrad_gpt.rlhf.diagnostics import check_health, explained_variance, ratio_stats, zero_spread_fraction
-from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, dpo_loss
+from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, best_worst_pairs, dpo_loss
 from tinygrad_gpt.rlhf.grpo import GRPOLoss, GRPOTrainer, group_advantages, grpo_loss
 from tinygrad_gpt.rlhf.rloo import (ReinforceLoss, RLOOTrainer, leave_one_out_baseline, reinforce_loss,
                                     rloo_advantages)
+from tinygrad_gpt.rlhf.reward_model import pairs_from_responses
 from tinygrad_gpt.tensor import Tensor
 from test_rlhf_ppo import TOK, prompt_tokens, tiny_policy, vowel_fraction
 
@@ -180,6 +181,32 @@ def test_dpo_loss_gradcheck_and_control(rng):
     assert not gradcheck(fn, [t64(pc), t64(pr)]).ok
 
 
+def test_dpo_best_worst_pairs_by_hand():
+    """Groups of 3 rows: the best-scored row against the worst, a group closer than min_margin dropped."""
+    seqs = np.arange(9)[:, None] * np.ones((1, 4), int)                  # row i is [i, i, i, i]
+    scores = np.array([0.2, 0.9, -0.5,    0.30, 0.31, 0.30,    0.0, -0.1, 0.7])
+    pairs = best_worst_pairs(seqs, scores, 3, min_margin=0.05)
+    assert pairs.chosen[:, 0].tolist() == [1, 8] and pairs.rejected[:, 0].tolist() == [2, 7]
+    np.testing.assert_allclose(pairs.margin, [1.4, 0.8])
+    # every score equal: still two different rows (first best, last worst), kept only at min_margin 0
+    flat = best_worst_pairs(seqs[:3], np.zeros(3), 3, min_margin=0.0)
+    assert (flat.chosen[:, 0].tolist(), flat.rejected[:, 0].tolist()) == ([0], [2])
+    assert len(best_worst_pairs(seqs[:3], np.zeros(3), 3, min_margin=1e-9)) == 0
+
+
+def test_dpo_best_worst_of_two_is_the_reward_models_pairing(rng):
+    a, b = rng.integers(0, 50, (20, 6)), rng.integers(0, 50, (20, 6))
+    sa, sb = rng.normal(0, 0.3, 20), rng.normal(0, 0.3, 20)
+    sb[:5] = sa[:5] + rng.uniform(-0.04, 0.04, 5)                         # five near-ties to drop
+    sb[5:10] = sa[5:10] + rng.choice([-1, 1], 5) * rng.uniform(0.06, 0.5, 5)  # five clear pairs to keep
+    seqs = np.stack([a, b], axis=1).reshape(40, 6)                        # rows 2i, 2i + 1: prompt i's two
+    scores = np.stack([sa, sb], axis=1).reshape(40)
+    ours, theirs = best_worst_pairs(seqs, scores, 2, 0.05), pairs_from_responses(a, b, sa, sb, 0.05)
+    assert 0 < len(ours) < 20
+    for field in ("chosen", "rejected", "margin"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+
+
 # ---- diagnostics and configs -------------------------------------------------------------------
 
 def test_diagnostics_values_and_warnings():
@@ -213,6 +240,8 @@ def test_configs_name_the_bad_field():
         RLOOConfig(update="ppo")
     with pytest.raises(ValueError, match="beta"):
         DPOConfig(beta=0.0)
+    with pytest.raises(ValueError, match="DPOConfig: batch_size 10 is not a multiple of group_size 4"):
+        DPOConfig(batch_size=10, group_size=4)
 
 
 # ---- smoke runs --------------------------------------------------------------------------------
@@ -243,10 +272,14 @@ COMMON = dict(batch_size=32, prompt_len=8, response_len=12, norm_batches=1, seed
                              **COMMON)),
     (RLOOTrainer, RLOOConfig(steps=12, group_size=4, epochs=2, minibatch_size=16, init_kl_coef=0.02,
                              adaptive_kl=False, update="clipped", **COMMON)),
-    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, **COMMON)),
+    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, online=False,
+                           group_size=2, **COMMON)),
     (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=8, beta=0.1, min_margin=0.01, online=True,
-                           **COMMON)),
-], ids=["grpo", "dr_grpo-exact-kl", "rloo-reinforce", "rloo-clipped", "dpo-offline", "dpo-online"])
+                           group_size=2, **COMMON)),
+    (DPOTrainer, DPOConfig(steps=12, epochs=2, minibatch_size=4, beta=0.1, min_margin=0.01, online=True,
+                           group_size=4, **COMMON)),
+], ids=["grpo", "dr_grpo-exact-kl", "rloo-reinforce", "rloo-clipped", "dpo-offline", "dpo-online",
+        "dpo-online-best-of-4"])
 def test_smoke_run_raises_the_score(trainer_cls, cfg):
     policy, ref, history = _run(trainer_cls, cfg)
     assert history[0]["first_ratio_dev"] < 1e-5, "pi_theta must equal pi_old on the first minibatch"
@@ -354,3 +387,18 @@ def test_grouped_configs_refuse_a_batch_of_partial_groups(cls):
     with pytest.raises(ValueError, match=f"{cls}: batch_size 6 is not a multiple of group_size 4"):
         getattr(config, cls)(batch_size=6, group_size=4)
     assert getattr(config, cls)(batch_size=8, group_size=4).batch_size == 8
+
+
+def test_summary_time_to_target_and_recipes_by_hand():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rlhf_summary
+    # scores 0, 0.1, ..., 0.9 then 1.0 ...: the 3-step mean first reaches 0.5 at step 6 (0.4 + 0.5 + 0.6)
+    records = [{"score": i / 10, "step_s": 2.0, "completions": 64 * (i + 1)} for i in range(12)]
+    assert rlhf_summary.time_to_target(records, 0.5, window=3) == (64 * 7, 14.0)
+    assert rlhf_summary.time_to_target(records, 2.0, window=3) == (None, None)
+    offline = [dict(r, score_of="reference") for r in records]
+    assert rlhf_summary.time_to_target(offline, 0.5, window=3) == (None, None)
+    from dataclasses import asdict
+    cfg = json.loads(json.dumps(asdict(DPOConfig())))
+    assert rlhf_summary.recipe_of("dpo", dict(cfg, seed=3)) == "dpo"
+    assert rlhf_summary.recipe_of("dpo", dict(cfg, beta=cfg["beta"] * 2, seed=1)) == f"dpo beta={cfg['beta'] * 2}"

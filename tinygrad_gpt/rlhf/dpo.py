@@ -11,16 +11,20 @@ responses y_c (chosen) and y_r (rejected), with log pi(y | x) = sum_t log pi(a_t
 When the policy is the reference, u = 0 and L = log 2 for every pair; dL/dlog pi(y_c) =
 -beta sigmoid(-u) / N and dL/dlog pi(y_r) = +beta sigmoid(-u) / N.
 
-Hand-computed example (tests/test_rlhf_dpo.py): beta = 0.5, N = 2; pair 1 policy = reference
+Hand-computed example (tests/test_rlhf_methods.py): beta = 0.5, N = 2; pair 1 policy = reference
 (u = 0: loss log 2, sigmoid(-u) = 1/2); pair 2 delta_policy = 2 log 3 + 1, delta_reference = 1
 (u = log 3: loss log(1 + 1/3) = log 4/3, sigmoid(-u) = 1/4).
     L = (log 2 + log 4/3) / 2,  dL/dlogp_c = -0.5 [1/2, 1/4] / 2 = [-1/8, -1/16],  dL/dlogp_r = [1/8, 1/16].
 
-The pairs (DPOTrainer): each step samples batch_size / 2 prompts x 2 completions, labels each pair
-with the reward (the scorer, or the reward model if one is given), drops near-ties (min_margin) as
-reward_model.make_preference_pairs does, and runs `epochs` passes of minibatches over those pairs.
-Offline DPO (default, online=False): completions from the frozen reference, the reward model's data
-drawn fresh each step. Online / iterated DPO (online=True, Guo et al. 2024 "Direct Language Model
+The pairs (DPOTrainer): each step samples batch_size / k prompts x k completions (k = group_size),
+labels them with the reward (the scorer, or the reward model if one is given), pairs the best- with
+the worst-scored completion of each prompt (`best_worst_pairs`; k = 2 is the reward model's
+pairing, reward_model.pairs_from_responses), drops near-ties (min_margin), and runs `epochs` passes
+of minibatches over those pairs. A larger k buys clearer pairs (a wider score gap) per completion
+generated, at batch_size / k pairs per step.
+Offline DPO (online=False): completions from the frozen reference, the reward model's data drawn
+fresh each step. Online / iterated DPO (online=True, the default: DPOConfig's comments say why, with
+the figures; Guo et al. 2024 "Direct Language Model
 Alignment from Online AI Feedback"): completions from the current policy.
 
 Dimension legend: N pairs, P prompt tokens, R response tokens, V vocabulary.
@@ -36,7 +40,7 @@ from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats
 from tinygrad_gpt.rlhf.losses import _data, _same_shape, entropy
 from tinygrad_gpt.rlhf.policy import response_logprobs, score_windows, token_logprobs
-from tinygrad_gpt.rlhf.reward_model import pairs_from_responses
+from tinygrad_gpt.rlhf.reward_model import PreferencePairs
 from tinygrad_gpt.rlhf.rollout import sample_responses
 from tinygrad_gpt.rlhf.trainer import SampledTrainer
 from tinygrad_gpt.tensor import Function
@@ -78,6 +82,21 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
                          ref_rejected=xp.asarray(_data(ref_rejected), dtype=pc.dtype), beta=float(beta))
 
 
+def best_worst_pairs(seqs, scores, group_size, min_margin):
+    """PreferencePairs from groups of `group_size` consecutive rows of seqs (B, T) with scores (B,): per
+    group its best-scored row (the first if several) against its worst (the last if several), kept when
+    their scores differ by >= min_margin. With group_size 2 these are pairs_from_responses' pairs
+    (an exact tie, kept only when min_margin is 0, is ordered the other way)."""
+    k = group_size
+    s = np.asarray(scores).reshape(-1, k)                                 # (B / k, k)
+    base = np.arange(len(s)) * k                                          # (B / k,) first row of each group
+    best = s.argmax(axis=1)                                               # (B / k,)
+    worst = k - 1 - s[:, ::-1].argmin(axis=1)                             # (B / k,) != best unless k == 1
+    margin = s.max(axis=1) - s.min(axis=1)                                # (B / k,) >= 0
+    keep = margin >= min_margin                                           # (B / k,)
+    return PreferencePairs(seqs[(base + best)[keep]], seqs[(base + worst)[keep]], margin[keep])
+
+
 class DPOTrainer(SampledTrainer):
     """DPO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see SampledTrainer."""
 
@@ -85,7 +104,7 @@ class DPOTrainer(SampledTrainer):
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
-                         group_size=2)
+                         group_size=config.group_size)
         self.kl_ctl = FixedKLController(config.beta)   # DPO's beta, reported as "beta" like the others'
 
     def sequence_logprobs(self, model, seq, R):
@@ -101,16 +120,16 @@ class DPOTrainer(SampledTrainer):
         """Sample, label and filter this step's pairs, then `epochs` passes of DPO; returns the metrics."""
         c, xp = self.cfg, self.xp
         t0 = time.perf_counter()
-        prompts = self.next_prompts()                                     # (2n, P) each prompt twice
+        prompts = self.next_prompts()                                     # (kn, P) each prompt k times
         generator = self.policy.gpt if c.online else self.reference
         responses = sample_responses(generator, prompts, c.response_len, c.temperature, self.rng,
-                                     c.window_stride)                     # (2n, R)
+                                     c.window_stride)                     # (kn, R)
         t_rollout = time.perf_counter() - t0
         texts = [self.decode(r.tolist()) for r in responses]
-        gold, raw = self.rewards_of(texts, responses)                     # (2n,), (2n,)
-        seqs = np.concatenate([prompts, responses], axis=1)               # (2n, P + R)
-        # rows 2i and 2i + 1 share a prompt; the pair's sequences carry it (identical in both)
-        pairs = pairs_from_responses(seqs[0::2], seqs[1::2], raw[0::2], raw[1::2], c.min_margin)
+        gold, raw = self.rewards_of(texts, responses)                     # (kn,), (kn,)
+        seqs = np.concatenate([prompts, responses], axis=1)               # (kn, P + R)
+        # rows ki .. ki + k - 1 share a prompt; the pair's sequences carry it (identical in both)
+        pairs = best_worst_pairs(seqs, raw, c.group_size, c.min_margin)   # <= n pairs
         N, R = len(pairs), c.response_len
         stats = {k: [] for k in ("loss", "entropy", "approx_kl", "approx_kl_k1", "ratio_mean", "ratio_std",
                                  "reward_margin", "reward_acc")}

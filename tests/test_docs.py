@@ -8,12 +8,15 @@ For every Markdown file in docs/:
     a timeout), and every `worst relative error X (tol Y)` it prints (the str of a GradcheckResult)
     has X <= Y;
   * every chapter 01-08 has at least one block that prints such a line;
+  * every ```text block is a verbatim excerpt of the code (its lines, each stripped of its
+    indentation, appear in that order and unbroken in one source file of the repository), so a
+    quoted line that the code no longer has breaks this test; printed output goes in ```console;
   * every linked image exists, and every relative link resolves to an existing file.
 Each check has a control on a made-up document that must be reported failing, so the checker is
 known to be able to fail. A failure names the file and the line of the span, block or link.
 
-Deliberately does not: check the anchors (#section) of links, run ```bash or ```text blocks, or
-compare quoted excerpts with the file (the `path:Symbol` next to them is what is checked).
+Deliberately does not: check the anchors (#section) of links, run ```bash, ```text or ```console
+blocks, or check which file an excerpt comes from (any source file that holds it will do).
 """
 import ast
 import os
@@ -95,6 +98,41 @@ def python_blocks(text):
     """[(first code line number, code)] of every block that the doc test runs."""
     _, blocks = split_markdown(text)
     return [(lineno, code) for language, lineno, code in blocks if language in RUN_LANGUAGES]
+
+
+def excerpt_blocks(text):
+    """[(first code line number, code)] of every ```text block (a quoted excerpt of the code)."""
+    _, blocks = split_markdown(text)
+    return [(lineno, code) for language, lineno, code in blocks if language == "text"]
+
+
+SOURCE_SUFFIXES = {".py", ".c", ".cu", ".h", ".sh", ".toml", ".cfg", ".ini"}
+
+
+def _stripped(text):
+    return "\n".join(line.strip() for line in text.strip("\n").split("\n"))
+
+
+@lru_cache(maxsize=None)
+def _sources(root=ROOT):
+    """The repository's source files, each with every line stripped of its indentation."""
+    files = []
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).parts
+        if path.suffix in SOURCE_SUFFIXES and path.is_file() and not any(
+                part.startswith(".") or part in ("build", "__pycache__") for part in rel):
+            files.append("\n" + _stripped(path.read_text(encoding="utf-8", errors="replace")) + "\n")
+    return tuple(files)
+
+
+def excerpt_problem(code, root=ROOT):
+    """None if `code` appears verbatim (indentation aside) in a source file, else what is wrong."""
+    want = "\n" + _stripped(code) + "\n"
+    if any(want in source for source in _sources(root)):
+        return None
+    first = _stripped(code).split("\n")[0]
+    return (f"this ```text excerpt is not in any source file (first line: {first!r}); "
+            f"quote the code as it is now, or put printed output in a ```console block")
 
 
 def links(text, pattern):
@@ -246,6 +284,18 @@ def test_python_block_runs_and_gradchecks_pass(doc, lineno, code):
     assert not problems, f"docs/{doc.name}, block at line {lineno}: " + "; ".join(problems)
 
 
+def _excerpts():
+    for doc in DOC_FILES:
+        for lineno, code in excerpt_blocks(doc.read_text()):
+            yield pytest.param(doc, lineno, code, id=f"{doc.name}:{lineno}")
+
+
+@pytest.mark.parametrize("doc, lineno, code", list(_excerpts()))
+def test_quoted_excerpt_is_in_the_code(doc, lineno, code):
+    problem = excerpt_problem(code)
+    assert problem is None, f"{doc.name}:{lineno}: {problem}"
+
+
 @pytest.mark.parametrize("doc", [d for d in DOC_FILES if CHAPTER.match(d.name)], ids=_doc_id)
 def test_chapter_prints_a_gradient_check(doc):
     problem = chapter_problem(doc.read_text())
@@ -352,3 +402,12 @@ def test_control_missing_image_and_link_are_reported(tmp_path):
     (tmp_path / "99-nothing.md").write_text("# written after all\n")
     assert missing_target(doc, chapter[1] + "#a-section") is None
     assert is_external("https://example.com/x.png") and is_external("#section") and not is_external("01-engine.md")
+
+
+def test_control_stale_excerpt_is_reported(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("def f(x):\n    y = x * 2\n    return y + 1\n")
+    assert excerpt_problem("    y = x * 2\n    return y + 1\n", root=tmp_path) is None  # indentation aside
+    assert "not in any source file" in excerpt_problem("    y = x * 3\n", root=tmp_path)  # a changed line
+    assert excerpt_problem("    return y + 1\n    y = x * 2\n", root=tmp_path) is not None  # order matters
+    assert excerpt_problem("y = x\n", root=tmp_path) is not None  # a part of a line is not a line

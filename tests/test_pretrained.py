@@ -366,7 +366,10 @@ def test_sample_streams_and_ctrl_c_keeps_what_was_printed(gpt2_folder):
     import os
     import signal
     import time
-    proc = _example("--init-from", str(gpt2_folder), "--sample", "--prompt", "ROMEO:", "--num-tokens", "1000000")
+    # subtle: a shell that starts pytest in the background ignores SIGINT, and a child inherits that (Python
+    # then installs no KeyboardInterrupt handler); the sampler's own Ctrl-C is what is tested, so restore it
+    proc = _example("--init-from", str(gpt2_folder), "--sample", "--prompt", "ROMEO:", "--num-tokens", "1000000",
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     got = b""
     deadline = time.time() + 120
     while len(got) < 40 and time.time() < deadline:

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats
 from tinygrad_gpt.rlhf.losses import _data, _same_shape, entropy
@@ -51,7 +51,7 @@ class DPOLoss(Function):
 
     @staticmethod
     def forward(ctx, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
-        xp = get_array_module(policy_chosen)
+        xp = array_module(policy_chosen)
         _same_shape("dpo_loss", policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen,
                     ref_rejected=ref_rejected)
         if policy_chosen.ndim != 1 or policy_chosen.size == 0:
@@ -66,7 +66,7 @@ class DPOLoss(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         # F5: dlosses = dout / N;  F4: dsoftplus(-u)/du = -sigmoid(-u) = -1 / (1 + exp(u))
         du = -dout / ctx.n / (1 + xp.exp(ctx.u))                          # (N,)
         # F3: du/ddelta_policy = beta;  F1: dpc = ddelta, dpr = -ddelta
@@ -77,7 +77,7 @@ class DPOLoss(Function):
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):
     """DPO's loss (a scalar Tensor): policy sequence log-probs (N,) Tensors, reference ones arrays."""
     pc = _data(policy_chosen)
-    xp = get_array_module(pc)
+    xp = array_module(pc)
     return DPOLoss.apply(policy_chosen, policy_rejected, ref_chosen=xp.asarray(_data(ref_chosen), dtype=pc.dtype),
                          ref_rejected=xp.asarray(_data(ref_rejected), dtype=pc.dtype), beta=float(beta))
 

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
 from tinygrad_gpt.rlhf.losses import _check_mask, _data, _same_shape, entropy, kl_to_reference
 from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
@@ -67,7 +67,7 @@ class GRPOLoss(Function):
 
     @staticmethod
     def forward(ctx, logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, kl_coef, normaliser):
-        xp = get_array_module(logprobs)
+        xp = array_module(logprobs)
         _same_shape("grpo_loss", logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
         if advantages.shape != logprobs.shape[:1]:
             raise ValueError(f"grpo_loss: advantages has shape {advantages.shape}, expected "
@@ -104,7 +104,7 @@ class GRPOLoss(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        xp = get_array_module(dout)
+        xp = array_module(dout)
         # F10: L = sum w_it l_it, so dl_it = dout w_it
         dl = dout * ctx.weight                                            # (B, T)
         # F9: l = surrogate + beta k3;  F8 through F6: dk3/dlogp = -(q/p) + 1 (d(logq - logp)/dlogp = -1)
@@ -119,7 +119,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps=0
               normaliser="grpo"):
     """GRPO's loss (a scalar Tensor) for new log-probs `logprobs` (B, T) Tensor; the rest are arrays."""
     lp = _data(logprobs)
-    xp = get_array_module(lp)
+    xp = array_module(lp)
     cast = (lambda a: xp.asarray(_data(a), dtype=lp.dtype))
     return GRPOLoss.apply(logprobs, old_logprobs=cast(old_logprobs), ref_logprobs=cast(ref_logprobs),
                           advantages=cast(advantages), mask=xp.asarray(_data(mask)), clip_eps=float(clip_eps),
@@ -140,12 +140,7 @@ class GRPOTrainer(SampledTrainer):
         """One batch of B / G prompts x G responses and its epochs; returns the step's metrics."""
         c, xp = self.cfg, self.xp
         t0 = time.perf_counter()
-        if self.normalizer is None:
-            self.fit_normalizer()
-        roll = self.make_rollout(self.next_prompts(), kl_estimator="sampled")
-        t_rollout = time.perf_counter() - t0
-        gold, raw = self.raw_rewards(roll)                                # (B,), (B,)
-        scores = self.normalizer(raw)                                     # (B,)
+        roll, gold, raw, scores, t_rollout = self.scored_rollout(self.next_prompts(), kl_estimator="sampled")
         advantages = group_advantages(scores, c.group_size, c.advantage, c.adv_eps)  # (B,)
         beta = self.kl_ctl.value
         B, R = roll.responses.shape

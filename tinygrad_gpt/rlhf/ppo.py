@@ -62,12 +62,7 @@ class PPOTrainer(SampledTrainer):
         """One rollout batch and its PPO epochs; returns the step's metrics (a dict of floats)."""
         c, xp = self.cfg, self.xp
         t0 = time.perf_counter()
-        if self.normalizer is None:
-            self.fit_normalizer()
-        roll = self.make_rollout(next(self.prompts))
-        t_rollout = time.perf_counter() - t0
-        gold, raw = self.raw_rewards(roll)                                # (B,), (B,)
-        scores = self.normalizer(raw)                                     # (B,) s_b, reference: mean 0 std 1
+        roll, gold, raw, scores, t_rollout = self.scored_rollout(next(self.prompts))  # scores (B,) s_b
         beta = self.kl_ctl.value
         rewards = shaped_rewards(scores, roll.kl.astype(np.float64), beta)  # (B, R) r_t = -beta KL_t (+ s_b)
         advantages, returns = gae(rewards, roll.values.astype(np.float64), c.gamma, c.lam)  # (B, R), (B, R)

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from kernels.reference import get_array_module
+from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
 from tinygrad_gpt.rlhf.losses import _check_mask, _data, entropy, policy_loss
 from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
@@ -57,7 +57,7 @@ class ReinforceLoss(Function):
 
     @staticmethod
     def forward(ctx, logprobs, advantages, mask):
-        xp = get_array_module(logprobs)
+        xp = array_module(logprobs)
         if advantages.shape != logprobs.shape[:1]:
             raise ValueError(f"reinforce_loss: advantages has shape {advantages.shape}, expected "
                              f"({logprobs.shape[0]},) (one per response of logprobs {logprobs.shape})")
@@ -78,7 +78,7 @@ class ReinforceLoss(Function):
 def reinforce_loss(logprobs, advantages, mask):
     """RLOO's REINFORCE loss (a scalar Tensor) for log-probs (B, T) Tensor; advantages (B,), mask arrays."""
     lp = _data(logprobs)
-    xp = get_array_module(lp)
+    xp = array_module(lp)
     return ReinforceLoss.apply(logprobs, advantages=xp.asarray(_data(advantages), dtype=lp.dtype),
                                mask=xp.asarray(_data(mask)))
 
@@ -97,12 +97,7 @@ class RLOOTrainer(SampledTrainer):
         """One batch of B / k prompts x k responses and its update(s); returns the step's metrics."""
         c, xp = self.cfg, self.xp
         t0 = time.perf_counter()
-        if self.normalizer is None:
-            self.fit_normalizer()
-        roll = self.make_rollout(self.next_prompts(), kl_estimator=c.kl_estimator)
-        t_rollout = time.perf_counter() - t0
-        gold, raw = self.raw_rewards(roll)                                # (B,), (B,)
-        scores = self.normalizer(raw)                                     # (B,)
+        roll, gold, raw, scores, t_rollout = self.scored_rollout(self.next_prompts(), kl_estimator=c.kl_estimator)
         beta = self.kl_ctl.value
         seq_kl = roll.kl.sum(axis=1)                                      # (B,) sum_t KL_t (the estimator's)
         rewards = scores - beta * seq_kl                                  # (B,) R_i = s_i - beta KL_i

@@ -6,6 +6,7 @@ gives the subclasses (ppo.PPOTrainer, grpo.GRPOTrainer, rloo.RLOOTrainer, dpo.DP
 
     next_prompts()    (B / group_size, P) prompts, each repeated group_size times -> (B, P)
     make_rollout()    sampled responses with log-probs, reference log-probs and KL (rollout.py)
+    scored_rollout()  a rollout with its gold scores, raw rewards and normalised scores
     raw_rewards()     (gold scores, the reward optimised before normalising)
     fit_normalizer()  the reward's mean and std on reference samples (scores then mean 0, std 1)
     finish_metrics()  the common step metrics, health warnings logged (diagnostics.py)
@@ -97,6 +98,20 @@ class SampledTrainer:
         responses = sample_responses(model, prompts, c.response_len, c.temperature, self.rng, c.window_stride)
         return score_rollout(self.policy, self.reference, prompts, responses, c.temperature, self.decode,
                              kl_estimator, c.window_stride, c.minibatch_size)
+
+    def scored_rollout(self, prompts, kl_estimator=None):
+        """One batch sampled and scored: (rollout, gold (B,), raw reward (B,), normalised score (B,), seconds).
+
+        The normaliser is fitted on reference samples first, once (its time counts as rollout time).
+        `kl_estimator` None keeps make_rollout's own default."""
+        t0 = time.perf_counter()
+        if self.normalizer is None:
+            self.fit_normalizer()
+        roll = self.make_rollout(prompts) if kl_estimator is None else self.make_rollout(prompts,
+                                                                                           kl_estimator=kl_estimator)
+        t_rollout = time.perf_counter() - t0
+        gold, raw = self.raw_rewards(roll)                                # (B,), (B,)
+        return roll, gold, raw, self.normalizer(raw), t_rollout          # scores: reference mean 0, std 1
 
     def fit_normalizer(self):
         """Measure the reward's mean and std on norm_batches batches of reference samples (bias and gain)."""

@@ -1,10 +1,14 @@
-"""Packaging for tinygrad_gpt (the library) and kernels (its fused kernels).
+"""Packaging for tinygrad_gpt: the library, its fused kernels (tinygrad_gpt.kernels) and the CUDA
+emulator the tests run the CUDA kernels on (tinygrad_gpt.cuda_emulator).
+
+Every module is imported under the package's own name: a top-level `kernels` would clash with
+Hugging Face's `kernels` distribution, which transformers 5 installs.
 
 Run-time dependencies are deliberately few: numpy, numba, tqdm. Features that need more pull it in
 through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `checkpoint`
 (safetensors), `rlhf` (vaderSentiment), `plot` (matplotlib, for `python -m tinygrad_gpt.plot`),
 `mpi` (mpi4py and Open MPI's wheel: `mpirun` with no system packages), `nvrtc` (the CUDA compiler
-alone, for the compile checks of kernels/cuda on machines without a GPU). `all` is everything a CPU
+alone, for the compile checks of tinygrad_gpt/kernels/cuda on machines without a GPU). `all` is everything a CPU
 user needs.
 """
 from setuptools import find_packages, setup
@@ -32,7 +36,8 @@ setup(
     description="A from-scratch NumPy autograd engine, GPT, BPE tokenizer and PPO, every gradient written out",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["tinygrad_gpt", "tinygrad_gpt.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["tinygrad_gpt", "tinygrad_gpt.*"]),
+    package_data={"tinygrad_gpt.cuda_emulator": ["emulator.h", "README.md"]},
     python_requires=">=3.10",
     install_requires=["numpy", "numba", "tqdm"],
     extras_require=EXTRAS,

@@ -72,7 +72,7 @@ def main(argv=None):
     except RuntimeError as exc:                                    # no cupy or no GPU: say so
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from kernels import cuda, reference
+    from tinygrad_gpt.kernels import cuda, reference
 
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]

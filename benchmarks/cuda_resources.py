@@ -29,12 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout: the cuda_emulator package sits at its root
 
-from cuda_emulator.nvrtc import CUDA_DIR, OPTIONS, find_all_nvrtc, kernel_sources, module_constants  # noqa: E402
+from tinygrad_gpt.cuda_emulator.nvrtc import CUDA_DIR, OPTIONS, find_all_nvrtc, kernel_sources, module_constants  # noqa: E402
 
 
 def launch_blocks():
     """{kernel name prefix: (threads a block for float, for double)}, read from the wrappers'
-    constants in kernels/cuda (with ast, as the compile test reads them: no cupy needed)."""
+    constants in tinygrad_gpt/kernels/cuda (with ast, as the compile test reads them: no cupy needed)."""
     threads = module_constants(CUDA_DIR / "_common.py", {"THREADS"})["THREADS"]
     cols = module_constants(CUDA_DIR / "layernorm.py", {"COLS_PER_BLOCK"})["COLS_PER_BLOCK"]
     row = module_constants(CUDA_DIR / "cross_entropy.py", {"BLOCK_ROW_THREADS"})["BLOCK_ROW_THREADS"]

@@ -3,7 +3,7 @@
     python benchmarks/emulated_launches.py               # 6 layers, 6 heads (the gpu preset's depth)
     python benchmarks/emulated_launches.py --n-layer 2
 
-Runs the engine's cuda path on the CUDA emulator (cuda_emulator/: the stand-in cupy)
+Runs the engine's cuda path on the CUDA emulator (tinygrad_gpt/cuda_emulator/: the stand-in cupy)
 at a small width (the counts do not depend on it) and counts, for one step after a warm-up step
 (forward with dropout, backward, clip_grad_norm, AdamW): our RawKernel launches, by kernel, and
 every other operation on a device array, by name. Each of the latter is one or more cupy kernel
@@ -38,7 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     import pytest
 
-    import cuda_emulator
+    from tinygrad_gpt import cuda_emulator
     if cuda_emulator.compiler() is None:
         print("error: the CUDA emulator needs g++ (or $CXX) with C++17", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Benchmark the Numba kernels (kernels/cpu) against their NumPy references (kernels/reference.py).
+"""Benchmark the Numba kernels (tinygrad_gpt/kernels/cpu) against their NumPy references (tinygrad_gpt/kernels/reference.py).
 
     python benchmarks/kernels.py                      # both presets, 2 threads, compile times too
     python benchmarks/kernels.py --presets cpu --threads 1 --no-compile
@@ -65,7 +65,7 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
-from kernels import cpu, reference  # noqa: E402
+from tinygrad_gpt.kernels import cpu, reference  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ COMPILE_SNIPPET = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
-from kernels import cpu, reference
+from tinygrad_gpt.kernels import cpu, reference
 times = {"import kernels.cpu": time.perf_counter() - t0}
 for dt in (np.float32, np.float64):
     rng = np.random.default_rng(0)

@@ -7,11 +7,12 @@ project's format (loadable with `tinygrad_gpt.tokenizers.load_tokenizer`).
     python examples/bpe.py                                   # tiny Shakespeare, 4,096 tokens
     python examples/bpe.py --data my.txt --vocab-size 1024 --pattern gpt4 --out my.bpe
 
-The text is found as in the rest of the project: --data, else the TINYSHAKESPEARE environment
-variable, else ../shared/data/tinyshakespeare.txt next to the repository.
+The text is found as in the rest of the project (`data.find_data`): --data, then the
+TINYSHAKESPEARE environment variable, then the cache, then a download. The tokenizer goes to
+out/bpe.tokenizer unless --out says otherwise.
 
-Follows: minbpe's `train.py`. Deliberately does not: download data, or save in the GPT-2/tiktoken
-formats (call `save_gpt2` / `save_tiktoken` for those).
+Follows: minbpe's `train.py`. Deliberately does not: save in the GPT-2/tiktoken formats (call
+`save_gpt2` / `save_tiktoken` for those).
 """
 import argparse
 import os
@@ -21,19 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinygrad_gpt import cli  # noqa: E402
+from tinygrad_gpt import cli, data  # noqa: E402
 from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, load_tokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.pretokenize import compiled, resolve_pattern  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
 def read_text(path):
-    """The UTF-8 text of --data; a missing, binary or empty file is a usage error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--data: {path} does not exist or is not a file "
-                                f"(pass --data or set TINYSHAKESPEARE)")
+    """The UTF-8 text of the file --data found; a binary or empty file is a usage error that names it."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -50,21 +44,23 @@ def check_out(path):
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"--out: {path} is a directory; give a file path, e.g. {path / 'bpe.tokenizer'}")
-    if not path.parent.is_dir():
-        raise ValueError(f"--out: the directory {path.parent} does not exist")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"--out: {path.parent} is a file, not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ValueError(f"--out: {path} is not writable")
 
 
 def build_parser():
     ap = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on a text file.")
-    ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE", str(DEFAULT_DATA)),
-                    help="UTF-8 text file to train on")
+    ap.add_argument("--data", default=None,
+                    help="UTF-8 text file to train on (default: tiny Shakespeare from $TINYSHAKESPEARE, the "
+                         "cache, or a download)")
     ap.add_argument("--vocab-size", type=cli.bounded(int, ge=256), default=4096,
                     help="tokens in all: 256 bytes + merges + specials")
     ap.add_argument("--pattern", default="gpt2",
                     help="split pattern: gpt2, gpt4, none (basic tier: no split) or a regex")
-    ap.add_argument("--out", default="bpe.tokenizer", help="where to save the trained tokenizer")
+    ap.add_argument("--out", default="out/bpe.tokenizer", help="where to save the trained tokenizer")
     ap.add_argument("--sample", default="To be, or not to be: that is the question. 🙂", help="round-trip text")
     return ap
 
@@ -87,7 +83,8 @@ def main(argv=None):
     least = 256 + len(tok._special_names())
     if args.vocab_size < least:
         ap.error(f"--vocab-size must be >= {least} (256 bytes + special tokens), got {args.vocab_size}")
-    text = read_text(args.data)
+    data_path = data.find_data(args.data)
+    text = read_text(data_path)
 
     t0 = time.perf_counter()
     tok.train(text, args.vocab_size)
@@ -97,7 +94,7 @@ def main(argv=None):
     t_enc = time.perf_counter() - t0
     n_bytes = len(text.encode("utf-8"))
 
-    print(f"trained on {args.data}: {n_bytes:,} bytes in {t_train:.2f} s")
+    print(f"trained on {data_path}: {n_bytes:,} bytes in {t_train:.2f} s")
     if tok.vocab_size < args.vocab_size:
         print(f"warning: --vocab-size {args.vocab_size} asked for more tokens than this text allows: no pair of "
               f"tokens was left to merge after {len(tok.merges)} merges, so the vocabulary has "

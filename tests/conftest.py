@@ -2,9 +2,11 @@
 devices, and a Ctrl-C delivered after a chosen training step.
 
 Every test that uses `rng` gets a new seed each run (so each run checks fresh random inputs, not
-inputs the code was tuned to); set TINYGRAD_GPT_TEST_SEED to replay a failing run. Data files are found through the
-TINYSHAKESPEARE and GPT2_DIR environment variables, defaulting to ../shared/data beside the repo.
+inputs the code was tuned to); set TINYGRAD_GPT_TEST_SEED to replay a failing run. Tiny Shakespeare
+is found as every script finds it (`data.find_data`: $TINYSHAKESPEARE, then the cache; the tests never
+download); GPT-2's tokenizer files through GPT2_DIR, defaulting to ../shared/data/gpt2 beside the repo.
 """
+import importlib
 import os
 import pathlib
 import signal
@@ -12,7 +14,7 @@ import signal
 import numpy as np
 import pytest
 
-import kernels
+from tinygrad_gpt import data, kernels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -37,7 +39,7 @@ def kernel_backend(request):
 @pytest.fixture(params=["cpu", "cuda", "cuda-emulated"])
 def device(request, monkeypatch):
     """Run a test on each device: "cpu"; "cuda" on a GPU (skips, with the reason the backend gives,
-    where there is none); and "cuda" with the CUDA kernels run on the CPU by cuda_emulator/
+    where there is none); and "cuda" with the CUDA kernels run on the CPU by tinygrad_gpt/cuda_emulator/
     (skips without g++). The test sees "cpu" or "cuda"."""
     from tinygrad_gpt import backend
     if request.param == "cuda":
@@ -46,7 +48,7 @@ def device(request, monkeypatch):
         except RuntimeError as exc:
             pytest.skip(str(exc))
     if request.param == "cuda-emulated":
-        import cuda_emulator
+        from tinygrad_gpt import cuda_emulator
         cuda_emulator.activate(monkeypatch)
         return "cuda"
     return request.param
@@ -73,8 +75,37 @@ def ctrl_c_after_step(monkeypatch):
     return arm
 
 
+# CI installs the peers (torch, transformers, tiktoken) and sets this, so that a parity test that
+# cannot import its peer fails there instead of skipping unseen.
+REQUIRE_PEERS = os.environ.get("TINYGRAD_GPT_REQUIRE_PEERS", "0") == "1"
+
+
+def peer(name):
+    """Import a parity peer: skip where it is absent, fail where TINYGRAD_GPT_REQUIRE_PEERS=1."""
+    if REQUIRE_PEERS:
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
 def shakespeare_path():
-    return pathlib.Path(os.environ.get("TINYSHAKESPEARE", SHARED_DATA / "tinyshakespeare.txt"))
+    """The tiny Shakespeare file as the scripts find it (no download), or None."""
+    try:
+        return data.find_data(download_missing=False)
+    except data.DataNotFound:
+        return None
+
+
+NO_DATA_REASON = (f"needs tiny Shakespeare: set {data.ENV_DATA}=PATH, or run examples/shakespeare.py once to "
+                  f"cache it")
+needs_data = pytest.mark.skipif(shakespeare_path() is None, reason=NO_DATA_REASON)
+
+
+def require_shakespeare():
+    """The tiny Shakespeare path, or skip the calling test with the reason."""
+    path = shakespeare_path()
+    if path is None:
+        pytest.skip(NO_DATA_REASON)
+    return path
 
 
 def gpt2_dir():

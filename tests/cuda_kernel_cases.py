@@ -1,10 +1,10 @@
-"""Every CuPy kernel in kernels/cuda against its NumPy reference in kernels/reference.py: the cases.
+"""Every CuPy kernel in tinygrad_gpt/kernels/cuda against its NumPy reference in tinygrad_gpt/kernels/reference.py: the cases.
 
 Not a test module itself: `bind(cupy, cuda, emulated)` gives a fresh copy of these tests bound to
 one backend, and two test modules collect them:
 - tests/test_cuda_kernels.py: real cupy and kernels.cuda on a GPU (skipped, with the reason,
   where cupy or a GPU is absent);
-- tests/test_cuda_kernels_emulated.py: the same CUDA C run on the CPU by cuda_emulator/
+- tests/test_cuda_kernels_emulated.py: the same CUDA C run on the CPU by tinygrad_gpt/cuda_emulator/
   (every CI run), the preset-size shapes (PRESET_SIZE, up to 25 M elements) included: they are
   the only cases whose grid-stride loops wrap (GELU at 25 M > 65,536 blocks x 256 threads).
 
@@ -31,8 +31,8 @@ import pathlib
 import numpy as np
 import pytest
 
-import kernels
-from kernels import reference
+from tinygrad_gpt import kernels
+from tinygrad_gpt.kernels import reference
 
 # bound by bind(): the cupy module, the kernels.cuda package, and whether they are the emulator
 cupy = cuda = None
@@ -412,7 +412,7 @@ def test_float16_falls_back_to_the_reference(rng):
 def test_first_launch_compiles_only_what_it_needs():
     """A kernel instantiation compiles on its own (seconds), not the whole file's templates."""
     import time
-    from kernels.cuda import _common
+    from tinygrad_gpt.kernels.cuda import _common
     _common._raw_module.cache_clear()
     t0 = time.perf_counter()
     cuda.gelu_forward(cupy.ones(3, dtype=cupy.float32))

@@ -5,14 +5,12 @@ environment variable, default ../shared/data/gpt2 next to the repository; skippe
 when absent), on a varied corpus whose reference ids were produced by tiktoken from the same files
 and are written out below, plus a few short strings derived by hand; special-token rules; decode
 errors; and, when tiktoken is importable, the whole of tiny Shakespeare against a tiktoken.Encoding
-built from the same files (TINYSHAKESPEARE variable, default ../shared/data/tinyshakespeare.txt).
+built from the same files (tiny Shakespeare as the scripts find it: $TINYSHAKESPEARE, then the cache).
 
 Follows: tiktoken's tests (special-token rules), minbpe's `test_tokenizer.py`.
 Does not: touch the network or the working directory.
 """
 import json
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +19,9 @@ from hypothesis import strategies as st
 from tinygrad_gpt.tokenizers import BPETokenizer, GPT2_SPLIT_PATTERN, load_gpt2
 from tinygrad_gpt.tokenizers.formats import bytes_to_unicode
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-GPT2_DIR = Path(os.environ.get("GPT2_DIR", DATA / "gpt2"))
-TINYSHAKESPEARE = Path(os.environ.get("TINYSHAKESPEARE", DATA / "tinyshakespeare.txt"))
+from conftest import gpt2_dir, peer, require_shakespeare
+
+GPT2_DIR = gpt2_dir()
 
 needs_gpt2 = pytest.mark.skipif(
     not (GPT2_DIR / "vocab.json").is_file() or not (GPT2_DIR / "merges.txt").is_file(),
@@ -156,15 +154,13 @@ def test_decode_errors_and_replacement(gpt2):
 
 @needs_gpt2
 def test_tiktoken_parity_on_tiny_shakespeare(gpt2):
-    tiktoken = pytest.importorskip("tiktoken")
-    if not TINYSHAKESPEARE.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {TINYSHAKESPEARE} (set TINYSHAKESPEARE)")
+    tiktoken = peer("tiktoken")
     encoder = json.loads((GPT2_DIR / "vocab.json").read_text(encoding="utf-8"))
     to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
     ranks = {bytes(to_byte[ch] for ch in s): i for s, i in encoder.items() if s != "<|endoftext|>"}
     enc = tiktoken.Encoding(name="gpt2-local", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": 50256})
-    text = TINYSHAKESPEARE.read_text(encoding="utf-8")
+    text = require_shakespeare().read_text(encoding="utf-8")
     ours = gpt2.encode(text)
     assert ours == enc.encode_ordinary(text)
     assert len(ours) == 338025

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-import kernels
+from tinygrad_gpt import kernels
 from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, RegexTokenizer
 from tinygrad_gpt.tokenizers import fastbpe
 from tinygrad_gpt.tokenizers.bpe import bpe_reference

@@ -108,3 +108,88 @@ def test_own_format_errors_name_file_and_line(tmp_path):
     assert err.line == 4 and "three ints" in str(err) and str(p) in str(err)
     err = broken(4, "256 300 258")
     assert err.line == 5 and "right id 300 is not defined" in str(err)
+
+
+# ---- Hugging Face tokenizer.json, and merges cut short ----------------------------------------
+
+def _gpt2_tiny_tokenizer(tmp_path):
+    _write_gpt2(tmp_path / "src", {"he": 256, "Ġhe": 257, "<|x|>": 258}, ["h e", "Ġ he"])
+    return load_gpt2(tmp_path / "src")
+
+
+def test_save_gpt2_writes_tokenizer_json_that_loads_alone_with_the_same_ids(tmp_path):
+    """The same tiny vocabulary as above, written by save_gpt2: vocab.json, merges.txt and
+    tokenizer.json. With vocab.json and merges.txt removed, the folder loads from tokenizer.json to
+    the same merges, specials and ids (" hehe" -> [257, 256], "<|x|>" -> 258)."""
+    _gpt2_tiny_tokenizer(tmp_path).save_gpt2(tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "tokenizer.json", "vocab.json"]
+    doc = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert doc["model"]["type"] == "BPE" and doc["model"]["merges"] == [["h", "e"], ["Ġ", "he"]]
+    assert doc["added_tokens"][0]["content"] == "<|x|>" and doc["added_tokens"][0]["id"] == 258
+    (out / "vocab.json").unlink()
+    (out / "merges.txt").unlink()
+    tok = load_gpt2(out)
+    assert tok.merges == [(104, 101, 256), (32, 256, 257)] and tok.special_tokens == {"<|x|>": 258}
+    assert tok.encode(" hehe") == [257, 256] and tok.encode("<|x|>", allowed_special="all") == [258]
+
+
+def test_tokenizer_json_merges_as_strings_and_a_split_pattern_load(tmp_path):
+    """Older tokenizers wrote merges as "left right" strings; a pattern other than GPT-2's is a Split
+    before a ByteLevel without its own regex. Pattern r"\\S+|\\s+" keeps " he" apart as " " + "he"."""
+    tok = _gpt2_tiny_tokenizer(tmp_path)
+    tok.save_gpt2(tmp_path / "out")
+    path = tmp_path / "out" / "tokenizer.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["model"]["merges"] = [" ".join(m) for m in doc["model"]["merges"]]
+    doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\S+|\s+"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    from tinygrad_gpt.tokenizers.formats import load_tokenizer_json
+    again = load_tokenizer_json(path)
+    assert again.pattern == r"\S+|\s+"
+    assert again.encode(" hehe") == [32, 256, 256]
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d["model"].update(type="WordPiece"), "model.type"),
+    (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer"),
+    (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "pre_tokenizer"),
+    (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "add_prefix_space"),
+    (lambda d: d["model"]["merges"].append(["h", "zz"]), "right token 'zz' is not in model.vocab"),
+    (lambda d: d["added_tokens"][0].update(id=7), "added_tokens"),
+])
+def test_tokenizer_json_that_is_not_gpt2s_kind_is_refused_naming_the_field(tmp_path, change, field):
+    _gpt2_tiny_tokenizer(tmp_path).save_gpt2(tmp_path / "out")
+    path = tmp_path / "out" / "tokenizer.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    change(doc)
+    path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    from tinygrad_gpt.tokenizers.formats import load_tokenizer_json
+    with pytest.raises(TokenizerFileError, match=field) as err:
+        load_tokenizer_json(path)
+    assert err.value.path == str(path) and err.value.line >= 1
+
+
+def test_merges_cut_short_are_refused_not_read_as_special_tokens(tmp_path):
+    """vocab.json: "he" 256, "Ġhe" 257, "heh" 258, "<|x|>" 259; merges "h e", "Ġ he", "he h" make
+    256-258, so "<|x|>" is the one special. With "Ġ he" dropped from merges.txt, 257 is made by no
+    merge yet sits below the merged 258: a cut file, refused, not a second special token."""
+    _write_gpt2(tmp_path, {"he": 256, "Ġhe": 257, "heh": 258, "<|x|>": 259}, ["h e", "Ġ he", "he h"])
+    assert load_gpt2(tmp_path).special_tokens == {"<|x|>": 259}  # control: the whole file loads
+    _write_gpt2(tmp_path, {"he": 256, "Ġhe": 257, "heh": 258, "<|x|>": 259}, ["h e", "he h"])
+    with pytest.raises(TokenizerFileError, match=r"1 entries .*'Ġhe', id 257.*cut short") as err:
+        load_gpt2(tmp_path)
+    assert err.value.path.endswith("vocab.json")
+
+
+def test_a_huge_token_id_is_refused_before_any_table_is_made(tmp_path):
+    _write_gpt2(tmp_path, {"he": 256, "<|x|>": 10 ** 9}, ["h e"])
+    with pytest.raises(TokenizerFileError, match=r"id of '<\|x\|>' is 1000000000, over the largest"):
+        load_gpt2(tmp_path)
+
+
+def test_folder_with_neither_tokenizer_names_both_kinds(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vocab.json does not exist.*tokenizer.json"):
+        load_gpt2(tmp_path)

@@ -4,8 +4,6 @@ Hand derivation used throughout: "hello" has the characters {h, e, l, o}; sorted
 they are e(101) < h(104) < l(108) < o(111), so e=0, h=1, l=2, o=3 and "hello" -> [1, 0, 2, 2, 3].
 """
 import json
-import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -13,9 +11,9 @@ from hypothesis import given, settings, strategies as st
 
 from tinygrad_gpt.tokenizers.char import CharTokenizer, UnknownCharacterError
 
-SHARED_COPY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"  # beside the repo
-REAL_PATH = next((pathlib.Path(p) for p in (os.environ.get("TINYSHAKESPEARE"), SHARED_COPY)
-                  if p and pathlib.Path(p).is_file()), None)
+from conftest import NO_DATA_REASON, shakespeare_path
+
+REAL_PATH = shakespeare_path()
 
 
 def test_from_text_sorts_unique_characters():
@@ -94,8 +92,7 @@ def test_decode_inverts_encode(text):
     assert tok.encode(text) == [tok.chars.index(c) for c in text]  # the slow, obvious definition
 
 
-@pytest.mark.skipif(REAL_PATH is None, reason="tiny Shakespeare not found in $TINYSHAKESPEARE or "
-                                               f"{SHARED_COPY}")
+@pytest.mark.skipif(REAL_PATH is None, reason=NO_DATA_REASON)
 def test_tiny_shakespeare_has_65_characters_and_round_trips():
     text = REAL_PATH.read_text(encoding="utf-8")
     tok = CharTokenizer.from_text(text)

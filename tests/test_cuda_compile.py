@@ -1,4 +1,4 @@
-"""Every CUDA C source in kernels/cuda compiles with NVRTC, for several GPU generations, without a GPU.
+"""Every CUDA C source in tinygrad_gpt/kernels/cuda compiles with NVRTC, for several GPU generations, without a GPU.
 
 The sources are read from the kernel files with `ast` (PREAMBLE from `_common.py`, SOURCE and
 NAME_EXPRESSIONS from each kernel file), so neither cupy nor a GPU is needed: only NVRTC. Every
@@ -18,7 +18,7 @@ import re
 
 import pytest
 
-from cuda_emulator.nvrtc import (ARCHS, CUDA_DIR, KERNEL_FILES, NVRTC_HINT, OPTIONS, STATIC_SHARED_LIMIT,
+from tinygrad_gpt.cuda_emulator.nvrtc import (ARCHS, CUDA_DIR, KERNEL_FILES, NVRTC_HINT, OPTIONS, STATIC_SHARED_LIMIT,
                                  find_all_nvrtc, kernel_sources)
 
 NVRTCS = find_all_nvrtc()
@@ -46,7 +46,7 @@ def test_every_kernel_file_is_read():
 
 
 def test_kernel_files_match_the_package_list():
-    """kernels/cuda/__init__.py's KERNEL_FILES and this test's list agree (read without cupy)."""
+    """tinygrad_gpt/kernels/cuda/__init__.py's KERNEL_FILES and this test's list agree (read without cupy)."""
     tree = ast.parse((CUDA_DIR / "__init__.py").read_text(encoding="utf-8"))
     listed = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
               and getattr(n.targets[0], "id", None) == "KERNEL_FILES"]
@@ -73,7 +73,7 @@ def test_nvrtc_compiles(nvrtc, name, arch):
     except RuntimeError as exc:
         if "invalid value for --gpu-architecture" in str(exc):     # e.g. CUDA 13 dropped compute_70
             pytest.skip(f"NVRTC {nvrtc.version()} does not compile for {arch}")
-        pytest.fail(f"kernels/cuda/{name}.py does not compile for {arch}:\n{exc}")
+        pytest.fail(f"tinygrad_gpt/kernels/cuda/{name}.py does not compile for {arch}:\n{exc}")
     for expr, low in lowered.items():
         assert low and f".entry {low}" in ptx, f"{name}: {expr} has no kernel entry in the PTX"
     # static shared memory per kernel: PTX declares each __shared__ array at module scope with its

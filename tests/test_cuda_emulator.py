@@ -18,9 +18,9 @@ import sys
 import numpy as np
 import pytest
 
-import cuda_emulator
-from cuda_emulator import EmulatorError
-from kernels import reference
+from tinygrad_gpt import cuda_emulator
+from tinygrad_gpt.cuda_emulator import EmulatorError
+from tinygrad_gpt.kernels import reference
 
 if cuda_emulator.compiler() is None:
     pytest.skip("the CUDA emulator needs g++ (or $CXX) with C++17", allow_module_level=True)
@@ -263,7 +263,7 @@ def test_shared_memory_over_48_kib_raises(rules):
 
 
 def test_the_stand_in_cupy_stays_private():
-    import kernels
+    from tinygrad_gpt import kernels
     assert sys.modules.get("cupy") is not cupy
     assert kernels.for_array(np.zeros(3)) is not cuda
     assert "kernels.cuda" not in sys.modules or sys.modules["kernels.cuda"] is not cuda

@@ -3,7 +3,7 @@ KV-cache sampling, the training example, no host syncs inside a training step; a
 user without a GPU sees.
 
 Most tests take the `cuda` fixture and run twice: [gpu] with cupy on a GPU (skipped, with the
-backend's reason, where cupy or a GPU is absent) and [emulated] with the CUDA emulator's (cuda_emulator/)
+backend's reason, where cupy or a GPU is absent) and [emulated] with the CUDA emulator's (tinygrad_gpt/cuda_emulator/)
 stand-in cupy, which runs the same engine code and the same CUDA C kernels on the CPU (every CI
 run). Where a result is compared with the CPU, the same model (same seed) runs on both devices;
 float64 for gradients (tight tolerances, differences are only summation order), float32 for the
@@ -54,7 +54,7 @@ def cuda(request, monkeypatch):
             pytest.skip(CUDA_SKIP)
         import cupy
         return cupy
-    import cuda_emulator
+    from tinygrad_gpt import cuda_emulator
     return cuda_emulator.activate(monkeypatch)
 
 
@@ -195,7 +195,7 @@ def test_training_step_makes_no_host_copy_emulated(cuda, rng):
     (.get(), .item(), float(), int(), bool(), boolean-mask indexing) and every upload, and refuse
     implicit conversions, so a step (forward with dropout, backward, clip, AdamW) must record none,
     and must have run the CUDA kernels (not the references) for every fused op."""
-    import cuda_emulator
+    from tinygrad_gpt import cuda_emulator
     step = _dropout_training_step(cuda, rng)
     step().item()
     cuda_emulator.syncs.clear()

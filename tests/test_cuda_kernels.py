@@ -15,6 +15,6 @@ except RuntimeError as exc:  # the backend's message says what is missing and ho
 import cupy  # noqa: E402
 
 import cuda_kernel_cases  # noqa: E402
-from kernels import cuda  # noqa: E402
+from tinygrad_gpt.kernels import cuda  # noqa: E402
 
 globals().update(cuda_kernel_cases.bind(cupy, cuda, emulated=False))

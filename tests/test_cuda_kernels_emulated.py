@@ -1,6 +1,6 @@
 """The kernel cases of tests/cuda_kernel_cases.py with the CUDA C run on the CPU.
 
-cuda_emulator/ compiles each kernel file's CUDA C with g++ and runs every GPU thread as a
+tinygrad_gpt/cuda_emulator/ compiles each kernel file's CUDA C with g++ and runs every GPU thread as a
 fiber, behind a stand-in cupy; kernels.cuda's own wrappers launch it. So on a machine without a
 GPU these check the kernels' indexing, tiling, masks, barriers and warp shuffles against the NumPy
 reference, and the emulator adds what a GPU run would not report: a race between barriers (each
@@ -10,7 +10,7 @@ Skipped where no C++17 compiler is found.
 """
 import pytest
 
-import cuda_emulator
+from tinygrad_gpt import cuda_emulator
 import cuda_kernel_cases
 
 if cuda_emulator.compiler() is None:

@@ -8,7 +8,6 @@ environment variables and HOME are pointed into tmp_path.
 import hashlib
 import io
 import os
-import pathlib
 import urllib.error
 import urllib.request
 
@@ -17,7 +16,7 @@ import pytest
 
 from tinygrad_gpt import data as D
 
-SHARED_COPY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"  # beside the repo
+from conftest import NO_DATA_REASON, shakespeare_path
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +31,7 @@ def hermetic(monkeypatch, tmp_path):
 
 
 # read at import, before the autouse fixture clears the environment variable
-REAL_PATH = next((pathlib.Path(p) for p in (os.environ.get("TINYSHAKESPEARE"), SHARED_COPY)
-                  if p and pathlib.Path(p).is_file()), None)
+REAL_PATH = shakespeare_path()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,16 +78,35 @@ def test_find_data_uses_cache_dir_argument_then_env_then_home(tmp_path, monkeypa
     assert D.find_data() == home_dir / D.DATA_FILENAME
 
 
-def test_find_data_offline_raises_runtime_error_saying_how_to_use_a_local_copy(tmp_path, monkeypatch):
+def test_find_data_offline_is_data_not_found_saying_how_to_use_a_local_copy(tmp_path, monkeypatch):
+    """No cache and no network: a missing file (the scripts' usage error, exit 2), not a crash."""
     def offline(url, timeout=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(RuntimeError) as info:
+    monkeypatch.delenv(D.ENV_DATA, raising=False)
+    with pytest.raises(D.DataNotFound) as info:
         D.find_data(cache_dir=tmp_path / "cache")
     message = str(info.value)
     assert "--data PATH" in message and "TINYSHAKESPEARE=PATH" in message
     assert "name resolution" in message
     assert not (tmp_path / "cache" / D.DATA_FILENAME).exists()
+
+
+def test_find_data_without_download_never_fetches(tmp_path, monkeypatch):
+    """download_missing=False (the tests' way) stops at the empty cache and names all three places."""
+    def fetch(url, timeout=None):
+        raise AssertionError("find_data downloaded although download_missing=False")
+    monkeypatch.setattr(urllib.request, "urlopen", fetch)
+    monkeypatch.delenv(D.ENV_DATA, raising=False)
+    with pytest.raises(D.DataNotFound) as info:
+        D.find_data(cache_dir=tmp_path / "cache", download_missing=False)
+    message = str(info.value)
+    assert "--data" in message and D.ENV_DATA in message and str(tmp_path / "cache") in message
+
+
+def test_find_data_names_a_device_as_not_a_regular_file():
+    with pytest.raises(D.DataNotFound, match="not a regular file"):
+        D.find_data("/dev/null")
 
 
 def test_download_writes_verified_content_atomically_with_a_timeout(tmp_path, monkeypatch):
@@ -113,7 +130,7 @@ def test_download_writes_verified_content_atomically_with_a_timeout(tmp_path, mo
 
 def test_download_with_wrong_content_caches_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"<html>proxy</html>"))
-    with pytest.raises(RuntimeError, match=r"got 18 bytes.*nothing was cached.*--data PATH"):
+    with pytest.raises(D.DataNotFound, match=r"got 18 bytes.*nothing was cached.*--data PATH"):
         D.find_data(cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache" / D.DATA_FILENAME).exists()
 
@@ -257,8 +274,7 @@ def test_start_batch_out_of_range_names_the_bound():
 # the real file
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(REAL_PATH is None, reason="tiny Shakespeare not found in $TINYSHAKESPEARE or "
-                                               f"{SHARED_COPY}")
+@pytest.mark.skipif(REAL_PATH is None, reason=NO_DATA_REASON)
 def test_real_tiny_shakespeare():
     text = D.load_text(D.find_data(REAL_PATH))
     assert len(text) == 1_115_394

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import needs_data, require_shakespeare, shakespeare_path
 from tinygrad_gpt import Tensor
 
 
@@ -73,8 +74,7 @@ def test_tensor_of_strings_is_refused():
 # ---- the command line -----------------------------------------------------------------------------
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = os.environ.get("TINYSHAKESPEARE", str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-needs_data = pytest.mark.skipif(not pathlib.Path(DATA).is_file(), reason="needs tiny Shakespeare ($TINYSHAKESPEARE)")
+DATA = str(shakespeare_path())
 
 
 def run(script, *flags, timeout=300):
@@ -102,8 +102,7 @@ def no_temp_files(directory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny checkpoint for the module (3 steps); tests copy it before changing anything."""
-    if not pathlib.Path(DATA).is_file():
-        pytest.skip("needs tiny Shakespeare ($TINYSHAKESPEARE)")
+    require_shakespeare()
     out = tmp_path_factory.mktemp("trained") / "run"
     r = shakespeare(out)
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""Every Numba kernel in kernels/cpu against its NumPy reference in kernels/reference.py.
+"""Every Numba kernel in tinygrad_gpt/kernels/cpu against its NumPy reference in tinygrad_gpt/kernels/reference.py.
 
 What "equal" means here: for every output array, the norm-based relative error
     rel_err(a, ref) = ||a - ref||_2 / ||ref||_2        (Frobenius norm over the whole array)
@@ -30,8 +30,8 @@ import pytest
 
 numba = pytest.importorskip("numba")
 
-import kernels  # noqa: E402
-from kernels import cpu, reference  # noqa: E402
+from tinygrad_gpt import kernels  # noqa: E402
+from tinygrad_gpt.kernels import cpu, reference  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -116,7 +116,7 @@ def test_dispatch_picks_cpu_kernels_for_numpy_arrays():
 def test_fast_exp_tanh_accuracy():
     """The float32 polynomials in _common.py: exp relative error < 3e-7, tanh absolute < 5e-7;
     the float64 tanh (via expm1) within 1e-14 relative of NumPy's."""
-    from kernels.cpu._common import exp_f32, tanh_f32
+    from tinygrad_gpt.kernels.cpu._common import exp_f32, tanh_f32
     vexp = numba.vectorize(["float32(float32)"])(exp_f32.py_func)
     vtanh = numba.vectorize(["float32(float32)"])(tanh_f32.py_func)
     x = np.linspace(-87.0, 88.0, 400_001, dtype=np.float32)       # (400001,)
@@ -124,7 +124,7 @@ def test_fast_exp_tanh_accuracy():
     assert np.max(np.abs(vexp(x) - want) / want) < 3e-7
     x = np.linspace(-20.0, 20.0, 400_001, dtype=np.float32)       # (400001,)
     assert np.max(np.abs(vtanh(x) - np.tanh(x.astype(np.float64)))) < 5e-7
-    from kernels.cpu._common import tanh_f64
+    from tinygrad_gpt.kernels.cpu._common import tanh_f64
     x = np.linspace(-30.0, 30.0, 200_001)                         # (200001,) float64
     got = numba.vectorize(["float64(float64)"])(tanh_f64.py_func)(x)
     np.testing.assert_allclose(got, np.tanh(x), rtol=1e-14, atol=1e-300)
@@ -423,7 +423,7 @@ def test_attention_offset_errors_name_the_shapes(backend):
 def test_attention_serial_and_threaded_drivers_agree_bit_for_bit(rng):
     """ThreadPicker may run either driver from call to call; the heads are independent, so the
     two must give identical arrays, not merely close ones (three threads: uneven head ranges)."""
-    from kernels.cpu import attention as attn
+    from tinygrad_gpt.kernels.cpu import attention as attn
     q, k, v = (normal(rng, (13, 7, 5), np.float32) for _ in range(3))  # (BH, T, hs)
     dout = normal(rng, (13, 7, 5), np.float32)                     # (BH, T, hs)
     outs = []
@@ -451,7 +451,7 @@ def test_gemm4_matches_numpy(rng, dtype, M, K, N):
     (A read through a stride), with partial row blocks (M % 4), partial column tiles and K = 0,
     inside larger arrays so that offsets and leading dimensions are exercised too."""
     from numba import njit
-    from kernels.cpu._tile import gemm4
+    from tinygrad_gpt.kernels.cpu._tile import gemm4
 
     @njit
     def products(A, AT, B, C, CT, M, K, N):
@@ -484,7 +484,7 @@ def test_atomic_add_hands_out_every_index_exactly_once():
     loop was measured to hand out millions of indices twice on 2 cores.)"""
     from concurrent.futures import ThreadPoolExecutor
     from numba import njit
-    from kernels.cpu._common import atomic_add
+    from tinygrad_gpt.kernels.cpu._common import atomic_add
 
     @njit(nogil=True)
     def claim_all(counters, claimed):
@@ -504,7 +504,7 @@ def test_atomic_add_hands_out_every_index_exactly_once():
 
 def test_thread_picker_keeps_the_faster_version_and_rechecks():
     import time
-    from kernels.cpu._common import ThreadPicker
+    from tinygrad_gpt.kernels.cpu._common import ThreadPicker
     calls = []
     fast = lambda: calls.append("serial")                            # noqa: E731
     slow = lambda: (calls.append("parallel"), time.sleep(0.003))    # noqa: E731

@@ -86,8 +86,8 @@ def test_kv_cache_logits_equal_full_forward_in_uneven_chunks(rng, kernel_backend
 def test_cached_path_runs_the_fused_attention_kernel_at_the_cache_offset(monkeypatch):
     """Each layer's cached step calls the same kernel as training, with t0 = the cache length and
     the cache's (B, nh, block_size, hs) buffers as keys."""
-    import kernels
-    from kernels import cpu
+    from tinygrad_gpt import kernels
+    from tinygrad_gpt.kernels import cpu
     calls = []
     real = cpu.attention_forward
 
@@ -205,7 +205,7 @@ def test_bad_input_errors():
 
 def test_training_reduces_loss_with_kernels_on_and_off_identically():
     """20 AdamW steps: the fused kernels and the NumPy references give the same loss curve."""
-    import kernels
+    from tinygrad_gpt import kernels
     from tinygrad_gpt.optim import AdamW, decay_groups
     curves = {}
     for backend in ("reference", "fused"):

@@ -2,15 +2,13 @@
 
 What it covers: hand-derived splits of the GPT-2 pattern's tricky alternatives (contractions,
 the space that joins the next word, whitespace runs before text and at the end), equality of the
-scanner and `regex.finditer` on a varied corpus, on tiny Shakespeare (TINYSHAKESPEARE variable,
-default ../shared/data/tinyshakespeare.txt; skipped if absent) and on arbitrary Unicode strings
+scanner and `regex.finditer` on a varied corpus, on tiny Shakespeare (found as the scripts find it;
+skipped if absent) and on arbitrary Unicode strings
 (hypothesis), and the category table agreeing with `regex` for every code point.
 
 Follows: GPT-2 `encoder.py` (the pattern). Does not: test the GPT-4 pattern's speed (it has no
 scanner; it goes through `regex`).
 """
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +20,7 @@ from tinygrad_gpt.tokenizers.pretokenize import (
     GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, LETTER, NUMBER, OTHER, SPACE, category_table, chunks, split_gpt2,
     split_regex)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TINYSHAKESPEARE = Path(os.environ.get("TINYSHAKESPEARE", DATA / "tinyshakespeare.txt"))
+from conftest import require_shakespeare
 
 
 def _scanner_chunks(text):
@@ -58,9 +55,7 @@ def test_scanner_equals_regex_on_varied_text():
 
 
 def test_scanner_equals_regex_on_tiny_shakespeare():
-    if not TINYSHAKESPEARE.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {TINYSHAKESPEARE} (set TINYSHAKESPEARE)")
-    text = TINYSHAKESPEARE.read_text(encoding="utf-8")
+    text = require_shakespeare().read_text(encoding="utf-8")
     fast = split_gpt2(text)
     spec = split_regex(text, GPT2_SPLIT_PATTERN)
     assert np.array_equal(fast[0], spec[0]) and np.array_equal(fast[1], spec[1])

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import gpt2_dir
+from conftest import gpt2_dir, peer
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.pretrained import PretrainedError, config_from_hf, config_to_hf, read_safetensors
 
@@ -246,8 +246,8 @@ def _hf_model(torch, transformers, seed):
 
 
 def test_transformers_folder_loads_with_the_same_logits(tmp_path, rng):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = peer("torch")
+    transformers = peer("transformers")
     hf = _hf_model(torch, transformers, int(rng.integers(1 << 30)))
     hf.save_pretrained(tmp_path / "hf")
     model = GPT.from_pretrained(tmp_path / "hf")
@@ -264,8 +264,8 @@ def test_transformers_folder_loads_with_the_same_logits(tmp_path, rng):
 
 
 def test_save_pretrained_loads_into_transformers_unchanged(tmp_path, rng):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = peer("torch")
+    transformers = peer("transformers")
     cfg = GPTConfig(vocab_size=101, block_size=24, n_layer=3, n_head=4, n_embd=32)
     model = GPT(cfg, seed=int(rng.integers(1 << 30)))
     model.save_pretrained(tmp_path / "ours")
@@ -435,12 +435,10 @@ def test_tied_embedding_backward_makes_no_extra_full_size_copies():
 def test_fine_tune_resume_export_and_reload(gpt2_folder, tmp_path):
     """--init-from trains with the folder's tokenizer and weights (position table cropped to the run's
     block), resumes, and --export-pretrained writes a folder equal to the checkpoint."""
-    from conftest import shakespeare_path
+    from conftest import require_shakespeare
     from tinygrad_gpt.train import load_model
-    if not shakespeare_path().is_file():
-        pytest.skip(f"no {shakespeare_path()}")
     text = tmp_path / "small.txt"
-    text.write_text(shakespeare_path().read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    text.write_text(require_shakespeare().read_text(encoding="utf-8")[:20000], encoding="utf-8")
     out = tmp_path / "ft"
     common = ["--init-from", str(gpt2_folder), "--data", str(text), "--out", str(out), "--block-size", "16",
               "--batch-size", "2", "--eval-batches", "2", "--sample-tokens", "5", "--no-progress",

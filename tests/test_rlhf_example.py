@@ -6,7 +6,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from conftest import REPO, shakespeare_path
+from conftest import REPO, require_shakespeare
 
 sys.path.insert(0, str(REPO))
 
@@ -31,9 +31,7 @@ def _flags(tmp_path, data_path, reward):
 
 
 def test_example_runs_and_saves(tmp_path, capsys):
-    data_path = shakespeare_path()
-    if not data_path.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    data_path = require_shakespeare()
     from examples.rlhf_sentiment import main
     from tinygrad_gpt.train import load_model
 
@@ -51,9 +49,7 @@ def test_example_runs_and_saves(tmp_path, capsys):
 
 def test_example_reward_model_without_pairs_says_what_to_do(tmp_path):
     """An untrained model writes no words: VADER scores every sample 0, so there are no pairs."""
-    data_path = shakespeare_path()
-    if not data_path.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    data_path = require_shakespeare()
     from examples.rlhf_sentiment import main
 
     _tiny_checkpoint(tmp_path, data_path)

@@ -303,11 +303,9 @@ def _algo_flags(tmp_path, data_path, algo, out):
 
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "dpo"])
 def test_example_runs_each_algo(tmp_path, capsys, algo):
-    from conftest import shakespeare_path
+    from conftest import require_shakespeare
     from test_rlhf_example import _tiny_checkpoint
-    data_path = shakespeare_path()
-    if not data_path.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    data_path = require_shakespeare()
     from examples.rlhf_sentiment import main
     from tinygrad_gpt.train import load_model
 
@@ -332,12 +330,10 @@ def test_example_runs_each_algo(tmp_path, capsys, algo):
 
 
 def test_example_bad_algo_field_names_it(tmp_path):
-    from conftest import shakespeare_path
+    from conftest import require_shakespeare
     from examples.rlhf_sentiment import main
     from test_rlhf_example import _tiny_checkpoint
-    data_path = shakespeare_path()
-    if not data_path.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    data_path = require_shakespeare()
     _tiny_checkpoint(tmp_path, data_path)
     with pytest.raises(ValueError, match="group_size"):
         main(_algo_flags(tmp_path, data_path, "grpo", tmp_path / "run")[:-2] + ["--group-size", "3"])
@@ -351,11 +347,9 @@ def test_benchmark_fluency_gap_has_one_sign():
 
 
 def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path, capsys):
-    from conftest import shakespeare_path
+    from conftest import require_shakespeare
     from test_rlhf_example import _tiny_checkpoint
-    data_path = shakespeare_path()
-    if not data_path.is_file():
-        pytest.skip(f"tiny Shakespeare not found at {data_path}")
+    data_path = require_shakespeare()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import rlhf as bench
 

@@ -7,7 +7,9 @@ a developer installed torch beside it.
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import peer  # noqa: E402
+
+torch = peer("torch")
 F = torch.nn.functional
 
 from tinygrad_gpt import Tensor, ops  # noqa: E402

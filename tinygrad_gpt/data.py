@@ -12,9 +12,10 @@ epoch definitions are offered on top of nanoGPT's "sample with replacement":
 Both are resumable bit-for-bit: the shuffle is drawn once from the generator when the object is
 made, and `start_batch=k` skips the first k batches of that same order.
 
-Resolution order of `find_data`: the `path` argument (the `--data PATH` flag), then the environment
-variable TINYSHAKESPEARE, then the cache file (`~/.cache/tinygrad_gpt/tinyshakespeare.txt`; the
-directory can be moved with TINYGRAD_GPT_CACHE or `cache_dir=`), then a download into that cache.
+Resolution order of `find_data`, the one way every script and test finds the text: the `path`
+argument (the `--data PATH` flag), then the environment variable TINYSHAKESPEARE, then the cache
+file (`~/.cache/tinygrad_gpt/tinyshakespeare.txt`; the directory can be moved with
+TINYGRAD_GPT_CACHE or `cache_dir=`), then a download into that cache (never in the tests).
 
 Deliberately does not: tokenize (see tinygrad_gpt/tokenizers), move batches to a device, memory-map
 token files, retry downloads, or accept a downloaded file whose size or SHA-256 differs from the
@@ -59,22 +60,33 @@ def default_cache_dir():
     return pathlib.Path.home() / ".cache" / "tinygrad_gpt"
 
 
+class DataNotFound(FileNotFoundError):
+    """The text is nowhere to be found: a path that does not exist, or no cache and no download.
+    A usage error (the scripts exit 2): the message says how to point at a local copy."""
+
+
 def _existing_file(path, source):
-    """Return `path` as a Path if it is a file; else raise FileNotFoundError naming `source`."""
+    """Return `path` as a Path if it is a regular file; else raise DataNotFound naming `source`."""
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"tiny Shakespeare file from {source}: {str(path)!r} {what}")
+        if path.is_dir():
+            what = "is a directory, not a file"
+        elif path.exists():
+            what = "is not a regular file (a device or a pipe)"
+        else:
+            what = "does not exist"
+        raise DataNotFound(f"tiny Shakespeare file from {source}: {str(path)!r} {what}; {OFFLINE_HINT}")
     return path
 
 
-def find_data(path=None, cache_dir=None):
+def find_data(path=None, cache_dir=None, download_missing=True):
     """Return the path of the tiny Shakespeare text, downloading it into the cache if need be.
 
-    path: the `--data PATH` flag; wins over everything and must exist.
+    The one order every script and test follows: `path` (the `--data PATH` flag), then
+    $TINYSHAKESPEARE, then the cache file, then (with `download_missing`) a download into the cache.
     cache_dir: where the cached copy lives (default: see `default_cache_dir`).
-    Raises FileNotFoundError for a given path (flag or env var) that does not exist, and
-    RuntimeError if a download is needed and fails (no network, wrong content).
+    Raises DataNotFound (a FileNotFoundError) for a given path (flag or env var) that is not a file,
+    and when the cache is empty and no download was allowed or it failed (no network, wrong content).
     """
     if path is not None:
         return _existing_file(path, "--data (the path argument)")
@@ -85,7 +97,13 @@ def find_data(path=None, cache_dir=None):
     cached = cache_dir / DATA_FILENAME
     if cached.is_file():
         return cached
-    download(cached)
+    if not download_missing:
+        raise DataNotFound(f"tiny Shakespeare: no --data, no ${ENV_DATA} and no cached copy at {cached}; "
+                           f"{OFFLINE_HINT}")
+    try:
+        download(cached)
+    except RuntimeError as exc:
+        raise DataNotFound(str(exc)) from exc
     return cached
 
 

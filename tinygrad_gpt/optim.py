@@ -1,6 +1,6 @@
 """Optimizers and schedules: SGD, AdamW (one fused pass per parameter), clip_grad_norm, cosine LR.
 
-AdamW's update (kernels/reference.py `adamw_update` writes it out) runs through the kernel
+AdamW's update (tinygrad_gpt/kernels/reference.py `adamw_update` writes it out) runs through the kernel
 dispatch, so on CPU it is one Numba pass over each parameter and its two moment buffers.
 Parameter groups let biases and LayerNorm weights skip weight decay (`decay_groups`).
 
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-import kernels
+from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
 
 

@@ -237,10 +237,10 @@ def attention_probs(model, idx):
     each block's c_attn recorded; per layer, q and k are split from that qkv as the attention op
     splits them, the model's attention kernel gives the row log-sum-exp lse, and
         p = exp(q k^T / sqrt(hs) - lse)                 (masked: 0 above the diagonal)
-    is the recomputation the kernel's backward does (kernels/reference.py attention_backward), so
+    is the recomputation the kernel's backward does (tinygrad_gpt/kernels/reference.py attention_backward), so
     the rows sum to 1 only if these scores are the kernel's.
     """
-    import kernels
+    from tinygrad_gpt import kernels
     from tinygrad_gpt.backend import array_module, to_numpy
     from tinygrad_gpt.ops.attention import split_heads
     from tinygrad_gpt.tensor import no_grad

@@ -46,7 +46,7 @@ INDEX_NAME = "model.safetensors.index.json"
 PREFIX = "transformer."
 _BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")  # the causal-mask buffers, not weights
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
-# activations equal to GPT-2's tanh-approximated GELU (kernels/reference.py gelu_forward)
+# activations equal to GPT-2's tanh-approximated GELU (tinygrad_gpt/kernels/reference.py gelu_forward)
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 

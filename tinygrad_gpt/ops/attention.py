@@ -4,7 +4,7 @@ The queries sit at positions t0..t0+T-1 and see the keys 0..t0+T-1: t0 = 0 and L
 and scoring; a step of cached generation has its T new queries at t0 = the cache length, over the
 cache's keys (L = block_size; the slots past t0 + T are not read). One kernel serves both.
 
-forward, per batch b and head h (kernels/reference.py writes every line out), W = t0 + T:
+forward, per batch b and head h (tinygrad_gpt/kernels/reference.py writes every line out), W = t0 + T:
   1. scores = q k^T / sqrt(hs)                      (T, W)
   2. scores[t, s] = -inf for s > t0 + t             the causal mask: no peeking at the future
   3. p = softmax(scores) over s                     (T, W)   keep only lse = log sum_s exp(scores)
@@ -29,7 +29,7 @@ Dimension legend: B batch, T queries (new positions), L keys, nh heads, hs head 
 """
 import math
 
-import kernels
+from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function
 
@@ -71,7 +71,7 @@ class CausalSelfAttentionOp(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        # the equations, line by line, are in the module docstring and in kernels/reference.py
+        # the equations, line by line, are in the module docstring and in tinygrad_gpt/kernels/reference.py
         return kernels.for_array(dout).attention_backward(dout, ctx.q, ctx.k, ctx.v, ctx.out, ctx.lse, ctx.scale,
                                                           ctx.t0)
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-import kernels
+from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function, Tensor
 
@@ -242,7 +242,7 @@ class Relu(Function):
 
 
 class Gelu(Function):
-    """GELU with the tanh approximation, as GPT-2: see kernels/reference.py for the formulas."""
+    """GELU with the tanh approximation, as GPT-2: see tinygrad_gpt/kernels/reference.py for the formulas."""
 
     @staticmethod
     def forward(ctx, a):

@@ -2,7 +2,7 @@
 
 The fused ones (cross_entropy, layer_norm, embedding's backward, gelu) call `kernels.for_array(x)`,
 which is the Numba kernel on CPU, the CuPy kernel on GPU, or the NumPy reference in
-kernels/reference.py (where their equations are written out) when TINYGRAD_GPT_KERNELS=reference.
+tinygrad_gpt/kernels/reference.py (where their equations are written out) when TINYGRAD_GPT_KERNELS=reference.
 
 Dimension legend: N rows, C channels, V classes/vocabulary; "..." any leading axes.
 Follows: llm.c (layernorm, crossentropy_softmax_backward), PyTorch's functional signatures.
@@ -10,7 +10,7 @@ Deliberately does not: support label smoothing or class weights in cross_entropy
 """
 import numpy as np
 
-import kernels
+from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.tensor import Function, Tensor
 

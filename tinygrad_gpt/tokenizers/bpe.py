@@ -26,7 +26,7 @@ Fast and readable paths. The hot loops are Numba kernels in `fastbpe.py` (and th
 scanner in `pretokenize.py`); the readable references below (`bpe_reference`,
 `train_merges_reference`) define the behaviour and the tests hold the kernels to them. Setting
 the project's one kernel switch (TINYGRAD_GPT_KERNELS=reference, or `kernels.set_backend("reference")`;
-see kernels/__init__.py) runs the references instead; `tokenizer.fast = False` (or True) pins one
+see tinygrad_gpt/kernels/__init__.py) runs the references instead; `tokenizer.fast = False` (or True) pins one
 tokenizer either way.
 
 Follows: Sennrich et al. 2016; OpenAI GPT-2 `encoder.py`; tiktoken (special-token rules); minbpe
@@ -40,7 +40,7 @@ from collections import Counter
 
 import numpy as np
 
-import kernels
+from tinygrad_gpt import kernels
 from tinygrad_gpt.tokenizers import fastbpe
 from tinygrad_gpt.tokenizers.pretokenize import (
     GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, codepoints, resolve_pattern, split)

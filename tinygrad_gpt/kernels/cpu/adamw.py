@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from kernels import reference
-from kernels._common import flat_inplace
-from kernels.cpu._common import common_float_dtype, kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels._common import flat_inplace
+from tinygrad_gpt.kernels.cpu._common import common_float_dtype, kernel
 
 
 @kernel()

@@ -12,8 +12,8 @@ Dimension legend: N rows (B*T), C channels, V rows of the table (num_embeddings)
 """
 import numpy as np
 
-from kernels import reference
-from kernels.cpu._common import as_index_array, common_float_dtype, kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cpu._common import as_index_array, common_float_dtype, kernel
 
 
 @kernel()

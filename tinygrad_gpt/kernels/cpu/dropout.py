@@ -13,8 +13,8 @@ Dimension legend: n elements (any shape, flattened).
 """
 import numpy as np
 
-from kernels import reference
-from kernels.cpu._common import common_float_dtype, kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cpu._common import common_float_dtype, kernel
 
 _GAMMA = np.uint64(reference.DROPOUT_GAMMA)
 _MIX1 = np.uint64(reference.DROPOUT_MIX1)

@@ -6,12 +6,14 @@
   everywhere, so an A/B comparison is always one flag away. `set_backend("reference")` does the
   same from Python (the tests use it).
 
-Every module has the same names and signatures as `kernels/reference.py`. This package never
-imports tinygrad_gpt.
+Every module has the same names and signatures as `tinygrad_gpt/kernels/reference.py`. Plain arrays
+in, plain arrays out: this package never imports the engine. It lives inside tinygrad_gpt so that no
+top-level name clashes with another distribution's (Hugging Face's `kernels`, which transformers 5
+installs, is one).
 """
 import os
 
-from kernels import reference
+from tinygrad_gpt.kernels import reference
 
 _OFF_VALUES = {"0", "off", "reference", "ref", "numpy", "false", "no"}
 _forced = None  # None: follow the environment; "reference" or "fused": set by set_backend
@@ -42,7 +44,7 @@ def _complete(module):
 def _load_cpu():
     global _cpu
     if _cpu is None:
-        from kernels import cpu as module
+        from tinygrad_gpt.kernels import cpu as module
         _cpu = _complete(module)
     return _cpu
 
@@ -51,7 +53,7 @@ def _load_cuda():
     global _cuda
     if _cuda is None:
         try:
-            from kernels import cuda as module
+            from tinygrad_gpt.kernels import cuda as module
         except ImportError:  # cupy missing
             module = reference
         _cuda = _complete(module)

@@ -22,8 +22,8 @@ Dimension legend: N rows (B*T), V vocabulary.
 """
 import cupy
 
-from kernels import reference
-from kernels.cuda._common import (THREADS, as_index_array, checks_enabled, ceil_div,
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cuda._common import (THREADS, as_index_array, checks_enabled, ceil_div,
                                   common_float_dtype, ctype, first_bad_index, get_kernel, grid_for)
 
 WARP_ROW_MAX_V = 1024  # up to this V one warp per row, above it one block per row

@@ -1,6 +1,6 @@
-// A CPU runtime for the CUDA C of kernels/cuda, for the tests on machines without a GPU.
+// A CPU runtime for the CUDA C of tinygrad_gpt/kernels/cuda, for the tests on machines without a GPU.
 //
-// cuda_emulator/__init__.py compiles a kernel file's PREAMBLE + SOURCE with g++ after this
+// tinygrad_gpt/cuda_emulator/__init__.py compiles a kernel file's PREAMBLE + SOURCE with g++ after this
 // header, so the kernels' own text runs: every thread of a block is a fiber with its
 // own stack and registers (the kernel's local arrays), and the fibers of a block run one at a
 // time on one OS thread, each until it reaches a __syncthreads(), a warp shuffle or its end.

@@ -2,7 +2,7 @@
 
 Same names, signatures and results as `kernels.reference.layernorm_forward/backward`; float32 and
 float64, the input dtype kept throughout (accumulators included). Serial: at the `cpu` preset a
-call is ~30 us, less than what waking threads can cost (see kernels/cpu/_common.py).
+call is ~30 us, less than what waking threads can cost (see tinygrad_gpt/kernels/cpu/_common.py).
 
 Follows: llm.c `layernorm_forward` / `layernorm_backward` (forward caches mean and rstd, backward
 recomputes xhat from them). Does not: normalise over any axis but the last, or accept weights of a
@@ -13,8 +13,8 @@ Dimension legend: N rows, C channels.
 import math
 
 import numpy as np
-from kernels import reference
-from kernels.cpu._common import common_float_dtype, kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cpu._common import common_float_dtype, kernel
 
 @kernel()
 def _layernorm_forward(x, weight, bias, eps, out, mean, rstd):

@@ -18,9 +18,9 @@ Dimension legend: P elements of one parameter (flattened).
 """
 import cupy
 
-from kernels import reference
-from kernels._common import flat_inplace
-from kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels._common import flat_inplace
+from tinygrad_gpt.kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
 
 SOURCE = r"""
 template <typename T>

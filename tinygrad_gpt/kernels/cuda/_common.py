@@ -10,8 +10,8 @@ them with `ast`, so `PREAMBLE` and `SOURCE` must stay plain string literals (no 
 concatenation), and `NAME_EXPRESSIONS` an expression over the file's literal constants.
 
 dtype policy: float32 and float64 run in their own dtype (accumulators included), like
-kernels/cpu. Anything else (float16, mixed dtypes, shapes the reference broadcasts) is handed to
-the NumPy/CuPy reference (`kernels/reference.py` is array-module generic), so a call here never
+tinygrad_gpt/kernels/cpu. Anything else (float16, mixed dtypes, shapes the reference broadcasts) is handed to
+the NumPy/CuPy reference (`tinygrad_gpt/kernels/reference.py` is array-module generic), so a call here never
 gives a different answer than the reference would, only a slower one.
 
 Index checks: the reference raises IndexError for out-of-range targets / ids, which on a GPU costs
@@ -25,7 +25,7 @@ autotuning, use tensor cores (matmuls go to cuBLAS through CuPy), or support mor
 import functools
 import os
 
-import cupy  # noqa: F401  (ImportError here is what tells kernels/__init__.py to use the reference)
+import cupy  # noqa: F401  (ImportError here is what tells tinygrad_gpt/kernels/__init__.py to use the reference)
 import numpy as np
 
 # Compiler options. --std=c++14 for templates with default arguments; no --use_fast_math: expf,

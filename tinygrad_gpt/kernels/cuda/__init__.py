@@ -1,4 +1,4 @@
-"""CuPy versions of every kernel in `kernels/reference.py`: same names, same signatures, CUDA C in
+"""CuPy versions of every kernel in `tinygrad_gpt/kernels/reference.py`: same names, same signatures, CUDA C in
 `RawModule` strings (one `SOURCE` per file, templated on float / double).
 
 Importing this package imports cupy, so `from kernels import cuda` raises ImportError where cupy
@@ -21,20 +21,20 @@ run the reference (array-module generic, so on the GPU too). See `_common.py` fo
 policy (TINYGRAD_GPT_CUDA_CHECKS=1).
 
 Status: compiled with NVRTC (tests/test_cuda_compile.py) and run on the CPU by the CUDA emulator
-(cuda_emulator/: this CUDA C compiled by g++, one fiber per GPU thread, behind a stand-in
+(tinygrad_gpt/cuda_emulator/: this CUDA C compiled by g++, one fiber per GPU thread, behind a stand-in
 cupy), against the references (tests/test_cuda_kernels_emulated.py) and in the whole engine
 (tests/test_cuda_engine.py [emulated], the device-parametrised gradient and model tests). Not yet
 run on a GPU: the [gpu] tests and the benchmarks need one, see benchmarks/RESULTS.md.
 """
-from kernels.reference import GELU_SCALE, KERNELS, get_array_module
-from kernels.cuda.adamw import adamw_update
-from kernels.cuda.attention import attention_backward, attention_forward
-from kernels.cuda.cross_entropy import (softmax_cross_entropy_backward,
+from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module
+from tinygrad_gpt.kernels.cuda.adamw import adamw_update
+from tinygrad_gpt.kernels.cuda.attention import attention_backward, attention_forward
+from tinygrad_gpt.kernels.cuda.cross_entropy import (softmax_cross_entropy_backward,
                                         softmax_cross_entropy_forward)
-from kernels.cuda.dropout import dropout_backward, dropout_forward
-from kernels.cuda.embedding import embedding_backward
-from kernels.cuda.gelu import gelu_backward, gelu_forward
-from kernels.cuda.layernorm import layernorm_backward, layernorm_forward
+from tinygrad_gpt.kernels.cuda.dropout import dropout_backward, dropout_forward
+from tinygrad_gpt.kernels.cuda.embedding import embedding_backward
+from tinygrad_gpt.kernels.cuda.gelu import gelu_backward, gelu_forward
+from tinygrad_gpt.kernels.cuda.layernorm import layernorm_backward, layernorm_forward
 
 # the same names as the reference, which lists them once (reference.KERNELS)
 __all__ = ["GELU_SCALE", "get_array_module", *KERNELS]

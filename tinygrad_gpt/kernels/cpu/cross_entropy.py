@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from kernels import reference
-from kernels.cpu._common import as_index_array, common_float_dtype, fast_exp, kernel, row_max
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cpu._common import as_index_array, common_float_dtype, fast_exp, kernel, row_max
 
 
 @kernel()

@@ -1,5 +1,5 @@
 """Helpers shared by the cpu and cuda backends (not kernels: `reference.py` lists those)."""
-from kernels.reference import get_array_module
+from tinygrad_gpt.kernels.reference import get_array_module
 
 
 def flat_inplace(a):

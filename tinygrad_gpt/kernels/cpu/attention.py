@@ -40,10 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 from numba import njit
 
-from kernels import reference
-from kernels.cpu._common import (KERNEL_OPTIONS, ThreadPicker, atomic_add, common_float_dtype, fast_exp, kernel,
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cpu._common import (KERNEL_OPTIONS, ThreadPicker, atomic_add, common_float_dtype, fast_exp, kernel,
                                  row_max)
-from kernels.cpu._tile import gemm4
+from tinygrad_gpt.kernels.cpu._tile import gemm4
 
 # B * nh * T * W * hs from which the heads are split over threads (the cpu preset has 6.3M)
 PARALLEL_MIN_WORK = 1 << 20

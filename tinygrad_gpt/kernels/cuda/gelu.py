@@ -12,9 +12,9 @@ Dimension legend: n elements (any shape, flattened).
 """
 import cupy
 
-from kernels import reference
-from kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
-from kernels.reference import GELU_SCALE
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
+from tinygrad_gpt.kernels.reference import GELU_SCALE
 
 SOURCE = r"""
 template <typename T>

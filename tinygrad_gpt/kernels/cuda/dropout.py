@@ -18,8 +18,8 @@ Dimension legend: n elements (any shape, flattened).
 """
 import cupy
 
-from kernels import reference
-from kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
 
 SOURCE = r"""
 template <typename T>
@@ -27,7 +27,7 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ out, lon
                                unsigned long long seed, unsigned long long threshold, T scale) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        // splitmix64 of seed + (i + 1) * golden, mod 2^64 (kernels/reference.py dropout_keep)
+        // splitmix64 of seed + (i + 1) * golden, mod 2^64 (tinygrad_gpt/kernels/reference.py dropout_keep)
         unsigned long long z = seed + (unsigned long long)(i + 1) * 0x9E3779B97F4A7C15ULL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;

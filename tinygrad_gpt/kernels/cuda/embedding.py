@@ -16,8 +16,8 @@ Dimension legend: N rows (B*T), C channels, V rows of the table (num_embeddings)
 """
 import cupy
 
-from kernels import reference
-from kernels.cuda._common import (THREADS, as_index_array, checks_enabled, common_float_dtype,
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cuda._common import (THREADS, as_index_array, checks_enabled, common_float_dtype,
                                   ctype, first_bad_index, get_kernel, grid_for)
 
 SOURCE = r"""

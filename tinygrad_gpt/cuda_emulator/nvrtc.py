@@ -1,4 +1,4 @@
-"""The CUDA C of kernels/cuda, read and compiled without cupy or a GPU: only NVRTC.
+"""The CUDA C of tinygrad_gpt/kernels/cuda, read and compiled without cupy or a GPU: only NVRTC.
 
 `kernel_sources()` reads each kernel file's PREAMBLE / SOURCE / NAME_EXPRESSIONS with `ast` (so
 kernels.cuda, which imports cupy, is never imported); `find_all_nvrtc()` finds every NVRTC version
@@ -17,8 +17,8 @@ import glob
 import os
 import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CUDA_DIR = REPO / "kernels" / "cuda"
+PACKAGE = pathlib.Path(__file__).resolve().parents[1]  # tinygrad_gpt/
+CUDA_DIR = PACKAGE / "kernels" / "cuda"
 KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout")
 ARCHS = ("compute_70", "compute_75", "compute_80", "compute_90")  # V100, T4, A100, H100/H200
 OPTIONS = ["--std=c++14"]

@@ -30,7 +30,7 @@ backward, two kernels, both recomputing p = exp(q . k * scale - lse) tile by til
 Tile sizes (BR, BC): float (64, 32) forward and dq, (32, 32) dk/dv; double (32, 16) and (16, 16),
 so every kernel's static shared memory stays under 48 KiB (16-33 KiB).
 
-The CUDA emulator (cuda_emulator/) runs these kernels on the CPU against the reference
+The CUDA emulator (tinygrad_gpt/cuda_emulator/) runs these kernels on the CPU against the reference
 (tests/test_cuda_kernels_emulated.py, and mutations in tests/test_cuda_emulator.py);
 tests/test_cuda_kernels.py runs them on a GPU.
 
@@ -46,8 +46,8 @@ BR query rows per tile, BC keys per tile.
 """
 import cupy
 
-from kernels import reference
-from kernels.cuda._common import ceil_div, common_float_dtype, ctype, get_kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cuda._common import ceil_div, common_float_dtype, ctype, get_kernel
 
 HEAD_SIZES = (16, 32, 64)                  # HSP instantiations; hs is padded up to one of these
 FORWARD_TILES = {"float": (64, 32), "double": (32, 16)}   # (BR, BC) for forward and dq

@@ -1,6 +1,6 @@
 """The readable NumPy specification of every fused kernel: plain arrays in, plain arrays out.
 
-Each function here is what `kernels/cpu/` (Numba) and `kernels/cuda/` (CuPy) implement faster,
+Each function here is what `tinygrad_gpt/kernels/cpu/` (Numba) and `tinygrad_gpt/kernels/cuda/` (CuPy) implement faster,
 with the same name and signature; tests and benchmarks check those against these. The code is
 array-module generic (`xp` is numpy or cupy, taken from the inputs), so the same reference runs on
 both devices when kernels are switched off (TINYGRAD_GPT_KERNELS=reference).
@@ -220,7 +220,7 @@ def embedding_backward(dout, idx, num_embeddings):
 # ------------------------------------------------------------------------------------------------
 # splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", 2014): the
 # counter i times the golden-ratio increment, plus the seed, through the 64-bit finalizer. Every
-# implementation (this, kernels/cpu, kernels/cuda) computes the same 64-bit integers, so the masks
+# implementation (this, tinygrad_gpt/kernels/cpu, tinygrad_gpt/kernels/cuda) computes the same 64-bit integers, so the masks
 # are bit-identical across devices and backends, and the backward pass recomputes the mask from
 # (seed, i) instead of storing it.
 DROPOUT_GAMMA = 0x9E3779B97F4A7C15
@@ -230,7 +230,7 @@ DROPOUT_MIX2 = 0x94D049BB133111EB
 
 def _dropout_threshold(p):
     """The 32-bit threshold on the hash's high half: P(drop) = threshold / 2^32 (p to 2^-32).
-    (Used by kernels/cpu and kernels/cuda too; private so that every public function here is a
+    (Used by tinygrad_gpt/kernels/cpu and tinygrad_gpt/kernels/cuda too; private so that every public function here is a
     kernel the backends must provide.)"""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")

@@ -1,4 +1,4 @@
-"""Run the CUDA C of kernels/cuda on the CPU: a stand-in `cupy` whose RawModule compiles the
+"""Run the CUDA C of tinygrad_gpt/kernels/cuda on the CPU: a stand-in `cupy` whose RawModule compiles the
 kernels' own source with g++ against `emulator.h`, for the tests on machines without a GPU.
 
 `load()` returns (cupy, cuda): this stand-in module and a private import of `kernels.cuda` made
@@ -213,7 +213,7 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
-                        "construct a NumPy array explicitly. (cupy stand-in, cuda_emulator/)")
+                        "construct a NumPy array explicitly. (cupy stand-in, tinygrad_gpt/cuda_emulator/)")
 
     # numpy protocol: ufuncs and functions run on the wrapped arrays
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -618,7 +618,7 @@ def load():
     The stand-in is registered in sys.modules as "cupy_emulated" (the package name its arrays give,
     so kernels.reference.get_array_module finds it); "cupy" and "kernels.cuda" are left as they were.
     One per process: the kernel files are compiled once (cached on disk across runs)."""
-    import kernels
+    from tinygrad_gpt import kernels
     ours = [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]
     saved = {k: sys.modules.pop(k) for k in ours}
     had = "cuda" in vars(kernels)
@@ -653,7 +653,7 @@ def activate(monkeypatch):
     (pytest's) undoes it after the test. Returns the stand-in cupy; skips the test without g++."""
     import pytest
 
-    import kernels
+    from tinygrad_gpt import kernels
     if compiler() is None:
         pytest.skip("the CUDA emulator needs g++ (or $CXX) with C++17")
     from tinygrad_gpt import backend

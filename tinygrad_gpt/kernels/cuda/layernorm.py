@@ -19,8 +19,8 @@ Dimension legend: N rows, C channels, G row chunks of the parameter-gradient red
 """
 import cupy
 
-from kernels import reference
-from kernels.cuda._common import THREADS, ceil_div, common_float_dtype, ctype, get_kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cuda._common import THREADS, ceil_div, common_float_dtype, ctype, get_kernel
 
 ROWS_PER_CHUNK = 32  # rows each thread of the dweight/dbias partial-sum kernel adds up
 COLS_PER_BLOCK = 128

@@ -11,8 +11,8 @@ goes to the NumPy reference).
 """
 import numpy as np
 
-from kernels import reference
-from kernels.cpu._common import common_float_dtype, fast_tanh, kernel
+from tinygrad_gpt.kernels import reference
+from tinygrad_gpt.kernels.cpu._common import common_float_dtype, fast_tanh, kernel
 
 GELU_SCALE = reference.GELU_SCALE
 

@@ -1,8 +1,8 @@
-"""Numba versions of every kernel in `kernels/reference.py`: same names, same signatures.
+"""Numba versions of every kernel in `tinygrad_gpt/kernels/reference.py`: same names, same signatures.
 
 Each function is a thin Python wrapper (checks dtypes, makes inputs contiguous, allocates the
 outputs) around an `@njit(cache=True)` kernel; the first call of each (kernel, dtype) compiles and
-caches it under `kernels/cpu/__pycache__` (or NUMBA_CACHE_DIR), later processes load it from there.
+caches it under `tinygrad_gpt/kernels/cpu/__pycache__` (or NUMBA_CACHE_DIR), later processes load it from there.
 
 float32 and float64 run in their own dtype (no upcasts, accumulators included). Anything else
 (float16, mixed dtypes, shapes the reference broadcasts) is handed to the NumPy reference, so a
@@ -15,17 +15,17 @@ Follows: llm.c's `dev/cpu` style (one function per kernel, plain loops). Does no
 tinygrad_gpt, or keep any state between calls.
 
 subtle: Numba's cache is keyed on the file that holds the kernel, not on the helpers it calls;
-after editing `_common.py`, delete `kernels/cpu/__pycache__` or the kernels keep the old helpers.
+after editing `_common.py`, delete `tinygrad_gpt/kernels/cpu/__pycache__` or the kernels keep the old helpers.
 """
-from kernels.reference import GELU_SCALE, KERNELS, get_array_module
-from kernels.cpu.adamw import adamw_update
-from kernels.cpu.attention import attention_backward, attention_forward
-from kernels.cpu.cross_entropy import (softmax_cross_entropy_backward,
+from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module
+from tinygrad_gpt.kernels.cpu.adamw import adamw_update
+from tinygrad_gpt.kernels.cpu.attention import attention_backward, attention_forward
+from tinygrad_gpt.kernels.cpu.cross_entropy import (softmax_cross_entropy_backward,
                                        softmax_cross_entropy_forward)
-from kernels.cpu.dropout import dropout_backward, dropout_forward
-from kernels.cpu.embedding import embedding_backward
-from kernels.cpu.gelu import gelu_backward, gelu_forward
-from kernels.cpu.layernorm import layernorm_backward, layernorm_forward
+from tinygrad_gpt.kernels.cpu.dropout import dropout_backward, dropout_forward
+from tinygrad_gpt.kernels.cpu.embedding import embedding_backward
+from tinygrad_gpt.kernels.cpu.gelu import gelu_backward, gelu_forward
+from tinygrad_gpt.kernels.cpu.layernorm import layernorm_backward, layernorm_forward
 
 # the same names as the reference, which lists them once (reference.KERNELS)
 __all__ = ["GELU_SCALE", "get_array_module", *KERNELS]

@@ -57,9 +57,9 @@ def test_sources_seen_by_the_compile_test_are_the_ones_compiled():
     """Where cupy imports, the module attributes equal what ast reads (no hidden string building)."""
     pytest.importorskip("cupy", reason="cupy is not installed (pip install cupy-cuda12x)")
     import importlib
-    common = importlib.import_module("kernels.cuda._common")
+    common = importlib.import_module("tinygrad_gpt.kernels.cuda._common")
     for name, source, exprs in kernel_sources():
-        module = importlib.import_module(f"kernels.cuda.{name}")
+        module = importlib.import_module(f"tinygrad_gpt.kernels.cuda.{name}")
         assert common.PREAMBLE + module.SOURCE == source
         assert list(module.NAME_EXPRESSIONS) == exprs
 

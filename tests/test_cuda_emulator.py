@@ -266,7 +266,8 @@ def test_the_stand_in_cupy_stays_private():
     from tinygrad_gpt import kernels
     assert sys.modules.get("cupy") is not cupy
     assert kernels.for_array(np.zeros(3)) is not cuda
-    assert "kernels.cuda" not in sys.modules or sys.modules["kernels.cuda"] is not cuda
+    name = "tinygrad_gpt.kernels.cuda"
+    assert name not in sys.modules or sys.modules[name] is not cuda
 
 
 def test_the_ucontext_fibers_agree_with_the_assembly_switch(rules, monkeypatch):

@@ -611,26 +611,33 @@ def make_cupy():
     return cp
 
 
+def _swapped(module_name):
+    """Whether `module_name` is one of the modules `load` imports against the stand-in cupy."""
+    return module_name in ("cupy", "tinygrad_gpt.kernels.cuda") or \
+        module_name.startswith(("cupy.", "tinygrad_gpt.kernels.cuda."))
+
+
 @functools.lru_cache(maxsize=None)
 def load():
     """(cupy, cuda): the stand-in cupy and a private import of kernels.cuda that uses it.
 
     The stand-in is registered in sys.modules as "cupy_emulated" (the package name its arrays give,
-    so kernels.reference.get_array_module finds it); "cupy" and "kernels.cuda" are left as they were.
+    so kernels.reference.get_array_module finds it); "cupy" and "tinygrad_gpt.kernels.cuda" are left
+    as they were.
     One per process: the kernel files are compiled once (cached on disk across runs)."""
     from tinygrad_gpt import kernels
-    ours = [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]
+    ours = [k for k in sys.modules if _swapped(k)]
     saved = {k: sys.modules.pop(k) for k in ours}
     had = "cuda" in vars(kernels)
     old = vars(kernels).get("cuda")
     cp = make_cupy()
     sys.modules["cupy"] = cp
     try:
-        cuda = importlib.import_module("kernels.cuda")
-        files = [sys.modules[f"kernels.cuda.{name}"] for name in cuda.KERNEL_FILES]
-        preamble = sys.modules["kernels.cuda._common"].PREAMBLE
+        cuda = importlib.import_module("tinygrad_gpt.kernels.cuda")
+        files = [sys.modules[f"tinygrad_gpt.kernels.cuda.{name}"] for name in cuda.KERNEL_FILES]
+        preamble = sys.modules["tinygrad_gpt.kernels.cuda._common"].PREAMBLE
     finally:
-        for k in [k for k in sys.modules if k in ("cupy", "kernels.cuda") or k.startswith(("cupy.", "kernels.cuda."))]:
+        for k in [k for k in sys.modules if _swapped(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
         if had:

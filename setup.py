@@ -8,8 +8,9 @@ Run-time dependencies are deliberately few: numpy, numba, tqdm. Features that ne
 through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `checkpoint`
 (safetensors), `rlhf` (vaderSentiment), `plot` (matplotlib, for `python -m tinygrad_gpt.plot`),
 `mpi` (mpi4py and Open MPI's wheel: `mpirun` with no system packages), `nvrtc` (the CUDA compiler
-alone, for the compile checks of tinygrad_gpt/kernels/cuda on machines without a GPU). `all` is everything a CPU
-user needs.
+alone, for the compile checks of tinygrad_gpt/kernels/cuda on machines without a GPU), `graph` (the
+picture of the autograd graph), `interactive` (the gradient tour as notebooks in Jupyter). `all` is
+everything a CPU user needs.
 """
 from setuptools import find_packages, setup
 
@@ -25,10 +26,17 @@ EXTRAS = {
     # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with
     # it, with CUDA 12's and CUDA 13's (the GPU machines' cupy-cuda13x uses 13)
     "nvrtc": ["nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc>=13,<14"],
+    # the picture of the autograd graph (tinygrad_gpt/graph.py); rendering also needs Graphviz's
+    # `dot` program from the system's packages (e.g. apt-get install graphviz)
+    "graph": ["graphviz"],
 }
+# the gradient tour as notebooks: Jupyter, jupytext (opens docs/*.md as notebooks: one source),
+# a kernel, and what the chapters draw with
+EXTRAS["interactive"] = ["jupyterlab", "jupytext", "ipykernel", "matplotlib", "graphviz"]
 EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf", "plot") for dep in EXTRAS[name]})
-# the test suite exercises every CPU feature, so it installs them all
-EXTRAS["test"] = ["pytest", "hypothesis"] + EXTRAS["all"]
+# the test suite exercises every CPU feature, so it installs them all, and runs the tour's
+# chapters as notebooks in a real kernel (jupytext, nbclient, ipykernel; no Jupyter front end)
+EXTRAS["test"] = ["pytest", "hypothesis", "jupytext", "nbclient", "ipykernel"] + EXTRAS["all"] + EXTRAS["graph"]
 
 setup(
     name="tinygrad_gpt",

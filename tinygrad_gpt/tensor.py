@@ -232,7 +232,7 @@ class Tensor:
         self.grad = None
 
     # ---- backward ----------------------------------------------------------------------------
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=False, on_grad=None):
         """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad.
 
         `grad` is d(loss)/d(self); it may be omitted only for a one-element tensor (then it is 1).
@@ -240,6 +240,8 @@ class Tensor:
         `retain_graph`, so memory stays flat over training steps. A later backward that reaches a
         released part of the graph raises RuntimeError before touching any gradient (as PyTorch
         does); pass retain_graph=True to every backward but the last through a shared graph.
+        `on_grad(tensor, dout)`, if given, sees the gradient of every node (op outputs and leaves) as
+        the walk reaches it, summed over all its uses (graph.py draws their norms).
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad (no input had requires_grad=True, "
@@ -267,6 +269,8 @@ class Tensor:
         grads = {id(self): (grad, False)}
         for node in reversed(order):
             dout, owned = grads.pop(id(node), (None, False))
+            if on_grad is not None and dout is not None:
+                on_grad(node, dout)
             ctx = node._ctx
             if ctx is None:  # a leaf: accumulate across backward calls, as PyTorch does
                 if dout is not None:

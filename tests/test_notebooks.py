@@ -6,7 +6,6 @@ Follows: jupytext's Markdown format (```python blocks become code cells, the res
 nbclient's executor, as `jupyter nbconvert --execute` uses it. The control converts a chapter with
 one broken cell and must report it.
 """
-import pathlib
 import re
 
 import jupytext

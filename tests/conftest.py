@@ -110,3 +110,20 @@ def require_shakespeare():
 
 def gpt2_dir():
     return pathlib.Path(os.environ.get("GPT2_DIR", SHARED_DATA / "gpt2"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Skips summarised by reason, one line each with a count, instead of one line per test: a
+    machine without a GPU skips dozens of `[gpu]` cases for the same reason."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2]
+        else:
+            reason = str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skips by reason")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:4d}  {reason}")

@@ -1,6 +1,6 @@
 """The gradient tour in docs/ cannot go stale: every claim it makes about the code is checked here.
 
-For every Markdown file in docs/:
+For every Markdown file in docs/, and the README:
   * every inline code span naming code as `path/to/file.py:Symbol` (or `file.py:Class.method`)
     resolves: the file exists and `ast` finds the symbol (a module-level def, class or assignment,
     then members of a class, nested by dots), so renaming a function breaks this test;
@@ -31,7 +31,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-DOC_FILES = sorted(DOCS.glob("*.md"))
+# the README is held to the same rules: its snippets run, its links resolve
+DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 CHAPTER = re.compile(r"^(0[1-8])-.*\.md$")
 
 REF = re.compile(r"([A-Za-z0-9_./-]+\.py):([A-Za-z_][A-Za-z0-9_.]*)")

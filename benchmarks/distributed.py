@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# subtle: the repo root must come before this folder, whose kernels.py would shadow the package
+# the checkout under test, whatever else is installed
 sys.path.insert(0, str(REPO))
 
 SHAPES = {  # (GPTConfig fields, global batch rows)

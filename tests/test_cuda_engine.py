@@ -280,11 +280,11 @@ def test_example_trains_the_same_on_both_devices(cuda, tmp_path, capsys):
     assert losses["cuda"][-1] < losses["cuda"][0] - 0.5                 # and it learns
 
 
-def test_gpu_benchmark_scripts_run(cuda, capsys):
+def test_gpu_benchmark_scripts_run(cuda, capsys, monkeypatch):
     """benchmarks/cuda_kernels.py and benchmarks/gpu_train.py end to end at small sizes, so a
     script error shows up before a GPU's limited time is spent on it (their figures mean nothing
     in the emulator: it is the CPU)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # undone after the test
     import cuda_kernels
     import gpu_train
     assert cuda_kernels.main(["--repeats", "2", "--B", "2", "--T", "33", "--C", "48", "--n-head", "3",

@@ -17,7 +17,7 @@ preset's training sizes, and non-contiguous views (every other column of a wider
 transposed view of a fused qkv array, as the model produces).
 
 Follows: llm.c `dev/cuda` (every kernel validated against the CPU reference before it is timed).
-Does not: time anything (benchmarks/kernels.py does), or test the CuPy kernels.
+Does not: time anything (benchmarks/cpu_kernels.py does), or test the CuPy kernels.
 
 The first run compiles every kernel in both dtypes (tens of seconds on a 2-core machine); Numba's
 cache (`cache=True`) makes later runs load them in about a second.

@@ -1,7 +1,7 @@
 """Benchmark the Numba kernels (tinygrad_gpt/kernels/cpu) against their NumPy references (tinygrad_gpt/kernels/reference.py).
 
-    python benchmarks/kernels.py                      # both presets, 2 threads, compile times too
-    python benchmarks/kernels.py --presets cpu --threads 1 --no-compile
+    python benchmarks/cpu_kernels.py                      # both presets, 2 threads, compile times too
+    python benchmarks/cpu_kernels.py --presets cpu --threads 1 --no-compile
 
 For every kernel at the training sizes of the `cpu` preset (B=12, T=64, C=128, nh=4, hs=32, V=65,
 4 layers) and the `gpu` preset (B=64, T=256, C=384, nh=6, hs=64, V=65, 6 layers), float32:

@@ -6,10 +6,9 @@ input gets a gradient of its own shape. Shapes: any; `X` below means "the broadc
 
 Follows: the first tinygrad release (ops_cpu.py), numpy broadcasting rules. Deliberately does
 not: type-promote (both inputs must share a dtype: a float32 tensor times a float64 array is an
-error rather than a silent upcast), or support complex numbers.
+error rather than a silent upcast; Tensor's operators bring Python numbers and arrays to one
+dtype first, by the rules in tinygrad_gpt/tensor.py's docstring), or support complex numbers.
 """
-import math
-
 import numpy as np
 
 from tinygrad_gpt import kernels
@@ -295,13 +294,19 @@ class Clip(Function):
     def forward(ctx, a, low=None, high=None):
         if low is None and high is None:
             raise ValueError("clip: give at least one of low and high")
-        xp = array_module(a)
-        lo = -math.inf if low is None else low
-        hi = math.inf if high is None else high
-        if lo > hi:
+        if low is not None and high is not None and low > high:
             raise ValueError(f"clip: low {low} is above high {high}")
-        ctx.inside = (a >= lo) & (a <= hi)
-        return xp.clip(a, a.dtype.type(lo), a.dtype.type(hi))
+        xp = array_module(a)
+        # subtle: each bound in a's dtype, and only the bounds given (an integer a has no -inf)
+        out, inside = a, xp.ones(a.shape, dtype=bool)
+        if low is not None:
+            lo = a.dtype.type(low)
+            out, inside = xp.maximum(out, lo), inside & (a >= lo)
+        if high is not None:
+            hi = a.dtype.type(high)
+            out, inside = xp.minimum(out, hi), inside & (a <= hi)
+        ctx.inside = inside
+        return out
 
     @staticmethod
     def backward(ctx, dout):
@@ -330,14 +335,18 @@ class Where(Function):
 
 
 def where(cond, a, b):
-    """Select elementwise: a where cond, else b. a or b may be Python numbers."""
-    like = a if isinstance(a, Tensor) else b
-    if not isinstance(like, Tensor):
+    """Select elementwise: a where cond, else b. a or b may be Python numbers or arrays (brought
+    to the tensor's dtype by the rules of Tensor's operators, tinygrad_gpt/tensor.py)."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError("where: at least one of a and b must be a Tensor")
     cond = cond.data if isinstance(cond, Tensor) else cond
     if getattr(cond, "dtype", None) is None or cond.dtype != bool:
         raise TypeError(f"where: cond must be a boolean array or Tensor, got {getattr(cond, 'dtype', type(cond))}")
-    return Where.apply(like._lift(a), like._lift(b), cond=cond)
+    if isinstance(a, Tensor):
+        a, b = a._coerce(b, "where")
+    else:
+        b, a = b._coerce(a, "where")
+    return Where.apply(a, b, cond=cond)
 
 
 class MaskedFill(Function):

@@ -320,6 +320,31 @@ def test_cross_entropy_ignore_index(rng, dtype):
     assert np.all(cpu.softmax_cross_entropy_backward(dlosses, logits, lse, ignored) == 0)
 
 
+@pytest.mark.parametrize("module", ["cpu", "reference"])
+@pytest.mark.parametrize("offset", [1e6, -1e6, 3e4])
+def test_cross_entropy_at_large_float32_logits_matches_float64(rng, module, offset):
+    """float32 logits near 1e6: loss and dlogits equal a float64 computation on the same float32
+    values, to float32 precision. lse - logits[t] rounded lse at 1e6 (steps of 0.0625: a loss of
+    1.4375 for 1.4076) and exp(logits - lse) put that error into every probability (1-3%)."""
+    k = {"cpu": cpu, "reference": reference}[module]
+    N, V = 33, 17
+    logits = (normal(rng, (N, V), np.float64, 2.0) + offset).astype(np.float32)  # (N, V)
+    targets = rng.integers(0, V, N)                                # (N,)
+    dlosses = np.full(N, 1.0 / N, np.float32)                      # (N,)
+    exact = logits.astype(np.float64)                              # (N, V) the same values, float64
+    shifted = exact - exact.max(axis=1, keepdims=True)             # (N, V)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)  # (N, V)
+    want_loss = -np.log(p[np.arange(N), targets])                  # (N,)
+    want_d = p * dlosses[:, None].astype(np.float64)               # (N, V)
+    want_d[np.arange(N), targets] -= dlosses                       # minus the one-hot
+    losses, lse = k.softmax_cross_entropy_forward(logits, targets)
+    assert losses.dtype == np.float32
+    np.testing.assert_allclose(losses, want_loss, rtol=1e-5, atol=1e-6)
+    dlogits = k.softmax_cross_entropy_backward(dlosses, logits, lse, targets)
+    assert dlogits.dtype == np.float32
+    assert rel_err(dlogits, want_d) < 1e-5, f"dlogits relative error {rel_err(dlogits, want_d):.3g}"
+
+
 def test_cross_entropy_rejects_out_of_range_targets():
     logits = np.zeros((3, 5), dtype=np.float32)                    # (3, 5)
     with pytest.raises(IndexError, match=r"targets\[1\] = 5"):

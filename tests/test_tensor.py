@@ -418,3 +418,30 @@ def test_split_refuses_sizes_that_do_not_fit():
     with pytest.raises(ValueError, match="axis 1 is out of range"):
         t.split([3], axis=1)
     assert [p.shape for p in t.split([0, 3])] == [(0,), (3,)]
+
+
+@pytest.mark.parametrize("name,make", [
+    ("exp", lambda t: t.exp()), ("log", lambda t: t.log()), ("sqrt", lambda t: t.sqrt()),
+    ("tanh", lambda t: t.tanh()), ("sigmoid", lambda t: t.sigmoid()), ("gelu", lambda t: t.gelu()),
+    ("softmax", lambda t: t.softmax()), ("log_softmax", lambda t: t.log_softmax()),
+    ("cross_entropy", lambda t: ops.cross_entropy(t, np.array([0, 2]))),
+    ("dropout", lambda t: ops.dropout(t, 0.3, np.random.default_rng(0))),
+    ("layer_norm", lambda t: ops.layer_norm(t, Tensor(np.ones(3)), Tensor(np.zeros(3)))),
+    ("causal_self_attention", lambda t: ops.causal_self_attention(*[t.reshape(1, 1, 2, 3)] * 3)),
+])
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_])
+def test_real_valued_ops_refuse_integer_and_bool_tensors(name, make, dtype):
+    """sigmoid and gelu of an int64 tensor gave zeros (computed, then cast back to int), the
+    cross-entropy of int logits a truncated integer: these ops need a float tensor, and say so."""
+    t = Tensor(np.array([[1, 2, 3], [0, 5, 1]]).astype(dtype))
+    with pytest.raises(TypeError, match=f"{name}: needs floating-point tensors, got dtype {np.dtype(dtype)}"):
+        make(t)
+
+
+def test_layer_norm_and_attention_refuse_mixed_float_dtypes():
+    x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="layer_norm: dtypes differ, float32, float64, float64"):
+        ops.layer_norm(x, Tensor(np.ones(3)), Tensor(np.zeros(3)))
+    q = Tensor(np.ones((1, 1, 2, 3), np.float32))
+    with pytest.raises(TypeError, match="causal_self_attention: dtypes differ, float32, float64, float32"):
+        ops.causal_self_attention(q, Tensor(np.ones((1, 1, 2, 3))), q)

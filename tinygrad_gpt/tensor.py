@@ -19,7 +19,10 @@ clip, masked_fill, matmul). No silent upcasts: a float tensor never changes its 
   its own dtype; a float array of another float dtype is refused with a TypeError naming the op
   and both dtypes (a float32 tensor times a float64 array would otherwise be upcast, or lose
   precision in silence); an integer or bool tensor follows NumPy (int64 with float32 is float64).
-A leaf's `.grad` always has the leaf's dtype and shape: backward checks both for every op.
+Ops defined on real numbers (exp, log, sqrt, tanh, sigmoid, gelu, softmax, cross-entropy, layer
+norm, dropout, attention) need floating-point tensors of one dtype and refuse others, naming the
+op (ops/elementwise.py:check_float). A leaf's `.grad` always has the leaf's dtype and shape:
+backward checks both for every op.
 
 Truth value: `bool(t)` is NumPy's, for a tensor of exactly one element (any shape, 0-d included);
 any other size raises a ValueError naming the shape (so `if t < 1:` cannot take a branch by

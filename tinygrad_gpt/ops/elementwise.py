@@ -45,6 +45,19 @@ def _check_dtypes(name, a, b):
             raise ValueError(f"{name}: shapes {a.shape} and {b.shape} do not broadcast") from None
 
 
+def check_float(name, *arrays):
+    """Ops defined on real numbers (exp, log, sqrt, tanh, sigmoid, gelu, softmax, cross-entropy,
+    layer norm, dropout, attention): floating-point inputs of one dtype. An integer input would
+    give float64 (exp), float16 (exp of bool) or truncated zeros (sigmoid, gelu of int64), so it is
+    refused, naming the op and the dtypes."""
+    dtypes = [str(a.dtype) for a in arrays]
+    if any(a.dtype.kind != "f" for a in arrays):
+        raise TypeError(f"{name}: needs floating-point tensors, got dtype {', '.join(dtypes)}; convert with "
+                        f".astype(np.float32)")
+    if len(set(dtypes)) > 1:
+        raise TypeError(f"{name}: dtypes differ, {', '.join(dtypes)}; convert with .astype() (no silent upcasts)")
+
+
 class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -162,6 +175,7 @@ class Pow(Function):
 class Exp(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("exp", a)
         xp = array_module(a)
         ctx.out = xp.exp(a)
         return ctx.out
@@ -175,6 +189,7 @@ class Exp(Function):
 class Log(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("log", a)
         xp = array_module(a)
         ctx.a = a
         return xp.log(a)
@@ -188,6 +203,7 @@ class Log(Function):
 class Sqrt(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("sqrt", a)
         xp = array_module(a)
         ctx.out = xp.sqrt(a)
         return ctx.out
@@ -201,6 +217,7 @@ class Sqrt(Function):
 class Tanh(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("tanh", a)
         xp = array_module(a)
         ctx.out = xp.tanh(a)
         return ctx.out
@@ -215,6 +232,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("sigmoid", a)
         xp = array_module(a)
         # subtle: written with exp(-|a|) so that neither branch overflows for large |a|
         e = xp.exp(-xp.abs(a))
@@ -245,6 +263,7 @@ class Gelu(Function):
 
     @staticmethod
     def forward(ctx, a):
+        check_float("gelu", a)
         ctx.a = a
         return kernels.for_array(a).gelu_forward(a)
 

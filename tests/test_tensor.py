@@ -408,6 +408,18 @@ def test_tensor_of_a_tensor_takes_its_data_as_a_new_leaf():
     assert Tensor(b, dtype=np.float32).dtype == np.float32
 
 
+def test_iterating_and_transposing_check_the_dimensions():
+    """list() of a 0-d tensor was [] (indexing raised IndexError at once); transpose of a 1-d
+    tensor a bare 'list index out of range'."""
+    assert [row.numpy().tolist() for row in Tensor(np.arange(4.0).reshape(2, 2))] == [[0.0, 1.0], [2.0, 3.0]]
+    with pytest.raises(TypeError, match="0-d tensor"):
+        list(Tensor(1.0))
+    with pytest.raises(ValueError, match=r"transpose: axis -2 is out of range for a tensor of shape \(2,\)"):
+        Tensor([1.0, 2.0]).transpose()
+    with pytest.raises(ValueError, match="axis 5 is out of range"):
+        Tensor(np.ones((2, 3))).transpose(0, 5)
+
+
 def test_split_refuses_sizes_that_do_not_fit():
     """split([4, -1]) on length 3 sums to 3 but is nonsense: refused, as are sizes that do not add up."""
     t = Tensor(np.arange(3.0))

@@ -238,6 +238,13 @@ class Tensor:
             raise TypeError("len: a 0-d tensor (shape ()) has no length")
         return len(self.data)
 
+    def __iter__(self):
+        """The rows along the first axis, as NumPy; a 0-d tensor is not iterable (it was taken for
+        an empty sequence, since indexing it raised IndexError at once)."""
+        if self.ndim == 0:
+            raise TypeError("iter: a 0-d tensor (shape ()) cannot be iterated")
+        return (self[i] for i in range(len(self)))
+
     def __bool__(self):
         """NumPy's truth value of a one-element tensor (any shape); any other size is an error."""
         if self.data.size != 1:
@@ -581,6 +588,9 @@ class Tensor:
         return ops.Permute.apply(self, axes=tuple(axes))
 
     def transpose(self, axis0=-2, axis1=-1):
+        for ax in (axis0, axis1):
+            if not -self.ndim <= ax < self.ndim:
+                raise ValueError(f"transpose: axis {ax} is out of range for a tensor of shape {self.shape}")
         axes = list(range(self.ndim))
         axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
         return ops.Permute.apply(self, axes=tuple(axes))

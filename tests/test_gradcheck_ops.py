@@ -179,3 +179,53 @@ def test_gradcheck_refuses_float32():
     a = Tensor(np.ones((2, 2), np.float32), requires_grad=True)
     with pytest.raises(TypeError, match="float64"):
         gradcheck(lambda a: a * a, [a])
+
+
+class PoisonedGradient(Function):
+    """forward 2x, backward 2 everywhere except `value` (NaN or inf) at flat element `at`."""
+    value, at = np.nan, 2
+
+    @staticmethod
+    def forward(ctx, a):
+        return a * 2.0
+
+    @staticmethod
+    def backward(ctx, dout):
+        g = (dout * 2.0).copy()
+        g.reshape(-1)[PoisonedGradient.at] = PoisonedGradient.value
+        return g
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("max_checks", [None, 1])
+def test_control_non_finite_analytic_gradient_is_caught(value, max_checks, monkeypatch):
+    """NaN loses every `>` comparison, so a NaN at an element after the first once passed: every
+    non-finite analytic value fails, named, also where max_checks samples another element."""
+    monkeypatch.setattr(PoisonedGradient, "value", value)
+    a = Tensor(np.arange(1.0, 7.0).reshape(2, 3), requires_grad=True)
+    result = gradcheck(lambda a: PoisonedGradient.apply(a).sum(), [a], tol=TOL, max_checks=max_checks)
+    assert not result.ok, f"gradcheck passed a {value} gradient: {result}"
+    assert result.where == (0, (0, 2)) and result.max_rel_error == np.inf
+    assert f"analytic gradient is {value}" in str(result) and "FAILED" in str(result)
+
+
+def test_control_non_finite_numeric_gradient_is_caught():
+    """sqrt(x) at x = 0 (element 1): the finite difference meets sqrt(-eps) = NaN."""
+    a = Tensor(np.array([1.0, 0.0, 4.0]), requires_grad=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = gradcheck(lambda a: a.sqrt().sum(), [a], tol=TOL)
+    assert not result.ok and result.where == (0, (1,))
+    assert "gradient is" in result.problem
+
+
+def test_gradcheck_on_0d_and_non_contiguous_inputs(rng):
+    """A 0-d input and a transposed (non-contiguous) one are perturbed in place: both pass."""
+    x0 = Tensor(np.float64(1.3), requires_grad=True)
+    result = gradcheck(lambda a: a * a * a, [x0], tol=TOL)
+    assert result.ok and result.where == (0, ()) and abs(result.analytic - 3 * 1.3 ** 2) < 1e-12, str(result)
+    xt = Tensor(rng.standard_normal((4, 3)).T, requires_grad=True)
+    assert not xt.data.flags.c_contiguous
+    result = gradcheck(lambda a: (a * a).sum(axis=0), [xt], tol=TOL)
+    assert result.ok and result.checked == 12, str(result)
+    # control: the same transposed input with a wrong gradient still fails
+    assert not gradcheck(lambda a: WrongSquare.apply(a), [xt], tol=TOL).ok

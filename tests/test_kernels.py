@@ -113,6 +113,57 @@ def test_dispatch_picks_cpu_kernels_for_numpy_arrays():
         kernels.set_backend(None)
 
 
+@pytest.mark.parametrize("value,want", [("reference", "reference"), (" Off ", "reference"), ("0", "reference"),
+                                        ("fused", "cpu"), ("1", "cpu"), ("", "cpu")])
+def test_kernel_switch_accepts_its_values(monkeypatch, value, want):
+    monkeypatch.setenv("TINYGRAD_GPT_KERNELS", value)
+    assert kernels.for_array(np.zeros(3)) is {"reference": reference, "cpu": cpu}[want]
+
+
+@pytest.mark.parametrize("typo", ["refrence", "cuda", "2"])
+def test_kernel_switch_refuses_an_unknown_value_listing_the_accepted_ones(monkeypatch, typo):
+    """A typo once silently kept the fused kernels, so an A/B comparison compared nothing."""
+    monkeypatch.setenv("TINYGRAD_GPT_KERNELS", typo)
+    with pytest.raises(ValueError, match=f"TINYGRAD_GPT_KERNELS='{typo}' is not a known value: use "
+                                         f"'reference'.*or 'fused'"):
+        kernels.for_array(np.zeros(3))
+    kernels.set_backend("reference")  # set_backend wins over the environment
+    try:
+        assert kernels.for_array(np.zeros(3)) is reference
+    finally:
+        kernels.set_backend(None)
+
+
+def test_numba_disable_jit_runs_the_references_with_one_warning(tmp_path):
+    """NUMBA_DISABLE_JIT=1 once failed with "<intrinsic atomic_add> is not usable in pure-python":
+    now every kernel runs its reference, and one warning says so; the loss is the reference's."""
+    import subprocess
+    import sys
+    script = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('always')\n"
+        "from tinygrad_gpt import kernels\n"
+        "from tinygrad_gpt.model import GPT, GPTConfig\n"
+        "m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))\n"
+        "idx = np.arange(16).reshape(2, 8) % 11\n"
+        "for _ in range(2):\n"
+        "    _, loss = m(idx, idx); loss.backward()\n"
+        "print(kernels.for_array(idx) is kernels.reference, repr(loss.item()))\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = {}
+    for name, extra in [("nojit", {"NUMBA_DISABLE_JIT": "1"}), ("reference", {"TINYGRAD_GPT_KERNELS": "reference"})]:
+        env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_DISABLE_JIT", "TINYGRAD_GPT_KERNELS")}
+        env.update(extra, PYTHONPATH=repo)
+        runs[name] = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=300)
+    nojit = runs["nojit"]
+    assert nojit.returncode == 0, nojit.stderr
+    assert nojit.stderr.count("NUMBA_DISABLE_JIT=1: the fused kernels need Numba's compiler") == 1, nojit.stderr
+    assert nojit.stdout.split()[0] == "True"
+    assert nojit.stdout == runs["reference"].stdout
+
+
 def test_fast_exp_tanh_accuracy():
     """The float32 polynomials in _common.py: exp relative error < 3e-7, tanh absolute < 5e-7;
     the float64 tanh (via expm1) within 1e-14 relative of NumPy's."""
@@ -267,6 +318,31 @@ def test_cross_entropy_ignore_index(rng, dtype):
     losses, lse = cpu.softmax_cross_entropy_forward(logits, ignored)
     assert np.all(losses == 0)
     assert np.all(cpu.softmax_cross_entropy_backward(dlosses, logits, lse, ignored) == 0)
+
+
+@pytest.mark.parametrize("module", ["cpu", "reference"])
+@pytest.mark.parametrize("offset", [1e6, -1e6, 3e4])
+def test_cross_entropy_at_large_float32_logits_matches_float64(rng, module, offset):
+    """float32 logits near 1e6: loss and dlogits equal a float64 computation on the same float32
+    values, to float32 precision. lse - logits[t] rounded lse at 1e6 (steps of 0.0625: a loss of
+    1.4375 for 1.4076) and exp(logits - lse) put that error into every probability (1-3%)."""
+    k = {"cpu": cpu, "reference": reference}[module]
+    N, V = 33, 17
+    logits = (normal(rng, (N, V), np.float64, 2.0) + offset).astype(np.float32)  # (N, V)
+    targets = rng.integers(0, V, N)                                # (N,)
+    dlosses = np.full(N, 1.0 / N, np.float32)                      # (N,)
+    exact = logits.astype(np.float64)                              # (N, V) the same values, float64
+    shifted = exact - exact.max(axis=1, keepdims=True)             # (N, V)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)  # (N, V)
+    want_loss = -np.log(p[np.arange(N), targets])                  # (N,)
+    want_d = p * dlosses[:, None].astype(np.float64)               # (N, V)
+    want_d[np.arange(N), targets] -= dlosses                       # minus the one-hot
+    losses, lse = k.softmax_cross_entropy_forward(logits, targets)
+    assert losses.dtype == np.float32
+    np.testing.assert_allclose(losses, want_loss, rtol=1e-5, atol=1e-6)
+    dlogits = k.softmax_cross_entropy_backward(dlosses, logits, lse, targets)
+    assert dlogits.dtype == np.float32
+    assert rel_err(dlogits, want_d) < 1e-5, f"dlogits relative error {rel_err(dlogits, want_d):.3g}"
 
 
 def test_cross_entropy_rejects_out_of_range_targets():

@@ -149,24 +149,25 @@ def test_generate_cached_equals_uncached_for_prompt_lengths(rng, prompt_len, mod
 
 
 def test_generate_logits_are_forwards_last_row(rng, monkeypatch):
-    """The token generate samples comes from forward's logits at the last position: the tokens
-    sample_from_logits receives, for a 5-token prompt, are forward's last row / temperature."""
+    """The token generate samples comes from forward's logits at the last position: the logits
+    sample_from_logits receives, for a 5-token prompt, are forward's last row, with the temperature."""
     import tinygrad_gpt.model as model_module
     model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64)
     prompt = rng.integers(0, TINY.vocab_size, (2, 5))
     seen = []
     real = model_module.sample_from_logits
 
-    def spy(logits, rng, top_k=None, top_p=None):
-        seen.append(logits.copy())
-        return real(logits, rng, top_k=top_k, top_p=top_p)
+    def spy(logits, rng, top_k=None, top_p=None, temperature=1.0):
+        seen.append((logits.copy(), temperature))
+        return real(logits, rng, top_k=top_k, top_p=top_p, temperature=temperature)
 
     monkeypatch.setattr(model_module, "sample_from_logits", spy)
     for use_cache in (True, False):
         seen.clear()
         model.generate(prompt, 1, temperature=0.5, seed=0, use_cache=use_cache)
         full, _ = model.eval()(prompt)
-        np.testing.assert_allclose(seen[0], full.numpy()[:, -1, :] / 0.5, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(seen[0][0], full.numpy()[:, -1, :], rtol=1e-12, atol=1e-12)
+        assert seen[0][1] == 0.5
 
 
 def test_generate_is_seeded_and_builds_no_graph():
@@ -201,6 +202,79 @@ def test_bad_input_errors():
         GPTConfig(n_embd=10, n_head=4)
     with pytest.raises(ValueError, match="temperature"):
         model.generate(np.array([[1]]), 2, temperature=0)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(np.array([[1]]), 2, temperature=float("nan"))
+
+
+@pytest.mark.parametrize("shape", [(1, 0), (0, 3), (0, 0)])
+def test_empty_idx_is_refused_naming_its_shape(shape):
+    with pytest.raises(ValueError, match=rf"at least one token, got shape \({shape[0]}, {shape[1]}\)"):
+        GPT(TINY)(np.zeros(shape, np.int64))
+
+
+def test_idx_errors_name_the_shape_and_dtype():
+    model = GPT(TINY)
+    with pytest.raises(ValueError, match=r"sequence of 12 tokens \(idx of shape \(2, 12\)\) is longer than block_size 9"):
+        model(np.zeros((2, 12), np.int64))
+    with pytest.raises(TypeError, match="integer token ids, got dtype float64"):
+        model(np.zeros((1, 3)))
+
+
+def test_zero_d_loss_backward_through_mean_and_scaling(rng):
+    """The GPT's loss is 0-d: loss.mean() and (loss * 0.5).sum() backward like loss itself (the
+    gradients equal loss's, and half of them)."""
+    idx = rng.integers(0, TINY.vocab_size, (2, 5))
+    model = GPT(TINY, seed=3, dtype=np.float64)
+    grads = {}
+    for name, reduce in [("plain", lambda l: l), ("mean", lambda l: l.mean()), ("half", lambda l: (l * 0.5).sum())]:
+        model.zero_grad()
+        _, loss = model(idx, idx)
+        assert loss.shape == ()
+        reduce(loss).backward()
+        grads[name] = model.wte.weight.grad.copy()
+    np.testing.assert_array_equal(grads["mean"], grads["plain"])
+    np.testing.assert_allclose(grads["half"], 0.5 * grads["plain"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1e-6, 1e-310, 5e-324])
+def test_tiny_temperature_is_greedy(temperature):
+    """(logits - max) / T: the max becomes 0, the rest -huge or -inf, so the argmax is taken; at
+    1e-310 logits / T once overflowed to inf and NaN, and token 0 came forever."""
+    logits = np.array([[0.1, 2.0, -1.0, 1.9999], [5.0, -3.0, 4.0, 0.0]])
+    got = sample_from_logits(logits, np.random.default_rng(0), temperature=temperature)
+    assert got.tolist() == [1, 0]
+    tied = np.array([[1.0, 3.0, 3.0, 0.0]] * 400)  # ties at the max share the probability
+    assert set(sample_from_logits(tied, np.random.default_rng(1), temperature=temperature).tolist()) == {1, 2}
+
+
+def test_generate_at_a_tiny_temperature_is_greedy(rng):
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)))
+    prompt = rng.integers(0, TINY.vocab_size, (2, 3))
+    np.testing.assert_array_equal(model.generate(prompt, 6, temperature=1e-310, seed=0),
+                                  model.generate(prompt, 6, top_k=1, seed=1))
+    with pytest.raises(ValueError, match="finite reciprocal"):
+        model.logits(Tensor(np.ones((1, 1, TINY.n_embd), np.float32)), temperature=1e-310)
+
+
+@pytest.mark.parametrize("bad,says", [(np.nan, "row 1 hold NaN"), (np.inf, r"row 1 hold \+inf")])
+def test_non_finite_logits_are_refused_by_the_sampler(bad, says):
+    logits = np.zeros((3, 4))
+    logits[1, 2] = bad
+    with pytest.raises(ValueError, match=says):
+        sample_from_logits(logits, np.random.default_rng(0))
+    masked = np.array([[-np.inf, 0.0, -np.inf, -np.inf]] * 5)  # -inf is a masked token: never drawn
+    assert sample_from_logits(masked, np.random.default_rng(0)).tolist() == [1] * 5
+    with pytest.raises(ValueError, match="every logit of row 0 is -inf"):
+        sample_from_logits(np.full((1, 4), -np.inf), np.random.default_rng(0))
+
+
+def test_nan_weights_do_not_sample_silently():
+    """A model with NaN weights (e.g. loaded from a corrupt file) stops with an error at the first
+    token, instead of emitting token 0 forever."""
+    model = GPT(TINY)
+    model.wte.weight.data[:] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        model.generate(np.array([[1, 2]]), 3)
 
 
 def test_training_reduces_loss_with_kernels_on_and_off_identically():

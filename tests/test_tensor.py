@@ -252,3 +252,208 @@ def test_an_array_names_its_module_and_device(device):
     assert backend.array_module(t.data) is backend.get_xp(device)
     assert backend.device_of_array(t.data) == device == t.device
     assert backend.array_module(np.float32(1)) is np and backend.device_of_array(np.float32(1)) == "cpu"
+
+
+# ---- dtypes of mixed operands (rules: tinygrad_gpt/tensor.py docstring) ---------------------------
+@pytest.mark.parametrize("make,want", [
+    (lambda t: t * 0.5, [0.5, 1.0, 1.5]),
+    (lambda t: 0.5 * t, [0.5, 1.0, 1.5]),
+    (lambda t: t + 0.5, [1.5, 2.5, 3.5]),
+    (lambda t: 0.5 + t, [1.5, 2.5, 3.5]),
+    (lambda t: t - 0.5, [0.5, 1.5, 2.5]),
+    (lambda t: 3.5 - t, [2.5, 1.5, 0.5]),
+    (lambda t: t / 2, [0.5, 1.0, 1.5]),
+    (lambda t: 3 / t, [3.0, 1.5, 1.0]),
+    (lambda t: t ** 0.5, [1.0, 2 ** 0.5, 3 ** 0.5]),
+    (lambda t: 4.0 ** t, [4.0, 16.0, 64.0]),
+    (lambda t: t.maximum(1.5), [1.5, 2.0, 3.0]),
+    (lambda t: t.minimum(1.5), [1.0, 1.5, 1.5]),
+    (lambda t: t.clip(1.5, 2.5), [1.5, 2.0, 2.5]),
+    (lambda t: t.clip(high=2.5), [1.0, 2.0, 2.5]),
+    (lambda t: t.masked_fill(np.array([False, True, False]), 0.25), [1.0, 0.25, 3.0]),
+    (lambda t: t.masked_fill(np.array([True, False, False]), -np.inf), [-np.inf, 2.0, 3.0]),
+    (lambda t: ops.where(np.array([True, False, True]), t, 0.5), [1.0, 0.5, 3.0]),
+    (lambda t: ops.where(np.array([True, False, True]), 0.5, t), [0.5, 2.0, 0.5]),
+    (lambda t: t * np.float32(0.5), [0.5, 1.0, 1.5]),
+    (lambda t: t * np.array([0.5, 0.5, 0.5]), [0.5, 1.0, 1.5]),
+    (lambda t: np.array([0.5, 0.5, 0.5]) * t, [0.5, 1.0, 1.5]),
+    (lambda t: t @ np.array([0.5, 0.25, 0.0]), 1.0),
+])
+def test_integer_tensor_with_a_float_is_promoted_as_numpy_does(make, want):
+    """[1, 2, 3] * 0.5 is [0.5, 1, 1.5] as in NumPy, never the scalar cast to int ([0, 0, 0])."""
+    t = Tensor([1, 2, 3])
+    assert t.dtype == np.int64
+    got = make(t)
+    assert got.dtype.kind == "f"
+    np.testing.assert_allclose(got.numpy(), want)
+
+
+def test_python_numbers_follow_nep50():
+    """NEP 50: a Python number takes the tensor's dtype when its kind fits, else NumPy's default."""
+    i, b, f32 = Tensor([1, 2, 3]), Tensor([True, False]), Tensor([1.0, 2.0])
+    assert (i * 2).dtype == np.int64 and (i * 2).numpy().tolist() == [2, 4, 6]
+    assert (i * 0.5).dtype == np.float64
+    assert (b * 0.5).dtype == np.float64 and (b * 0.5).numpy().tolist() == [0.5, 0.0]
+    assert (b + 1).dtype == np.int64 and (b + 1).numpy().tolist() == [2, 1]
+    assert (1 + b).numpy().tolist() == [2, 1]
+    assert (f32 * 0.5).dtype == np.float32 and (f32 + 10 ** 6).dtype == np.float32
+    assert (f32 * np.float64(0.5)).dtype == np.float32  # a NumPy scalar counts as a number: no upcast
+    assert (f32 / np.sqrt(np.float64(4.0))).numpy().tolist() == [0.5, 1.0]
+    assert (Tensor(np.array([1, 2], np.int32)) + np.int64(1)).dtype == np.int32
+    assert (f32 * [2, 3]).dtype == np.float32 and (f32 * [0.5, 0.5]).numpy().tolist() == [0.5, 1.0]
+    with pytest.raises(OverflowError, match="add: 1000 does not fit the dtype int8"):
+        Tensor(np.array([1], np.int8)) + 1000
+
+
+def test_comparisons_with_a_float_do_not_truncate_it():
+    """[0, 1] < 0.5 is [True, False]: the 0.5 must not become 0 first."""
+    t = Tensor([0, 1])
+    assert (t < 0.5).numpy().tolist() == [True, False]
+    assert (t >= 0.5).numpy().tolist() == [False, True]
+    assert t.eq(0.5).numpy().tolist() == [False, False]
+    assert (Tensor([True, False]) > 0.5).numpy().tolist() == [True, False]
+
+
+def test_mixed_float_arrays_and_tensors_are_refused_naming_the_op_and_dtypes():
+    """No silent upcasts: a float32 tensor with a float64 array is an error, either side, any op."""
+    x = Tensor(np.ones(3, np.float32), requires_grad=True)
+    d = np.ones(3, np.float64)
+    for make, op in [(lambda: x * d, "mul"), (lambda: d * x, "mul"), (lambda: x + d, "add"), (lambda: d - x, "sub"),
+                     (lambda: x / d, "div"), (lambda: x.maximum(d), "maximum"), (lambda: x ** d, "pow"),
+                     (lambda: ops.where(np.ones(3, bool), x, d), "where")]:
+        with pytest.raises(TypeError, match=f"{op}: a float32 tensor and a float64 array"):
+            make()
+    with pytest.raises(TypeError, match="matmul: a float32 tensor and a float64 array"):
+        x @ d
+    assert (x * np.array([1, 2, 3])).dtype == np.float32  # integer arrays take the tensor's dtype
+    y = Tensor(np.ones(2, np.float64), requires_grad=True)
+    for join in (ops.concat, ops.stack):
+        with pytest.raises(TypeError, match=f"{join.__name__}: dtypes differ, float32, float64"):
+            join([Tensor(np.ones(2, np.float32), requires_grad=True), y])
+
+
+def test_leaf_grad_has_the_leaf_dtype():
+    """float32 leaves get float32 gradients, also through a float64 seed; an op whose backward
+    returns another dtype is named, as for a wrong shape."""
+    from tinygrad_gpt import Function
+    x = Tensor(np.ones(3, np.float32), requires_grad=True)
+    (x * 2.0).backward(np.ones(3, np.float64))
+    assert x.grad.dtype == np.float32
+
+    class Upcast(Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 2
+
+        @staticmethod
+        def backward(ctx, dout):
+            return dout.astype(np.float64) * 2
+
+    x.grad = None
+    with pytest.raises(RuntimeError, match="Upcast.backward: gradient for input 0 has dtype float64, "
+                                           "the input has dtype float32"):
+        Upcast.apply(x).sum().backward()
+
+
+def test_truth_value_is_numpys_for_one_element_and_an_error_otherwise():
+    assert bool(Tensor([0.0])) is False and bool(Tensor([2.0])) is True
+    assert bool(Tensor(0.0)) is False and bool(Tensor([[1]])) is True  # 0-d and (1, 1)
+    assert bool(Tensor([0.5]) < 1) is True
+    with pytest.raises(ValueError, match=r"shape \(2,\).*ambiguous"):
+        bool(Tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"shape \(0,\)"):
+        bool(Tensor(np.zeros(0)))
+    with pytest.raises(TypeError, match="0-d tensor"):
+        len(Tensor(1.0))
+
+
+# ---- 0-d tensors --------------------------------------------------------------------------------
+def test_zero_d_tensors_stay_zero_d_through_every_op_and_backward():
+    """A 0-d loss L at x = 3: mean(L), sum(0.5 L), L[()] and friends all give dL/dx of shape ()."""
+    cases = {
+        "mean": (lambda x: (x * x).mean(), 6.0),
+        "mul_sum": (lambda x: ((x * x) * 0.5).sum(), 3.0),
+        "max": (lambda x: x.max(), 1.0),
+        "var_plus": (lambda x: x.var() + x, 1.0),
+        "index": (lambda x: x[()] * 2.0, 2.0),
+        "reshape": (lambda x: x.reshape(1, 1).sum(), 1.0),
+        "sigmoid_exp": (lambda x: x.exp().sum(axis=()), float(np.exp(3.0))),
+        "reused": (lambda x: x * x + x, 7.0),
+    }
+    for name, (f, want) in cases.items():
+        x = T(3.0)
+        y = f(x)
+        assert y.shape == () and isinstance(y.data, np.ndarray), name
+        y.backward()
+        assert isinstance(x.grad, np.ndarray) and x.grad.shape == (), name
+        assert abs(x.grad.item() - want) < 1e-12, name
+
+
+def test_indexing_one_element_gives_a_0d_tensor_and_its_gradient():
+    """x[1] of [1, 2, 3] is 0-d (not (1,)); its gradient is [0, 1, 0]."""
+    x = T([1.0, 2.0, 3.0])
+    y = x[1]
+    assert y.shape == () and y.item() == 2.0
+    (y * 3.0).backward()
+    assert x.grad.tolist() == [0.0, 3.0, 0.0]
+
+
+# ---- constructors and shapes --------------------------------------------------------------------
+def test_tensor_of_a_tensor_takes_its_data_as_a_new_leaf():
+    a = T([1.0, 2.0])
+    b = a * 2.0
+    c = Tensor(b)
+    assert c.numpy().tolist() == [2.0, 4.0] and c.dtype == np.float64 and c._ctx is None
+    assert not c.requires_grad
+    assert Tensor(b, dtype=np.float32).dtype == np.float32
+
+
+def test_iterating_and_transposing_check_the_dimensions():
+    """list() of a 0-d tensor was [] (indexing raised IndexError at once); transpose of a 1-d
+    tensor a bare 'list index out of range'."""
+    assert [row.numpy().tolist() for row in Tensor(np.arange(4.0).reshape(2, 2))] == [[0.0, 1.0], [2.0, 3.0]]
+    with pytest.raises(TypeError, match="0-d tensor"):
+        list(Tensor(1.0))
+    with pytest.raises(ValueError, match=r"transpose: axis -2 is out of range for a tensor of shape \(2,\)"):
+        Tensor([1.0, 2.0]).transpose()
+    with pytest.raises(ValueError, match="axis 5 is out of range"):
+        Tensor(np.ones((2, 3))).transpose(0, 5)
+
+
+def test_split_refuses_sizes_that_do_not_fit():
+    """split([4, -1]) on length 3 sums to 3 but is nonsense: refused, as are sizes that do not add up."""
+    t = Tensor(np.arange(3.0))
+    with pytest.raises(ValueError, match=r"non-negative integers, got \[4, -1\]"):
+        t.split([4, -1])
+    with pytest.raises(ValueError, match=r"sum to 2, axis -1 has length 3"):
+        t.split([1, 1])
+    with pytest.raises(ValueError, match="axis 1 is out of range"):
+        t.split([3], axis=1)
+    assert [p.shape for p in t.split([0, 3])] == [(0,), (3,)]
+
+
+@pytest.mark.parametrize("name,make", [
+    ("exp", lambda t: t.exp()), ("log", lambda t: t.log()), ("sqrt", lambda t: t.sqrt()),
+    ("tanh", lambda t: t.tanh()), ("sigmoid", lambda t: t.sigmoid()), ("gelu", lambda t: t.gelu()),
+    ("softmax", lambda t: t.softmax()), ("log_softmax", lambda t: t.log_softmax()),
+    ("cross_entropy", lambda t: ops.cross_entropy(t, np.array([0, 2]))),
+    ("dropout", lambda t: ops.dropout(t, 0.3, np.random.default_rng(0))),
+    ("layer_norm", lambda t: ops.layer_norm(t, Tensor(np.ones(3)), Tensor(np.zeros(3)))),
+    ("causal_self_attention", lambda t: ops.causal_self_attention(*[t.reshape(1, 1, 2, 3)] * 3)),
+])
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_])
+def test_real_valued_ops_refuse_integer_and_bool_tensors(name, make, dtype):
+    """sigmoid and gelu of an int64 tensor gave zeros (computed, then cast back to int), the
+    cross-entropy of int logits a truncated integer: these ops need a float tensor, and say so."""
+    t = Tensor(np.array([[1, 2, 3], [0, 5, 1]]).astype(dtype))
+    with pytest.raises(TypeError, match=f"{name}: needs floating-point tensors, got dtype {np.dtype(dtype)}"):
+        make(t)
+
+
+def test_layer_norm_and_attention_refuse_mixed_float_dtypes():
+    x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="layer_norm: dtypes differ, float32, float64, float64"):
+        ops.layer_norm(x, Tensor(np.ones(3)), Tensor(np.zeros(3)))
+    q = Tensor(np.ones((1, 1, 2, 3), np.float32))
+    with pytest.raises(TypeError, match="causal_self_attention: dtypes differ, float32, float64, float32"):
+        ops.causal_self_attention(q, Tensor(np.ones((1, 1, 2, 3))), q)

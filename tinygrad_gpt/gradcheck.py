@@ -13,30 +13,40 @@ Error measure, per element: |analytic - numeric| / max(|analytic|, |numeric|, fl
 error scaled by 1/floor. With float64 and eps = 1e-5 (truncation error ~eps^2, rounding error
 ~1e-16 / eps) a correct gradient gives ~1e-7 or less; eps = 1e-6 is rounding-limited.
 
+Non-finite values fail the check: a NaN or inf anywhere in an analytic gradient (every element,
+also those `max_checks` does not sample) or in a finite difference gives ok=False, an error of
+inf, and `problem` naming it. (NaN loses every comparison, so an error measure alone would pass it.)
+Inputs are perturbed in place through an index of their own array, so 0-d and non-contiguous
+inputs are checked like any other.
+
 Follows: tinygrad extra/gradcheck.py, torch.autograd.gradcheck. Deliberately does not: work in
 float32 (finite differences are too coarse; it raises), or check second derivatives.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from tinygrad_gpt.backend import to_numpy
 from tinygrad_gpt.tensor import Tensor
 
 
 @dataclass
 class GradcheckResult:
-    ok: bool                 # max_rel_error <= tol
-    max_rel_error: float     # the worst per-element error (measure in the module docstring)
+    ok: bool                 # every value finite and max_rel_error <= tol
+    max_rel_error: float     # the worst per-element error (measure in the module docstring); inf if not finite
     where: tuple             # (input position, element index) of the worst error
     analytic: float          # the analytic and numeric derivative at that element
     numeric: float
     checked: int             # how many elements were compared
     tol: float
+    problem: str = ""        # what was not finite ("analytic gradient is nan"), or "" if all were
 
     def __str__(self):
         verdict = "ok" if self.ok else "FAILED"
-        return (f"gradcheck {verdict}: worst relative error {self.max_rel_error:.3e} (tol {self.tol:.0e}) at "
-                f"input {self.where[0]} index {self.where[1]}: analytic {self.analytic:.10g} vs numeric "
+        problem = f"{self.problem}: " if self.problem else ""
+        return (f"gradcheck {verdict}: {problem}worst relative error {self.max_rel_error:.3e} (tol {self.tol:.0e}) "
+                f"at input {self.where[0]} index {self.where[1]}: analytic {self.analytic:.10g} vs numeric "
                 f"{self.numeric:.10g}; {self.checked} elements checked")
 
 
@@ -47,11 +57,18 @@ def _scalar(fn, inputs, weights):
     return (out * Tensor(weights, device=out.device)).sum()
 
 
+def _not_finite(name, value):
+    """"analytic gradient is nan" / "numeric gradient is inf", or "" for a finite value."""
+    return "" if math.isfinite(value) else f"{name} gradient is {value}"
+
+
 def gradcheck(fn, inputs, eps=1e-5, tol=1e-6, floor=1e-3, max_checks=None, seed=0):
     """Check the gradients of `fn(*inputs)` w.r.t. every input with requires_grad=True.
 
-    `inputs` are float64 Tensors. `max_checks` limits the elements checked per input (a random
-    sample, seeded by `seed`); None checks all of them. Returns a GradcheckResult.
+    `inputs` are float64 Tensors (any shape, 0-d and non-contiguous included). `max_checks` limits
+    the elements checked per input (a random sample, seeded by `seed`); None checks all of them.
+    Returns a GradcheckResult. It fails (ok False, max_rel_error inf, `problem` says which) on any
+    NaN or inf: in the analytic gradient (every element, sampled or not) or in a finite difference.
     """
     inputs = list(inputs)
     for i, t in enumerate(inputs):
@@ -73,31 +90,42 @@ def gradcheck(fn, inputs, eps=1e-5, tol=1e-6, floor=1e-3, max_checks=None, seed=
     for pos, t in enumerate(inputs):
         if not (isinstance(t, Tensor) and t.requires_grad):
             continue
-        analytic = np.zeros(t.shape) if t.grad is None else np.asarray(t.numpy() * 0 + _np(t.grad))
-        flat = t.data.reshape(-1)  # a view: perturbing it perturbs the input
-        if flat.base is None and t.data.size and flat is not t.data:
-            raise RuntimeError("gradcheck: input data is not contiguous")
+        analytic = (np.zeros(t.shape) if t.grad is None else to_numpy(t.grad)).reshape(-1)  # (t.size,)
         elements = np.arange(t.size)
         if max_checks is not None and t.size > max_checks:
             elements = rng.choice(t.size, size=max_checks, replace=False)
         for e in elements:
-            original = flat[e].item()
-            flat[e] = original + eps
+            # perturb through an index of t.data itself: reshape(-1) of a non-contiguous
+            # array is a copy, and perturbing a copy leaves the input as it was
+            idx = _index(e, t.shape)
+            original = t.data[idx].item()
+            t.data[idx] = original + eps
             f_plus = _scalar(fn, inputs, weights).item()
-            flat[e] = original - eps
+            t.data[idx] = original - eps
             f_minus = _scalar(fn, inputs, weights).item()
-            flat[e] = original
+            t.data[idx] = original
             numeric = (f_plus - f_minus) / (2 * eps)
-            a = float(analytic.reshape(-1)[e])
-            err = abs(a - numeric) / max(abs(a), abs(numeric), floor)
+            a = float(analytic[e])
             checked += 1
-            if err > worst.max_rel_error or worst.where[0] is None:
-                idx = tuple(int(i) for i in np.unravel_index(e, t.shape)) if t.shape else ()
+            # subtle: NaN loses every comparison (err > worst would be False): look for it first
+            problem = _not_finite("analytic", a) or _not_finite("numeric", numeric)
+            if problem:
+                if not worst.problem:  # the first non-finite value is the one reported
+                    worst = GradcheckResult(False, math.inf, (pos, idx), a, numeric, 0, tol, problem)
+                continue
+            err = abs(a - numeric) / max(abs(a), abs(numeric), floor)
+            if not worst.problem and (err > worst.max_rel_error or worst.where[0] is None):
                 worst = GradcheckResult(True, err, (pos, idx), a, numeric, 0, tol)
+        bad = np.flatnonzero(~np.isfinite(analytic))  # every element: max_checks may not have sampled it
+        if bad.size and not worst.problem:
+            e = int(bad[0])
+            worst = GradcheckResult(False, math.inf, (pos, _index(e, t.shape)), float(analytic[e]), math.nan, 0,
+                                    tol, _not_finite("analytic", float(analytic[e])) + " (an element not sampled)")
     worst.checked = checked
-    worst.ok = checked > 0 and worst.max_rel_error <= tol
+    worst.ok = checked > 0 and not worst.problem and worst.max_rel_error <= tol
     return worst
 
 
-def _np(arr):
-    return arr if isinstance(arr, np.ndarray) else arr.get()
+def _index(e, shape):
+    """Flat position e as a tuple index into an array of `shape` (() for a 0-d array)."""
+    return tuple(int(i) for i in np.unravel_index(e, shape)) if shape else ()

@@ -160,10 +160,15 @@ class GPT(nn.Module):
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {idx.shape}")
         B, T = idx.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"GPT: idx must hold at least one sequence of at least one token, got shape {idx.shape}")
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"GPT: idx must be integer token ids, got dtype {idx.dtype}")
         t0 = caches[0].length if caches else 0
         if t0 + T > self.config.block_size:
-            raise ValueError(f"GPT: sequence of {t0 + T} tokens is longer than block_size "
-                             f"{self.config.block_size}")
+            cached = f" after {t0} cached" if t0 else ""
+            raise ValueError(f"GPT: sequence of {t0 + T} tokens (idx of shape {idx.shape}{cached}) is longer "
+                             f"than block_size {self.config.block_size}")
         # ids are range-checked where they are: free on the host; ids already on the GPU are not
         # (a sync per step) - the Trainer passes host batches, checked here and then uploaded
         if isinstance(idx, np.ndarray) and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
@@ -180,11 +185,16 @@ class GPT(nn.Module):
         """The tied lm_head: hidden states (B, T, C) -> logits (B, T, V) = hidden @ wte^T / temperature.
 
         Every path that turns hidden states into logits (forward, the RLHF policy and scoring)
-        calls this, so they round alike.
+        calls this, so they round alike. temperature must be > 0 with 1 / temperature finite in
+        the weights' dtype (1e-310 would make every logit inf or NaN).
         """
         logits = hidden @ self.wte.weight.T                       # (B, T, V)
         if temperature != 1.0:
-            logits = logits * (1.0 / temperature)                 # (B, T, V)
+            scale = 1.0 / temperature if temperature > 0 else math.nan
+            if not (math.isfinite(scale) and scale <= np.finfo(logits.dtype).max):
+                raise ValueError(f"GPT.logits: temperature must be > 0 with a finite reciprocal in "
+                                 f"{logits.dtype}, got {temperature}")
+            logits = logits * scale                               # (B, T, V)
         return logits
 
     def forward(self, idx, targets=None, caches=None):
@@ -213,8 +223,8 @@ class GPT(nn.Module):
         # block_size // 2 tokens (and then grows again), where the uncached path slides a full
         # window every token; both see only real past tokens, at most block_size of them.
         """
-        if temperature <= 0:
-            raise ValueError(f"generate: temperature must be > 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"generate: temperature must be a finite number > 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -244,8 +254,8 @@ class GPT(nn.Module):
                     if hidden.shape[1] > 1:
                         hidden = hidden[:, -1:]                                # (B, 1, C) only the next token's
                     logits = self.logits(hidden)                               # (B, 1, V)
-                    logits = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
-                    nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p)          # (B,)
+                    logits = to_numpy(logits.data[:, -1, :]).astype(np.float64)                # (B, V)
+                    nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p, temperature=temperature)  # (B,)
                     out = np.concatenate([out, nxt[:, None]], axis=1)
                     if on_token is not None:
                         on_token(nxt)
@@ -254,13 +264,39 @@ class GPT(nn.Module):
         return out
 
 
-def sample_from_logits(logits, rng, top_k=None, top_p=None):
-    """One token id per row of logits (B, V) (float64 numpy), after top-k and nucleus filtering."""
-    logits = logits.copy()
+def sample_from_logits(logits, rng, top_k=None, top_p=None, temperature=1.0):
+    """One token id per row of logits (B, V) (float64 numpy), at `temperature`, after top-k and
+    nucleus filtering.
+
+    The temperature divides each row after its max is subtracted, (logits - max) / temperature
+    (all <= 0, the max at 0), so no positive temperature overflows: as it goes to 0 this becomes
+    greedy decoding (the argmax; tied maxima share the probability), for 1e-310 as for 1e-6.
+    Logits that are NaN or +inf (a diverged model, NaN weights, or logits divided by a tiny
+    temperature before they came here) raise a ValueError naming the row, rather than sampling
+    garbage; -inf is probability 0 (a masked token), but each row needs one finite logit.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[-1] == 0:
+        raise ValueError(f"sample_from_logits: logits must be (B, V) with V >= 1, got shape {logits.shape}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"sample_from_logits: temperature must be a finite number > 0, got {temperature}")
+    bad = np.isnan(logits) | (logits == np.inf)                    # (B, V)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=-1))[0])
+        what = "NaN" if np.isnan(logits[row]).any() else "+inf"
+        raise ValueError(f"sample_from_logits: the logits of row {row} hold {what}; the model's output is not "
+                         f"finite (NaN or inf weights, a diverged run; if the logits were divided by a tiny "
+                         f"temperature, pass it as temperature= instead)")
+    rowmax = logits.max(axis=-1, keepdims=True)                    # (B, 1)
+    if not np.isfinite(rowmax).all():
+        row = int(np.flatnonzero(~np.isfinite(rowmax[:, 0]))[0])
+        raise ValueError(f"sample_from_logits: every logit of row {row} is -inf; no token can be sampled")
+    with np.errstate(over="ignore"):  # subtle: a tiny temperature sends the non-max logits to -inf, as meant
+        logits = (logits - rowmax) / temperature                   # (B, V) <= 0, the max at 0
     if top_k is not None and top_k < logits.shape[-1]:
         kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
         logits[logits < kth] = -np.inf
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = np.exp(logits)                                         # (B, V) the max gives 1: no overflow
     probs /= probs.sum(axis=-1, keepdims=True)                     # (B, V)
     if top_p is not None and top_p < 1.0:
         order = np.argsort(-probs, axis=-1)                        # (B, V) most likely first

@@ -5,10 +5,34 @@ made by an op while gradients are enabled - a `Context` that remembers the op (`
 subclass) and its inputs. `Tensor.backward()` walks that graph from the output back to the leaves
 in reverse topological order, calling each op's hand-written `backward(ctx, dout)`.
 
+Dtypes of a binary op (`+ - * / **`, reflected forms, comparisons, maximum, minimum, where,
+clip, masked_fill, matmul). No silent upcasts: a float tensor never changes its dtype. In full:
+- Tensor with Tensor: the dtypes must be equal, else a TypeError naming the op and both dtypes.
+- Tensor with a Python number (bool, int, float; also a NumPy scalar, a 0-d array, a list):
+  NumPy 2's rules for Python numbers (NEP 50). The number takes the tensor's dtype when its kind
+  fits (bool < int < float): float32 * 0.5 is float32, int64 * 2 is int64. Otherwise the tensor is
+  promoted, as NumPy does: int64 * 0.5 and bool * 0.5 are float64 ([1, 2, 3] * 0.5 is
+  [0.5, 1, 1.5], never [0, 0, 0]), bool + 1 is int64. Only integer and bool tensors are promoted,
+  and they cannot require grad. (NumPy scalars and 0-d arrays count as numbers, as PyTorch counts
+  dimensionless operands, so `x / np.sqrt(d)` keeps x's float32.)
+- Tensor with an array of 1 or more dimensions: a float tensor casts an integer or bool array to
+  its own dtype; a float array of another float dtype is refused with a TypeError naming the op
+  and both dtypes (a float32 tensor times a float64 array would otherwise be upcast, or lose
+  precision in silence); an integer or bool tensor follows NumPy (int64 with float32 is float64).
+Ops defined on real numbers (exp, log, sqrt, tanh, sigmoid, gelu, softmax, cross-entropy, layer
+norm, dropout, attention) need floating-point tensors of one dtype and refuse others, naming the
+op (ops/elementwise.py:check_float). A leaf's `.grad` always has the leaf's dtype and shape:
+backward checks both for every op.
+
+Truth value: `bool(t)` is NumPy's, for a tensor of exactly one element (any shape, 0-d included);
+any other size raises a ValueError naming the shape (so `if t < 1:` cannot take a branch by
+accident).
+
 Follows: the first tinygrad release (`Function` with forward/backward side by side, `ctx`),
 micrograd (the scalar version of the same idea; its PR #64 on reused nodes), autodidact
-(iterative toposort). Deliberately does not: support higher-order gradients (backward does not
-build a graph), in-place ops on tensors that require grad, or lazy evaluation.
+(iterative toposort), NumPy's NEP 50 (promotion with Python numbers). Deliberately does not:
+support higher-order gradients (backward does not build a graph), in-place ops on tensors that
+require grad, or lazy evaluation.
 
 Dimension legend for the whole package: B batch, T time (sequence), C channels (n_embd),
 nh heads, hs head size (C // nh), V vocabulary size, N rows (B * T).
@@ -81,11 +105,24 @@ class Function:
         if not (requires_grad and _grad_enabled):
             # no graph (no_grad, or no input needs a gradient): forward's saved arrays go into a
             # scratch context that is dropped with it; no Context, no parents, no needs_input_grad
-            return Tensor._wrap(cls.forward(_Discard(), *[t.data for t in inputs], **params), device, False)
+            out = cls.forward(_Discard(), *[t.data for t in inputs], **params)
+            return Tensor._wrap(_array(out, device), device, False)
         ctx = Context(cls, inputs)
-        out = Tensor._wrap(cls.forward(ctx, *[t.data for t in inputs], **params), device, True)
+        out = Tensor._wrap(_array(cls.forward(ctx, *[t.data for t in inputs], **params), device), device, True)
         out._ctx = ctx
         return out
+
+
+def _array(value, device):
+    """`value` as an array of `device`.
+
+    subtle: NumPy's operations on 0-d arrays return NumPy scalars (np.float64(2.0)): no in-place
+    `+=`, no `.get()`, and `np.ascontiguousarray` turns them into shape (1,). Every tensor's data
+    and every gradient is an array, 0-d included, so op results pass through here.
+    """
+    if isinstance(value, np.generic):
+        return backend.get_xp(device).asarray(value)
+    return value
 
 
 class _Discard:
@@ -133,8 +170,10 @@ class Tensor:
     __array_priority__ = 100  # so that `ndarray * Tensor` calls Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        if isinstance(data, Tensor):
+            data = data.data  # its array only (no copy, as for an ndarray): a new leaf, no graph
         if device is None:
-            device = backend.device_of_array(data.data if isinstance(data, Tensor) else data)
+            device = backend.device_of_array(data)
         xp = backend.get_xp(device)
         if backend.device_of_array(data) != device and not isinstance(data, (list, tuple, int, float)):
             data = backend.to_device(data, device)
@@ -195,7 +234,24 @@ class Tensor:
         return backend.get_xp(self.device)
 
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len: a 0-d tensor (shape ()) has no length")
         return len(self.data)
+
+    def __iter__(self):
+        """The rows along the first axis, as NumPy; a 0-d tensor is not iterable (it was taken for
+        an empty sequence, since indexing it raised IndexError at once)."""
+        if self.ndim == 0:
+            raise TypeError("iter: a 0-d tensor (shape ()) cannot be iterated")
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self):
+        """NumPy's truth value of a one-element tensor (any shape); any other size is an error."""
+        if self.data.size != 1:
+            raise ValueError(f"bool: the truth value of a tensor of shape {self.shape} ({self.data.size} "
+                             f"elements) is ambiguous; it needs exactly one element (reduce first, "
+                             f"e.g. bool((t > 0).numpy().all()))")
+        return bool(self.data.reshape(()).item())
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -235,7 +291,8 @@ class Tensor:
     def backward(self, grad=None, retain_graph=False, on_grad=None):
         """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad.
 
-        `grad` is d(loss)/d(self); it may be omitted only for a one-element tensor (then it is 1).
+        `grad` is d(loss)/d(self), cast to this tensor's dtype; it may be omitted only for a
+        one-element tensor (then it is 1).
         After the pass the graph is released (each op's saved arrays are dropped) unless
         `retain_graph`, so memory stays flat over training steps. A later backward that reaches a
         released part of the graph raises RuntimeError before touching any gradient (as PyTorch
@@ -252,7 +309,7 @@ class Tensor:
                                    f"reduce it to a scalar (e.g. .sum()) or pass grad= of the same shape")
             grad = self.xp.ones_like(self.data)
         else:
-            grad = grad.data if isinstance(grad, Tensor) else self.xp.asarray(grad, dtype=self.dtype)
+            grad = self.xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has shape {self.shape}")
         order = _toposort(self)
@@ -298,9 +355,13 @@ class Tensor:
             for i, (parent, dparent) in enumerate(zip(ctx.parents, dinputs)):
                 if dparent is None or not parent.requires_grad:
                     continue
+                dparent = _array(dparent, parent.device)
                 if dparent.shape != parent.shape:
                     raise RuntimeError(f"{ctx.fn.__name__}.backward: gradient for input {i} has shape "
                                        f"{dparent.shape}, the input has shape {parent.shape}")
+                if dparent.dtype != parent.dtype:  # a leaf's .grad has the leaf's dtype
+                    raise RuntimeError(f"{ctx.fn.__name__}.backward: gradient for input {i} has dtype "
+                                       f"{dparent.dtype}, the input has dtype {parent.dtype}")
                 # subtle: a tensor used twice gets the sum; add in place only into a sum made here,
                 # never into an op's output (dparent may alias dout or another input's gradient)
                 previous, prev_owned = grads.get(id(parent), (None, False))
@@ -310,49 +371,99 @@ class Tensor:
                     previous += dparent  # in place (a 0-d sum may come back a new scalar: stored again)
                     grads[id(parent)] = (previous, True)
                 else:
-                    grads[id(parent)] = (previous + dparent, True)
+                    grads[id(parent)] = (_array(previous + dparent, parent.device), True)
 
     # ---- operators and methods: bound by hand so that `grep "def relu"` finds them ---------
-    def _lift(self, other):
-        """A Python number or array as a constant Tensor of this tensor's dtype and device."""
+    def _coerce(self, other, op):
+        """(self, other) as two Tensors of one dtype, for the binary op named `op`.
+
+        The dtype rules are in the module docstring: Python numbers (and NumPy scalars, 0-d arrays,
+        lists) follow NEP 50; arrays with dimensions never upcast a float tensor. A Tensor `other`
+        is returned as it is (each op checks that its inputs share a dtype).
+        """
         if isinstance(other, Tensor):
+            return self, other
+        if isinstance(other, (bool, int, float)):
+            weak, kind, value = True, "b" if isinstance(other, bool) else "i" if isinstance(other, int) else "f", other
+        else:
+            value = np.asarray(other) if isinstance(other, (list, tuple)) else other
+            if not hasattr(value, "dtype"):
+                raise TypeError(f"{op}: cannot combine a tensor with {type(other).__name__}")
+            weak, kind = isinstance(other, (list, tuple)) or value.ndim == 0, value.dtype.kind
+            if kind not in "biuf":
+                raise TypeError(f"{op}: the other operand must be numbers or bools, got dtype {value.dtype}")
+        if weak:
+            dtype = _weak_dtype(self.dtype, kind)
+        elif self.dtype.kind == "f":
+            if kind == "f" and value.dtype != self.dtype:
+                raise TypeError(f"{op}: a {self.dtype} tensor and a {value.dtype} array; convert one with "
+                                f".astype() (no silent upcasts)")
+            dtype = self.dtype
+        else:
+            dtype = np.result_type(self.dtype, value.dtype)
+        try:
+            const = Tensor._wrap(self.xp.asarray(value, dtype=dtype), self.device, False)
+        except OverflowError as exc:
+            raise OverflowError(f"{op}: {other!r} does not fit the dtype {dtype}: {exc}") from None
+        if dtype == self.dtype:
+            return self, const
+        # only integer and bool tensors get here (a float tensor keeps its dtype): no graph to keep
+        return Tensor._wrap(self.data.astype(dtype), self.device, False), const
+
+    def _compared(self, other):
+        """The other side of a comparison as NumPy takes it: any dtypes compare exactly, no cast."""
+        if isinstance(other, Tensor):
+            return other.data
+        if isinstance(other, (bool, int, float)):
             return other
-        return Tensor._wrap(self.xp.asarray(other, dtype=self.dtype), self.device, False)
+        return self.xp.asarray(other)
 
     def __add__(self, other):
-        return ops.Add.apply(self, self._lift(other))
+        a, b = self._coerce(other, "add")
+        return ops.Add.apply(a, b)
 
     def __radd__(self, other):
-        return ops.Add.apply(self._lift(other), self)
+        a, b = self._coerce(other, "add")
+        return ops.Add.apply(b, a)
 
     def __sub__(self, other):
-        return ops.Sub.apply(self, self._lift(other))
+        a, b = self._coerce(other, "sub")
+        return ops.Sub.apply(a, b)
 
     def __rsub__(self, other):
-        return ops.Sub.apply(self._lift(other), self)
+        a, b = self._coerce(other, "sub")
+        return ops.Sub.apply(b, a)
 
     def __mul__(self, other):
-        return ops.Mul.apply(self, self._lift(other))
+        a, b = self._coerce(other, "mul")
+        return ops.Mul.apply(a, b)
 
     def __rmul__(self, other):
-        return ops.Mul.apply(self._lift(other), self)
+        a, b = self._coerce(other, "mul")
+        return ops.Mul.apply(b, a)
 
     def __truediv__(self, other):
-        return ops.Div.apply(self, self._lift(other))
+        a, b = self._coerce(other, "div")
+        return ops.Div.apply(a, b)
 
     def __rtruediv__(self, other):
-        return ops.Div.apply(self._lift(other), self)
+        a, b = self._coerce(other, "div")
+        return ops.Div.apply(b, a)
 
     def __neg__(self):
         return ops.Neg.apply(self)
 
     def __pow__(self, exponent):
-        if isinstance(exponent, Tensor):
-            return ops.Pow.apply(self, exponent)
-        return ops.PowScalar.apply(self, exponent=float(exponent))
+        if isinstance(exponent, (bool, int, float)) or (hasattr(exponent, "dtype") and exponent.ndim == 0
+                                                        and not isinstance(exponent, Tensor)):
+            a, _ = self._coerce(exponent, "pow")  # an integer tensor ** 0.5 becomes float64, as in NumPy
+            return ops.PowScalar.apply(a, exponent=float(exponent))
+        a, b = self._coerce(exponent, "pow")
+        return ops.Pow.apply(a, b)
 
     def __rpow__(self, base):
-        return ops.Pow.apply(self._lift(base), self)
+        a, b = self._coerce(base, "pow")
+        return ops.Pow.apply(b, a)
 
     def __matmul__(self, other):
         return self.matmul(other)
@@ -363,22 +474,22 @@ class Tensor:
     # comparisons: no gradient, return a bool Tensor (== and != keep Python identity semantics;
     # use .eq() / .ne())
     def __lt__(self, other):
-        return Tensor._wrap(self.data < self._lift(other).data, self.device, False)
+        return Tensor._wrap(self.data < self._compared(other), self.device, False)
 
     def __le__(self, other):
-        return Tensor._wrap(self.data <= self._lift(other).data, self.device, False)
+        return Tensor._wrap(self.data <= self._compared(other), self.device, False)
 
     def __gt__(self, other):
-        return Tensor._wrap(self.data > self._lift(other).data, self.device, False)
+        return Tensor._wrap(self.data > self._compared(other), self.device, False)
 
     def __ge__(self, other):
-        return Tensor._wrap(self.data >= self._lift(other).data, self.device, False)
+        return Tensor._wrap(self.data >= self._compared(other), self.device, False)
 
     def eq(self, other):
-        return Tensor._wrap(self.data == self._lift(other).data, self.device, False)
+        return Tensor._wrap(self.data == self._compared(other), self.device, False)
 
     def ne(self, other):
-        return Tensor._wrap(self.data != self._lift(other).data, self.device, False)
+        return Tensor._wrap(self.data != self._compared(other), self.device, False)
 
     __hash__ = object.__hash__
 
@@ -422,16 +533,23 @@ class Tensor:
         return ops.Sigmoid.apply(self)
 
     def maximum(self, other):
-        return ops.Maximum.apply(self, self._lift(other))
+        a, b = self._coerce(other, "maximum")
+        return ops.Maximum.apply(a, b)
 
     def minimum(self, other):
-        return ops.Minimum.apply(self, self._lift(other))
+        a, b = self._coerce(other, "minimum")
+        return ops.Minimum.apply(a, b)
 
     def clip(self, low=None, high=None):
-        return ops.Clip.apply(self, low=low, high=high)
+        x = self
+        for bound in (low, high):
+            if bound is not None:
+                x, _ = x._coerce(bound, "clip")  # an integer tensor clipped to 0.5 becomes float64
+        return ops.Clip.apply(x, low=low, high=high)
 
     def masked_fill(self, mask, value):
-        return ops.MaskedFill.apply(self, mask=_unwrap(mask), value=value)
+        x, _ = self._coerce(value, "masked_fill")  # an integer tensor filled with -inf becomes float64
+        return ops.MaskedFill.apply(x, mask=_unwrap(mask), value=value)
 
     def sum(self, axis=None, keepdims=False):
         return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
@@ -446,14 +564,14 @@ class Tensor:
         return ops.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
 
     def matmul(self, other):
-        other = self._lift(other)
-        if self.ndim == 0 or other.ndim == 0:
-            raise ValueError(f"matmul: scalars are not allowed, got shapes {self.shape} and {other.shape}")
+        this, other = self._coerce(other, "matmul")
+        if this.ndim == 0 or other.ndim == 0:
+            raise ValueError(f"matmul: scalars are not allowed, got shapes {this.shape} and {other.shape}")
         # 1-D operands are promoted to matrices and the added axis removed again, as numpy does
-        a = self.reshape(1, -1) if self.ndim == 1 else self
+        a = this.reshape(1, -1) if this.ndim == 1 else this
         b = other.reshape(-1, 1) if other.ndim == 1 else other
         out = ops.MatMul.apply(a, b)
-        if self.ndim == 1:
+        if this.ndim == 1:
             out = out.reshape(*out.shape[:-2], out.shape[-1])
         if other.ndim == 1:
             out = out.reshape(*out.shape[:-1])
@@ -474,6 +592,9 @@ class Tensor:
         return ops.Permute.apply(self, axes=tuple(axes))
 
     def transpose(self, axis0=-2, axis1=-1):
+        for ax in (axis0, axis1):
+            if not -self.ndim <= ax < self.ndim:
+                raise ValueError(f"transpose: axis {ax} is out of range for a tensor of shape {self.shape}")
         axes = list(range(self.ndim))
         axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
         return ops.Permute.apply(self, axes=tuple(axes))
@@ -487,14 +608,22 @@ class Tensor:
         return ops.Gather.apply(self, index=_unwrap(index))
 
     def split(self, sizes, axis=-1):
-        """Split along `axis` into pieces of `sizes` (an int: equal pieces of that size)."""
+        """Split along `axis` into pieces of `sizes` (an int: equal pieces of that size).
+
+        A list of sizes must be non-negative integers that add up to the axis' length.
+        """
+        if not -self.ndim <= axis < self.ndim:
+            raise ValueError(f"split: axis {axis} is out of range for a tensor of shape {self.shape}")
         length = self.shape[axis]
-        if isinstance(sizes, int):
+        if isinstance(sizes, (int, np.integer)):
             if sizes <= 0 or length % sizes:
                 raise ValueError(f"split: axis {axis} of length {length} is not divisible by {sizes}")
             sizes = [sizes] * (length // sizes)
+        sizes = list(sizes)
+        if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0 for n in sizes):
+            raise ValueError(f"split: sizes must be non-negative integers, got {sizes}")
         if sum(sizes) != length:
-            raise ValueError(f"split: sizes {list(sizes)} sum to {sum(sizes)}, axis {axis} has length {length}")
+            raise ValueError(f"split: sizes {sizes} sum to {sum(sizes)}, axis {axis} has length {length}")
         axis = axis % self.ndim
         pieces, start = [], 0
         for size in sizes:
@@ -508,6 +637,16 @@ class Tensor:
 
     def log_softmax(self, axis=-1):
         return ops.LogSoftmax.apply(self, axis=axis)
+
+
+def _weak_dtype(dtype, kind):
+    """NEP 50: the dtype of a tensor of `dtype` combined with a Python number of `kind` ('b', 'i',
+    'u' or 'f'). The number takes the tensor's dtype when its kind fits (bool < int < float); else
+    the result is NumPy's default of the number's kind (int64, float64)."""
+    rank = {"b": 0, "i": 1, "u": 1, "f": 2}
+    if rank[kind] <= rank[dtype.kind]:
+        return dtype
+    return np.dtype(np.float64 if kind == "f" else np.int64)
 
 
 def _unwrap(x):

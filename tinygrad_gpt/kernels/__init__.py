@@ -3,8 +3,13 @@
 - numpy arrays  -> `kernels.cpu` (Numba, a hard dependency of the package);
 - cupy arrays   -> `kernels.cuda` (CuPy RawKernels) when it is importable, else the reference;
 - the environment variable TINYGRAD_GPT_KERNELS=reference (or 0/off) forces the NumPy references
-  everywhere, so an A/B comparison is always one flag away. `set_backend("reference")` does the
-  same from Python (the tests use it).
+  everywhere, so an A/B comparison is always one flag away; =fused (or unset, 1/on) keeps the fast
+  kernels. Any other value (a typo such as `refrence`) raises a ValueError listing the accepted
+  values at the first kernel call, rather than silently running the fused kernels.
+  `set_backend("reference")` does the same from Python (the tests use it).
+- NUMBA_DISABLE_JIT=1 (Numba's debugging switch) turns the fused kernels off, with one warning:
+  the Numba kernels use intrinsics (atomics, vector exps) that only exist compiled. Everything
+  then runs on the references, which is what the switch is for: stepping through Python.
 
 Every module has the same names and signatures as `tinygrad_gpt/kernels/reference.py`. Plain arrays
 in, plain arrays out: this package never imports the engine. It lives inside tinygrad_gpt so that no
@@ -12,11 +17,14 @@ top-level name clashes with another distribution's (Hugging Face's `kernels`, wh
 installs, is one).
 """
 import os
+import warnings
 
 from tinygrad_gpt.kernels import reference
 
-_OFF_VALUES = {"0", "off", "reference", "ref", "numpy", "false", "no"}
+_OFF_VALUES = ("reference", "ref", "numpy", "0", "off", "false", "no")
+_ON_VALUES = ("fused", "numba", "1", "on", "true", "yes", "")
 _forced = None  # None: follow the environment; "reference" or "fused": set by set_backend
+_jit_disabled = None  # numba.config.DISABLE_JIT, read once
 _cpu = None
 _cuda = None
 
@@ -29,10 +37,36 @@ def set_backend(name):
     _forced = name
 
 
-def fused_enabled():
+def _switch():
+    """"fused" or "reference": set_backend's choice, else TINYGRAD_GPT_KERNELS (checked)."""
     if _forced is not None:
-        return _forced == "fused"
-    return os.environ.get("TINYGRAD_GPT_KERNELS", "fused").strip().lower() not in _OFF_VALUES
+        return _forced
+    value = os.environ.get("TINYGRAD_GPT_KERNELS", "fused").strip().lower()
+    if value in _OFF_VALUES:
+        return "reference"
+    if value in _ON_VALUES:
+        return "fused"
+    raise ValueError(f"TINYGRAD_GPT_KERNELS={os.environ['TINYGRAD_GPT_KERNELS']!r} is not a known value: "
+                     f"use 'reference' (also {', '.join(_OFF_VALUES[1:])}) or 'fused' (the default; "
+                     f"also {', '.join(v for v in _ON_VALUES[1:] if v)})")
+
+
+def numba_jit_disabled():
+    """True when Numba's JIT is switched off (NUMBA_DISABLE_JIT=1); warns once when it is."""
+    global _jit_disabled
+    if _jit_disabled is None:
+        import numba
+        _jit_disabled = bool(numba.config.DISABLE_JIT)
+        if _jit_disabled:
+            warnings.warn("NUMBA_DISABLE_JIT=1: the fused kernels need Numba's compiler, so every kernel "
+                          "runs its NumPy reference (as with TINYGRAD_GPT_KERNELS=reference)", RuntimeWarning,
+                          stacklevel=3)
+    return _jit_disabled
+
+
+def fused_enabled():
+    """True when the fast kernels run: the switch asks for them and Numba's JIT is on."""
+    return _switch() == "fused" and not numba_jit_disabled()
 
 
 def _complete(module):

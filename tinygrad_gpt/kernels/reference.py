@@ -102,23 +102,35 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=-100):
     """Per-row loss = lse(logits) - logits[target]; 0 where target == ignore_index.
 
     logits (N, V), targets (N,) integers. Returns losses (N,) and lse (N,) (row log-sum-exp).
+    The loss is computed from the shifted row, log sum exp(x - max) - (x[target] - max), so the
+    max cancels before rounding: float32 logits near 1e6 keep the loss exact to float32's ~1e-7
+    (lse - x[target] would round lse at 1e6, to 0.0625).
     """
     xp = get_array_module(logits)
     rowmax = logits.max(axis=1)                                    # (N,)
-    lse = rowmax + xp.log(xp.exp(logits - rowmax[:, None]).sum(axis=1))  # (N,)
+    shifted = logits - rowmax[:, None]                             # (N, V) <= 0
+    log_s = xp.log(xp.exp(shifted).sum(axis=1))                    # (N,) lse of the shifted row
+    lse = rowmax + log_s                                           # (N,)
     valid = targets != ignore_index                                # (N,)
     safe = xp.where(valid, targets, 0)                             # (N,)
-    picked = logits[xp.arange(logits.shape[0]), safe]              # (N,)
-    losses = xp.where(valid, lse - picked, 0).astype(logits.dtype, copy=False)  # (N,)
+    picked = shifted[xp.arange(logits.shape[0]), safe]             # (N,) x[target] - max
+    losses = xp.where(valid, log_s - picked, 0).astype(logits.dtype, copy=False)  # (N,)
     return losses, lse
 
 
 def softmax_cross_entropy_backward(dlosses, logits, lse, targets, ignore_index=-100):
-    """dlogits (N, V) = dloss * (softmax(logits) - onehot(target)); zero rows where ignored."""
+    """dlogits (N, V) = dloss * (softmax(logits) - onehot(target)); zero rows where ignored.
+
+    The softmax is recomputed from the shifted row, exp(x - max) / sum exp(x - max), rather than
+    exp(x - lse): lse is rounded at the logits' magnitude, and at float32 logits near 1e6 that
+    error (up to 0.03) would reach every probability. `lse` is kept for the signature the CUDA
+    kernel shares (it uses lse); the result is the same wherever lse is exact.
+    """
     xp = get_array_module(logits)
     valid = targets != ignore_index                                # (N,)
     scale = xp.where(valid, dlosses, 0).astype(logits.dtype, copy=False)  # (N,)
-    dlogits = xp.exp(logits - lse[:, None]) * scale[:, None]        # (N, V)  softmax * dloss
+    e = xp.exp(logits - logits.max(axis=1, keepdims=True))         # (N, V)
+    dlogits = e * (scale / e.sum(axis=1))[:, None]                 # (N, V)  softmax * dloss
     rows = xp.arange(logits.shape[0])[valid]
     dlogits[rows, targets[valid]] -= scale[valid]                  # minus onehot * dloss
     return dlogits

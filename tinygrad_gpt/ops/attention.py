@@ -31,6 +31,7 @@ import math
 
 from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
+from tinygrad_gpt.ops.elementwise import check_float
 from tinygrad_gpt.tensor import Function
 
 
@@ -63,6 +64,7 @@ class CausalSelfAttentionOp(Function):
         if not q.ndim == k.ndim == v.ndim == 4:
             raise ValueError(f"causal_self_attention: q (B, nh, T, hs) and k, v (B, nh, L, hs) must be 4-D, "
                              f"got {q.shape}, {k.shape}, {v.shape}")
+        check_float("causal_self_attention", q, k, v)
         # the kernels check that the shapes fit together (one batch, heads, hs; L >= t0 + T)
         scale = 1.0 / math.sqrt(q.shape[-1])
         out, lse = kernels.for_array(q).attention_forward(q, k, v, scale, t0)  # (B, nh, T, hs), (B, nh, T)
@@ -92,6 +94,7 @@ class CausalSelfAttentionQKVOp(Function):
 
     @staticmethod
     def forward(ctx, qkv, n_head, cache=None):
+        check_float("causal_self_attention_qkv", qkv)
         B, T, C3 = qkv.shape
         xp = array_module(qkv)
         heads = split_heads(qkv, n_head)                           # (3, B, nh, T, hs) view

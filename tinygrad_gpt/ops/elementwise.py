@@ -6,10 +6,9 @@ input gets a gradient of its own shape. Shapes: any; `X` below means "the broadc
 
 Follows: the first tinygrad release (ops_cpu.py), numpy broadcasting rules. Deliberately does
 not: type-promote (both inputs must share a dtype: a float32 tensor times a float64 array is an
-error rather than a silent upcast), or support complex numbers.
+error rather than a silent upcast; Tensor's operators bring Python numbers and arrays to one
+dtype first, by the rules in tinygrad_gpt/tensor.py's docstring), or support complex numbers.
 """
-import math
-
 import numpy as np
 
 from tinygrad_gpt import kernels
@@ -44,6 +43,19 @@ def _check_dtypes(name, a, b):
             np.broadcast_shapes(a.shape, b.shape)
         except ValueError:
             raise ValueError(f"{name}: shapes {a.shape} and {b.shape} do not broadcast") from None
+
+
+def check_float(name, *arrays):
+    """Ops defined on real numbers (exp, log, sqrt, tanh, sigmoid, gelu, softmax, cross-entropy,
+    layer norm, dropout, attention): floating-point inputs of one dtype. An integer input would
+    give float64 (exp), float16 (exp of bool) or truncated zeros (sigmoid, gelu of int64), so it is
+    refused, naming the op and the dtypes."""
+    dtypes = [str(a.dtype) for a in arrays]
+    if any(a.dtype.kind != "f" for a in arrays):
+        raise TypeError(f"{name}: needs floating-point tensors, got dtype {', '.join(dtypes)}; convert with "
+                        f".astype(np.float32)")
+    if len(set(dtypes)) > 1:
+        raise TypeError(f"{name}: dtypes differ, {', '.join(dtypes)}; convert with .astype() (no silent upcasts)")
 
 
 class Add(Function):
@@ -163,6 +175,7 @@ class Pow(Function):
 class Exp(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("exp", a)
         xp = array_module(a)
         ctx.out = xp.exp(a)
         return ctx.out
@@ -176,6 +189,7 @@ class Exp(Function):
 class Log(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("log", a)
         xp = array_module(a)
         ctx.a = a
         return xp.log(a)
@@ -189,6 +203,7 @@ class Log(Function):
 class Sqrt(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("sqrt", a)
         xp = array_module(a)
         ctx.out = xp.sqrt(a)
         return ctx.out
@@ -202,6 +217,7 @@ class Sqrt(Function):
 class Tanh(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("tanh", a)
         xp = array_module(a)
         ctx.out = xp.tanh(a)
         return ctx.out
@@ -216,6 +232,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, a):
+        check_float("sigmoid", a)
         xp = array_module(a)
         # subtle: written with exp(-|a|) so that neither branch overflows for large |a|
         e = xp.exp(-xp.abs(a))
@@ -246,6 +263,7 @@ class Gelu(Function):
 
     @staticmethod
     def forward(ctx, a):
+        check_float("gelu", a)
         ctx.a = a
         return kernels.for_array(a).gelu_forward(a)
 
@@ -295,13 +313,19 @@ class Clip(Function):
     def forward(ctx, a, low=None, high=None):
         if low is None and high is None:
             raise ValueError("clip: give at least one of low and high")
-        xp = array_module(a)
-        lo = -math.inf if low is None else low
-        hi = math.inf if high is None else high
-        if lo > hi:
+        if low is not None and high is not None and low > high:
             raise ValueError(f"clip: low {low} is above high {high}")
-        ctx.inside = (a >= lo) & (a <= hi)
-        return xp.clip(a, a.dtype.type(lo), a.dtype.type(hi))
+        xp = array_module(a)
+        # subtle: each bound in a's dtype, and only the bounds given (an integer a has no -inf)
+        out, inside = a, xp.ones(a.shape, dtype=bool)
+        if low is not None:
+            lo = a.dtype.type(low)
+            out, inside = xp.maximum(out, lo), inside & (a >= lo)
+        if high is not None:
+            hi = a.dtype.type(high)
+            out, inside = xp.minimum(out, hi), inside & (a <= hi)
+        ctx.inside = inside
+        return out
 
     @staticmethod
     def backward(ctx, dout):
@@ -330,14 +354,18 @@ class Where(Function):
 
 
 def where(cond, a, b):
-    """Select elementwise: a where cond, else b. a or b may be Python numbers."""
-    like = a if isinstance(a, Tensor) else b
-    if not isinstance(like, Tensor):
+    """Select elementwise: a where cond, else b. a or b may be Python numbers or arrays (brought
+    to the tensor's dtype by the rules of Tensor's operators, tinygrad_gpt/tensor.py)."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError("where: at least one of a and b must be a Tensor")
     cond = cond.data if isinstance(cond, Tensor) else cond
     if getattr(cond, "dtype", None) is None or cond.dtype != bool:
         raise TypeError(f"where: cond must be a boolean array or Tensor, got {getattr(cond, 'dtype', type(cond))}")
-    return Where.apply(like._lift(a), like._lift(b), cond=cond)
+    if isinstance(a, Tensor):
+        a, b = a._coerce(b, "where")
+    else:
+        b, a = b._coerce(a, "where")
+    return Where.apply(a, b, cond=cond)
 
 
 class MaskedFill(Function):

@@ -12,12 +12,14 @@ import numpy as np
 
 from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
+from tinygrad_gpt.ops.elementwise import check_float
 from tinygrad_gpt.tensor import Function, Tensor
 
 
 class Softmax(Function):
     @staticmethod
     def forward(ctx, a, axis=-1):
+        check_float("softmax", a)
         xp = array_module(a)
         e = xp.exp(a - a.max(axis=axis, keepdims=True))           # (X)  subtract the max: no overflow
         ctx.out = e / e.sum(axis=axis, keepdims=True)             # (X)
@@ -34,6 +36,7 @@ class Softmax(Function):
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, a, axis=-1):
+        check_float("log_softmax", a)
         xp = array_module(a)
         shifted = a - a.max(axis=axis, keepdims=True)             # (X)
         out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))  # (X)
@@ -52,6 +55,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-100):
+        check_float("cross_entropy", logits)
         xp = array_module(logits)
         V = logits.shape[-1]
         targets = xp.asarray(targets)
@@ -103,6 +107,7 @@ class LayerNormOp(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
+        check_float("layer_norm", x, weight, bias)
         C = x.shape[-1]
         if weight.shape != (C,) or bias.shape != (C,):
             raise ValueError(f"layer_norm: input has {C} channels but weight is {weight.shape}, bias {bias.shape}")
@@ -133,6 +138,7 @@ class DropoutOp(Function):
 
     @staticmethod
     def forward(ctx, a, p, rng):
+        check_float("dropout", a)
         ctx.p = p
         ctx.seed = int(rng.integers(2 ** 63))
         return kernels.for_array(a).dropout_forward(a, p, ctx.seed)

@@ -63,10 +63,11 @@ class GetItem(Function):
         ctx.in_shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
         ctx.advanced = _is_advanced(index)
         try:
-            out = a[index]
+            out = xp.asarray(a[index])                            # a one-element index gives a 0-d array
         except IndexError as exc:
             raise IndexError(f"getitem: index {index!r} is invalid for shape {a.shape}: {exc}") from None
-        return xp.ascontiguousarray(out) if hasattr(out, "shape") else xp.asarray(out)
+        # subtle: ascontiguousarray would turn a 0-d result into shape (1,); a 0-d array is contiguous
+        return out if out.flags.c_contiguous else xp.ascontiguousarray(out)
 
     @staticmethod
     def backward(ctx, dout):
@@ -111,9 +112,18 @@ class Gather(Function):
         return da.reshape(ctx.in_shape)
 
 
+def _check_one_dtype(name, arrays):
+    """concat and stack: every input has one dtype (numpy would upcast, and a float32 leaf would
+    get a float64 gradient)."""
+    dtypes = sorted({str(a.dtype) for a in arrays})
+    if len(dtypes) > 1:
+        raise TypeError(f"{name}: dtypes differ, {', '.join(dtypes)}; convert with .astype() (no silent upcasts)")
+
+
 class Concat(Function):
     @staticmethod
     def forward(ctx, *arrays, axis=0):
+        _check_one_dtype("concat", arrays)
         xp = array_module(arrays[0])
         ctx.axis = axis % arrays[0].ndim
         ctx.sizes = [a.shape[ctx.axis] for a in arrays]
@@ -136,6 +146,7 @@ class Concat(Function):
 class Stack(Function):
     @staticmethod
     def forward(ctx, *arrays, axis=0):
+        _check_one_dtype("stack", arrays)
         xp = array_module(arrays[0])
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
@@ -151,9 +162,18 @@ class Stack(Function):
 
 def concat(tensors, axis=0):
     """Join tensors along an existing axis."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("concat: needs at least one tensor, got none")
+    if any(getattr(t, "ndim", 1) == 0 for t in tensors):
+        raise ValueError(f"concat: 0-d tensors have no axis to join along (shapes "
+                         f"{[getattr(t, 'shape', None) for t in tensors]}); use stack")
     return Concat.apply(*tensors, axis=axis)
 
 
 def stack(tensors, axis=0):
     """Join same-shape tensors along a new axis."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor, got none")
     return Stack.apply(*tensors, axis=axis)

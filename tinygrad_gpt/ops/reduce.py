@@ -101,4 +101,5 @@ class Var(Function):
 def _broadcast_to(g, shape):
     """`g` broadcast to `shape` as a contiguous array (kernels downstream expect real strides)."""
     xp = array_module(g)
-    return xp.ascontiguousarray(xp.broadcast_to(g, shape))
+    # subtle: .copy(), not ascontiguousarray, which turns a 0-d array (a 0-d loss) into shape (1,)
+    return xp.broadcast_to(g, shape).copy()

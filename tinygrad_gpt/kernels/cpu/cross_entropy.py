@@ -1,6 +1,13 @@
 """Softmax + cross-entropy, fused, as Numba kernels: one pass over the logits for the loss, one for
 dlogits; no one-hot and no probabilities are ever stored.
 
+Large logits: every exp and the loss work on the row minus its max, so the magnitude cancels
+before anything is rounded (loss = log sum exp(x - max) - (x[target] - max)). The backward
+recomputes the softmax as exp(x - max) / sum exp(x - max) instead of exp(x - lse): lse = max +
+log sum is rounded at the logits' magnitude (in float32 at |x| ~ 1e6 a step of 0.0625), and
+exp(x - lse) would carry that error into every probability (1-3% there). The lse argument keeps
+the signature that reference and CUDA share; this kernel does not need it.
+
 Same names, signatures and results as `kernels.reference.softmax_cross_entropy_forward/backward`:
 targets equal to `ignore_index` give loss 0 and a zero dlogits row; other negative targets count
 from the end (as NumPy indexing does) and targets outside [-V, V) raise IndexError, as the
@@ -34,14 +41,15 @@ def _ce_forward(logits, targets, ignore_index, losses, lse):
         s = dt(0.0)
         for j in range(V):
             s += fast_exp(logits[i, j] - rowmax)
-        row_lse = rowmax + math.log(s)                             # lse = max + log sum exp
-        lse[i] = row_lse
+        log_s = math.log(s)                                        # the lse of the shifted row
+        lse[i] = rowmax + log_s                                    # lse = max + log sum exp(x - max)
         if t == ignore_index:
             losses[i] = dt(0.0)
         else:
             if t < 0:
                 t += V
-            losses[i] = row_lse - logits[i, t]                     # loss = lse - logits[target]
+            # loss = lse - logits[t] = log_s - (logits[t] - max): the max cancels before rounding
+            losses[i] = log_s - (logits[i, t] - rowmax)
     return -1
 
 
@@ -60,11 +68,18 @@ def _ce_backward(dlosses, logits, lse, targets, ignore_index, dlogits):
             return i
         if t < 0:
             t += V
-        # forward: loss = lse - logits[t], so dlogits = dloss * (softmax(logits) - onehot(t))
+        # forward: loss = lse - logits[t], so dlogits = dloss * (softmax(logits) - onehot(t)),
+        # softmax = exp(x - max) / sum exp(x - max), recomputed (see the module docstring)
         d = dlosses[i]
-        row_lse = lse[i]
+        rowmax = row_max(logits, i, V)
+        s = dt(0.0)
         for j in range(V):
-            dlogits[i, j] = fast_exp(logits[i, j] - row_lse) * d
+            e = fast_exp(logits[i, j] - rowmax)
+            dlogits[i, j] = e
+            s += e
+        scale = d / s
+        for j in range(V):
+            dlogits[i, j] *= scale
         dlogits[i, t] -= d
     return -1
 

@@ -232,6 +232,21 @@ def test_cross_entropy_large_and_masked_logits(rng, dtype, V):
         assert_close(g, w, dtype, f"softmax_cross_entropy_forward {name} V={V}, masked row")
 
 
+@pytest.mark.parametrize("V", [65, 1500])
+def test_cross_entropy_loss_exact_at_large_float32_logits(rng, V):
+    """Logits of 1e6 + N(0, 1): lse rounds to 0.0625 steps there, so lse - logits[t] was off by up
+    to 0.03; the loss is computed from the shifted row and matches float64 to float32's precision."""
+    base = rng.standard_normal((4, V))                             # (4, V) float64
+    targets = rng.integers(0, V, 4)                                # (4,)
+    exact = reference.softmax_cross_entropy_forward(base, targets)[0]  # the shift does not change it
+    logits = (base + 1e6).astype(np.float32)                       # (4, V)
+    shifted = logits.astype(np.float64) - 1e6                      # the float32 values, exactly
+    want = reference.softmax_cross_entropy_forward(shifted, targets)[0]
+    got = cupy.asnumpy(cuda.softmax_cross_entropy_forward(*dev(logits, targets))[0])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(want - exact).max() < 0.1                        # rounding of the inputs only
+
+
 def test_cross_entropy_bad_targets_give_nan_or_raise_when_checked(monkeypatch):
     logits = cupy.zeros((3, 5), dtype=cupy.float32)
     losses, _ = cuda.softmax_cross_entropy_forward(logits, cupy.asarray([0, 5, 1]))

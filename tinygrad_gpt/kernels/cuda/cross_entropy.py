@@ -13,7 +13,10 @@ reference's IndexError instead.
   V <= 1024 (characters, small BPE): one warp per row, 8 rows per block; larger V (GPT-2's 50257):
   one 512-thread block per row.
 - backward: a flat grid-stride loop over the N * V entries (full occupancy whatever V is):
-  dlogits = exp(logits - lse) * dloss, minus dloss at the target.
+  dlogits = exp(logits - lse) * dloss, minus dloss at the target. subtle: lse is rounded at the
+  logits' magnitude, so with float32 logits of magnitude ~1e5 and above the probabilities carry
+  that rounding (the reference and Numba kernels recompute the softmax from the row's max; doing so
+  here would read every row twice). Trained logits are orders of magnitude smaller.
 
 Follows: llm.c `crossentropy_softmax_backward_kernel` / `fused_classifier`. Does not: average the
 losses (the op does that and hands each row its share as dlosses), or apply label smoothing.
@@ -63,7 +66,9 @@ __device__ __forceinline__ void ce_finish(const T* row, long long i, T m, T s, i
     long long t = targets[i];
     if (t == ignore_index) { losses[i] = T(0); return; }
     if (t < 0) t += V;
-    losses[i] = (t < 0 || t >= V) ? k_nan<T>() : row_lse - row[t];   // loss = lse - logits[target]
+    // loss = lse - logits[target], computed as log s - (logits[target] - max) so that the max
+    // cancels before rounding (float32 logits near 1e6 would round lse to 0.0625)
+    losses[i] = (t < 0 || t >= V) ? k_nan<T>() : k_log(s) - (row[t] - m);
 }
 
 // one warp per row

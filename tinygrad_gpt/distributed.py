@@ -37,6 +37,7 @@ from tinygrad_gpt.backend import get_xp
 
 # Launchers set these in every process they start: Open MPI (OMPI_*), MPICH / Intel MPI (PMI_*)
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK")
 DEFAULT_BUCKET_MB = 4.0
 
 
@@ -47,6 +48,15 @@ def launched_size():
         if value and value.isdigit():
             return int(value)
     return 1
+
+
+def launched_rank():
+    """This process's rank as an MPI launcher announced it in the environment (0 when there is none)."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 0
 
 
 def from_environment(device="cpu"):

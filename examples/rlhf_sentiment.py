@@ -270,7 +270,8 @@ def main(argv=None):
     ranks = distributed.launched_size()
     if ranks > 1:  # N copies would tune N policies into one --out; rank 0 alone says so
         if distributed.launched_rank() != 0:
-            return cli.EXIT_USAGE
+            # subtle: not 2: mpirun would then kill rank 0 before it prints why; the job's status is rank 0's
+            return cli.EXIT_OK
         raise ValueError(f"RLHF runs in one process, but mpirun started {ranks}: run "
                          f"examples/rlhf_sentiment.py without mpirun (or with -n 1)")
     cfg = config_from(args)

@@ -294,19 +294,20 @@ def main(argv=None):
     try:
         result = trainer.run(cfg.steps, on_step=log, save=save)
     except NonFiniteLoss as exc:
-        log.close()
         kept = trainer.kept.step
+        hint = "" if "reward model" in str(exc) else " (try a smaller --lr)"
         print(f"error: {exc}; " + (f"the policy after step {kept}, the last with finite values, is saved to {out}"
-                                   if kept else "no step finished with finite values, so nothing is saved")
-              + " (try a smaller --lr)", file=sys.stderr)
+                                   if kept else "no step finished with finite values, so nothing is saved") + hint,
+              file=sys.stderr)
         return cli.EXIT_NONFINITE
-    log.close()
+    finally:
+        log.close()
     wall = time.perf_counter() - t0
     if result != "done":
         kept = trainer.kept.step
         print(f"\nstopped at step {kept} of {cfg.steps} ({result}): " +
-              (f"the policy after step {kept} is saved to {out}" if kept else "no step had finished, nothing is saved")
-              + "; the step in progress was dropped", flush=True)
+              (f"the policy after step {kept} is saved to {out}" if kept else "no step had finished, nothing is saved"),
+              flush=True)
         return cli.exit_status(result)
     print(f"\n{cfg.steps} {name} steps in {wall:.0f} s ({wall / cfg.steps:.2f} s/step); last step: score "
           f"{log.history[-1]['score']:+.3f}, KL {log.history[-1]['kl']:.4f} nats/char; policy saved to {out}")

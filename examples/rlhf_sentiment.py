@@ -17,6 +17,11 @@ it, while the bar shows both the learned reward (proxy) and VADER (gold). Metric
 Every field of the method's config is a flag (PPOConfig, GRPOConfig, RLOOConfig or DPOConfig: --lr,
 --ppo-epochs / --epochs, --init-kl-coef, --group-size, ...). Health warnings (diagnostics.py) print as
 they happen; the curves are drawn into --out at the end when matplotlib is installed.
+Exit status as examples/shakespeare.py's: 3 when a loss, gradient, parameter or the policy's output
+turns NaN or infinite (the policy after the last step whose values were all finite is saved, if
+any step was); Ctrl-C (130) or SIGTERM (143) drops the step in progress at once and saves the
+policy after the last finished step ("stopped at step N"); nothing is saved before the first step
+finishes. One process only: under mpirun with several ranks it refuses to start (exit 2).
 Follows: Ziegler et al. 2019's sentiment task (there: IMDB and a classifier; here: Shakespeare and
 VADER). Deliberately does not: resume a PPO run (the optimizer state is not saved).
 """
@@ -31,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 
 from tinygrad_gpt import checkpoint as checkpoint_module  # noqa: E402  (`checkpoint` names a directory below)
-from tinygrad_gpt import cli, data  # noqa: E402
+from tinygrad_gpt import cli, data, distributed  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.rlhf import (ALGOS, CONFIGS, TRAINERS, PolicyWithValue, RewardModelConfig,  # noqa: E402
                                VaderScorer, frozen_copy, make_preference_pairs, make_reward_model,
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
 from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN  # noqa: E402
-from tinygrad_gpt.train import load_model, tokenizer_of  # noqa: E402
+from tinygrad_gpt.train import NonFiniteLoss, load_model, tokenizer_of  # noqa: E402
 
 
 def algo_of(argv):
@@ -150,6 +155,16 @@ def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args, log=pri
     return rm, info
 
 
+# what the progress bar's short names stand for; printed once, for the names the method shows
+LEGEND = {"rm": "the reward model's score (the proxy optimised)", "score": "mean VADER of the step's completions",
+          "kl": "exact KL to the reference, nats per token", "beta": "the KL coefficient",
+          "clip": "fraction of ratios clipped", "ent": "entropy per token, nats",
+          "vf": "value-head loss", "ev": "explained variance of the value head (1 perfect, <= 0 no better than "
+                                         "the mean)",
+          "flat": "fraction of prompt groups whose scores were all equal (no signal)",
+          "pairs": "preference pairs used", "margin": "DPO's implicit reward margin"}
+
+
 def progress_fields(m, has_reward_model=False):
     """The short health figures of one step's metrics for the progress bar."""
     post = {"score": f"{m['score']:+.3f}", "kl": f"{m['kl']:.3f}", "beta": f"{m['beta']:.3f}"}
@@ -167,24 +182,66 @@ def progress_fields(m, has_reward_model=False):
     return post
 
 
+def legend(post):
+    """One line naming what each short name of a progress line stands for."""
+    return "columns: " + "; ".join(f"{k} = {LEGEND[k]}" for k in post if k in LEGEND)
+
+
+class MetricsLog:
+    """on_step for trainer.run: one JSON line of metrics per kept step, the progress bar (or a printed
+    line per step), and the legend of its short names before the first."""
+
+    def __init__(self, trainer, steps, metrics_path, progress=True):
+        from tqdm import tqdm
+        self.trainer, self.progress, self.history = trainer, progress, []
+        metrics_path = Path(metrics_path)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(metrics_path, "w", encoding="utf-8")
+        self.bar = tqdm(total=steps, desc=trainer.algo.upper(), disable=not progress, dynamic_ncols=True)
+
+    def __call__(self, m):
+        self.history.append(m)
+        self.file.write(json.dumps(m) + "\n")
+        self.file.flush()
+        post = progress_fields(m, self.trainer.reward_model is not None)
+        if len(self.history) == 1:
+            self.bar.write(legend(post))
+        self.bar.update(1)
+        self.bar.set_postfix(post)
+        if not self.progress:
+            print(f"step {m['step']}: " + ", ".join(f"{k} {v}" for k, v in post.items()), flush=True)
+
+    def close(self):
+        self.bar.close()
+        self.file.close()
+
+
 def run_rlhf(trainer, steps, metrics_path, progress=True):
-    """steps steps of the trainer with a progress bar; one JSON line of metrics per step."""
-    from tqdm import tqdm
-    metrics_path = Path(metrics_path)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(steps), desc=trainer.algo.upper(), disable=not progress, dynamic_ncols=True)
-    history = []
-    with open(metrics_path, "w", encoding="utf-8") as f:
-        for _ in bar:
-            m = trainer.step()
-            history.append(m)
-            f.write(json.dumps(m) + "\n")
-            f.flush()
-            post = progress_fields(m, trainer.reward_model is not None)
-            bar.set_postfix(post)
-            if not progress:
-                print(f"step {m['step']}: " + ", ".join(f"{k} {v}" for k, v in post.items()), flush=True)
-    return history
+    """steps steps of the trainer with a progress bar; one JSON line of metrics per step; returns them.
+
+    No signal handling and no save (benchmarks/rlhf.py, docs/make_figures.py); main() runs
+    trainer.run, which stops cleanly on a signal and saves the last kept step."""
+    log = MetricsLog(trainer, steps, metrics_path, progress)
+    try:
+        for _ in range(steps):
+            log(trainer.step())
+    finally:
+        log.close()
+    return log.history
+
+
+def change_summary(before, after, steps):
+    """One honest line on the mean VADER of the fixed prompts before and after: the change, and
+    whether it stands out of the sampling noise (2 standard errors of the paired per-prompt change)."""
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)  # (n,) per prompt
+    n, change = len(diff), float(diff.mean())
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    line = (f"mean VADER of the {n} fixed prompts: {np.mean(before):+.3f} before, {np.mean(after):+.3f} after "
+            f"({change:+.3f}, standard error {se:.3f})")
+    if not abs(change) > 2 * se:
+        return line + (f": within 2 standard errors of no change, so these {steps} step(s) show no measurable "
+                       f"effect on them (run more --steps)")
+    return line + ": more than 2 standard errors from no change"
 
 
 def make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model):
@@ -210,6 +267,13 @@ def main(argv=None):
     from tinygrad_gpt.backend import tune_host_allocator
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     args = build_parser(algo=algo_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
+    ranks = distributed.launched_size()
+    if ranks > 1:  # N copies would tune N policies into one --out; rank 0 alone says so
+        if distributed.launched_rank() != 0:
+            # subtle: not 2: mpirun would then kill rank 0 before it prints why; the job's status is rank 0's
+            return cli.EXIT_OK
+        raise ValueError(f"RLHF runs in one process, but mpirun started {ranks}: run "
+                         f"examples/rlhf_sentiment.py without mpirun (or with -n 1)")
     cfg = config_from(args)
     check_out(args.out)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
@@ -217,7 +281,7 @@ def main(argv=None):
     scorer = VaderScorer()
     shown = fixed_prompts(heldout_tokens, 8, cfg.prompt_len, seed=1234)
     name = args.algo.upper()
-    show_completions(f"before {name}", reference, shown, cfg, tokenizer, scorer)
+    before = show_completions(f"before {name}", reference, shown, cfg, tokenizer, scorer)
 
     reward_model, rm_info = None, None
     if args.reward == "model":
@@ -225,13 +289,30 @@ def main(argv=None):
     trainer = make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
     out = Path(args.out)
     t0 = time.perf_counter()
-    history = run_rlhf(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
+    log = MetricsLog(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
+    save = (lambda: trainer.save(out, extra_meta={"reward": args.reward, "reward_model": rm_info}))
+    try:
+        result = trainer.run(cfg.steps, on_step=log, save=save)
+    except NonFiniteLoss as exc:
+        kept = trainer.kept.step
+        hint = "" if "reward model" in str(exc) else " (try a smaller --lr)"
+        print(f"error: {exc}; " + (f"the policy after step {kept}, the last with finite values, is saved to {out}"
+                                   if kept else "no step finished with finite values, so nothing is saved") + hint,
+              file=sys.stderr)
+        return cli.EXIT_NONFINITE
+    finally:
+        log.close()
     wall = time.perf_counter() - t0
-    show_completions(f"after {name}", trainer.policy.gpt, shown, cfg, tokenizer, scorer)
-    trainer.save(out, extra_meta={"reward": args.reward, "reward_model": rm_info})
-    last = history[-1]
+    if result != "done":
+        kept = trainer.kept.step
+        print(f"\nstopped at step {kept} of {cfg.steps} ({result}): " +
+              (f"the policy after step {kept} is saved to {out}" if kept else "no step had finished, nothing is saved"),
+              flush=True)
+        return cli.exit_status(result)
     print(f"\n{cfg.steps} {name} steps in {wall:.0f} s ({wall / cfg.steps:.2f} s/step); last step: score "
-          f"{last['score']:+.3f}, KL {last['kl']:.4f} nats/char; policy saved to {out}")
+          f"{log.history[-1]['score']:+.3f}, KL {log.history[-1]['kl']:.4f} nats/char; policy saved to {out}")
+    after = show_completions(f"after {name}", trainer.policy.gpt, shown, cfg, tokenizer, scorer)
+    print(change_summary(before, after, cfg.steps))
     write_plots_if_possible(out)
     return 0
 

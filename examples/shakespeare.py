@@ -189,6 +189,8 @@ def run(args, parser, world=None):
     say = print if root else (lambda *a, **k: None)  # rank 0 alone prints
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
+    if (args.sample or args.export_pretrained) and not root:
+        return 0  # under mpirun rank 0 alone samples (once) and writes the export
     if args.sample:
         return sample_only(args, out_dir)
     if args.export_pretrained:

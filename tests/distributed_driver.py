@@ -8,6 +8,8 @@ Each rank writes its pid to <out>/pid.<rank> (so a test can signal one rank) and
     DRIVER_SIGNAL_AFTER=SIG:R:S  rank R sends itself SIGSIG (INT, TERM) just after step S's
                                loss/stop all-reduce (the worst moment: the request must wait for
                                step S + 1's, so every rank stops after step S + 1)
+    DRIVER_DROPOUT_LOG=1       each rank appends its dropout generator's state at the start of each
+                               step's forward to <out>/dropout.<rank> (one line per step)
 """
 import os
 import signal
@@ -64,6 +66,14 @@ def main():
             if self.grad_sync is not None:
                 self.grad_sync.skip = True
         train.Trainer.__init__ = init
+    if os.environ.get("DRIVER_DROPOUT_LOG"):
+        original_forward_backward = train.Trainer._forward_backward
+
+        def forward_backward(self, x, y):
+            with open(out / f"dropout.{me}", "a") as f:
+                f.write(f"{self.state.step + 1} {self.model.drop_rng.bit_generator.state['state']['state']}\n")
+            return original_forward_backward(self, x, y)
+        train.Trainer._forward_backward = forward_backward
     code = 1
     try:
         code = shakespeare.main(argv)

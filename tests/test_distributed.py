@@ -273,3 +273,85 @@ def test_ranks_with_different_flags_are_named(corpus, tmp_path):
     run = _mpirun(_flags(corpus, tmp_path / "mismatch"), timeout=60, DRIVER_RANK1_ARGS="--lr 0.002")
     assert run.returncode == 2
     assert "rank 1 of 2 differs from rank 0 in train_config" in run.stderr
+
+
+@needs_mpi
+def test_each_rank_draws_its_own_dropout_masks_and_a_resume_draws_the_same(corpus, tmp_path):
+    """--dropout 0.1 on 2 ranks: the generator each rank starts a step's forward with differs between
+    the ranks (before, every rank drew rank 0's masks for its own rows), and a run stopped after step
+    8 and resumed trains exactly as the uninterrupted run (the seed is (seed, step, rank))."""
+    flags = lambda out, *extra: _flags(corpus, out, "float64", "--dropout", "0.1", *extra)  # noqa: E731
+    straight = tmp_path / "straight"
+    run = _mpirun(flags(straight), DRIVER_DROPOUT_LOG="1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    states = [dict(line.split() for line in (straight / f"dropout.{r}").read_text().splitlines()) for r in (0, 1)]
+    assert sorted(states[0], key=int) == [str(s) for s in range(1, STEPS + 1)] and states[0].keys() == states[1].keys()
+    assert all(states[0][s] != states[1][s] for s in states[0]), "two ranks drew the same dropout masks"
+    resumed = tmp_path / "resumed"
+    run = _mpirun(flags(resumed), DRIVER_SIGNAL_AFTER="INT:0:7")   # both stop after step 8
+    assert run.returncode == 130, run.stderr[-3000:]
+    run = _mpirun(flags(resumed, "--resume"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _max_rel(_losses(resumed), _losses(straight)) <= 1e-12
+
+
+def _launch(flags, **env):
+    return subprocess.Popen([*MPIRUN, sys.executable, str(DRIVER), *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(**env))
+
+
+@needs_mpi
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signalling_mpirun_itself_leaves_a_loadable_checkpoint(corpus, tmp_path, signum):
+    """What a scheduler (SIGTERM) or Ctrl-C in a terminal (SIGINT) does: signal mpirun, not a rank.
+    Open MPI's launcher then sends every rank SIGCONT, SIGTERM 0.25 s later and SIGKILL 0.25 s after
+    that, and exits 1 whatever the ranks do (README). The signal lands while rank 0 evaluates after
+    step 5 (thousands of eval batches: seconds), so a save after the ranks agree to stop comes too
+    late; rank 0's save at the signal must be there, loadable, at step 5."""
+    out = tmp_path / "mpirun-signal"
+    proc = _launch(_flags(corpus, out, "float32", "--iters-per-epoch", "5", "--eval-batches", "20000"))
+    try:
+        _wait_for_steps(out, 5, proc)
+        time.sleep(0.3)                              # inside the evaluation
+        proc.send_signal(signum)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0                       # Open MPI: 1, after it forwarded a signal
+    from tinygrad_gpt.train import load_model
+    model, meta, _ = load_model(out)
+    assert meta["state"]["step"] == 5 and meta["world_size"] == 2
+    assert not [p.name for p in out.iterdir() if "tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    assert shakespeare.main(_flags(corpus, out, "float32", "--iters-per-epoch", "2")) == 0
+    return out
+
+
+@needs_mpi
+def test_sample_under_mpirun_prints_once(small_checkpoint):
+    """--sample under mpirun: rank 0 alone samples (before, each rank printed the text)."""
+    cmd = [*MPIRUN, sys.executable, str(REPO / "examples" / "shakespeare.py"), "--out", str(small_checkpoint),
+           "--sample", "--prompt", "winter of our", "--num-tokens", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("winter of our") == 1, run.stdout
+
+
+@needs_mpi
+def test_rlhf_under_mpirun_is_refused_once(small_checkpoint, corpus, tmp_path):
+    """RLHF is one process: under mpirun with 2 ranks it exits 2 with one message (before, 2 copies
+    tuned 2 policies into one --out, exit 0)."""
+    out = tmp_path / "rl"
+    cmd = [*MPIRUN, sys.executable, str(REPO / "examples" / "rlhf_sentiment.py"), "--checkpoint",
+           str(small_checkpoint), "--data", str(corpus), "--out", str(out), "--steps", "1", "--batch-size", "4",
+           "--minibatch-size", "4", "--prompt-len", "8", "--response-len", "8", "--norm-batches", "1",
+           "--ppo-epochs", "1", "--no-progress"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.stderr.count("RLHF runs in one process") == 1, run.stderr
+    assert not out.exists()

@@ -424,3 +424,52 @@ def test_rlhf_example_runs_on_a_bpe_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr
     from tinygrad_gpt import checkpoint
     assert checkpoint.load_tensors(tmp_path / "rl", "value_head")["weight"].shape[1] == 1
+
+
+# 9. RLHF: a non-finite value exits 3 with the last finite policy; a signal saves the last finished step
+RLHF_SMALL = ("--no-progress", "--batch-size", 8, "--minibatch-size", 4, "--prompt-len", 16, "--response-len", 16,
+              "--norm-batches", 1)
+
+
+@needs_data
+def test_rlhf_non_finite_exits_3_and_saves_no_broken_policy(trained, tmp_path):
+    """lr 1e30 with an entropy bonus (the one gradient an untrained model's all-zero VADER scores
+    leave): the first update makes the weights ~1e30 and the next loss overflows. Before, this printed
+    "KL nan ... policy saved" with every parameter NaN, exit 0. (Each method's own case, with a
+    reward that moves it: tests/test_rlhf_methods.py.)"""
+    out = tmp_path / "rl"
+    r = run("rlhf_sentiment.py", "--checkpoint", trained, "--out", out, "--data", DATA, "--steps", 4,
+            "--lr", 1e30, "--ent-coef", 1, "--ppo-epochs", 2, *RLHF_SMALL)
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr
+    assert "error: step 1: the loss of update 2 is nan" in r.stderr and "nothing is saved" in r.stderr, r.stderr
+    assert "policy saved" not in r.stdout and "Traceback" not in r.stderr
+    assert not (out / "checkpoint.json").exists()
+
+
+@needs_data
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_rlhf_signal_saves_the_last_finished_step_and_exits(trained, tmp_path, sig, status):
+    """Before, --out held only metrics.jsonl after a signal. Now the step in progress is dropped and
+    the policy after the last finished one is saved: loadable, its step count that of metrics.jsonl."""
+    out = tmp_path / "rl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "rlhf_sentiment.py"), "--checkpoint",
+                             str(trained), "--out", str(out), "--data", DATA, "--steps", "100000",
+                             *map(str, RLHF_SMALL)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stdout[-2000:] + stderr
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
+    assert f"stopped at step {steps[-1]} of 100000" in stdout, stdout[-2000:]
+    from tinygrad_gpt.train import load_model
+    model, meta, _ = load_model(out)
+    assert meta["kind"] == "rlhf-ppo" and meta["rlhf_steps"] == steps[-1]
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+    assert no_temp_files(out) == []

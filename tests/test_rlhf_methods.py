@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt.gradcheck import gradcheck
-from tinygrad_gpt.rlhf.config import DPOConfig, GRPOConfig, RLOOConfig
+from tinygrad_gpt.rlhf.config import DPOConfig, GRPOConfig, PPOConfig, RLOOConfig
 from tinygrad_gpt.rlhf.diagnostics import check_health, explained_variance, ratio_stats, zero_spread_fraction
 from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, best_worst_pairs, dpo_loss
 from tinygrad_gpt.rlhf.grpo import GRPOLoss, GRPOTrainer, group_advantages, grpo_loss
@@ -396,3 +396,115 @@ def test_summary_time_to_target_and_recipes_by_hand():
     cfg = json.loads(json.dumps(asdict(DPOConfig())))
     assert rlhf_summary.recipe_of("dpo", dict(cfg, seed=3)) == "dpo"
     assert rlhf_summary.recipe_of("dpo", dict(cfg, beta=cfg["beta"] * 2, seed=1)) == f"dpo beta={cfg['beta'] * 2}"
+
+
+# ---- non-finite values and signals: the same rule for every method -----------------------------
+
+SMALL = dict(batch_size=8, prompt_len=8, response_len=8, norm_batches=1, seed=0, lr=3e-3)
+EVERY_METHOD = [
+    ("ppo", lambda: PPOConfig(minibatch_size=4, ppo_epochs=1, **SMALL)),
+    ("grpo", lambda: GRPOConfig(group_size=4, epochs=1, minibatch_size=4, **SMALL)),
+    ("rloo", lambda: RLOOConfig(group_size=4, minibatch_size=4, **SMALL)),
+    ("dpo", lambda: DPOConfig(group_size=2, epochs=1, minibatch_size=2, min_margin=0.0, **SMALL)),
+]
+
+
+def _trainer(algo, make_cfg):
+    from tinygrad_gpt.rlhf import TRAINERS
+    policy, ref = tiny_policy(seed=2)
+    return TRAINERS[algo](policy, ref, TOK, prompt_tokens(), vowel_fraction, make_cfg(), log=lambda *a: None)
+
+
+def _params(trainer):
+    return [p.data.copy() for p in trainer.policy.parameters()]
+
+
+@pytest.mark.parametrize("algo, make_cfg", EVERY_METHOD, ids=[a for a, _ in EVERY_METHOD])
+def test_a_non_finite_step_is_not_kept_and_the_last_finite_policy_is_saved(algo, make_cfg):
+    """Step 1 at lr 3e-3 is kept; then lr 1e30: the first update of step 2 makes the weights ~1e30
+    (finite), after which a loss, or the probe batch's logits, overflow. The step must raise
+    NonFiniteLoss naming step 2, and the saved policy must be the one after step 1, bit for bit."""
+    from tinygrad_gpt.train import NonFiniteLoss
+    trainer = _trainer(algo, make_cfg)
+    saved, seen = [], []
+    after_step_1 = []
+
+    def on_step(m):
+        seen.append(m["step"])
+        if m["step"] == 1:
+            after_step_1.extend(_params(trainer))
+            trainer.opt.set_lr(1e30)
+
+    with pytest.raises(NonFiniteLoss, match=r"^step 2: (the loss of update \d+ is (nan|inf)|after its updates)"):
+        trainer.run(5, on_step=on_step, save=lambda: saved.append(_params(trainer)))
+    assert seen == [1] and trainer.step_count == 1 and trainer.kept.step == 1
+    assert len(saved) == 1
+    for got, want in zip(saved[0], after_step_1):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_non_finite_first_step_saves_nothing():
+    """lr 1e30 from the start: no step is ever kept, so save() is never called (the policy on disk, if
+    any, is not replaced by a broken one) and the policy in memory is the starting one again."""
+    from tinygrad_gpt.train import NonFiniteLoss
+    trainer = _trainer("ppo", lambda: PPOConfig(minibatch_size=4, ppo_epochs=2, **dict(SMALL, lr=1e30)))
+    start = _params(trainer)
+    saved = []
+    with pytest.raises(NonFiniteLoss, match=r"^step 1: "):
+        trainer.run(3, save=lambda: saved.append(1))
+    assert saved == [] and trainer.step_count == 0
+    for got, want in zip(_params(trainer), start):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_non_finite_gradient_is_refused_before_the_update():
+    """d sqrt(x)/dx at x = 0 is infinite: the loss sqrt(0 * w) is 0, finite, and its gradient is NaN
+    (0 * inf). No parameter may change, and the error names the gradient."""
+    from tinygrad_gpt.train import NonFiniteLoss
+    trainer = _trainer("grpo", EVERY_METHOD[1][1])
+    before = _params(trainer)
+    loss = (trainer.policy.gpt.wte.weight * 0.0).sum().sqrt()
+    assert loss.item() == 0.0
+    with pytest.raises(NonFiniteLoss, match="step 1: the gradient of update 1 is non-finite"):
+        trainer.optimizer_step(loss)
+    for got, want in zip(_params(trainer), before):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("algo, make_cfg", EVERY_METHOD, ids=[a for a, _ in EVERY_METHOD])
+def test_a_signal_in_a_step_drops_it_and_saves_the_last_kept_step(algo, make_cfg, monkeypatch):
+    """A real SIGTERM arrives right after the first AdamW update of step 3 (the policy has moved):
+    the step is dropped, the policy goes back to the one after step 2 and is saved once, "terminated"."""
+    import signal
+    from tinygrad_gpt import optim
+    trainer = _trainer(algo, make_cfg)
+    kept, saved = {}, []
+    original = optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if trainer.step_count == 2:   # an update of step 3
+            signal.raise_signal(signal.SIGTERM)
+        return result
+    monkeypatch.setattr(optim.AdamW, "step", step)
+    on_step = (lambda m: kept.__setitem__(m["step"], _params(trainer)))
+    assert trainer.run(10, on_step=on_step, save=lambda: saved.append(_params(trainer))) == "terminated"
+    assert sorted(kept) == [1, 2] and trainer.step_count == 2 and len(saved) == 1
+    for got, want in zip(saved[0], kept[2]):
+        np.testing.assert_array_equal(got, want)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the handlers are given back
+
+
+def test_a_signal_during_on_step_waits_for_it_then_stops():
+    """SIGINT while the metrics line is written: the line is finished, then the run stops "interrupted"
+    after that step (nothing dropped) and saves it."""
+    import signal
+    trainer = _trainer("rloo", EVERY_METHOD[2][1])
+    lines, saved = [], []
+
+    def on_step(m):
+        if m["step"] == 2:
+            signal.raise_signal(signal.SIGINT)
+        lines.append(m["step"])
+    assert trainer.run(5, on_step=on_step, save=lambda: saved.append(trainer.step_count)) == "interrupted"
+    assert lines == [1, 2] and saved == [2]

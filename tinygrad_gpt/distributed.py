@@ -9,7 +9,8 @@ rows_r / rows, so the all-reduced SUM of the weighted gradients is the whole bat
     World            rank, world size, local rank (ranks on this host), the communicator; checks
                      that every rank holds the same configs and data, broadcasts from rank 0, a
                      per-step host all-reduce (loss, stop flags), abort on an exception (with
-                     the exit status cli.run_main gives one process)
+                     the exit status cli.run_main gives one process), a dropout seed per rank
+                     and step
     bucket_layout    flat gradient buckets of ~bucket_bytes, in parameter order
     GradAllreduce    preallocated buckets, all-reduced in place (MPI, or NCCL on cuda); with
                      `overlap`, each bucket's non-blocking all-reduce starts during backward as
@@ -37,6 +38,7 @@ from tinygrad_gpt.backend import get_xp
 
 # Launchers set these in every process they start: Open MPI (OMPI_*), MPICH / Intel MPI (PMI_*)
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK")
 DEFAULT_BUCKET_MB = 4.0
 
 
@@ -47,6 +49,15 @@ def launched_size():
         if value and value.isdigit():
             return int(value)
     return 1
+
+
+def launched_rank():
+    """This process's rank as an MPI launcher announced it in the environment (0 when there is none)."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 0
 
 
 def from_environment(device="cpu"):
@@ -191,6 +202,16 @@ class World:
 
     def barrier(self):
         self.comm.Barrier()
+
+    def seed_dropout(self, generator, seed, step):
+        """Reseed `generator` (a model's dropout stream) for optimizer step `step` of this rank.
+
+        The seed is (seed, step, rank): ranks draw different masks for their slices of the batch,
+        as one process draws different masks for different rows, and a run resumed at any step
+        draws the masks the uninterrupted run drew, without saving N generator states.
+        """
+        generator.bit_generator.state = type(generator.bit_generator)(
+            np.random.SeedSequence((seed, step, self.rank))).state
 
     def gradient_reducer(self, params, bucket_bytes, overlap=False):
         return GradAllreduce(params, self, bucket_bytes, overlap)

@@ -22,9 +22,12 @@ the optimizer steps once per batch: only peak memory changes, not the training.
 Data parallel (`world`, a distributed.World from mpirun): `batch_size` stays the global batch;
 every rank draws it, trains on its slice (then on micro-batches of that), gradients are
 all-reduced in buckets before clipping, and rank 0 alone prints, logs and writes checkpoints
-(which record the world size, so a run resumes on another number of ranks). A stop request
-(SIGINT, SIGTERM) on any rank is all-reduced with the loss each step, so every rank stops after
-the same step and one checkpoint.
+(which record the world size, so a run resumes on another number of ranks). Each rank draws its
+own dropout masks, from a generator seeded by (seed, step, rank) each step (World.seed_dropout),
+so a resumed run draws the same ones. A stop request (SIGINT, SIGTERM) on any rank is all-reduced
+with the loss each step, so every rank stops after the same step and one checkpoint; rank 0 also
+saves the last finished step the moment it is signalled, because mpirun, signalled itself, kills
+the ranks 0.25 s after passing SIGTERM on.
 
 Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss, gradient accumulation).
 Deliberately does not: mixed precision.
@@ -206,6 +209,9 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self._interrupted = None  # the signal that asked this process to stop (SIGINT or SIGTERM)
         self._agreed_stop = None  # data parallel: the stop every rank agreed on at the last all-reduce
+        self._busy = False        # the weights, optimizer or loop state are changing (an early save waits)
+        self._save_soon = False   # data parallel, rank 0: a signal asked for a save as soon as that state is whole
+        self._saved_at = None     # (step, epoch, batch) of the checkpoint last written
         self.xp = get_xp(config.device)
         # checked here, not at the first evaluation an epoch later: every estimate draws windows of
         # block_size + 1 tokens from each split
@@ -269,6 +275,7 @@ class Trainer:
         }
         checkpoint.save_checkpoint(self.out_dir, self.model.state_dict(), meta,
                                    optimizer_state=self.opt.state_dict())
+        self._saved_at = (self.state.step, self.state.epoch, self.state.batch)
 
     def restore(self, meta, optimizer_state):
         """Continue from a checkpoint `check_resumable` accepted; drops metrics of replayed steps."""
@@ -315,6 +322,27 @@ class Trainer:
         self._interrupted = signum  # one assignment: _reduce_loss_and_stop reads it once
         name = "interrupt" if signum == signal.SIGINT else "terminate"
         self.log(f"\n{name}: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+        if self.world is not None and self.is_root:
+            # subtle: mpirun, when it is signalled itself, sends the ranks SIGTERM and SIGKILL 0.25 s
+            # later (README): rank 0 writes the last finished step now, before the ranks agree to stop
+            self._save_soon = True
+            if not self._busy:
+                self._save_early()
+
+    def _save_early(self):
+        """Rank 0's save of the last finished step on a signal; the agreed stop saves again after its step."""
+        self._save_soon = False
+        if self._saved_at != (self.state.step, self.state.epoch, self.state.batch):
+            try:
+                self.save()
+            except OSError:
+                pass  # the save after the agreed stop tries again and reports
+
+    def _idle(self):
+        """The end of a change to the weights, optimizer or loop state: a save a signal asked for now runs."""
+        self._busy = False
+        if self._save_soon:
+            self._save_early()
 
     def _stopping(self):
         """The signal to stop after this step for (SIGINT, SIGTERM), or None to go on.
@@ -355,6 +383,8 @@ class Trainer:
                     lr = self.lr_at(st.step)
                     opt.set_lr(lr)
                     model.zero_grad()
+                    if self.world is not None:  # each rank its own dropout masks, the same on a resume
+                        self.world.seed_dropout(model.drop_rng, cfg.seed, st.step)
                     loss = self._forward_backward(x, y)
                     log_now = (st.step + 1) % cfg.log_every == 0 or st.batch + 1 == steps_this_epoch
                     norms = grad_norms(model) if cfg.log_grad_norms and log_now and self.is_root else None
@@ -367,6 +397,7 @@ class Trainer:
                         raise NonFiniteLoss(f"loss is {loss_value} at step {st.step + 1} (epoch {st.epoch + 1}, "
                                             f"batch {st.batch + 1}); stopping without saving, the last good "
                                             f"checkpoint in {self.out_dir} is kept")
+                    self._busy = True
                     opt.step()
                     st.step += 1
                     st.batch += 1
@@ -382,18 +413,22 @@ class Trainer:
                             record["grad_norms"] = norms
                         self._metrics(record)
                         t_last, tokens_since = now, 0
+                    self._idle()
                     if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
                         self._evaluate(bar, f"step {st.step}")
                     if self._stopping() is not None or st.step >= total:
                         break
                 bar.close()
                 if self._stopping() is not None and st.batch < steps_this_epoch:
+                    self._busy = True
                     self.save()
+                    self._idle()
                     self.log(f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}); checkpoint saved "
                              f"to {self.out_dir}; continue with --resume")
                     self._barrier()
                     return self._stopped()
                 record = self._evaluate(None, f"epoch {st.epoch + 1}")
+                self._busy = True
                 record.update(epoch=st.epoch + 1)
                 st.history.append(record)
                 # the next epoch: a new shuffle from a generator that follows on from this one
@@ -403,6 +438,7 @@ class Trainer:
                 st.epoch += 1
                 st.batch = 0
                 self.save()
+                self._idle()
                 self._barrier()
                 if self._stopping() is not None:
                     self.log(f"stopped after epoch {st.epoch}; checkpoint saved to {self.out_dir}")

@@ -9,15 +9,32 @@ gives the subclasses (ppo.PPOTrainer, grpo.GRPOTrainer, rloo.RLOOTrainer, dpo.DP
     scored_rollout()  a rollout with its gold scores, raw rewards and normalised scores
     raw_rewards()     (gold scores, the reward optimised before normalising)
     fit_normalizer()  the reward's mean and std on reference samples (scores then mean 0, std 1)
-    finish_metrics()  the common step metrics, health warnings logged (diagnostics.py)
+    optimizer_step()  one update: the loss and the gradient checked finite, clipped, AdamW
+    finish_metrics()  the common step metrics, health warnings logged (diagnostics.py); keeps the step
+    run()             the steps, stopped cleanly by SIGINT / SIGTERM, then save()
     save()            the tuned GPT as a checkpoint train.load_model reads (meta.kind "rlhf-<algo>")
 
 Each subclass's `step()` returns the step's metrics dict (one line of metrics.jsonl).
+
+Kept steps. A step is kept (`self.kept`, a copy of every policy parameter with the step count) only
+when every value it made was finite: each update's loss and gradient norm before AdamW applies it,
+and at its end every parameter and the policy's logits and values on a fixed probe batch (finite
+but huge weights overflow there, not in the parameters). Otherwise the step raises
+train.NonFiniteLoss naming the step and what went non-finite, and `restore_kept()` puts the
+policy back to the last kept step: the rule of the training script (exit 3, the last good state
+kept) for every method. The copy costs one policy's memory and one copy per step. `run()` does
+the same for SIGINT and SIGTERM: the step in progress is abandoned at once (an RLHF step can take
+minutes, longer than a scheduler's grace period), the policy goes back to the last kept step and
+is saved.
+
 Follows: TRL's trainers (one base, a loss per method). Deliberately does not: run several methods in
-one trainer, or keep optimiser state across separate runs.
+one trainer, keep optimiser state across separate runs, or run under MPI (one process; the
+example refuses mpirun with several ranks).
 """
+import math
+import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -29,6 +46,30 @@ from tinygrad_gpt.rlhf.diagnostics import check_health
 from tinygrad_gpt.rlhf.policy import response_windows
 from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout, sample_responses, score_rollout
 from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, shaped_score
+from tinygrad_gpt.tensor import no_grad
+from tinygrad_gpt.train import NonFiniteLoss
+
+RESULTS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # run()'s result per signal
+PROBE_ROWS, PROBE_LAST = 4, 16  # the probe batch: rows of tokens, and the positions whose logits are checked
+
+
+@dataclass
+class KeptStep:
+    """The last step whose every value was finite: what a signal or a non-finite value goes back to."""
+    step: int                 # steps kept so far (0: none, the policy is the starting one)
+    completions: int
+    kl_coef: float | None     # beta after that step (None before the first)
+    params: list              # a copy of each policy parameter's array (the GPT's, then the value head's)
+    metrics: dict | None      # that step's metrics (None before the first)
+
+
+class _Abandon(BaseException):
+    """Raised by run()'s signal handler: the step in progress is dropped. A BaseException, so that
+    no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class SampledTrainer:
@@ -53,6 +94,14 @@ class SampledTrainer:
         self.step_count = 0
         self.completions = 0  # completions generated so far (the normaliser's reference samples excluded)
         self.xp = get_xp(policy.gpt.device)
+        # the probe batch: PROBE_ROWS windows from the start of the prompt tokens (no draw from self.rng)
+        n_tok = min(config.prompt_len + config.response_len, policy.config.block_size, len(prompt_tokens))
+        rows = max(1, min(PROBE_ROWS, len(prompt_tokens) // max(n_tok, 1)))
+        self.probe = np.asarray(prompt_tokens[:rows * n_tok], dtype=np.int64).reshape(rows, n_tok)  # (rows, n)
+        self.updates = 0          # optimizer updates in the step in progress
+        self.kept = self.keep(None)
+        self._stop = None         # the signal run() was asked to stop by
+        self._holding = False     # True while run() holds signals back (on_step, save)
 
     @staticmethod
     def kl_controller(cfg):
@@ -62,12 +111,123 @@ class SampledTrainer:
         return FixedKLController(cfg.init_kl_coef)
 
     def optimizer_step(self, loss):
-        """One update of every method: gradients of `loss`, clipped to cfg.max_grad_norm (0: no clip), AdamW."""
+        """One update of every method: gradients of `loss`, clipped to cfg.max_grad_norm (0: no clip), AdamW.
+
+        Raises NonFiniteLoss before AdamW touches a parameter if the loss or the gradient's norm is
+        NaN or infinite."""
+        self.updates += 1
+        value = loss.item()
+        if not math.isfinite(value):
+            raise self.non_finite(f"the loss of update {self.updates} is {value}")
         self.policy.zero_grad()
         loss.backward()
-        if self.cfg.max_grad_norm:
-            clip_grad_norm(self.policy.parameters(), self.cfg.max_grad_norm)
+        # max_norm inf: the norm alone (clip_grad_norm never scales by an infinite bound)
+        norm = float(clip_grad_norm(self.policy.parameters(), self.cfg.max_grad_norm or math.inf))
+        if not math.isfinite(norm):
+            raise self.non_finite(f"the gradient of update {self.updates} is non-finite (its norm is {norm}; the "
+                                  f"loss was {value:.6g})")
         self.opt.step()
+        self._check_stop()  # a signal whose exception a __del__ swallowed ends the step here
+
+    # ---- finite values, kept steps --------------------------------------------------------------
+    def non_finite(self, what):
+        """The NonFiniteLoss of the step in progress: its number and what went non-finite."""
+        return NonFiniteLoss(f"step {self.step_count + 1}: {what}")
+
+    def check_policy(self):
+        """Raise NonFiniteLoss unless every policy parameter, and the policy's logits and values on the
+        probe batch, are finite (weights can be finite and still overflow a forward pass)."""
+        xp = self.xp
+        for name, p in self.policy.named_parameters():
+            if not bool(xp.isfinite(p.data).all()):
+                bad = int((~xp.isfinite(p.data)).sum())
+                raise self.non_finite(f"after its updates, parameter {name} holds {bad} non-finite value(s) of "
+                                      f"{p.data.size}")
+        with no_grad():
+            logits, values = self.policy(xp.asarray(self.probe), last=min(PROBE_LAST, self.probe.shape[1]))
+        for what, t in (("logits", logits), ("values", values)):
+            if not bool(xp.isfinite(t.data).all()):
+                raise self.non_finite(f"after its updates, the policy's {what} on a probe batch are non-finite (the "
+                                      f"parameters are finite but overflow a forward pass)")
+
+    def keep(self, metrics):
+        """A KeptStep of the policy as it is now (a copy of every parameter)."""
+        return KeptStep(self.step_count, self.completions, None if self.kl_ctl is None else self.kl_ctl.value,
+                        [p.data.copy() for p in self.policy.parameters()], metrics)
+
+    def restore_kept(self):
+        """Put the policy, the step count, the completions and beta back to the last kept step. The
+        optimizer's moments and the random generator stay where they are (a run ends after this)."""
+        kept = self.kept
+        for p, saved in zip(self.policy.parameters(), kept.params):
+            p.data[...] = saved
+            p.grad = None
+        self.step_count, self.completions = kept.step, kept.completions
+        if self.kl_ctl is not None and kept.kl_coef is not None:
+            self.kl_ctl.value = kept.kl_coef
+        self.updates = 0
+
+    # ---- the run: steps, signals, the save ---------------------------------------------------------
+    def run(self, steps, on_step=None, save=None):
+        """`steps` steps, then save(); returns "done", "interrupted" (SIGINT) or "terminated" (SIGTERM).
+
+        on_step(metrics) follows each kept step (a metrics line, the progress bar); save() writes the
+        policy (e.g. self.save(out)), once, at the end. SIGINT or SIGTERM abandons the step in
+        progress at once: the policy goes back to the last kept step, which save() then writes (when
+        no step was kept, nothing is saved). A second signal stops at once (KeyboardInterrupt,
+        nothing saved). Signals are held back while on_step and save() run, so a metrics line is
+        never cut and a save never abandoned. A non-finite value raises NonFiniteLoss after the
+        policy went back to the last kept step and save() wrote it (if a step was kept).
+        """
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in RESULTS}
+        self._stop, reported = None, self.kept.step
+        try:
+            try:
+                for _ in range(steps):
+                    metrics = self.step()
+                    if on_step is not None:
+                        self._held(on_step, metrics)
+                    reported = self.kept.step
+                    self._check_stop()
+                result = "done"
+            except _Abandon as stop:
+                result = RESULTS[stop.signum]
+                self.restore_kept()
+                if on_step is not None and self.kept.step > reported:  # kept, but stopped before on_step
+                    self._held(on_step, self.kept.metrics)
+            except NonFiniteLoss:
+                self.restore_kept()
+                if save is not None and self.kept.step:
+                    self._held(save)
+                raise
+            if save is not None and self.kept.step:
+                self._held(save)
+            if result == "done" and self._stop is not None:  # a signal during the last on_step or save
+                result = RESULTS[self._stop]
+            return result
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._stop = None
+
+    def _on_signal(self, signum, frame):
+        if self._stop is not None:  # a second signal: stop now, without saving
+            raise KeyboardInterrupt
+        self._stop = signum
+        if not self._holding:
+            raise _Abandon(signum)
+
+    def _held(self, fn, *args):
+        """fn(*args) with signals held back: one that arrives is acted on when fn returns."""
+        self._holding = True
+        try:
+            return fn(*args)
+        finally:
+            self._holding = False
+
+    def _check_stop(self):
+        if self._stop is not None and not self._holding:
+            raise _Abandon(self._stop)
 
     # ---- prompts, rollouts, scores --------------------------------------------------------------
     def decode(self, ids):
@@ -87,7 +247,11 @@ class SampledTrainer:
         if self.reward_model is None:
             c = self.cfg
             return gold, shaped_score(gold, c.score_power, c.positive_bonus, c.positive_threshold)  # (B,), (B,)
-        return gold, self.reward_model.score(responses)                   # (B,), (B,)
+        raw = self.reward_model.score(responses)                          # (B,)
+        if not np.isfinite(raw).all():
+            raise self.non_finite(f"the reward model scored {int((~np.isfinite(raw)).sum())} of {len(raw)} "
+                                  f"responses NaN or infinite")
+        return gold, raw                                                  # (B,), (B,)
 
     def make_rollout(self, prompts, model=None, kl_estimator="exact"):
         """A Rollout of `prompts` (B, P) sampled by the policy (or by `model`, a GPT, e.g. the reference)."""
@@ -128,7 +292,9 @@ class SampledTrainer:
 
     # ---- metrics ------------------------------------------------------------------------------
     def finish_metrics(self, metrics, t0, t_rollout, generated):
-        """Add the common fields to a step's metrics, log its health warnings, and return it."""
+        """Add the common fields to a step's metrics, log its health warnings, keep the step (after
+        check_policy), and return the metrics."""
+        self.check_policy()
         self.step_count += 1
         self.completions += generated
         metrics = {"step": self.step_count, "algo": self.algo, **metrics,
@@ -138,6 +304,8 @@ class SampledTrainer:
         for line in warnings:
             self.log(line)
         metrics["warnings"] = warnings
+        self.kept = self.keep(metrics)  # subtle: one assignment, so a signal finds either step whole
+        self.updates = 0
         return metrics
 
     # ---- saving -------------------------------------------------------------------------------

@@ -84,8 +84,8 @@ def sample_responses(gpt, prompts, response_len, temperature, rng, stride=None):
                 feed = seq[:, start:a]                                    # (B, a - start) the known context
                 for t in range(a, b):
                     logits, _ = gpt(xp.asarray(feed), caches=caches)      # (B, n, V)
-                    last = to_numpy(logits.data[:, -1, :]).astype(np.float64) / temperature  # (B, V)
-                    seq[:, t] = sample_from_logits(last, rng)             # (B,)
+                    last = to_numpy(logits.data[:, -1, :]).astype(np.float64)    # (B, V)
+                    seq[:, t] = sample_from_logits(last, rng, temperature=temperature)  # (B,)
                     feed = seq[:, t:t + 1]                                # (B, 1)
     finally:
         gpt.train(was_training)

@@ -699,3 +699,18 @@ def test_other_dtypes_fall_back_to_the_reference(rng):
     x32 = normal(rng, (4, 6), np.float32)                          # (4, 6)
     for g, w in zip(cpu.layernorm_forward(x32, w64, w64), reference.layernorm_forward(x32, w64, w64)):
         np.testing.assert_array_equal(g, w)
+
+
+def test_first_compilation_is_announced_once_and_not_when_cached(tmp_path):
+    """A fresh Numba cache folder: the first run says it is compiling; a second run, with the gelu
+    kernel cached by the first, says nothing."""
+    import subprocess
+    import sys
+    code = ("import numpy as np\nfrom tinygrad_gpt import Tensor\n"
+            "print((Tensor(np.ones((2, 4), dtype=np.float32)).gelu()).sum().item())")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), TINYGRAD_GPT_KERNELS="fused")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert "compiling the fused CPU kernels" in runs[0].stderr
+    assert "compiling" not in runs[1].stderr

@@ -457,3 +457,22 @@ def test_layer_norm_and_attention_refuse_mixed_float_dtypes():
     q = Tensor(np.ones((1, 1, 2, 3), np.float32))
     with pytest.raises(TypeError, match="causal_self_attention: dtypes differ, float32, float64, float32"):
         ops.causal_self_attention(q, Tensor(np.ones((1, 1, 2, 3))), q)
+
+
+def test_repr_shows_the_values_of_a_small_tensor_and_the_shape_of_a_large_one():
+    a = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    assert repr(a) == "Tensor([1., 2., 3.], dtype=float64, requires_grad=True)"
+    assert repr(a * a) == "Tensor([1., 4., 9.], dtype=float64, requires_grad=True, op=Mul)"
+    assert repr(Tensor(np.float32(2.5))) == "Tensor(2.5, dtype=float32)"
+    big = Tensor(np.zeros((100, 100), dtype=np.float32))
+    assert repr(big) == "Tensor(shape=(100, 100), dtype=float32, device=cpu)"
+
+
+def test_malloc_setting_refuses_a_typo(monkeypatch):
+    from tinygrad_gpt import backend
+    monkeypatch.setattr(backend, "_allocator_tuned", False)
+    monkeypatch.setenv("TINYGRAD_GPT_MALLOC", "defualt")
+    with pytest.raises(ValueError, match=r"TINYGRAD_GPT_MALLOC='defualt': expected 'default'"):
+        backend.tune_host_allocator()
+    monkeypatch.setenv("TINYGRAD_GPT_MALLOC", "default")
+    assert backend.tune_host_allocator() is False  # glibc's own behaviour kept, nothing changed

@@ -120,7 +120,11 @@ def tune_host_allocator(mmap_threshold=64 << 20, trim_threshold=256 << 20):
     global _allocator_tuned
     import os
     import sys
-    if _allocator_tuned or os.environ.get("TINYGRAD_GPT_MALLOC", "").lower() == "default":
+    setting = os.environ.get("TINYGRAD_GPT_MALLOC", "").strip().lower()
+    if setting not in ("", "tuned", "default"):
+        raise ValueError(f"TINYGRAD_GPT_MALLOC={os.environ['TINYGRAD_GPT_MALLOC']!r}: expected 'default' (glibc's "
+                         f"own thresholds) or 'tuned' (the default: raised thresholds), or unset")
+    if _allocator_tuned or setting == "default":
         return _allocator_tuned
     if not sys.platform.startswith("linux"):
         return False

@@ -253,9 +253,18 @@ class Tensor:
                              f"e.g. bool((t > 0).numpy().all()))")
         return bool(self.data.reshape(()).item())
 
+    REPR_MAX_ELEMENTS = 64  # a tensor up to this size shows its values; a larger one its shape
+
     def __repr__(self):
+        """`Tensor([1., 2., 3.], dtype=float64, requires_grad=True, op=Mul)` for a small tensor (as
+        micrograd's `Value(data=...)` shows its number); shape, dtype and device for a large one."""
         grad = ", requires_grad=True" if self.requires_grad else ""
         op = f", op={self._ctx.fn.__name__}" if self._ctx is not None else ""
+        device = "" if self.device == "cpu" else f", device={self.device}"
+        if self.data.size <= self.REPR_MAX_ELEMENTS:
+            values = np.array2string(backend.to_numpy(self.data), precision=4, separator=", ",
+                                     prefix="Tensor(")
+            return f"Tensor({values}, dtype={self.dtype}{device}{grad}{op})"
         return f"Tensor(shape={self.shape}, dtype={self.dtype}, device={self.device}{grad}{op})"
 
     # ---- leaving the graph -------------------------------------------------------------------

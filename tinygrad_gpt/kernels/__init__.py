@@ -75,10 +75,33 @@ def _complete(module):
     return reference if missing else module
 
 
+def cpu_kernels_cached(module):
+    """False when no Numba kernel of `module`'s files has an on-disk cache entry yet (a first run on
+    this machine or cache folder: each kernel compiles at its first call, seconds each), True when
+    some have, None when that cannot be told (Numba's cache layout is not what this reads)."""
+    import sys
+    indexes = []
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith(module.__name__ + ".") or mod is None:
+            continue
+        for fn in vars(mod).values():
+            cache = getattr(fn, "_cache", None)
+            index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+            if isinstance(index, str):
+                indexes.append(index)
+    if not indexes:
+        return None
+    return any(os.path.exists(index) for index in indexes)
+
+
 def _load_cpu():
     global _cpu
     if _cpu is None:
         from tinygrad_gpt.kernels import cpu as module
+        if cpu_kernels_cached(module) is False:  # the first steps of a run are slow for this reason
+            import sys
+            print("tinygrad_gpt: compiling the fused CPU kernels with Numba (first use on this machine: each "
+                  "compiles at its first call, a few seconds, and is cached for later runs)", file=sys.stderr)
         _cpu = _complete(module)
     return _cpu
 

@@ -230,12 +230,14 @@ def status_of(exc):
     """(exit status, one-line message) for an exception that escaped a script, or None for a bug.
 
     Bad input (ValueError, including CheckpointError and TokenizerFileError; a missing file or
-    directory; a missing optional package) is a usage error, 2. Other OS errors (disk full, I/O)
-    and RuntimeError are runtime errors, 1. Ctrl-C is 130. Anything else is a bug (None: the
-    caller keeps its traceback). run_main uses it, and so does a data-parallel run to choose the
-    status it aborts every rank with.
+    directory; a missing optional package, also when a library reports it as another error raised
+    from the ImportError, as `--device cuda` without cupy does) is a usage error, 2. Other OS
+    errors (disk full, I/O) and RuntimeError are runtime errors, 1. Ctrl-C is 130. Anything else is
+    a bug (None: the caller keeps its traceback). run_main uses it, and so does a data-parallel run
+    to choose the status it aborts every rank with.
     """
-    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError)):
+    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError)) \
+            or isinstance(exc.__cause__, ImportError):
         return EXIT_USAGE, f"error: {exc}"
     if isinstance(exc, (OSError, RuntimeError, MemoryError)):
         return EXIT_RUNTIME, f"error: {exc}"

@@ -15,8 +15,10 @@ Prints an untrained sample first, then a progress bar per epoch and, after each 
 and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
 epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. A run locks --out while it
 writes (a second run there is refused), and a fresh run does not replace the run an --out holds
-unless given --overwrite; --resume continues with the checkpoint's settings. Every GPTConfig and
-TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything runs. Exit status:
+unless given --overwrite; --resume continues with the checkpoint's settings. A flag the chosen
+mode does not read (--lr with --sample, --temperature when training) is named in a warning. Every
+GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything
+runs. Exit status:
 0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
 the tokens as they are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the
 model and the GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json,
@@ -180,6 +182,7 @@ def main(argv=None):
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.given = cli.given_flags(parser, argv)  # {dest: flag} of what the command line holds
     args.preset_given = args.preset is not None
     args.preset = args.preset or ("finetune" if init_from(args) else "cpu")
     world = distributed.from_environment(args.device)  # None unless mpirun started several processes
@@ -191,6 +194,22 @@ def main(argv=None):
         # one rank failing ends the whole job (MPI_Abort) with this rank's message and the exit
         # status cli.run_main gives one process for the same exception, never a hang
         world.abort_for(exc)
+
+
+# the flags each mode reads; any other flag given is named in a warning (it would change nothing)
+SAMPLE_FLAGS = {"out", "sample", "prompt", "num_tokens", "temperature", "top_k", "top_p", "device", "seed",
+                "init_from", "dtype"}
+EXPORT_FLAGS = {"out", "export_pretrained"}
+SAMPLING_ONLY = ("prompt", "num_tokens", "temperature", "top_k", "top_p")
+
+
+def warn_unused(args, mode, used):
+    """Name the given flags that `mode` does not read, on stderr (they used to be ignored silently)."""
+    unused = [flag for dest, flag in args.given.items() if dest not in used]
+    if mode == "--sample" and "dtype" in args.given and not init_from(args):
+        unused.append("--dtype (the checkpoint's dtype is used)")
+    if unused:
+        print(f"warning: {mode} ignores {', '.join(unused)}", file=sys.stderr)
 
 
 def check_flags(args, parser):
@@ -245,9 +264,13 @@ def run(args, parser, world=None):
     out_dir = Path(args.out or f"out/shakespeare-{args.preset}")
     backend.get_xp(args.device)  # fail early, with the install hint, if cuda is not usable
     if args.sample:
+        warn_unused(args, "--sample", SAMPLE_FLAGS)
         return sample_only(args, out_dir)
     if args.export_pretrained:
+        warn_unused(args, "--export-pretrained", EXPORT_FLAGS | {"device"})
         return export_pretrained(args, out_dir)
+    if root:
+        warn_unused(args, "a training run", set(args.given) - set(SAMPLING_ONLY))
     check_flags(args, parser)
     flags = cli.values_from(args, cli.flag_fields(GPTConfig) + cli.flag_fields(TrainConfig))
 

@@ -351,6 +351,20 @@ def test_a_flag_that_would_be_ignored_is_refused(tmp_path, flags, says):
 
 
 @needs_data
+def test_flags_a_mode_does_not_read_are_named_in_a_warning(run_copy, tmp_path):
+    """--sample reads no training flag, training no sampling flag: each given one is named (the
+    shorthand gives --preset, --no-progress, --max-iters and --data), abbreviations included."""
+    r = shakespeare(run_copy, "--sample", "--num-tokens", 3, "--dtype", "float64", "--lr", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert ("warning: --sample ignores --preset, --no-progress, --data, --max-iters, --lr, --dtype (the checkpoint's "
+            "dtype is used)") in r.stderr, r.stderr
+    r = shakespeare(tmp_path / "fresh", "--temp", 0.5, "--prompt", "x", "--max-iters", 1)
+    assert r.returncode == 0 and "warning: a training run ignores --temperature, --prompt" in r.stderr, r.stderr
+    r = shakespeare(tmp_path / "quiet", "--max-iters", 1)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+@needs_data
 @pytest.mark.parametrize("flags, says", [
     (("--val-fraction", 0.5), "--val-fraction 0.1 (this command gives 0.5)"),
     (("--batch-size", 4096), "--batch-size 8 (this command gives 4096)"),

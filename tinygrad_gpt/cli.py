@@ -211,6 +211,24 @@ def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None
     return names
 
 
+def given_flags(parser, argv=None):
+    """{dest: flag} of the options given on the command line `argv` (default sys.argv[1:]).
+
+    Parsed by a copy of `parser` whose defaults are all suppressed, so argparse's own matching
+    (abbreviations, --flag=value) decides, and a flag given with its default value still counts.
+    For scripts that refuse or warn about flags a mode does not use.
+    """
+    import copy
+    probe = copy.deepcopy(parser)
+    names = {}
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+        if action.option_strings:
+            names[action.dest] = max(action.option_strings, key=len)
+    given = vars(probe.parse_args(argv))
+    return {dest: names[dest] for dest in given if dest in names}
+
+
 def values_from(args, names, prefix=""):
     """{field: value} of the flags in `names` that are on the namespace (given, or defaulted)."""
     return {name: getattr(args, prefix + name) for name in names if hasattr(args, prefix + name)}

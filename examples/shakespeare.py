@@ -13,8 +13,12 @@
 
 Prints an untrained sample first, then a progress bar per epoch and, after each epoch, the train
 and validation loss and a sample. Checkpoints (safetensors + JSON, atomic) go to --out after every
-epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. Every GPTConfig and
-TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything runs. Exit status:
+epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. A run locks --out while it
+writes (a second run there is refused), and a fresh run does not replace the run an --out holds
+unless given --overwrite; --resume continues with the checkpoint's settings. A flag the chosen
+mode does not read (--lr with --sample, --temperature when training) is named in a warning. Every
+GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything
+runs. Exit status:
 0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
 the tokens as they are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the
 model and the GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json,
@@ -38,7 +42,9 @@ from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
 from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable, load_model,  # noqa: E402
-                                preset_configs, tokenizer_of)
+                                preset_configs, resume_configs, tokenizer_of)
+
+METRICS = "metrics.jsonl"
 
 
 def build_parser():
@@ -49,7 +55,11 @@ def build_parser():
     p.add_argument("--device", choices=backend.DEVICES, default="cpu")
     p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
     p.add_argument("--out", default=None, help="checkpoint directory (default out/shakespeare-<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out, with its settings (flags may change what a run can "
+                        "change as it goes on, e.g. --max-iters, --lr)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds a run, deleting its checkpoint and metrics")
     p.add_argument("--sample", action="store_true",
                    help="only sample (streamed) from the checkpoint in --out, or from --init-from DIR")
     p.add_argument("--export-pretrained", default=None, metavar="DIR",
@@ -63,7 +73,8 @@ def build_parser():
                    help="char (default), or bpe; --resume takes the checkpoint's")
     p.add_argument("--vocab-size", type=cli.bounded(int, ge=257), default=None,
                    help="BPE vocabulary size with --tokenizer bpe (default 512)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="default: float32, or the checkpoint's with --resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     cli.add_flags(p, GPTConfig, title="model (default: from the preset)")
     cli.add_flags(p, TrainConfig, title="training (default: from the preset)")
@@ -77,7 +88,7 @@ def load_tokens(args, tokenizer=None, source=None):
     if tokenizer is not None:
         return tokenizer, encode_for(tokenizer, text, path, source)
     if init_from(args):
-        tokenizer = BPETokenizer.from_gpt2(init_from(args))
+        tokenizer = pretrained.load_tokenizer(init_from(args))  # no more ids than the model has rows
         return tokenizer, np.asarray(tokenizer.encode(text), dtype=np.int64)
     if args.tokenizer in (None, "char"):
         tokenizer = CharTokenizer.from_text(text)
@@ -122,9 +133,8 @@ def encode_prompt(tokenizer, prompt):
 def sample_only(args, out_dir):
     """Stream --num-tokens sampled tokens after --prompt; Ctrl-C keeps what was printed (exit 130)."""
     if init_from(args):
-        dtype = np.float32 if args.dtype == "float32" else np.float64
-        model = GPT.from_pretrained(init_from(args), dtype=dtype, device=args.device)
-        tokenizer = BPETokenizer.from_gpt2(init_from(args))
+        model = GPT.from_pretrained(init_from(args), dtype=np.dtype(args.dtype or "float32"), device=args.device)
+        tokenizer = pretrained.load_tokenizer(init_from(args), model.config)
     else:
         model, meta, _ = load_model(out_dir, device=args.device)
         tokenizer = tokenizer_of(meta, out_dir)
@@ -172,6 +182,8 @@ def main(argv=None):
     tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.given = cli.given_flags(parser, argv)  # {dest: flag} of what the command line holds
+    args.preset_given = args.preset is not None
     args.preset = args.preset or ("finetune" if init_from(args) else "cpu")
     world = distributed.from_environment(args.device)  # None unless mpirun started several processes
     if world is None:
@@ -184,6 +196,68 @@ def main(argv=None):
         world.abort_for(exc)
 
 
+# the flags each mode reads; any other flag given is named in a warning (it would change nothing)
+SAMPLE_FLAGS = {"out", "sample", "prompt", "num_tokens", "temperature", "top_k", "top_p", "device", "seed",
+                "init_from", "dtype"}
+EXPORT_FLAGS = {"out", "export_pretrained"}
+SAMPLING_ONLY = ("prompt", "num_tokens", "temperature", "top_k", "top_p")
+
+
+def warn_unused(args, mode, used):
+    """Name the given flags that `mode` does not read, on stderr (they used to be ignored silently)."""
+    unused = [flag for dest, flag in args.given.items() if dest not in used]
+    if mode == "--sample" and "dtype" in args.given and not init_from(args):
+        unused.append("--dtype (the checkpoint's dtype is used)")
+    if unused:
+        print(f"warning: {mode} ignores {', '.join(unused)}", file=sys.stderr)
+
+
+def check_flags(args, parser):
+    """Refuse flags that this command would ignore or that contradict each other (usage errors, exit 2)."""
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out, --overwrite replaces it: give one of them")
+    if args.vocab_size is not None and args.tokenizer != "bpe" and not args.resume:
+        parser.error(f"--vocab-size {args.vocab_size} sets the size of a BPE vocabulary: it needs --tokenizer bpe"
+                     + (f" (the model of --init-from {init_from(args)} brings its own)" if init_from(args) else ""))
+    if init_from(args) and args.tokenizer is not None and not args.resume:
+        parser.error(f"--tokenizer {args.tokenizer}: with --init-from the tokenizer is the one of {init_from(args)}")
+    if init_from(args) and not args.resume:
+        fixed = [cli.flag_name(n) for n in PRETRAINED_SHAPE if hasattr(args, n)]
+        if fixed:
+            parser.error(f"{', '.join(fixed)}: with --init-from the model's shape comes from "
+                         f"{init_from(args)}/config.json")
+
+
+def fresh_out(out_dir, overwrite):
+    """A fresh run's --out (locked by the caller) must not hold another run, unless --overwrite deletes it."""
+    held = [name for name in (checkpoint.JSON_NAME, METRICS) if (out_dir / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"--out {out_dir} already holds a run ({', '.join(held)}): continue it with --resume, "
+                         f"start afresh there with --overwrite (which deletes it), or choose another --out")
+    if held:
+        checkpoint.remove_checkpoint(out_dir)
+        (out_dir / METRICS).unlink(missing_ok=True)
+
+
+def resume_state(args, out_dir, root, world):
+    """--resume: rank 0's (model, meta, optimizer_state) and, on every rank, what the configs are built
+    from: the checkpoint's tokenizer, model and training configs and dtype (rank 0 reads, all receive)."""
+    resumed, saved = None, None
+    if root:  # a checkpoint rank 0 refuses raises here and aborts the job with its message
+        resumed = load_model(out_dir, device=args.device)
+        meta = resumed[1]
+        check_resumable(meta, out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        dtype = str(resumed[0].wte.weight.dtype)
+        if args.dtype is not None and args.dtype != dtype:
+            raise ValueError(f"--resume: --dtype {args.dtype}, but the checkpoint in {out_dir} was trained in {dtype}; "
+                             f"leave --dtype out to continue in the checkpoint's")
+        saved = {"tokenizer": tokenizer_of(meta, out_dir).to_dict(), "model_config": meta["model_config"],
+                 "train_config": meta["train_config"], "dtype": dtype}
+    if world is not None:
+        saved = world.bcast(saved)
+    return resumed, saved
+
+
 def run(args, parser, world=None):
     root = world is None or world.is_root
     say = print if root else (lambda *a, **k: None)  # rank 0 alone prints
@@ -192,45 +266,60 @@ def run(args, parser, world=None):
     if (args.sample or args.export_pretrained) and not root:
         return 0  # under mpirun rank 0 alone samples (once) and writes the export
     if args.sample:
+        warn_unused(args, "--sample", SAMPLE_FLAGS)
         return sample_only(args, out_dir)
     if args.export_pretrained:
+        warn_unused(args, "--export-pretrained", EXPORT_FLAGS | {"device"})
         return export_pretrained(args, out_dir)
-    if init_from(args):
-        fixed = [cli.flag_name(n) for n in PRETRAINED_SHAPE if hasattr(args, n)]
-        if fixed:
-            parser.error(f"{', '.join(fixed)}: with --init-from the model's shape comes from "
-                         f"{init_from(args)}/config.json")
+    if root:
+        warn_unused(args, "a training run", set(args.given) - set(SAMPLING_ONLY))
+    check_flags(args, parser)
+    flags = cli.values_from(args, cli.flag_fields(GPTConfig) + cli.flag_fields(TrainConfig))
 
+    # rank 0 alone writes, and holds --out's lock until the run ends: a second run into the same
+    # --out is refused (its saves and metrics would interleave with this one's)
+    lock = None
+    if root and (not args.resume or out_dir.is_dir()):
+        if not args.resume:
+            checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
+        lock = checkpoint.lock_directory(out_dir, "--out")
+    try:
+        return train_run(args, parser, world, out_dir, flags, say, root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_run(args, parser, world, out_dir, flags, say, root):
     resumed = None  # rank 0's (model, meta, optimizer_state); the other ranks receive its state in train()
     if args.resume:
-        # the checkpoint first: its kind and tokenizer decide how the data is read (no BPE retraining)
-        saved = None
-        if root:  # a checkpoint rank 0 refuses raises here and aborts the job with its message
-            resumed = load_model(out_dir, device=args.device)
-            check_resumable(resumed[1], out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
-            saved = tokenizer_of(resumed[1], out_dir)
-        if world is not None:
-            saved_dict = world.bcast(saved.to_dict() if root else None)
-            if not root:
-                saved = tokenizer_from_dict(saved_dict)
-        tokenizer, tokens = load_tokens(args, saved, out_dir)
+        # the checkpoint first: its kind and tokenizer decide how the data is read (no BPE retraining),
+        # its configs and dtype are the run's
+        resumed, saved = resume_state(args, out_dir, root, world)
+        tokenizer, tokens = load_tokens(args, tokenizer_from_dict(saved["tokenizer"]), out_dir)
+        gpt_cfg, train_cfg = resume_configs(saved, out_dir, dict(flags, device=args.device, out_dir=str(out_dir)),
+                                            preset=args.preset if args.preset_given else None)
+        dtype = np.dtype(saved["dtype"])
     else:
-        if root:  # rank 0 alone writes
-            checkpoint.check_writable(out_dir, "--out")  # before any work: a read-only or file --out
+        if root:
+            fresh_out(out_dir, args.overwrite)
         tokenizer, tokens = load_tokens(args)
-    overrides = cli.values_from(args, cli.flag_fields(GPTConfig) + cli.flag_fields(TrainConfig))
-    overrides.update(device=args.device, out_dir=str(out_dir))
-    if init_from(args):
-        hf = pretrained.config_from_hf(pretrained.read_config(init_from(args)), init_from(args))
-        overrides.update({name: getattr(hf, name) for name in PRETRAINED_SHAPE})
-    try:
-        gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
-    except ValueError as exc:
-        parser.error(str(exc))
+        overrides = dict(flags, device=args.device, out_dir=str(out_dir))
+        if init_from(args):
+            hf = pretrained.config_from_hf(pretrained.read_config(init_from(args)), init_from(args))
+            overrides.update({name: getattr(hf, name) for name in PRETRAINED_SHAPE})
+        try:
+            gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
+        except ValueError as exc:
+            parser.error(str(exc))
+        dtype = np.dtype(args.dtype or "float32")
     train_tokens, val_tokens = data.split_train_val(tokens, train_cfg.val_fraction)
-    dtype = np.float32 if args.dtype == "float32" else np.float64
 
-    if init_from(args):
+    if resumed is not None:
+        model = resumed[0]  # the checkpoint's model itself: no second copy of the weights
+    elif args.resume:  # another rank: rank 0's weights arrive in train()
+        model = GPT(gpt_cfg, seed=train_cfg.seed, dtype=dtype, device=args.device, init=False)
+    elif init_from(args):
         model = pretrained_model(args, gpt_cfg, dtype)
         gpt_cfg = model.config
     else:
@@ -238,14 +327,12 @@ def run(args, parser, world=None):
     trainer = Trainer(model, tokenizer, train_tokens, val_tokens, train_cfg, progress=not args.no_progress,
                       world=world)
     if resumed is not None:
-        loaded, meta, optimizer_state = resumed
-        saved = GPTConfig(**meta["model_config"]).__dict__  # a field newer than the checkpoint takes its default
-        differ = {k: (saved[k], v) for k, v in gpt_cfg.__dict__.items() if saved[k] != v}
-        if differ:
-            raise ValueError("--resume: the checkpoint in " + str(out_dir) + " was trained with " + ", ".join(
-                f"{cli.flag_name(k)} {old!r} (these flags give {new!r})" for k, (old, new) in differ.items()))
-        model.load_state_dict(loaded.state_dict())
+        # subtle: drop every reference to the loaded optimizer arrays once restore has copied them,
+        # else a second copy of the AdamW moments stays alive for the whole run
+        _, meta, optimizer_state = resumed
+        resumed = None
         trainer.restore(meta, optimizer_state)
+        del optimizer_state
         ranks = f", saved by {meta.get('world_size', 1)} process(es), now {1 if world is None else world.size}"
         say(f"resumed from {out_dir} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
             f"batch {trainer.state.batch}{ranks})")

@@ -179,3 +179,100 @@ def test_missing_safetensors_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
     with pytest.raises(ImportError, match=r"pip install safetensors"):
         C.save_checkpoint(tmp_path, {}, {})
+
+
+def _edit_record(directory, edit):
+    path = directory / C.JSON_NAME
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("name", ["../o1/FILE", "/etc/passwd", "sub/FILE", "..", ""])
+def test_a_file_name_in_the_json_may_not_lead_out_of_the_directory(tmp_path, name):
+    """checkpoint.json names its weight files; a name with a separator or '..' (here: another run's real
+    weights, or /etc/passwd) is refused before anything is opened, and the error reveals nothing of it."""
+    C.save_checkpoint(tmp_path / "o1", weights(1.0), {"run": "o1"})
+    C.save_checkpoint(tmp_path / "a", weights(2.0), {"run": "a"})
+    other = json.loads((tmp_path / "o1" / C.JSON_NAME).read_text())["files"]["model"]["file"]
+    (tmp_path / "a" / "sub").mkdir()
+    bad = name.replace("FILE", other)
+
+    def point_elsewhere(record):
+        record["files"]["model"] = {"file": bad}  # no size or hash: only the name can stop it
+    _edit_record(tmp_path / "a", point_elsewhere)
+    with pytest.raises(C.CheckpointError, match="plain file name") as info:
+        C.load_checkpoint(tmp_path / "a")
+    assert "bytes" not in str(info.value)
+
+
+def test_a_symlink_leading_out_of_the_directory_is_refused(tmp_path):
+    C.save_checkpoint(tmp_path / "o1", weights(1.0), {"run": "o1"})
+    C.save_checkpoint(tmp_path / "a", weights(2.0), {"run": "a"})
+    other = json.loads((tmp_path / "o1" / C.JSON_NAME).read_text())["files"]["model"]["file"]
+    (tmp_path / "a" / "link.safetensors").symlink_to(tmp_path / "o1" / other)
+    _edit_record(tmp_path / "a", lambda r: r["files"].__setitem__("model", {"file": "link.safetensors"}))
+    with pytest.raises(C.CheckpointError, match="symlink that leads out"):
+        C.load_checkpoint(tmp_path / "a")
+    inside = tmp_path / "a" / "inside.safetensors"  # a link within the directory is a file of it
+    inside.symlink_to(sorted(p.name for p in (tmp_path / "a").glob("model-*"))[0])
+    _edit_record(tmp_path / "a", lambda r: r["files"].__setitem__("model", {"file": "inside.safetensors"}))
+    assert C.load_checkpoint(tmp_path / "a")[2] == {"run": "a"}
+
+
+def test_non_finite_weights_are_refused_on_save_and_on_load(tmp_path):
+    """A NaN model is not a checkpoint: saving one is refused naming the tensor, and one that reached
+    the disk anyway (written by other means, the hash recomputed) is refused on load, named too."""
+    poisoned = weights(1.0)
+    poisoned["wte.weight"][2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"wte\.weight.*1 non-finite.*nan.*flat index 7"):
+        C.save_checkpoint(tmp_path / "s", poisoned, {})
+    with pytest.raises(ValueError, match=r"optimizer_state.*m.*non-finite"):
+        C.save_checkpoint(tmp_path / "s", weights(1.0), {}, optimizer_state={"m": np.array([1.0, np.inf])})
+    assert not (tmp_path / "s" / C.JSON_NAME).exists()
+    C.save_checkpoint(tmp_path / "l", weights(1.0), {})
+    record = json.loads((tmp_path / "l" / C.JSON_NAME).read_text())
+    path = tmp_path / "l" / record["files"]["model"]["file"]
+    import safetensors.numpy
+    state = weights(1.0)
+    state["h.0.attn.c_attn.weight"][1, 0] = -np.inf
+    safetensors.numpy.save_file(state, str(path))
+    record["files"]["model"].update(bytes=path.stat().st_size, sha256=C._sha256(path))
+    (tmp_path / "l" / C.JSON_NAME).write_text(json.dumps(record))
+    with pytest.raises(C.CheckpointError, match=r"h\.0\.attn\.c_attn\.weight.*-inf"):
+        C.load_checkpoint(tmp_path / "l")
+    positions = {"positions": np.arange(3, dtype=np.int64)}  # integers are finite by construction
+    C.save_checkpoint(tmp_path / "i", positions, {})
+
+
+def test_a_second_writer_is_refused_until_the_first_dies(tmp_path):
+    """A process holding the directory's lock makes lock_directory refuse, naming its pid; killed with
+    SIGKILL (no cleanup of its own), the kernel drops the lock and the directory can be locked again."""
+    import signal
+    import subprocess
+    code = ("import sys, time; from tinygrad_gpt import checkpoint; "
+            "lock = checkpoint.lock_directory(sys.argv[1]); print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(C.DirectoryInUse, match=rf"--out .*run.* another run \(pid {proc.pid}\)"):
+            C.lock_directory(tmp_path / "run")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with C.lock_directory(tmp_path / "run") as lock:
+        assert (tmp_path / "run" / C.LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(C.DirectoryInUse):  # a lock is one open file: a second one, even here, waits
+            C.lock_directory(tmp_path / "run", what="--checkpoint")
+    assert lock._fd is None and (tmp_path / "run" / C.LOCK_NAME).read_text() == ""
+    C.lock_directory(tmp_path / "run").release()
+
+
+def test_remove_checkpoint_deletes_the_json_first_and_the_weights(tmp_path):
+    C.save_checkpoint(tmp_path, weights(1.0), {"step": 1}, optimizer_state={"m": np.ones(2)})
+    (tmp_path / "notes.txt").write_text("mine")
+    C.remove_checkpoint(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    with pytest.raises(FileNotFoundError):
+        C.load_checkpoint(tmp_path)

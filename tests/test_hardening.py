@@ -295,6 +295,120 @@ def test_out_is_read_only(tmp_path):
         ro.chmod(0o755)
 
 
+# one writer per --out: a live run's lock refuses a second; a fresh run does not replace an old one
+@needs_data
+def test_a_second_run_into_a_live_out_is_refused_naming_its_pid(run_copy):
+    code = ("import sys, time; from tinygrad_gpt import checkpoint; "
+            "lock = checkpoint.lock_directory(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_copy)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(run_copy)
+        for flags in (("--resume",), ("--overwrite",)):
+            r = shakespeare(run_copy, *flags)
+            assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr and "--out" in r.stderr, r.stderr
+            assert snapshot(run_copy) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    r = shakespeare(run_copy, "--resume", "--max-iters", 4)  # the holder is gone: so is its lock
+    assert r.returncode == 0, r.stderr
+
+
+@needs_data
+def test_a_fresh_run_does_not_replace_the_run_in_out(run_copy):
+    before = snapshot(run_copy)
+    r = shakespeare(run_copy)
+    assert r.returncode == 2 and "--resume" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert snapshot(run_copy) == before
+    r = shakespeare(run_copy, "--resume", "--overwrite")
+    assert r.returncode == 2 and "give one of them" in r.stderr
+    r = shakespeare(run_copy, "--overwrite", "--max-iters", 2)
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(line)["step"] for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 2]  # the new run's last step and its evaluation; nothing of the old run's 3 steps
+    assert no_temp_files(run_copy) == []
+
+
+@needs_data
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_training(tmp_path):
+    r = shakespeare(tmp_path / "out", "--batch-size", 100000000)
+    assert r.returncode == 2 and "--batch-size 100000000" in r.stderr and "GiB" in r.stderr, r.stderr
+    assert "untrained sample" not in r.stdout and not (tmp_path / "out" / "checkpoint.json").exists()
+
+
+# flags that would be ignored, or would silently change a resumed run, are refused naming the flag
+@needs_data
+@pytest.mark.parametrize("flags, says", [
+    (("--vocab-size", 300), "--vocab-size 300 sets the size of a BPE vocabulary: it needs --tokenizer bpe"),
+    (("--tokenizer", "char", "--vocab-size", 300), "it needs --tokenizer bpe"),
+    (("--bucket-mb", "1e-7"), "argument --bucket-mb: must be >= 9.53674e-07")])
+def test_a_flag_that_would_be_ignored_is_refused(tmp_path, flags, says):
+    r = shakespeare(tmp_path / "out", *flags)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@needs_data
+def test_flags_a_mode_does_not_read_are_named_in_a_warning(run_copy, tmp_path):
+    """--sample reads no training flag, training no sampling flag: each given one is named (the
+    shorthand gives --preset, --no-progress, --max-iters and --data), abbreviations included."""
+    r = shakespeare(run_copy, "--sample", "--num-tokens", 3, "--dtype", "float64", "--lr", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert ("warning: --sample ignores --preset, --no-progress, --data, --max-iters, --lr, --dtype (the checkpoint's "
+            "dtype is used)") in r.stderr, r.stderr
+    r = shakespeare(tmp_path / "fresh", "--temp", 0.5, "--prompt", "x", "--max-iters", 1)
+    assert r.returncode == 0 and "warning: a training run ignores --temperature, --prompt" in r.stderr, r.stderr
+    r = shakespeare(tmp_path / "quiet", "--max-iters", 1)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+@needs_data
+@pytest.mark.parametrize("flags, says", [
+    (("--val-fraction", 0.5), "--val-fraction 0.1 (this command gives 0.5)"),
+    (("--batch-size", 4096), "--batch-size 8 (this command gives 4096)"),
+    (("--n-embd", 64), "--n-embd 32 (this command gives 64)"),
+    (("--preset", "cpu"), "--n-layer 2 (--preset cpu gives 4)"),
+    (("--dtype", "float64"), "--dtype float64, but the checkpoint in"),
+    (("--vocab-size", 300), "--vocab-size 300, but the checkpoint's tokenizer has 65")])
+def test_resume_refuses_a_flag_that_contradicts_the_checkpoint(run_copy, flags, says):
+    before = snapshot(run_copy)
+    r = run("shakespeare.py", "--resume", "--no-progress", "--data", DATA, "--out", run_copy, *flags)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert snapshot(run_copy) == before
+
+
+@needs_data
+def test_resume_continues_with_the_checkpoints_settings_and_dtype(tmp_path):
+    """A float64 run with --epochs 3 and --eval-batches 2, resumed with no flag but --max-iters: the
+    checkpoint's dtype and settings carry on (no --preset either: the model comes from the checkpoint)."""
+    out = tmp_path / "run"
+    r = shakespeare(out, "--dtype", "float64", "--eval-batches", 2, "--lr", "2e-3")
+    assert r.returncode == 0, r.stderr
+    r = run("shakespeare.py", "--resume", "--no-progress", "--data", DATA, "--out", out, "--max-iters", 5)
+    assert r.returncode == 0 and "at step 3" in r.stdout, r.stderr
+    from tinygrad_gpt import checkpoint
+    state, _, meta = checkpoint.load_checkpoint(out)
+    assert meta["state"]["step"] == 5 and state["wte.weight"].dtype == np.float64
+    cfg = meta["train_config"]
+    assert (cfg["eval_batches"], cfg["lr"], cfg["max_iters"], cfg["batch_size"]) == (2, 2e-3, 5, 8)
+
+
+def test_device_cuda_without_cupy_is_a_usage_error(tmp_path):
+    """A missing optional package is a usage error (2), also when the library raises it as a
+    RuntimeError from the ImportError, as backend does for cupy."""
+    import importlib.util
+    from tinygrad_gpt import cli
+    if importlib.util.find_spec("cupy") is None:
+        r = run("shakespeare.py", "--device", "cuda", "--preset", "tiny", "--out", tmp_path / "o")
+        assert r.returncode == 2 and "cupy" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    missing = RuntimeError("needs a package")
+    missing.__cause__ = ModuleNotFoundError("No module named 'a_package'")
+    assert cli.status_of(missing) == (2, "error: needs a package")
+    assert cli.status_of(RuntimeError("plain")) == (1, "error: plain")
+
+
 # SIGTERM and SIGINT: checkpoint, then 143 / 130; a resume after a crash keeps one metrics record per step
 @needs_data
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

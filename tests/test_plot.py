@@ -235,3 +235,68 @@ def test_make_figures_writes_the_four_pngs_on_a_tiny_run(tmp_path):
     assert (work / "ppo" / "ratios.npz").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+@pytest.mark.parametrize("line", ["5", "[1, 2]", '"loss"', "null"])
+def test_a_metrics_line_that_is_not_an_object_is_named(tmp_path, capsys, line):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n' + line + "\n")
+    assert plot.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl line 2 is not a JSON object" in err and "Traceback" not in err, err
+
+
+def test_records_with_values_of_the_wrong_type_are_skipped_not_fatal(tmp_path):
+    """A string where a number belongs is left out of its curve (like a NaN), the rest is drawn."""
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"step": 1, "score": 0.5, "kl": 0.1, "reward_raw": "x"}, {"step": "two", "score": 0.6, "kl": "y"},
+        {"step": 3, "score": 0.7, "kl": 0.2, "reward_raw": 0.9},
+        ]) + "\n")
+    assert _png(plot.plot_runs([tmp_path])[0])
+
+
+def _ratios(**change):
+    arrays = {"ratio": np.array([0.9, 1.0, 1.3]), "advantage": np.array([1.0, -1.0, 0.5]),
+              "epoch": np.array([0, 0, 1]), "step": np.int64(2), "clip_eps": np.float64(0.2)}
+    arrays.update(change)
+    return arrays
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(advantage=np.ones(4)), "array 'advantage' has shape (4,), but 'ratio' has shape (3,)"),
+    (dict(epoch=np.zeros((3, 1), np.int64)), "array 'epoch' has shape (3, 1), but 'ratio' has shape (3,)"),
+    (dict(ratio=np.ones((3, 2)), advantage=np.ones((3, 2)), epoch=np.zeros((3, 2), np.int64)),
+     "array 'ratio' has shape (3, 2); expected a 1-D array"),
+    (dict(ratio=np.array(["a", "b", "c"])), "array 'ratio' has dtype <U1; expected floats"),
+    (dict(epoch=np.array([0.5, 0.0, 1.0])), "array 'epoch' has dtype float64; expected integers"),
+    (dict(step=np.array([2, 3])), "array 'step' has shape (2,); expected a scalar"),
+    (dict(clip_eps=np.float64(2.0)), "clip_eps must be in (0, 1)"),
+    (dict(ratio=np.ones(0), advantage=np.ones(0), epoch=np.zeros(0, np.int64)), "'ratio' is empty")])
+def test_ratio_arrays_of_the_wrong_shape_or_type_are_named(tmp_path, capsys, change, says):
+    path = tmp_path / "r.npz"
+    np.savez(path, **_ratios(**change))
+    assert plot.main(["--ppo-ratios", str(path), "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "r.npz" in err and "Traceback" not in err, err
+
+
+def test_a_ratio_file_of_one_array_and_the_right_file_draw_or_are_named(tmp_path, capsys):
+    np.save(tmp_path / "one.npy", np.ones(3))
+    assert plot.main(["--ppo-ratios", str(tmp_path / "one.npy")]) == 2
+    assert "not an .npz file" in capsys.readouterr().err
+    np.savez(tmp_path / "r.npz", **_ratios())
+    assert plot.main(["--ppo-ratios", str(tmp_path / "r.npz"), "--out", str(tmp_path / "png")]) == 0
+    assert _png(tmp_path / "png" / "ppo_ratio_clip.png")
+
+
+def test_out_naming_a_file_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    target = tmp_path / "taken.png"
+    target.write_bytes(b"keep")
+    np.savez(tmp_path / "r.npz", **_ratios())
+    for flags in ([str(tmp_path)], ["--ppo-ratios", str(tmp_path / "r.npz")]):
+        assert plot.main([*flags, "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "taken.png is a file" in err and "Traceback" not in err, err
+    assert target.read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="is a file"):
+        plot.plot_runs([tmp_path], target)

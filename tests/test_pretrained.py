@@ -478,3 +478,130 @@ def test_accumulating_backward_calls_adds_in_place_and_keeps_leaves_apart():
     assert a.grad is first and a.grad is not b.grad
     np.testing.assert_array_equal(a.grad, [2, 2, 2, 2])
     np.testing.assert_array_equal(b.grad, [2, 2, 2, 2])
+
+
+# ---- files that lie: names leading out of the folder, non-finite weights, malformed headers ---------------
+def _shard_folder(tmp_path, rng, shard_name):
+    """A folder whose index names `shard_name` for every tensor; a real shard sits outside the folder."""
+    src = GPT(SMALL, seed=int(rng.integers(1 << 30)))
+    outside = write_folder(tmp_path / "outside", src)
+    (outside / "model.safetensors").rename(outside / "x.safetensors")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf_config(SMALL)))
+    names = safetensors.numpy.load_file(str(outside / "x.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: shard_name for n in names}}))
+    return folder
+
+
+@pytest.mark.parametrize("shard", ["../outside/x.safetensors", "/etc/passwd", "..", "a\\b.safetensors"])
+def test_a_shard_index_may_not_name_files_outside_the_folder(tmp_path, rng, shard):
+    folder = _shard_folder(tmp_path, rng, shard)
+    with pytest.raises(PretrainedError, match=r"model\.safetensors\.index\.json.*plain file name"):
+        GPT.from_pretrained(folder)
+
+
+def test_a_shard_index_naming_its_own_files_loads(tmp_path, rng):
+    folder = _shard_folder(tmp_path, rng, "x.safetensors")
+    (tmp_path / "outside" / "x.safetensors").rename(folder / "x.safetensors")
+    GPT.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, rng, value):
+    src = GPT(SMALL, seed=int(rng.integers(1 << 30)))
+    bad = np.asarray(src.h[1].mlp.c_fc.weight.data, np.float32).copy()
+    bad[3, 5] = value
+    folder = write_folder(tmp_path / "m", src, change={"h.1.mlp.c_fc.weight": bad})
+    with pytest.raises(PretrainedError, match=r"model\.safetensors: tensor 'transformer\.h\.1\.mlp\.c_fc\.weight' "
+                                              r"holds 1 non-finite"):
+        GPT.from_pretrained(folder)
+
+
+def _rewrite_header(path, edit):
+    """Rewrite a safetensors file's JSON header through `edit` (the data stays as it was)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("data_offsets", ["0", "40"], "data_offsets must be a list of two integers"),
+    ("data_offsets", [0], "data_offsets must be a list of two integers"),
+    ("data_offsets", [True, 40], "data_offsets must be a list of two integers"),
+    ("data_offsets", [-8, 32], "needs 32 bytes at data_offsets"),
+    ("data_offsets", [0, 10 ** 30], "needs 32 bytes at data_offsets"),
+    ("shape", [8, "1"], "shape must be a list of integers"),
+    ("shape", [-8], "shape must be a list of integers"),
+    ("shape", [10 ** 20, 10 ** 20], f"needs 4{'0' * 40} bytes"),
+    ("shape", None, "shape must be a list of integers"),
+    ("dtype", 7, "has dtype 7"),
+    ("dtype", "I64", "has dtype 'I64'")])
+def test_a_malformed_header_entry_is_named(tmp_path, rng, field, value, says):
+    """ln_f.bias (8 float32 = 32 bytes) gets a bad header field: an error naming file and tensor, no TypeError."""
+    folder = write_folder(tmp_path / "m", GPT(SMALL, seed=int(rng.integers(1 << 30))))
+    _rewrite_header(folder / "model.safetensors", lambda h: h["transformer.ln_f.bias"].__setitem__(field, value))
+    with pytest.raises(PretrainedError, match=r"model\.safetensors: tensor 'transformer\.ln_f\.bias'.*" + says):
+        GPT.from_pretrained(folder)
+
+
+def test_a_config_that_contradicts_the_weights_is_refused_before_allocating(tmp_path, rng):
+    """vocab_size 10**12 would need 32 TB for wte at n_embd 8: refused from the header's (37, 8)."""
+    src = GPT(SMALL, seed=int(rng.integers(1 << 30)))
+    folder = write_folder(tmp_path / "m", src, config=hf_config(SMALL, vocab_size=10 ** 12))
+    with pytest.raises(PretrainedError, match=r"'transformer\.wte\.weight' has shape \(37, 8\) in the file, "
+                                              r"config\.json gives \(1000000000000, 8\)"):
+        GPT.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_expected_shapes_are_the_model_parameters(bias):
+    from tinygrad_gpt.pretrained import expected_shapes
+    cfg = GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=4, bias=bias)
+    assert expected_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
+
+
+def test_weights_are_loaded_without_a_random_initialisation_first(tmp_path, rng, monkeypatch):
+    """GPT(init=False) draws nothing (zeros, LayerNorm weights one); from_pretrained builds it so, then
+    loads every weight: no normal() draw is made while loading."""
+    model = GPT(SMALL, init=False)
+    for name, p in model.named_parameters():
+        want = 1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0
+        assert np.all(p.data == want), name
+    src = GPT(SMALL, seed=int(rng.integers(1 << 30)))
+    folder = write_folder(tmp_path / "m", src)
+    draws, real = [], np.random.default_rng
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.generator = real(*args, **kwargs)
+
+        def normal(self, *args, **kwargs):
+            draws.append(args)
+            return self.generator.normal(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.generator, name)
+    monkeypatch.setattr(np.random, "default_rng", Spy)
+    GPT(SMALL)
+    assert draws, "the spy sees a random initialisation"
+    draws.clear()
+    assert_same_weights(GPT.from_pretrained(folder), src)
+    assert draws == []
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_is_refused(tmp_path, rng):
+    """A tokenizer of 300 ids beside a config.json of vocab_size 280: ids 280..299 have no row."""
+    from tinygrad_gpt.pretrained import load_tokenizer
+    from tinygrad_gpt.tokenizers import BPETokenizer
+    tok = BPETokenizer().train(" ".join(str(i * 7919) for i in range(3000)), 300)
+    assert tok.vocab_size == 300
+    cfg = GPTConfig(**{**SMALL.__dict__, "vocab_size": 280})
+    folder = GPT(cfg, seed=1).save_pretrained(tmp_path / "m", tokenizer=tok)
+    with pytest.raises(PretrainedError, match=r"has 300 ids, more than config\.json's vocab_size 280"):
+        load_tokenizer(folder)
+    roomy = GPT(GPTConfig(**{**SMALL.__dict__, "vocab_size": 304}), seed=1).save_pretrained(tmp_path / "r", tokenizer=tok)
+    assert load_tokenizer(roomy).vocab_size == 300  # fewer ids than rows (a padded vocabulary) is fine

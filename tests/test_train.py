@@ -177,3 +177,73 @@ def test_import_changes_no_allocator_and_the_trainer_tunes_it(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
+
+
+def test_nonfinite_loss_on_a_fresh_run_says_no_checkpoint_exists(corpus, tmp_path, capsys):
+    """Step 1 of a fresh run is NaN: nothing was saved, and the message says so (no "last good" one)."""
+    from tinygrad_gpt import train as train_mod
+    original = train_mod.Trainer.__init__
+
+    def poisoned_init(self, model, *args, **kwargs):
+        original(self, model, *args, **kwargs)
+        model.ln_f.weight.data[:] = np.nan
+
+    train_mod.Trainer.__init__ = poisoned_init
+    try:
+        assert shakespeare.main(_args(corpus, tmp_path / "o5")) == 3
+    finally:
+        train_mod.Trainer.__init__ = original
+    err = capsys.readouterr().err
+    assert "no checkpoint exists in" in err and "o5" in err and "last good" not in err, err
+    assert not (tmp_path / "o5" / "checkpoint.json").exists()
+
+
+def test_a_resumed_run_keeps_no_second_copy_of_the_loaded_state(corpus, tmp_path, ctrl_c_after_step, monkeypatch):
+    """--resume trains the loaded model itself, and once restore has copied the loaded AdamW moments
+    nothing holds them: when training starts, every array load_model returned is the model's or gone."""
+    import gc
+    import weakref
+    from tinygrad_gpt import train as train_mod
+    out = tmp_path / "run"
+    ctrl_c_after_step(2)
+    assert shakespeare.main(_args(corpus, out)) == 130
+    loaded = {}
+    real_load, real_train = train_mod.load_model, train_mod.Trainer.train
+
+    def load_model(*args, **kwargs):
+        model, meta, optimizer_state = real_load(*args, **kwargs)
+        loaded["model"] = weakref.ref(model)
+        loaded["moments"] = [weakref.ref(a) for a in optimizer_state["arrays"].values()]
+        return model, meta, optimizer_state
+
+    def train(self):
+        gc.collect()
+        loaded["same model"] = loaded["model"]() is self.model
+        loaded["alive"] = sum(ref() is not None for ref in loaded["moments"])
+        return real_train(self)
+    monkeypatch.setattr(shakespeare, "load_model", load_model)
+    monkeypatch.setattr(train_mod.Trainer, "train", train)
+    assert shakespeare.main(_args(corpus, out, "--resume")) == 0
+    assert loaded["same model"] and loaded["alive"] == 0, loaded
+
+
+def test_check_memory_refuses_what_cannot_fit(monkeypatch):
+    """cpu preset, batch 12 x 64, 4 layers of 128, V 65, float32: training rows 12 (one micro-batch),
+    12 * 64 * (4 * 16 * 128 + 2 * 65) * 4 = 25,565,184 bytes; evaluation 12 * 64 * ((8 * 128 + 130) * 4 + 16)
+    = 3,557,376; plus 4 * P * 4 for the parameters, gradients and moments."""
+    from tinygrad_gpt import train as train_mod
+    from tinygrad_gpt.model import GPTConfig
+    from tinygrad_gpt.train import TrainConfig, check_memory, step_memory
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    need, part = step_memory(cfg, 12, 12, 4, 1000)
+    assert (need, part) == (16_000 + 25_565_184, "training")
+    assert step_memory(cfg, 12, 3, 4, 1000) == (16_000 + 25_565_184 // 4, "training")
+    assert step_memory(cfg, 12, 1, 4, 0) == (3_557_376, "evaluation")
+    monkeypatch.setattr(train_mod, "memory_of", lambda device: need)
+    check_memory(cfg, TrainConfig(batch_size=12), 1000, 4)           # exactly fits
+    with pytest.raises(ValueError, match=r"--batch-size 12: one training step needs about 0\.0 GiB .*grad-accum"):
+        monkeypatch.setattr(train_mod, "memory_of", lambda device: need - 1)
+        check_memory(cfg, TrainConfig(batch_size=12), 1000, 4)
+    check_memory(cfg, TrainConfig(batch_size=12, grad_accum=4), 1000, 4)  # 3 rows a micro-batch fit
+    monkeypatch.setattr(train_mod, "memory_of", lambda device: None)  # unknown: nothing is refused
+    check_memory(cfg, TrainConfig(batch_size=10 ** 9), 1000, 4)

@@ -19,6 +19,15 @@ an old JSON (a torn checkpoint); renaming a whole directory over another is not 
 when the target exists. The JSON records each file's size and SHA-256, checked on load, so a
 truncated or bit-flipped weight file is reported instead of silently loaded; it records the
 SHA-256 of `meta` as well, since an edited model_config (say n_head) would load the weights wrongly.
+A file name in checkpoint.json is a plain name inside the directory (`file_in_directory`, which
+the Hugging Face loader uses for its shard index too): a JSON that names `../other/x.safetensors`
+or `/etc/passwd` is refused before anything is opened. Weights are finite: a NaN or inf in a
+saved or loaded array is refused, naming the tensor.
+
+One run writes into a directory at a time: `lock_directory` takes an exclusive lock (fcntl.flock
+on DIR/.lock, released by the kernel when the process dies) and a second writer is refused,
+naming the process that holds it. The scripts take it before their first write; save_checkpoint
+itself does not, so a library caller may save wherever it likes.
 
 `meta` is free-form JSON (config, tokenizer.to_dict(), step, epoch, batch index, RNG state...):
 Python's json keeps ints of any size exactly, so a numpy Generator's 128-bit state survives (see
@@ -30,9 +39,9 @@ first moment of parameter 0) while the rest (step counts, hyper-parameters) stay
 Follows the safetensors format (https://github.com/huggingface/safetensors) so the weights open in
 other tools, and the write-temp-fsync-rename pattern for atomic files.
 
-Deliberately does not: guard against two processes saving into one directory at once, keep more
-than the latest checkpoint (use one directory per checkpoint to keep several), rename parameters
-(real GPT-2 weights already use our names), or handle cupy arrays (call .get() first).
+Deliberately does not: lock on systems without fcntl (Windows), keep more than the latest
+checkpoint (use one directory per checkpoint to keep several), rename parameters (real GPT-2
+weights already use our names), or handle cupy arrays (call .get() first).
 safetensors is imported lazily, so only code that saves or loads needs it.
 """
 import hashlib
@@ -43,6 +52,11 @@ import re
 import tempfile
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: lock_directory locks nothing
+    fcntl = None
 
 FORMAT = "tinygrad_gpt.checkpoint"
 VERSION = 1
@@ -55,6 +69,41 @@ _ARRAY_KEY = "__safetensors__"  # placeholder in the optimizer JSON: {"__safeten
 
 class CheckpointError(ValueError):
     """A checkpoint file exists but its content is not what it should be (corrupt, torn, wrong format)."""
+
+
+def file_in_directory(directory, name, source, error=CheckpointError, links_may_leave=False):
+    """The path of the file `name` inside `directory`, where `name` was read from the file `source`.
+
+    `name` must be a plain file name: a non-empty string with no path separator and no NUL, not
+    "." or "..", so absolute paths and `../` cannot lead out of the directory. A symlink of that
+    name must resolve inside the directory too, unless links_may_leave (a Hugging Face cache
+    snapshot stores every file as a link to ../../blobs/). Raises `error` naming `source`;
+    nothing is opened or stat'ed first, so a refused name reveals nothing about its target.
+    """
+    directory = pathlib.Path(directory)
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or "\0" in name):
+        raise error(f"{str(source)!r} names the file {name!r}; a name there must be a plain file name "
+                    f"inside {str(directory)!r} (no '/', no '..', not an absolute path)")
+    path = directory / name
+    if not links_may_leave and path.is_symlink():
+        target, home = path.resolve(), directory.resolve()
+        if home not in target.parents:
+            raise error(f"{str(source)!r} names {name!r}, a symlink that leads out of {str(directory)!r}")
+    return path
+
+
+def check_finite(name, array, source, error=CheckpointError):
+    """Raise `error` unless the float array `array` holds only finite values (ints pass).
+
+    `name` is the tensor's name, `source` the file it came from (or goes to), both in the message.
+    """
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        flat = array.reshape(-1)
+        bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+        count = int(np.count_nonzero(~np.isfinite(flat)))
+        raise error(f"{source}: tensor {name!r} holds {count} non-finite value(s) (the first, "
+                              f"{flat[bad]!r}, at flat index {bad}): weights must be finite numbers")
 
 
 def _safetensors_numpy():
@@ -158,6 +207,88 @@ def check_writable(directory, what="directory"):
         raise ValueError(f"{what} {str(directory)!r} is not writable ({str(probe)!r} is read-only)")
 
 
+LOCK_NAME = ".lock"
+
+
+class DirectoryInUse(ValueError):
+    """Another live process holds the lock of the directory a run was asked to write into."""
+
+
+class DirectoryLock:
+    """An exclusive lock on a run directory, for as long as the run writes there (`lock_directory`).
+
+    fcntl.flock on DIR/.lock, held through one open file: released by `release()` (or leaving the
+    `with` block) and by the kernel when the process dies however it dies, so a crashed run never
+    leaves a stale lock. While held, the file holds the holder's pid, for the message a second
+    writer gets; it stays in the directory afterwards, emptied (an unlocked .lock file is no lock).
+    """
+
+    def __init__(self, directory, what="--out"):
+        self.directory = pathlib.Path(directory)
+        path = self.directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, _file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another open file holds it
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DirectoryInUse(f"{what} {str(self.directory)!r} is in use: another run (pid {holder}) is "
+                                 f"writing there; wait for it to end or choose another {what}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+
+    def release(self):
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # no pid once the run is over
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class _NoLock:
+    """What lock_directory gives where fcntl does not exist (Windows): nothing is locked."""
+
+    def release(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def lock_directory(directory, what="--out"):
+    """Lock `directory` (created if missing) for this process's writes: a DirectoryLock, usable in `with`.
+
+    Raises DirectoryInUse (a ValueError: a usage error for the scripts) naming `what`, the
+    directory and the pid of the process that holds it.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return _NoLock() if fcntl is None else DirectoryLock(directory, what)
+
+
+def remove_checkpoint(directory):
+    """Delete the checkpoint in `directory` (checkpoint.json first, then its weight and temp files).
+
+    For a run that starts afresh in a directory that held another (--overwrite): once the JSON is
+    gone nothing names the weight files, so a crash halfway leaves no checkpoint rather than a torn one.
+    """
+    directory = pathlib.Path(directory)
+    json_path = directory / JSON_NAME
+    if json_path.exists():
+        json_path.unlink()
+        _fsync_dir(directory)
+    _remove_stale(directory, keep=set())
+
+
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -180,6 +311,7 @@ def _tensor(value, where):
                         f"bool, int, uint and float arrays")
     if not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
+    check_finite(where, value, "save_checkpoint", error=ValueError)  # a NaN model is no checkpoint
     return np.ascontiguousarray(value)
 
 
@@ -387,7 +519,7 @@ def _load_tensors(directory, json_path, entry, verify):
         name = entry["file"]
     except (TypeError, KeyError):
         raise CheckpointError(f"{str(json_path)!r}: a 'files' entry lacks 'file': {entry!r}") from None
-    path = pathlib.Path(directory) / name
+    path = file_in_directory(directory, name, json_path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist, but {str(json_path)!r} refers to it")
     if verify:
@@ -399,9 +531,12 @@ def _load_tensors(directory, json_path, entry, verify):
             raise CheckpointError(f"{str(path)!r} does not match the SHA-256 recorded in "
                                   f"{str(json_path)!r}: the file is corrupt")
     try:
-        return st.load_file(str(path))
+        arrays = st.load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+    for tensor_name, array in arrays.items():
+        check_finite(tensor_name, array, repr(str(path)))
+    return arrays
 
 
 def load_checkpoint(directory, verify=True):

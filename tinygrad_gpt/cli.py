@@ -211,6 +211,24 @@ def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None
     return names
 
 
+def given_flags(parser, argv=None):
+    """{dest: flag} of the options given on the command line `argv` (default sys.argv[1:]).
+
+    Parsed by a copy of `parser` whose defaults are all suppressed, so argparse's own matching
+    (abbreviations, --flag=value) decides, and a flag given with its default value still counts.
+    For scripts that refuse or warn about flags a mode does not use.
+    """
+    import copy
+    probe = copy.deepcopy(parser)
+    names = {}
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+        if action.option_strings:
+            names[action.dest] = max(action.option_strings, key=len)
+    given = vars(probe.parse_args(argv))
+    return {dest: names[dest] for dest in given if dest in names}
+
+
 def values_from(args, names, prefix=""):
     """{field: value} of the flags in `names` that are on the namespace (given, or defaulted)."""
     return {name: getattr(args, prefix + name) for name in names if hasattr(args, prefix + name)}
@@ -230,12 +248,14 @@ def status_of(exc):
     """(exit status, one-line message) for an exception that escaped a script, or None for a bug.
 
     Bad input (ValueError, including CheckpointError and TokenizerFileError; a missing file or
-    directory; a missing optional package) is a usage error, 2. Other OS errors (disk full, I/O)
-    and RuntimeError are runtime errors, 1. Ctrl-C is 130. Anything else is a bug (None: the
-    caller keeps its traceback). run_main uses it, and so does a data-parallel run to choose the
-    status it aborts every rank with.
+    directory; a missing optional package, also when a library reports it as another error raised
+    from the ImportError, as `--device cuda` without cupy does) is a usage error, 2. Other OS
+    errors (disk full, I/O) and RuntimeError are runtime errors, 1. Ctrl-C is 130. Anything else is
+    a bug (None: the caller keeps its traceback). run_main uses it, and so does a data-parallel run
+    to choose the status it aborts every rank with.
     """
-    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError)):
+    if isinstance(exc, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError)) \
+            or isinstance(exc.__cause__, ImportError):
         return EXIT_USAGE, f"error: {exc}"
     if isinstance(exc, (OSError, RuntimeError, MemoryError)):
         return EXIT_RUNTIME, f"error: {exc}"

@@ -111,10 +111,20 @@ class KVCache:
         return self.k, self.v
 
 
+class _NoInit:
+    """Stands in for the init generator of a GPT whose every weight is loaded next: zeros, no draws."""
+
+    @staticmethod
+    def normal(loc, scale, size):
+        return np.zeros(size, dtype=np.float32)
+
+
 class GPT(nn.Module):
-    def __init__(self, config, seed=0, dtype=np.float32, device="cpu"):
+    def __init__(self, config, seed=0, dtype=np.float32, device="cpu", init=True):
+        """GPT-2's initialisation from `seed`; init=False leaves the weights zero (no random draws,
+        for a loader that replaces every one of them next: from_pretrained, train.load_model)."""
         self.config = config
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if init else _NoInit()
         drop_rng = np.random.default_rng(seed + 1)  # one stream shared by every Dropout (resumable)
         self.drop_rng = drop_rng
         C = config.n_embd

@@ -59,9 +59,13 @@ def read_metrics(run_dir):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"plot: {path} line {lineno} is not JSON: {exc.msg}") from None
+        if not isinstance(record, dict):  # the scripts write one object per line; anything else is foreign
+            raise ValueError(f"plot: {path} line {lineno} is not a JSON object (one record per line), "
+                             f"got {line.strip()[:60]!r}")
+        records.append(record)
     if not records:
         raise ValueError(f"plot: {path} holds no records")
     return records
@@ -76,13 +80,26 @@ def run_kind(records):
     raise ValueError("plot: the records carry neither 'score' (RLHF) nor 'loss' (training)")
 
 
+def _number(value):
+    """True for a finite int or float (not a bool): what a curve can draw."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _series(records, key, x_key):
     xs, ys = [], []
     for r in records:
-        y = r.get(key)
-        if isinstance(y, (int, float)) and not isinstance(y, bool) and math.isfinite(y) and x_key in r:
-            xs.append(r[x_key]), ys.append(y)
+        if _number(r.get(key)) and _number(r.get(x_key)):
+            xs.append(r[x_key]), ys.append(r[key])
     return xs, ys
+
+
+def _out_dir(out_dir, flag="--out"):
+    """`out_dir` as a Path, created if missing; a file there is a usage error, not a FileExistsError."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"plot: {flag} {out_dir} is a file; the PNGs go into a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 def _pyplot():
@@ -97,8 +114,7 @@ def plot_runs(run_dirs, out_dir=None):
     logged gradient norms); returns the list of paths written."""
     plt = _pyplot()
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
-    out_dir = Path(out_dir) if out_dir else runs[0][0]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(out_dir if out_dir else runs[0][0])
     by_kind = {}
     for d, records in runs:
         by_kind.setdefault(run_kind(records), []).append((d, records))
@@ -119,15 +135,15 @@ def plot_runs(run_dirs, out_dir=None):
                     continue
                 if key == "reward_raw":
                     # subtle: without a reward model the proxy is the gold score itself; nothing to compare
-                    if all(abs(r.get("reward_raw", 0.0) - r.get("score", 0.0)) < 1e-12 for r in records):
+                    if all(not (_number(r.get("reward_raw")) and _number(r.get("score")))
+                           or abs(r["reward_raw"] - r["score"]) < 1e-12 for r in records):
                         continue
                     xs, ys = _series(records, "reward_raw", x_key)
                     ax.plot(xs, ys, color=color, label=f"{label} proxy")
                     xs, ys = _series(records, "score", x_key)
                     ax.plot(xs, ys, "--", color=color, label=f"{label} gold")
                 elif key == "score_vs_kl":
-                    pts = [(r["kl"], r["score"]) for r in records
-                           if isinstance(r.get("kl"), (int, float)) and math.isfinite(r["kl"]) and "score" in r]
+                    pts = [(r["kl"], r["score"]) for r in records if _number(r.get("kl")) and _number(r.get("score"))]
                     if pts:
                         ax.plot(*zip(*pts), ".", color=color, alpha=0.6, label=label)
                     ax.set_xlabel("exact KL to reference (nats / token)")
@@ -158,10 +174,10 @@ def grad_norm_series(records):
     series = {}
     for r in records:
         norms = r.get("grad_norms")
-        if not isinstance(norms, dict) or "step" not in r:
+        if not isinstance(norms, dict) or not _number(r.get("step")):
             continue
         for group, value in norms.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if _number(value):
                 xs, ys = series.setdefault(group, ([], []))
                 xs.append(r["step"])
                 ys.append(value)
@@ -358,13 +374,38 @@ def read_ratios(path):
     if not path.is_file():
         raise FileNotFoundError(f"plot: no ratio file at {path}")
     try:
-        with np.load(path) as f:
+        loaded = np.load(path)  # no pickles: an object array is refused with a ValueError
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"one array of shape {loaded.shape}, an .npy file")
+        with loaded as f:
             data = {key: f[key] for key in f.files}
     except (OSError, ValueError) as exc:
         raise ValueError(f"plot: {path} is not an .npz file of PPO ratios: {exc}") from None
     missing = [key for key in ("ratio", "advantage", "epoch", "step", "clip_eps") if key not in data]
     if missing:
         raise ValueError(f"plot: {path} lacks the array(s) {missing} (write it with RatioRecorder.save)")
+    # what RatioRecorder.save writes: three 1-D arrays of one entry per token update, two scalars
+    kinds = {"ratio": "f", "advantage": "f", "epoch": "iu", "step": "iu", "clip_eps": "fiu"}
+    for key, allowed in kinds.items():
+        a = data[key]
+        if a.dtype.kind not in allowed:
+            raise ValueError(f"plot: {path}: array {key!r} has dtype {a.dtype}; expected "
+                             f"{'floats' if allowed == 'f' else 'integers' if allowed == 'iu' else 'a number'}")
+    n = data["ratio"].shape
+    if len(n) != 1:
+        raise ValueError(f"plot: {path}: array 'ratio' has shape {n}; expected a 1-D array (one entry per token "
+                         f"update)")
+    for key in ("advantage", "epoch"):
+        if data[key].shape != n:
+            raise ValueError(f"plot: {path}: array {key!r} has shape {data[key].shape}, but 'ratio' has shape {n}; "
+                             f"expected three 1-D arrays of the same length (one entry per token update)")
+    if n[0] == 0:
+        raise ValueError(f"plot: {path}: array 'ratio' is empty (shape {n}); no update was recorded")
+    for key in ("step", "clip_eps"):
+        if data[key].shape != ():
+            raise ValueError(f"plot: {path}: array {key!r} has shape {data[key].shape}; expected a scalar, shape ()")
+    if not (np.isfinite(data["clip_eps"]) and 0 < data["clip_eps"] < 1):
+        raise ValueError(f"plot: {path}: clip_eps must be in (0, 1), got {data['clip_eps']}")
     return data
 
 
@@ -422,10 +463,9 @@ DEFAULT_PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 def attention_figure(checkpoint_dir, prompt, out_dir):
     """attention_maps.png in out_dir for a checkpoint (train.load_model) and its own tokenizer."""
     from tinygrad_gpt.train import load_model, tokenizer_of
+    out_dir = _out_dir(out_dir)
     model, meta, _ = load_model(checkpoint_dir)
     tokenizer = tokenizer_of(meta, checkpoint_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     return plot_attention(model, tokenizer, prompt, out_dir / "attention_maps.png")
 
 
@@ -452,14 +492,15 @@ def main(argv=None):
         return 1
     paths = []
     try:
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # before any work
+            raise ValueError(f"plot: --out {args.out} is a file; the PNGs go into a directory")
         if args.runs:
             paths += plot_runs(args.runs, args.out)
         if args.attention:
             paths.append(attention_figure(args.attention, args.prompt, args.out or args.attention))
         if args.ppo_ratios:
-            out_dir = Path(args.out) if args.out else Path(args.ppo_ratios).parent
             ratios = read_ratios(args.ppo_ratios)
-            out_dir.mkdir(parents=True, exist_ok=True)
+            out_dir = _out_dir(args.out if args.out else Path(args.ppo_ratios).parent)
             paths.append(plot_ppo_ratios(ratios, out_dir / "ppo_ratio_clip.png"))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

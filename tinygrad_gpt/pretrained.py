@@ -22,6 +22,12 @@ The safetensors file is parsed here (8-byte header length, JSON header, raw litt
 rather than through the `safetensors` package, because that package's numpy side cannot return
 bfloat16; writing goes through the package (safetensors.numpy.save_file).
 
+Nothing in a folder is trusted before it is checked: every header's fields (dtype, shape, offsets
+inside the file) and every tensor's shape against config.json before the model is allocated (a
+vocab_size of 10**12 is refused, not attempted), a shard index's names as plain file names of the
+folder (`checkpoint.file_in_directory`), every weight finite, and the tokenizer no larger than the
+model's vocabulary (`load_tokenizer`).
+
 Saving writes config.json (the keys GPT2LMHeadModel reads, activation "gelu_new", tied
 embeddings), model.safetensors with `transformer.`-prefixed names and no lm_head (transformers
 re-ties it from wte, as in the files it writes itself), and vocab.json / merges.txt when a
@@ -32,6 +38,7 @@ Deliberately does not: read `pytorch_model.bin` (a pickle; the error says how to
 download anything, keep weights memory-mapped, or load other architectures.
 """
 import json
+import math
 import os
 import pathlib
 import re
@@ -133,11 +140,16 @@ def config_to_hf(config, dtype="float32"):
 # safetensors, read by hand (bfloat16 included)
 # ---------------------------------------------------------------------------------------------
 
-def iter_safetensors(path, dtype=np.float32):
-    """(name, numpy array of `dtype`) for each tensor of a .safetensors file, read one at a time.
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    F32 / F16 / BF16 / F64 tensors. The header is validated first (offsets inside the file, byte
-    counts that match the shapes), so a truncated file is reported by tensor name.
+
+def read_header(path):
+    """(entries, base) of a .safetensors file: entries {name: (dtype, shape, start, end)}, checked.
+
+    Each entry must have a known dtype string, a shape of ints >= 0, and data_offsets of two
+    ints 0 <= start <= end whose span holds exactly the shape's bytes and lies inside the file.
+    `base` is the offset of the data (8 + the header's length). Errors name the file and tensor.
     """
     path = pathlib.Path(path)
     size = path.stat().st_size
@@ -152,28 +164,48 @@ def iter_safetensors(path, dtype=np.float32):
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PretrainedError(f"{path}: the header is not valid JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise PretrainedError(f"{path}: the header is not a JSON object")
-        base = 8 + n
-        entries = []
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            try:
-                kind, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise PretrainedError(f"{path}: tensor {name!r} has a malformed header entry {info!r:.200}") from None
-            if kind not in _DTYPES:
-                raise PretrainedError(f"{path}: tensor {name!r} has dtype {kind}; only "
-                                      f"{', '.join(sorted(_DTYPES))} load")
-            count = int(np.prod(shape, dtype=np.int64))
-            if end - start != count * _DTYPES[kind].itemsize or start < 0 or base + end > size:
-                raise PretrainedError(f"{path}: tensor {name!r} ({kind}, shape {shape}) needs bytes "
-                                      f"[{start}, {end}) of the data, which the file (truncated?) does not hold")
-            entries.append((start, name, kind, shape, count))
-        for start, name, kind, shape, count in sorted(entries):
+    if not isinstance(header, dict):
+        raise PretrainedError(f"{path}: the header is not a JSON object")
+    base = 8 + n
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise PretrainedError(f"{where}: the header entry must be an object, got {info!r:.200}")
+        kind, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(kind, str) or kind not in _DTYPES:
+            raise PretrainedError(f"{where} has dtype {kind!r:.50}; only {', '.join(sorted(_DTYPES))} load")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise PretrainedError(f"{where}: shape must be a list of integers >= 0, got {shape!r:.200}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise PretrainedError(f"{where}: data_offsets must be a list of two integers [start, end], "
+                                  f"got {offsets!r:.200}")
+        start, end = offsets
+        shape = tuple(shape)
+        count = math.prod(shape)  # Python ints: no overflow, however large the claimed shape
+        if not 0 <= start <= end or end - start != count * _DTYPES[kind].itemsize or base + end > size:
+            raise PretrainedError(f"{where} ({kind}, shape {shape}) needs {count * _DTYPES[kind].itemsize} "
+                                  f"bytes at data_offsets [{start}, {end}) of {size - base} bytes of data: "
+                                  f"the header is inconsistent or the file truncated")
+        entries[name] = (kind, shape, start, end)
+    return entries, base
+
+
+def iter_safetensors(path, dtype=np.float32):
+    """(name, numpy array of `dtype`) for each tensor of a .safetensors file, read one at a time.
+
+    F32 / F16 / BF16 / F64 tensors. The header is validated first (`read_header`: field types,
+    offsets inside the file, byte counts that match the shapes), so a truncated or hand-made file
+    is reported by tensor name. Values are returned as stored (NaN included: from_pretrained checks).
+    """
+    path = pathlib.Path(path)
+    entries, base = read_header(path)
+    with open(path, "rb") as f:
+        for name, (kind, shape, start, end) in sorted(entries.items(), key=lambda item: item[1][2]):
             f.seek(base + start)
-            a = np.fromfile(f, dtype=_DTYPES[kind], count=count).reshape(shape)
+            a = np.fromfile(f, dtype=_DTYPES[kind], count=math.prod(shape)).reshape(shape)
             if kind == "BF16":  # the high 16 bits of a float32: widen exactly
                 a = (a.astype(np.uint32) << 16).view(np.float32)
             yield name, a.astype(dtype, copy=False)
@@ -195,10 +227,14 @@ def _weight_files(directory):
             shards = sorted(set(weight_map.values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise PretrainedError(f"{index}: not a safetensors index with a 'weight_map' ({exc!r})") from None
-        for shard in shards:
-            if not (directory / shard).is_file():
+        # a shard is a file of this folder: the index may not lead elsewhere (but a hub cache
+        # snapshot's files are links to ../../blobs/, so links are followed)
+        paths = [checkpoint.file_in_directory(directory, shard, index, error=PretrainedError, links_may_leave=True)
+                 for shard in shards]
+        for shard, path in zip(shards, paths):
+            if not path.is_file():
                 raise FileNotFoundError(f"{index} names the shard {shard}, which does not exist")
-        return [directory / shard for shard in shards]
+        return paths
     if any((directory / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         raise PretrainedError(
             f"{directory} holds pytorch_model.bin but no {WEIGHTS_NAME}; convert it to safetensors once, with "
@@ -227,8 +263,75 @@ def read_config(directory):
     return hf
 
 
+def expected_shapes(config):
+    """{name: shape} of every parameter a GPT of `config` has (GPT.named_parameters, no allocation).
+
+    The file's headers are checked against these before the model is built, so a config.json that
+    contradicts its weights (a vocab_size of 10**12, a missing layer) is refused before any memory
+    is spent on it; a test holds this table to the model's own.
+    """
+    C, V, T = config.n_embd, config.vocab_size, config.block_size
+    vector = {"weight": (C,)} | ({"bias": (C,)} if config.bias else {})
+
+    def linear(prefix, n_in, n_out):
+        return {f"{prefix}.weight": (n_in, n_out)} | ({f"{prefix}.bias": (n_out,)} if config.bias else {})
+
+    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+    for i in range(config.n_layer):
+        h = f"h.{i}"
+        shapes |= {f"{h}.ln_1.{k}": v for k, v in vector.items()}
+        shapes |= linear(f"{h}.attn.c_attn", C, 3 * C) | linear(f"{h}.attn.c_proj", C, C)
+        shapes |= {f"{h}.ln_2.{k}": v for k, v in vector.items()}
+        shapes |= linear(f"{h}.mlp.c_fc", C, 4 * C) | linear(f"{h}.mlp.c_proj", 4 * C, C)
+    shapes |= {f"ln_f.{k}": v for k, v in vector.items()}
+    return shapes
+
+
+def _plan(directory, files, config):
+    """{path: {file name: our name}} of the tensors to load, after checking every header against config.
+
+    Drops the attention-mask buffers; keeps "lm_head.weight" (the tied copy, compared, not loaded).
+    Raises PretrainedError for a malformed header, a tensor twice, missing or extra tensors, or a
+    shape config.json does not give, all before anything is allocated.
+    """
+    want = expected_shapes(config)
+    plan, seen, extra = {}, {}, []
+    for path in files:
+        entries, _ = read_header(path)
+        plan[path] = {}
+        for name, (kind, shape, start, end) in entries.items():
+            key = name[len(PREFIX):] if name.startswith(PREFIX) else name
+            if _BUFFER.match(key):
+                continue
+            if key == "lm_head.weight":
+                plan[path][name] = key
+                continue
+            if key not in want:
+                extra.append(name)
+                continue
+            if key in seen:
+                raise PretrainedError(f"{path}: tensor {key!r} appears twice (also in {seen[key]}; with and "
+                                      f"without the {PREFIX!r} prefix?)")
+            if shape != want[key]:
+                raise PretrainedError(f"{path}: tensor {name!r} has shape {shape} in the file, config.json "
+                                      f"gives {want[key]}")
+            seen[key] = path
+            plan[path][name] = key
+    missing = [n for n in want if n not in seen]
+    if missing or extra:
+        raise PretrainedError(f"{directory}: the weights do not match config.json (n_layer {config.n_layer}): "
+                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                              f"extra {extra[:8]}{'...' if len(extra) > 8 else ''}")
+    return plan
+
+
 def from_pretrained(directory, dtype=np.float32, device="cpu", dropout=0.0):
-    """A GPT with the weights of the Hugging Face GPT-2 folder `directory` (see the file docstring)."""
+    """A GPT with the weights of the Hugging Face GPT-2 folder `directory` (see the file docstring).
+
+    Every header is checked against config.json first (`_plan`); then the model is built without
+    a random initialisation (GPT(init=False): every weight is about to be replaced) and each
+    tensor, checked finite, replaces its zero twin, one at a time, so peak memory stays near one model.
+    """
     from tinygrad_gpt.model import GPT
 
     directory = pathlib.Path(directory).expanduser()
@@ -238,42 +341,47 @@ def from_pretrained(directory, dtype=np.float32, device="cpu", dropout=0.0):
     config = config_from_hf(hf, directory / CONFIG_NAME, dropout=dropout)
     dtype = np.dtype(dtype)
     files = _weight_files(directory)
-    model = GPT(config, seed=0, dtype=dtype, device=device)
+    plan = _plan(directory, files, config)
+    model = GPT(config, seed=0, dtype=dtype, device=device, init=False)
     params = dict(model.named_parameters())
-    loaded, extra, lm_head = set(), [], None
+    lm_head = None
     for path in files:
         for name, a in iter_safetensors(path, dtype):
-            key = name[len(PREFIX):] if name.startswith(PREFIX) else name
-            if _BUFFER.match(key):
+            key = plan[path].get(name)
+            if key is None:
                 continue
+            checkpoint.check_finite(name, a, str(path), error=PretrainedError)
             if key == "lm_head.weight":
                 lm_head = a  # the tied copy of wte: compared below, never loaded
                 continue
-            if key not in params:
-                extra.append(name)
-                continue
-            if key in loaded:
-                raise PretrainedError(f"{path}: tensor {key!r} appears twice (with and without the "
-                                      f"{PREFIX!r} prefix?)")
             p = params[key]
-            if a.shape != p.shape:
-                raise PretrainedError(f"{path}: tensor {name!r} has shape {a.shape} in the file, "
-                                      f"config.json gives {p.shape}")
-            # one tensor at a time replaces its random twin, so peak memory stays near one model
             p.data = backend.to_device(np.ascontiguousarray(a), device)
             p.grad = None
-            loaded.add(key)
-    missing = [n for n in params if n not in loaded]
-    if missing or extra:
-        raise PretrainedError(f"{directory}: the weights do not match config.json (n_layer {config.n_layer}): "
-                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                              f"extra {extra[:8]}{'...' if len(extra) > 8 else ''}")
     if lm_head is not None:
         wte = backend.to_numpy(model.wte.weight.data)
         if lm_head.shape != wte.shape or not np.array_equal(lm_head, wte):
             raise PretrainedError(f"{directory}: lm_head.weight (shape {lm_head.shape}) differs from wte.weight "
                                   f"(shape {wte.shape}); only a head tied to the embedding loads")
     return model
+
+
+def load_tokenizer(directory, config=None):
+    """The byte-level BPE tokenizer of the GPT-2 folder `directory` (vocab.json, merges.txt).
+
+    With `config` (the folder's GPTConfig; read from its config.json when None), the tokenizer
+    may not have more ids than the model has embedding rows: an id >= vocab_size would fail at
+    the first sample, so it is refused here, naming both numbers.
+    """
+    from tinygrad_gpt.tokenizers import BPETokenizer
+    directory = pathlib.Path(directory).expanduser()
+    if config is None:
+        config = config_from_hf(read_config(directory), directory / CONFIG_NAME)
+    tokenizer = BPETokenizer.from_gpt2(directory)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise PretrainedError(f"{directory}: the tokenizer (vocab.json, merges.txt) has {tokenizer.vocab_size} ids, "
+                              f"more than config.json's vocab_size {config.vocab_size}: the model has no embedding "
+                              f"for ids {config.vocab_size} and up")
+    return tokenizer
 
 
 def save_pretrained(model, directory, tokenizer=None):

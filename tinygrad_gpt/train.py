@@ -8,8 +8,11 @@ training split in block_size windows (`epoch_mode="windows"`), or over every sta
 checkpoint. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves, and exits; a NaN/Inf loss
 stops the run and keeps the last good checkpoint. A checkpoint's meta is checked on load
 (`check_meta`: every field named in the error), and `--resume` accepts only a training run
-(`meta["kind"] == "train"`) whose tokenizer describes the data; metrics.jsonl keeps one record per
-step across a crash and resume.
+(`meta["kind"] == "train"`) whose tokenizer describes the data, and continues with the
+checkpoint's own settings (`resume_configs`: a flag may change what a run can change as it goes
+on, and is refused where it contradicts what was trained); metrics.jsonl keeps one record per
+step across a crash and resume. Before training, `check_memory` refuses a batch whose step cannot
+fit in the device's memory at all, instead of failing at the first evaluation an epoch later.
 With `log_grad_norms`, each logged step's record also carries the L2 norm of the gradient of each
 layer group (wte, wpe, each block h.i, ln_f) and their total, before clipping (`grad_norms`; drawn
 by tinygrad_gpt/plot.py).
@@ -34,6 +37,7 @@ Deliberately does not: mixed precision.
 """
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -78,7 +82,8 @@ class TrainConfig:
     out_dir: str = setting("out/shakespeare", flag=False)      # scripts have their own --out
     val_fraction: float = setting(0.1, gt=0, lt=1)
     init_from: str | None = None        # a Hugging Face GPT-2 folder: start from its weights and tokenizer
-    bucket_mb: float = setting(4.0, gt=0)     # data parallel: size of one flat gradient all-reduce bucket (MB)
+    bucket_mb: float = setting(4.0, ge=2 ** -20)  # data parallel: size of one flat gradient all-reduce bucket
+                                                  # (MB; at least one byte)
     overlap_comm: bool = setting(False)       # data parallel: start each bucket's all-reduce during backward
 
     def __post_init__(self):
@@ -133,6 +138,54 @@ def preset_configs(name, vocab_size, **overrides):
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def step_memory(model_config, batch_size, rows, itemsize, n_params):
+    """Rough bytes a run needs at its peak: (total, what dominates), an estimate, not a measurement.
+
+    Parameters, gradients and AdamW's two moments: 4 * n_params * itemsize. On top, the larger of
+      training, one micro-batch of `rows` rows: rows * T * (n_layer * 16 * C + 2 * V) * itemsize,
+        the activations backward keeps (about 16 C per position per block: layer norms, qkv,
+        attention output, the 4C-wide MLP before and after GELU, residuals) plus logits and their
+        gradient;
+      evaluation, `batch_size` rows at once without a graph: batch_size * T * (8 * C + 2 * V) * itemsize
+        plus the int64 inputs and targets.
+    It errs low rather than high: it is there to refuse what cannot fit, not to police the margin.
+    """
+    T, C, V, L = model_config.block_size, model_config.n_embd, model_config.vocab_size, model_config.n_layer
+    state = 4 * n_params * itemsize
+    train = rows * T * (L * 16 * C + 2 * V) * itemsize
+    evaluate = batch_size * T * ((8 * C + 2 * V) * itemsize + 16)
+    return state + max(train, evaluate), ("training" if train >= evaluate else "evaluation")
+
+
+def memory_of(device):
+    """Bytes of memory of `device` (the machine's physical memory for "cpu", the GPU's for "cuda"),
+    or None where it cannot be asked."""
+    try:
+        if device == "cuda":
+            return int(get_xp("cuda").cuda.Device().mem_info[1])
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def check_memory(model_config, config, n_params, itemsize, world_size=1):
+    """Raise ValueError naming --batch-size when one step cannot fit in the device's memory at all.
+
+    Checked before training starts: an evaluation that cannot allocate its batch_size rows would
+    otherwise fail an epoch later, with nothing saved.
+    """
+    rows = -(-config.batch_size // (config.grad_accum * world_size))  # one micro-batch of one rank
+    need, part = step_memory(model_config, config.batch_size, rows, itemsize, n_params)
+    have = memory_of(config.device)
+    if have is not None and need > have:
+        hint = ("lower --batch-size" if part == "evaluation" else
+                "lower --batch-size or raise --grad-accum (rows per micro-batch)")
+        raise ValueError(f"--batch-size {config.batch_size}: one {part} step needs about {need / 2 ** 30:,.1f} GiB "
+                         f"({rows if part == 'training' else config.batch_size} rows x {model_config.block_size} "
+                         f"positions, plus the parameters, gradients and AdamW moments), more than the "
+                         f"{have / 2 ** 30:,.1f} GiB of memory of device {config.device}: {hint}")
 
 
 def grad_group(name):
@@ -221,6 +274,8 @@ class Trainer:
             if len(tokens) < need:
                 raise ValueError(f"the {split} split has {len(tokens)} tokens, fewer than block_size + 1 = "
                                  f"{need}, so no batch can be drawn from it: {hint} or use more data")
+        check_memory(model.config, config, model.num_parameters(), model.wte.weight.dtype.itemsize,
+                     1 if world is None else world.size)
 
     # ---- epochs and schedule --------------------------------------------------------------
     def epoch_batches(self, epoch_rng_state, start_batch=0):
@@ -315,6 +370,18 @@ class Trainer:
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _kept_checkpoint(self):
+        """What a run that stops without saving leaves behind, for its message."""
+        path = self.out_dir / checkpoint.JSON_NAME
+        try:
+            step = json.loads(path.read_text(encoding="utf-8"))["meta"]["state"]["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            step = None
+        if not path.is_file():
+            return f"and no checkpoint exists in {self.out_dir} (none was saved before this step)"
+        return f"the last good checkpoint in {self.out_dir}" + (f" (step {step})" if step is not None else "") \
+            + " is kept"
+
     # ---- the loop ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
         if self._interrupted is not None:  # a second signal: stop now, without saving
@@ -395,8 +462,8 @@ class Trainer:
                         loss_value = self._reduce_loss_and_stop(loss_value, log_now)
                     if loss_value is not None and not math.isfinite(loss_value):
                         raise NonFiniteLoss(f"loss is {loss_value} at step {st.step + 1} (epoch {st.epoch + 1}, "
-                                            f"batch {st.batch + 1}); stopping without saving, the last good "
-                                            f"checkpoint in {self.out_dir} is kept")
+                                            f"batch {st.batch + 1}); stopping without saving, "
+                                            + self._kept_checkpoint())
                     self._busy = True
                     opt.step()
                     st.step += 1
@@ -597,6 +664,45 @@ def check_resumable(meta, directory, tokenizer=None, vocab_size=None):
                              f"tokens; leave --vocab-size out to use the checkpoint's")
 
 
+# what a continued run must keep: they decide which tokens form the training and validation splits
+# and what "batch 17 of epoch 3" (the saved position) means; every other TrainConfig flag may change
+RESUME_FIXED = ("batch_size", "epoch_mode", "iters_per_epoch", "val_fraction", "init_from")
+
+
+def resume_configs(saved, directory, flags, preset=None):
+    """(GPTConfig, TrainConfig) of a run continued from a checkpoint: its own settings, `flags` applied.
+
+    saved: the checkpoint's meta (its "model_config" and "train_config"). flags: {field: value} of
+    the GPTConfig and TrainConfig flags given on the command line (a preset's values are not
+    flags: a continued run keeps what it was trained with). A flag may change what a run can
+    change as it goes on (max_iters, epochs, the learning-rate schedule, logging, ...); one that
+    contradicts the checkpoint's model or a RESUME_FIXED field is refused, naming the flag and
+    both values, and so is a `preset` (given explicitly) whose model differs.
+    """
+    from tinygrad_gpt.cli import flag_name
+    model_saved = asdict(GPTConfig(**saved["model_config"]))  # a field newer than the checkpoint: its default
+    train_names = {f.name for f in fields(TrainConfig)}
+    train_saved = {k: v for k, v in saved["train_config"].items() if k in train_names}
+    defaults = asdict(TrainConfig())
+    problems = []
+    for name, value in flags.items():
+        if name in model_saved and value != model_saved[name]:
+            problems.append(f"{flag_name(name)} {model_saved[name]!r} (this command gives {value!r})")
+        elif name in RESUME_FIXED and value != train_saved.get(name, defaults[name]):
+            problems.append(f"{flag_name(name)} {train_saved.get(name, defaults[name])!r} (this command gives "
+                            f"{value!r})")
+    if preset is not None:
+        for name, value in PRESETS[preset][0].items():
+            if name not in flags and value != model_saved[name]:
+                problems.append(f"{flag_name(name)} {model_saved[name]!r} (--preset {preset} gives {value!r})")
+    if problems:
+        raise ValueError(f"--resume: the checkpoint in {directory} was trained with " + ", ".join(problems)
+                         + "; leave these out to continue with the checkpoint's settings")
+    train_kw = dict(train_saved)
+    train_kw.update((k, v) for k, v in flags.items() if k in train_names)
+    return GPTConfig(**model_saved), TrainConfig(**train_kw)
+
+
 def load_model(directory, device="cpu"):
     """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save (or an RLHF
     trainer); the meta is checked first (CheckpointError naming the field), `tokenizer_of(meta,
@@ -604,7 +710,7 @@ def load_model(directory, device="cpu"):
     state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
     config = check_meta(meta, directory)
     dtype = next(iter(state_dict.values())).dtype
-    model = GPT(config, seed=0, dtype=dtype, device=device)
+    model = GPT(config, seed=0, dtype=dtype, device=device, init=False)  # every weight is loaded next
     try:
         model.load_state_dict(state_dict)
     except (KeyError, ValueError) as exc:

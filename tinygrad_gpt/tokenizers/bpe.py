@@ -43,7 +43,7 @@ import numpy as np
 from tinygrad_gpt import kernels
 from tinygrad_gpt.tokenizers import fastbpe
 from tinygrad_gpt.tokenizers.pretokenize import (
-    GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, codepoints, resolve_pattern, split)
+    GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, SPLIT_PATTERNS, codepoints, compiled, resolve_pattern, split)
 
 FORMAT_NAME = "tinygrad_gpt.bpe"
 FORMAT_VERSION = 1
@@ -179,7 +179,8 @@ class BasicTokenizer:
                              f"(256 bytes + {n_special} special tokens), got {vocab_size!r}")
         n_merges = int(vocab_size) - 256 - n_special
         counts = Counter(self._training_chunks(text))
-        words = [(chunk.encode("utf-8"), count) for chunk, count in counts.items()]
+        # an empty chunk has no pair to merge (and would index before the start of the flat bytes)
+        words = [(chunk.encode("utf-8"), count) for chunk, count in counts.items() if chunk]
         if self.fast:
             pairs = self._train_fast(words, n_merges)
         else:
@@ -321,13 +322,23 @@ class BasicTokenizer:
 
 
 class RegexTokenizer(BasicTokenizer):
-    """Byte-level BPE inside the chunks of a split pattern ("gpt2", "gpt4" or a regex string)."""
+    """Byte-level BPE inside the chunks of a split pattern ("gpt2", "gpt4" or a regex string).
+
+    A pattern that matches the empty string is refused: it matches "" wherever nothing else does,
+    and the characters there fall between chunks, lost to every encoding. A pattern that skips
+    characters otherwise (".", which skips newlines) can only be found on a text: examples/bpe.py
+    checks its training text.
+    """
 
     tier = "regex"
 
     def __init__(self, pattern="gpt2"):
         super().__init__()
         self.pattern = resolve_pattern(pattern)
+        if self.pattern is not None and self.pattern not in SPLIT_PATTERNS.values() and (
+                not self.pattern or compiled(self.pattern).fullmatch("") is not None):
+            raise ValueError(f"pattern {pattern!r} matches the empty string; a split pattern must match at least "
+                             f"one character (text it does not match would be dropped)")
 
     def _training_chunks(self, text):
         starts, ends = split(text, self.pattern, fast=self.fast)

@@ -115,7 +115,7 @@ def check_out(path):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on a text file.")
+    ap = argparse.ArgumentParser(description=__doc__.split("\nFollows:")[0], formatter_class=cli.HelpFormatter)
     ap.add_argument("--data", default=None,
                     help="UTF-8 text file to train on (default: tiny Shakespeare from $TINYSHAKESPEARE, the "
                          "cache, or a download)")

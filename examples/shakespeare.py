@@ -41,19 +41,21 @@ from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
-from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable, load_model,  # noqa: E402
-                                preset_configs, resume_configs, tokenizer_of)
+from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable,  # noqa: E402
+                                describe_presets, load_model, preset_configs, preset_settings, resume_configs,
+                                tokenizer_of)
 
 METRICS = "metrics.jsonl"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\nFollows:")[0], epilog=describe_presets(),
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default: cpu, or finetune with --init-from")
-    p.add_argument("--device", choices=backend.DEVICES, default="cpu")
-    p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
+    p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="where the arrays live (cuda: cupy)")
+    p.add_argument("--data", default=None,
+                   help="path to tinyshakespeare.txt (default: $TINYSHAKESPEARE, then the cache, then a download)")
     p.add_argument("--out", default=None, help="checkpoint directory (default out/shakespeare-<preset>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out, with its settings (flags may change what a run can "
@@ -63,12 +65,16 @@ def build_parser():
     p.add_argument("--sample", action="store_true",
                    help="only sample (streamed) from the checkpoint in --out, or from --init-from DIR")
     p.add_argument("--export-pretrained", default=None, metavar="DIR",
-                   help="write the checkpoint in --out as a Hugging Face GPT-2 folder in DIR, then exit")
-    p.add_argument("--prompt", default="\n")
+                   help="write the checkpoint in --out as a Hugging Face GPT-2 folder in DIR, then exit "
+                        "(default: no export)")
+    p.add_argument("--prompt", default="\n", help="the text sampling starts from (default: a newline)")
     p.add_argument("--num-tokens", type=cli.bounded(int, ge=1), default=500, help="tokens to sample with --sample")
-    p.add_argument("--temperature", type=cli.bounded(float, gt=0), default=0.8)
-    p.add_argument("--top-k", type=cli.bounded(int, ge=1), default=None)
-    p.add_argument("--top-p", type=cli.bounded(float, gt=0, le=1), default=None)
+    p.add_argument("--temperature", type=cli.bounded(float, gt=0), default=0.8,
+                   help="sampling temperature: lower is more conservative")
+    p.add_argument("--top-k", type=cli.bounded(int, ge=1), default=None,
+                   help="sample among the k most likely tokens only (default: all)")
+    p.add_argument("--top-p", type=cli.bounded(float, gt=0, le=1), default=None,
+                   help="sample among the most likely tokens whose mass reaches p (default: all)")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default=None,
                    help="char (default), or bpe; --resume takes the checkpoint's")
     p.add_argument("--vocab-size", type=cli.bounded(int, ge=257), default=None,
@@ -76,8 +82,8 @@ def build_parser():
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="default: float32, or the checkpoint's with --resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    cli.add_flags(p, GPTConfig, title="model (default: from the preset)")
-    cli.add_flags(p, TrainConfig, title="training (default: from the preset)")
+    cli.add_flags(p, GPTConfig, title="model (a preset's value, else the default)", presets=preset_settings())
+    cli.add_flags(p, TrainConfig, title="training (a preset's value, else the default)", presets=preset_settings())
     return p
 
 
@@ -358,7 +364,20 @@ def train_run(args, parser, world, out_dir, flags, say, root):
     say(f"checkpoint: {out_dir}")
     if root:  # one plot, by the rank that wrote the checkpoint
         write_plots_if_possible(out_dir)  # training.png beside the checkpoint, when matplotlib is installed
+        say(next_steps(out_dir))
     return 0
+
+
+def next_steps(out_dir):
+    """What a person can do with the run just finished (the README's "Next" block, for this run)."""
+    out = str(out_dir)
+    return "\n".join([
+        "next:",
+        f"  sample from it   python examples/shakespeare.py --out {out} --sample --prompt \"ROMEO:\"",
+        f"  plot its curves  python -m tinygrad_gpt.plot {out}",
+        f"  tune it (RLHF)   python examples/rlhf_sentiment.py --checkpoint {out} --steps 20",
+        "  read the tour    docs/README.md (as notebooks: pip install -e \".[interactive]\")",
+    ])
 
 
 if __name__ == "__main__":

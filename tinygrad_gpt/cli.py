@@ -28,6 +28,7 @@ from dataclasses import MISSING, dataclass, field, fields
 import numpy as np
 
 _KEY = "tinygrad_gpt.range"
+_HELP = "tinygrad_gpt.help"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -62,13 +63,14 @@ class Range:
 
 
 def setting(default=MISSING, *, ge=None, gt=None, le=None, lt=None, choices=None, flag=True,
-            default_factory=MISSING):
+            default_factory=MISSING, help=None):
     """A dataclass field with a declared range: `lr: float = setting(1e-3, gt=0)`.
 
-    flag=False keeps a field out of the command line (e.g. vocab_size, which the data decides).
+    flag=False keeps a field out of the command line (e.g. vocab_size, which the data decides);
+    help is the flag's description, for a field whose name does not say what it is.
     """
     rng = Range(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None, flag=flag)
-    return field(default=default, default_factory=default_factory, metadata={_KEY: rng})
+    return field(default=default, default_factory=default_factory, metadata={_KEY: rng, _HELP: help})
 
 
 def _range(f):
@@ -182,12 +184,38 @@ def flag_fields(cls, skip=()):
             and _base_type(f.type)[0] in (int, float, bool, str)]
 
 
-def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as a person reads it: the script's docstring (its usage examples) kept as written,
+    and every option's default shown, once: "(default: X)" is added unless the help already says
+    what the default is or there is none to show (None, a store_true flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def show_value(value):
+    """A setting's value as its flag takes it: none, true/false, 0.001, 12, cpu."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None, presets=None):
     """One flag per field of dataclass `cls` (those with flag=True, not in `skip`).
 
     The flag's dest is the field name (with `prefix`). A flag not given leaves no attribute on the
     namespace (a preset or the dataclass fills the field in) unless use_defaults, when it holds
-    the field's default. An `X | None` field's flag also takes "none".
+    the field's default. An `X | None` field's flag also takes "none". The help names the range,
+    the field's default and, given `presets` ({preset name: {field: value}}), each preset's value
+    where it differs from that default.
     Returns the names of the fields that got a flag.
     """
     group = parser.add_argument_group(title) if title else parser
@@ -205,8 +233,16 @@ def add_flags(parser, cls, *, prefix="", skip=(), use_defaults=False, title=None
             kwargs["metavar"] = "{" + ",".join(map(str, rng.choices)) + "}"
         elif base is bool:
             kwargs["metavar"] = "{true,false}"
-        if rng.describe():
-            kwargs["help"] = rng.describe()
+        parts = [text for text in (f.metadata.get(_HELP), rng.describe()) if text]
+        if f.default is not MISSING:
+            parts.append(f"default {show_value(f.default)}")
+        if presets:
+            changed = [f"{name} {show_value(values[f.name])}" for name, values in presets.items()
+                       if f.name in values and values[f.name] != f.default]
+            if changed:
+                parts.append("presets: " + ", ".join(changed))
+        if parts:
+            kwargs["help"] = "; ".join(parts)
         group.add_argument(flag_name(f.name, prefix), **kwargs)
     return names
 

@@ -81,7 +81,8 @@ class TrainConfig:
     device: str = setting("cpu", choices=DEVICES, flag=False)  # scripts have their own --device
     out_dir: str = setting("out/shakespeare", flag=False)      # scripts have their own --out
     val_fraction: float = setting(0.1, gt=0, lt=1)
-    init_from: str | None = None        # a Hugging Face GPT-2 folder: start from its weights and tokenizer
+    init_from: str | None = setting(None, help="a Hugging Face GPT-2 folder: start from its weights and "
+                                               "tokenizer (preset finetune unless --preset)")
     bucket_mb: float = setting(4.0, ge=2 ** -20)  # data parallel: size of one flat gradient all-reduce bucket
                                                   # (MB; at least one byte)
     overlap_comm: bool = setting(False)       # data parallel: start each bucket's all-reduce during backward
@@ -117,6 +118,22 @@ PRESETS = {
                  dict(batch_size=64, lr=5e-4, min_lr=5e-4, warmup_iters=0, weight_decay=0.01, beta2=0.999,
                       epoch_mode="all_starts")),
 }
+
+
+def preset_settings():
+    """{preset: {field: value}}: what each preset sets (model and training fields together)."""
+    return {name: {**model_kw, **train_kw} for name, (model_kw, train_kw) in PRESETS.items()}
+
+
+def describe_presets():
+    """The presets as text for a script's --help: each preset's settings, in flag spelling."""
+    from tinygrad_gpt.cli import flag_name, show_value
+    import textwrap
+    lines = ["presets (--preset NAME; a flag overrides any value; unset fields keep their defaults):"]
+    for name, values in preset_settings().items():
+        text = ", ".join(f"{flag_name(k)} {show_value(v)}" for k, v in values.items())
+        lines.extend(textwrap.wrap(text, width=100, initial_indent=f"  {name:9} ", subsequent_indent=" " * 12))
+    return "\n".join(lines)
 
 
 def preset_configs(name, vocab_size, **overrides):

@@ -300,3 +300,17 @@ def test_out_naming_a_file_is_a_usage_error(tmp_path, capsys):
     assert target.read_bytes() == b"keep"
     with pytest.raises(ValueError, match="is a file"):
         plot.plot_runs([tmp_path], target)
+
+
+def test_a_panel_no_run_has_data_for_is_left_out():
+    """A VADER-scored run: its proxy reward is the gold score itself (reward_raw == score), so the
+    proxy-vs-gold panel has nothing to compare and is not drawn; with a reward model (proxy differs)
+    it is. A run without a KL coefficient (beta) draws no beta panel."""
+    from tinygrad_gpt.plot import panels_to_draw
+    vader = [{"step": s, "score": 0.1 * s, "reward_raw": 0.1 * s, "kl": 0.01 * s, "clipfrac": 0.1,
+              "entropy": 2.0} for s in range(1, 4)]
+    keys = [key for key, _ in panels_to_draw("rlhf", [vader])[0]]
+    assert "reward_raw" not in keys and "beta" not in keys
+    assert keys == ["score", "kl", "clipfrac", "entropy", "score_vs_kl"]
+    model = [dict(r, reward_raw=r["reward_raw"] + 0.5) for r in vader]
+    assert "reward_raw" in [key for key, _ in panels_to_draw("rlhf", [vader, model])[0]]

@@ -109,9 +109,41 @@ def _pyplot():
     return plt
 
 
+def _panel_data(key, records, x_key):
+    """The curves panel `key` draws for one run: [(xs, ys, style, suffix)], [] when it has none."""
+    # subtle: offline DPO samples from the reference, so its rollout score says nothing of the policy
+    if key in ("score", "reward_raw", "score_vs_kl") and any(r.get("score_of") == "reference" for r in records):
+        return []
+    if key == "reward_raw":
+        # subtle: without a reward model the proxy is the gold score itself; nothing to compare
+        if all(not (_number(r.get("reward_raw")) and _number(r.get("score")))
+               or abs(r["reward_raw"] - r["score"]) < 1e-12 for r in records):
+            return []
+        return [(*_series(records, "reward_raw", x_key), "-", " proxy"),
+                (*_series(records, "score", x_key), "--", " gold")]
+    if key == "score_vs_kl":
+        pts = [(r["kl"], r["score"]) for r in records if _number(r.get("kl")) and _number(r.get("score"))]
+        return [(*map(list, zip(*pts)), ".", "")] if pts else []
+    xs, ys = _series(records, key, x_key)
+    return [(xs, ys, "o-" if key == "val_loss" else "-", "")] if xs else []
+
+
+def panels_to_draw(kind, runs):
+    """([(key, title)] of the panels some run has data for, {(key, run index): (curves, x key)})."""
+    curves = {}
+    all_panels = TRAIN_PANELS if kind == "training" else RLHF_PANELS
+    for i, records in enumerate(runs):
+        x_key = "completions" if kind == "rlhf" and any("completions" in r for r in records) else "step"
+        for key, _ in all_panels:
+            curves[key, i] = (_panel_data(key, records, x_key), x_key)
+    panels = [(key, title) for key, title in all_panels if any(curves[key, i][0] for i in range(len(runs)))]
+    return panels, curves
+
+
 def plot_runs(run_dirs, out_dir=None):
     """Draw the PNGs for the runs (overlaid by kind; grad_norms.png for the training runs that
-    logged gradient norms); returns the list of paths written."""
+    logged gradient norms); returns the list of paths written. A panel no run has data for (the
+    proxy-vs-gold panel of runs scored by VADER itself, say) is left out, not drawn empty."""
     plt = _pyplot()
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
     out_dir = _out_dir(out_dir if out_dir else runs[0][0])
@@ -120,39 +152,21 @@ def plot_runs(run_dirs, out_dir=None):
         by_kind.setdefault(run_kind(records), []).append((d, records))
     written = []
     for kind, group in by_kind.items():
-        panels = TRAIN_PANELS if kind == "training" else RLHF_PANELS
-        cols = 4 if kind == "rlhf" else 2
-        fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 7.5))
+        panels, curves = panels_to_draw(kind, [records for _, records in group])
+        cols = min(4 if kind == "rlhf" else 2, max(1, len(panels)))
+        rows = max(1, -(-len(panels) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.75 * rows), squeeze=False)
         for ax in axes.ravel()[len(panels):]:
             ax.set_visible(False)
         for ax, (key, title) in zip(axes.ravel(), panels):
             for i, (d, records) in enumerate(group):
-                x_key = "completions" if kind == "rlhf" and any("completions" in r for r in records) else "step"
+                data, x_key = curves[key, i]
                 label, color = d.resolve().name, f"C{i % 10}"
-                # subtle: offline DPO samples from the reference, so its rollout score says nothing of the policy
-                if key in ("score", "reward_raw", "score_vs_kl") and any(r.get("score_of") == "reference"
-                                                                         for r in records):
-                    continue
-                if key == "reward_raw":
-                    # subtle: without a reward model the proxy is the gold score itself; nothing to compare
-                    if all(not (_number(r.get("reward_raw")) and _number(r.get("score")))
-                           or abs(r["reward_raw"] - r["score"]) < 1e-12 for r in records):
-                        continue
-                    xs, ys = _series(records, "reward_raw", x_key)
-                    ax.plot(xs, ys, color=color, label=f"{label} proxy")
-                    xs, ys = _series(records, "score", x_key)
-                    ax.plot(xs, ys, "--", color=color, label=f"{label} gold")
-                elif key == "score_vs_kl":
-                    pts = [(r["kl"], r["score"]) for r in records if _number(r.get("kl")) and _number(r.get("score"))]
-                    if pts:
-                        ax.plot(*zip(*pts), ".", color=color, alpha=0.6, label=label)
-                    ax.set_xlabel("exact KL to reference (nats / token)")
-                    continue
-                else:
-                    xs, ys = _series(records, key, x_key)
-                    if xs:
-                        ax.plot(xs, ys, marker="o" if key == "val_loss" else None, color=color, label=label)
-                ax.set_xlabel("completions generated" if x_key == "completions" else "step")
+                for xs, ys, style, suffix in data:
+                    alpha = 0.6 if key == "score_vs_kl" else 1.0
+                    ax.plot(xs, ys, style, color=color, alpha=alpha, label=label + suffix)
+                ax.set_xlabel("exact KL to reference (nats / token)" if key == "score_vs_kl"
+                              else "completions generated" if x_key == "completions" else "step")
             ax.set_title(title)
             ax.grid(alpha=0.3)
             if ax.lines:

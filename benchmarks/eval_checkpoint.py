@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygrad_gpt import data  # noqa: E402
 from tinygrad_gpt.tensor import no_grad  # noqa: E402
 from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_gpt.train import load_model  # noqa: E402
+from tinygrad_gpt.runs import load_model  # noqa: E402
 
 
 def split_loss(model, tokens, batch=64):

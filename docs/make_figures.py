@@ -98,7 +98,7 @@ def make_figures(args, work):
     times["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     block = load_model(run_dir)[0].config.block_size
     prompt = args.prompt if args.prompt is not None else plot.DEFAULT_PROMPT[:block]
     plot.attention_figure(run_dir, prompt, out)

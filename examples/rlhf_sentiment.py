@@ -11,7 +11,7 @@ then the same 8 prompts after. With --reward model, 4 reference samples per prom
 pairs by VADER, a reward model is trained on the pairs (per-word valences; --rm-model gpt for a GPT
 backbone with a pooled head; held-out pairwise accuracy printed) and PPO optimises
 it, while the bar shows both the learned reward (proxy) and VADER (gold). Metrics per step go to
---out/metrics.jsonl; the tuned policy is saved to --out (loadable with train.load_model, or
+--out/metrics.jsonl; the tuned policy is saved to --out (loadable with runs.load_model, or
 `python examples/shakespeare.py --sample --out OUT`).
 
 Every field of the method's config is a flag (PPOConfig, GRPOConfig, RLOOConfig or DPOConfig: --lr,
@@ -42,7 +42,8 @@ from tinygrad_gpt.rlhf import (ALGOS, CONFIGS, TRAINERS, PolicyWithValue, Reward
                                VaderScorer, frozen_copy, make_preference_pairs, make_reward_model,
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
 from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN  # noqa: E402
-from tinygrad_gpt.train import NonFiniteLoss, load_model, tokenizer_of  # noqa: E402
+from tinygrad_gpt.train import NonFiniteLoss  # noqa: E402
+from tinygrad_gpt.runs import load_model, tokenizer_of  # noqa: E402
 
 
 def algo_of(argv):

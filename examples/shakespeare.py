@@ -35,17 +35,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained  # noqa: E402
+from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained, runs  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
-from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable,  # noqa: E402
-                                describe_presets, load_model, preset_configs, preset_settings, resume_configs,
-                                tokenizer_of)
+from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, describe_presets,  # noqa: E402
+                                preset_configs, preset_settings, resume_configs)
+from tinygrad_gpt.runs import check_resumable, load_model, tokenizer_of  # noqa: E402
 
 METRICS = "metrics.jsonl"
+# which command reads each kind of saved run (runs.KINDS), for the messages that meet another kind
+READERS = {f"rlhf-{m}": "sample it with --sample, tune it further with examples/rlhf_sentiment.py --checkpoint"
+           for m in runs.RLHF_METHODS}
 
 
 def build_parser():
@@ -252,7 +255,7 @@ def resume_state(args, out_dir, root, world):
     if root:  # a checkpoint rank 0 refuses raises here and aborts the job with its message
         resumed = load_model(out_dir, device=args.device)
         meta = resumed[1]
-        check_resumable(meta, out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        check_resumable(meta, out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size, readers=READERS)
         dtype = str(resumed[0].wte.weight.dtype)
         if args.dtype is not None and args.dtype != dtype:
             raise ValueError(f"--resume: --dtype {args.dtype}, but the checkpoint in {out_dir} was trained in {dtype}; "

@@ -582,7 +582,7 @@ def test_rlhf_signal_saves_the_last_finished_step_and_exits(trained, tmp_path, s
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
     assert f"stopped at step {steps[-1]} of 100000" in stdout, stdout[-2000:]
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     model, meta, _ = load_model(out)
     assert meta["kind"] == "rlhf-ppo" and meta["rlhf_steps"] == steps[-1]
     assert all(np.isfinite(p.data).all() for p in model.parameters())

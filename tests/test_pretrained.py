@@ -436,7 +436,7 @@ def test_fine_tune_resume_export_and_reload(gpt2_folder, tmp_path):
     """--init-from trains with the folder's tokenizer and weights (position table cropped to the run's
     block), resumes, and --export-pretrained writes a folder equal to the checkpoint."""
     from conftest import require_shakespeare
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     text = tmp_path / "small.txt"
     text.write_text(require_shakespeare().read_text(encoding="utf-8")[:20000], encoding="utf-8")
     out = tmp_path / "ft"

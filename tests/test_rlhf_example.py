@@ -33,7 +33,7 @@ def _flags(tmp_path, data_path, reward):
 def test_example_runs_and_saves(tmp_path, capsys):
     data_path = require_shakespeare()
     from examples.rlhf_sentiment import main
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
 
     cfg = _tiny_checkpoint(tmp_path, data_path)
     out = tmp_path / "rlhf"

@@ -307,7 +307,7 @@ def test_example_runs_each_algo(tmp_path, capsys, algo):
     from test_rlhf_example import _tiny_checkpoint
     data_path = require_shakespeare()
     from examples.rlhf_sentiment import main
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
 
     cfg = _tiny_checkpoint(tmp_path, data_path)
     out = tmp_path / "run"

@@ -175,7 +175,7 @@ def test_trainer_optimises_the_powered_score():
 
 
 def test_save_loads_with_load_model(tmp_path):
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     policy, ref = tiny_policy()
     cfg = PPOConfig(batch_size=4, prompt_len=8, response_len=8, minibatch_size=4, ppo_epochs=1, norm_batches=1)
     trainer = PPOTrainer(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)

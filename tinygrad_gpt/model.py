@@ -122,7 +122,7 @@ class _NoInit:
 class GPT(nn.Module):
     def __init__(self, config, seed=0, dtype=np.float32, device="cpu", init=True):
         """GPT-2's initialisation from `seed`; init=False leaves the weights zero (no random draws,
-        for a loader that replaces every one of them next: from_pretrained, train.load_model)."""
+        for a loader that replaces every one of them next: from_pretrained, runs.load_model)."""
         self.config = config
         rng = np.random.default_rng(seed) if init else _NoInit()
         drop_rng = np.random.default_rng(seed + 1)  # one stream shared by every Dropout (resumable)

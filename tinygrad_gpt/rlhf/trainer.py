@@ -12,7 +12,7 @@ gives the subclasses (ppo.PPOTrainer, grpo.GRPOTrainer, rloo.RLOOTrainer, dpo.DP
     optimizer_step()  one update: the loss and the gradient checked finite, clipped, AdamW
     finish_metrics()  the common step metrics, health warnings logged (diagnostics.py); keeps the step
     run()             the steps, stopped cleanly by SIGINT / SIGTERM, then save()
-    save()            the tuned GPT as a checkpoint train.load_model reads (meta.kind "rlhf-<algo>")
+    save()            the tuned GPT as a checkpoint runs.load_model reads (meta.kind "rlhf-<algo>")
 
 Each subclass's `step()` returns the step's metrics dict (one line of metrics.jsonl).
 
@@ -314,7 +314,7 @@ class SampledTrainer:
         return None
 
     def save(self, directory, extra_meta=None):
-        """The tuned GPT as a checkpoint `train.load_model` reads, meta.kind "rlhf-<algo>" (so --resume
+        """The tuned GPT as a checkpoint `runs.load_model` reads, meta.kind "rlhf-<algo>" (so --resume
         refuses it); a method's own weights (PPO's value head) beside it as tensors. No optimizer
         state: an RLHF run is not resumed."""
         meta = {"kind": f"rlhf-{self.algo}", "model_config": asdict(self.policy.config),

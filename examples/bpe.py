@@ -129,8 +129,6 @@ def build_parser():
 
 
 def main(argv=None):
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     ap = build_parser()
     args = ap.parse_args(argv)
 

@@ -17,9 +17,9 @@ epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. A run lo
 writes (a second run there is refused), and a fresh run does not replace the run an --out holds
 unless given --overwrite; --resume continues with the checkpoint's settings. A flag the chosen
 mode does not read (--lr with --sample, --temperature when training) is named in a warning. Every
-GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything
-runs. Exit status:
-0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
+GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked as declared in
+tinygrad_gpt/settings.py before anything runs. Exit status: 0 done, 1 runtime error, 2 usage
+error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
 the tokens as they are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the
 model and the GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json,
 model.safetensors, vocab.json, merges.txt); --export-pretrained writes a checkpoint back as one.
@@ -187,8 +187,6 @@ def pretrained_model(args, gpt_cfg, dtype):
 
 
 def main(argv=None):
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     parser = build_parser()
     args = parser.parse_args(argv)
     args.given = cli.given_flags(parser, argv)  # {dest: flag} of what the command line holds

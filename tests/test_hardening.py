@@ -169,16 +169,16 @@ def test_a_new_float_field_becomes_a_float_flag():
     """Flags follow the dataclass types: a float field is parsed as float, an int | None field takes 'none'."""
     from dataclasses import dataclass
 
-    from tinygrad_gpt import cli
+    from tinygrad_gpt import cli, settings
 
     @dataclass
     class Config:
-        rate: float = cli.setting(0.5, gt=0)
-        limit: int | None = cli.setting(None, ge=1)
+        rate: float = settings.setting(0.5, gt=0)
+        limit: int | None = settings.setting(None, ge=1)
         on: bool = True
 
         def __post_init__(self):
-            cli.check_fields(self)
+            settings.check_fields(self)
 
     p = argparse.ArgumentParser()
     assert cli.add_flags(p, Config) == ["rate", "limit", "on"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygrad_gpt import nn, ops
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.backend import get_xp, to_numpy
 from tinygrad_gpt.tensor import Tensor, no_grad
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from tinygrad_gpt import backend, checkpoint, data, runs
 from tinygrad_gpt.backend import DEVICES, array_module, get_xp, to_numpy
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
 from tinygrad_gpt.tensor import no_grad

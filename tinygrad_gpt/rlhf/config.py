@@ -2,7 +2,7 @@
 
 Usual values are those of Ziegler et al. 2019 / Stiennon et al. 2020 and TRL's PPOConfig (and each
 method's paper), adjusted where a 65-character model on a CPU wants something else (said per field).
-Each field declares its range with `setting(...)` (tinygrad_gpt/cli.py): checked in __post_init__,
+Each field declares its range with `setting(...)` (tinygrad_gpt/settings.py): checked in __post_init__,
 and the scripts' flags come from the fields (cli.add_flags in examples/rlhf_sentiment.py,
 benchmarks/rlhf.py); CONFIGS maps each `--algo` to its class.
 
@@ -10,7 +10,7 @@ Deliberately does not: hold model or reward-model settings (GPTConfig and Reward
 """
 from dataclasses import dataclass
 
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.settings import check_fields, setting
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygrad_gpt import nn
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.backend import array_module, get_xp
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.losses import bradley_terry_loss

@@ -143,7 +143,7 @@ def sample_only(args, out_dir):
     """Stream --num-tokens sampled tokens after --prompt; Ctrl-C keeps what was printed (exit 130)."""
     if init_from(args):
         model = GPT.from_pretrained(init_from(args), dtype=np.dtype(args.dtype or "float32"), device=args.device)
-        tokenizer = pretrained.load_tokenizer(init_from(args), model.config)
+        tokenizer = pretrained.load_tokenizer(init_from(args), model.config.vocab_size)
     else:
         model, meta, _ = load_model(out_dir, device=args.device)
         tokenizer = tokenizer_of(meta, out_dir)
@@ -314,7 +314,7 @@ def train_run(args, parser, world, out_dir, flags, say, root):
         overrides = dict(flags, device=args.device, out_dir=str(out_dir))
         if init_from(args):
             hf = pretrained.config_from_hf(pretrained.read_config(init_from(args)), init_from(args))
-            overrides.update({name: getattr(hf, name) for name in PRETRAINED_SHAPE})
+            overrides.update({name: hf[name] for name in PRETRAINED_SHAPE})
         try:
             gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
         except ValueError as exc:

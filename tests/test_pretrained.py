@@ -125,9 +125,9 @@ def test_every_gpt2_size_from_its_config(name, layers, heads, embd):
     """The published configs of the five sizes (n_layer, n_head, n_embd; 1024 positions, 50257 tokens)."""
     hf = {"model_type": "gpt2", "activation_function": "gelu_new", "vocab_size": 50257, "n_positions": 1024,
           "n_ctx": 1024, "n_layer": layers, "n_head": heads, "n_embd": embd, "layer_norm_epsilon": 1e-5}
-    cfg = config_from_hf(hf, name)
+    cfg = GPTConfig(**config_from_hf(hf, name))
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (layers, heads, embd, 1024, 50257)
-    assert config_from_hf(config_to_hf(cfg), name) == cfg
+    assert GPTConfig(**config_from_hf(config_to_hf(cfg), name)) == cfg
 
 
 def test_layer_norm_epsilon_is_read_from_the_config(tmp_path, rng):
@@ -559,9 +559,8 @@ def test_a_config_that_contradicts_the_weights_is_refused_before_allocating(tmp_
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_expected_shapes_are_the_model_parameters(bias):
-    from tinygrad_gpt.pretrained import expected_shapes
     cfg = GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=4, bias=bias)
-    assert expected_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
+    assert GPT.parameter_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
 
 
 def test_weights_are_loaded_without_a_random_initialisation_first(tmp_path, rng, monkeypatch):

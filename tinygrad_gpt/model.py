@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinygrad_gpt import nn, ops
+from tinygrad_gpt import nn, ops, pretrained
 from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.backend import get_xp, to_numpy
 from tinygrad_gpt.tensor import Tensor, no_grad
@@ -135,18 +135,51 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(C, bias=config.bias, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
         # self.device is Module.device: read from the parameters, so model.to(device) keeps it right
 
+    @staticmethod
+    def parameter_shapes(config):
+        """{name: shape} of every parameter a GPT of `config` has, in named_parameters' order, without
+        allocating one (from_pretrained checks a file's headers against it before building)."""
+        C, V, T = config.n_embd, config.vocab_size, config.block_size
+        vector = {"weight": (C,)} | ({"bias": (C,)} if config.bias else {})
+
+        def linear(prefix, n_in, n_out):
+            return {f"{prefix}.weight": (n_in, n_out)} | ({f"{prefix}.bias": (n_out,)} if config.bias else {})
+
+        shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+        for i in range(config.n_layer):
+            h = f"h.{i}"
+            shapes |= {f"{h}.ln_1.{k}": v for k, v in vector.items()}
+            shapes |= linear(f"{h}.attn.c_attn", C, 3 * C) | linear(f"{h}.attn.c_proj", C, C)
+            shapes |= {f"{h}.ln_2.{k}": v for k, v in vector.items()}
+            shapes |= linear(f"{h}.mlp.c_fc", C, 4 * C) | linear(f"{h}.mlp.c_proj", 4 * C, C)
+        shapes |= {f"ln_f.{k}": v for k, v in vector.items()}
+        return shapes
+
     @classmethod
     def from_pretrained(cls, directory, dtype=np.float32, device="cpu", dropout=0.0):
         """A GPT with the weights of a Hugging Face GPT-2 folder (config.json + model.safetensors).
 
-        The tokenizer of the same folder: `BPETokenizer.from_gpt2(directory)`. See pretrained.py.
+        config.json gives the config; every tensor header is checked against its shapes before the
+        model is built, without a random initialisation, and filled tensor by tensor (pretrained.py
+        reads the files). The tokenizer of the same folder: `pretrained.load_tokenizer(directory)`.
         """
-        from tinygrad_gpt import pretrained
-        return pretrained.from_pretrained(directory, dtype=dtype, device=device, dropout=dropout)
+        import pathlib
+        directory = pathlib.Path(directory).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"from_pretrained: {directory} is not a directory")
+        source = directory / pretrained.CONFIG_NAME
+        try:
+            config = GPTConfig(**pretrained.config_from_hf(pretrained.read_config(directory), source, dropout=dropout))
+        except pretrained.PretrainedError:
+            raise
+        except ValueError as exc:
+            raise pretrained.PretrainedError(f"{source}: {exc}") from None
+        plan = pretrained.plan_weights(directory, cls.parameter_shapes(config))
+        model = cls(config, seed=0, dtype=np.dtype(dtype), device=device, init=False)
+        return pretrained.load_weights(model, plan, dtype=np.dtype(dtype))
 
     def save_pretrained(self, directory, tokenizer=None):
         """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads (see pretrained.py)."""
-        from tinygrad_gpt import pretrained
         return pretrained.save_pretrained(self, directory, tokenizer=tokenizer)
 
     def crop_block_size(self, block_size):

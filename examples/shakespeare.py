@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained, runs  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
 from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, describe_presets,  # noqa: E402
@@ -165,7 +165,7 @@ def export_pretrained(args, out_dir):
     """Write the checkpoint in --out as a Hugging Face GPT-2 folder (weights, config, tokenizer)."""
     model, meta, _ = load_model(out_dir, device="cpu")
     tokenizer = tokenizer_of(meta, out_dir)
-    if not hasattr(tokenizer, "save_gpt2"):
+    if not isinstance(tokenizer, BasicTokenizer):  # every byte-level BPE tier has a GPT-2 form
         raise ValueError(f"--export-pretrained: the checkpoint in {out_dir} uses a character tokenizer; a GPT-2 "
                          f"folder needs a byte-level BPE one (train with --init-from or --tokenizer bpe)")
     directory = model.save_pretrained(args.export_pretrained, tokenizer=tokenizer)

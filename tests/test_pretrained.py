@@ -15,6 +15,7 @@ import pytest
 from conftest import gpt2_dir, peer
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.pretrained import PretrainedError, config_from_hf, config_to_hf, read_safetensors
+from tinygrad_gpt.tokenizers import load_gpt2
 
 safetensors = pytest.importorskip("safetensors")
 import safetensors.numpy  # noqa: E402
@@ -213,15 +214,14 @@ def test_save_pretrained_onto_a_file_names_it_and_leaves_it(tmp_path, rng):
 
 def test_tokenizer_from_the_folder_round_trips(tmp_path):
     """The real GPT-2 vocabulary: <|endoftext|> is 50256, and save_pretrained writes the same files."""
-    from tinygrad_gpt.tokenizers import BPETokenizer
     if not (gpt2_dir() / "vocab.json").is_file():
         pytest.skip(f"no GPT-2 vocab.json in {gpt2_dir()}")
-    tok = BPETokenizer.from_gpt2(gpt2_dir())
+    tok = load_gpt2(gpt2_dir())
     assert tok.special_tokens == {"<|endoftext|>": 50256} and tok.vocab_size == 50257
     text = "Hello world, ROMEO:\n  thou art"
     model = GPT(GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=1, n_embd=4))
     out = model.save_pretrained(tmp_path / "out", tokenizer=tok)
-    again = BPETokenizer.from_gpt2(out)
+    again = load_gpt2(out)
     assert again.encode(text) == tok.encode(text)
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2's published ids
     assert json.loads((out / "vocab.json").read_text()) == json.loads((gpt2_dir() / "vocab.json").read_text())
@@ -344,11 +344,10 @@ def test_text_stream_holds_back_a_split_utf8_character():
 @pytest.fixture
 def gpt2_folder(tmp_path):
     """A small random model with GPT-2's real tokenizer, saved as a GPT-2 folder."""
-    from tinygrad_gpt.tokenizers import BPETokenizer
     if not (gpt2_dir() / "vocab.json").is_file():
         pytest.skip(f"no GPT-2 vocab.json in {gpt2_dir()}")
     model = GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=8), seed=3)
-    return model.save_pretrained(tmp_path / "gpt2", tokenizer=BPETokenizer.from_gpt2(gpt2_dir()))
+    return model.save_pretrained(tmp_path / "gpt2", tokenizer=load_gpt2(gpt2_dir()))
 
 
 def _example(*args, **kw):

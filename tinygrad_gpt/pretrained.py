@@ -3,7 +3,7 @@
 A folder as users download it from the Hugging Face hub holds
     config.json          n_layer, n_head, n_embd, n_positions, vocab_size, layer_norm_epsilon, ...
     model.safetensors    the weights (or model.safetensors.index.json + shards for the big sizes)
-    vocab.json merges.txt   the byte-level BPE tokenizer (`BPETokenizer.from_gpt2`)
+    vocab.json merges.txt   the byte-level BPE tokenizer (`tokenizers.load_gpt2`; or tokenizer.json)
 Every GPT-2 size reads from config.json alone (distilgpt2, gpt2, gpt2-medium, -large, -xl).
 
 The weight names are ours already (`wte.weight`, `h.0.attn.c_attn.weight`, ...; Linear weights
@@ -46,7 +46,7 @@ import re
 import numpy as np
 
 from tinygrad_gpt import backend, checkpoint
-from tinygrad_gpt.tokenizers import BPETokenizer
+from tinygrad_gpt.tokenizers import BasicTokenizer, load_gpt2, save_gpt2
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -338,7 +338,7 @@ def load_tokenizer(directory, vocab_size=None):
     directory = pathlib.Path(directory).expanduser()
     if vocab_size is None:
         vocab_size = config_from_hf(read_config(directory), directory / CONFIG_NAME)["vocab_size"]
-    tokenizer = BPETokenizer.from_gpt2(directory)
+    tokenizer = load_gpt2(directory)
     if tokenizer.vocab_size > vocab_size:
         raise PretrainedError(f"{directory}: the tokenizer has {tokenizer.vocab_size} ids, more than config.json's "
                               f"vocab_size {vocab_size}: the model has no embedding for ids {vocab_size} and up")
@@ -373,8 +373,8 @@ def save_pretrained(model, directory, tokenizer=None):
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # temp files are made 0600; give them a plain file's mode
         os.chmod(directory / name, 0o666 & ~umask)
     if tokenizer is not None:
-        if not hasattr(tokenizer, "save_gpt2"):
+        if not isinstance(tokenizer, BasicTokenizer):  # every byte-level BPE tier
             raise TypeError(f"save_pretrained: tokenizer must be a BPETokenizer (it writes vocab.json and "
                             f"merges.txt), got {type(tokenizer).__name__}")
-        tokenizer.save_gpt2(os.fspath(directory))
+        save_gpt2(tokenizer, os.fspath(directory))
     return directory

@@ -508,3 +508,55 @@ def test_a_signal_during_on_step_waits_for_it_then_stops():
         lines.append(m["step"])
     assert trainer.run(5, on_step=on_step, save=lambda: saved.append(trainer.step_count)) == "interrupted"
     assert lines == [1, 2] and saved == [2]
+
+
+# ---- the update loop every method shares -------------------------------------------------------
+
+@pytest.mark.parametrize("algo, make_cfg", EVERY_METHOD, ids=[a for a, _ in EVERY_METHOD])
+def test_score_pos_frac_counts_scores_above_the_configs_threshold(algo, make_cfg):
+    """positive_threshold 0.3: score_pos_frac is the fraction of the step's gold scores (the last
+    scorer call of the step) above 0.3, for every method (vowel fractions of random text, about
+    5/33 on average, fall on both sides of 0.3 and mostly above VADER's 0.05)."""
+    from dataclasses import replace
+    from tinygrad_gpt.rlhf import TRAINERS
+    returned = []
+
+    def scorer(texts):
+        returned.append(vowel_fraction(texts))
+        return returned[-1]
+    policy, ref = tiny_policy(seed=2)
+    cfg = replace(make_cfg(), positive_threshold=0.3)
+    trainer = TRAINERS[algo](policy, ref, TOK, prompt_tokens(), scorer, cfg, log=lambda *a: None)
+    metrics = trainer.step()
+    assert metrics["score_pos_frac"] == float((returned[-1] > 0.3).mean())
+    assert metrics["score_pos_frac"] != float((returned[-1] > 0.05).mean())
+
+
+def test_a_method_is_its_loss_and_the_update_loop_is_shared():
+    """A method written as a loss alone (here -mean log pi, a weight passed through update's data):
+    RLHFTrainer.update hands it minibatches of 3 of the 8 rollout rows, in rollout order on the first
+    epoch ([0, 1, 2], [3, 4, 5], [6, 7]) and a permutation of all 8 on the second; the first ratio is
+    exactly 1; 6 updates; the loss's own statistic is averaged: (3 + 3 + 2 + 3 + 3 + 2) / 6 = 8 / 3.
+    Without a clip range no clip fraction is reported."""
+    from tinygrad_gpt.rlhf.trainer import RLHFTrainer
+    seen = []
+
+    class MeanLogprob(RLHFTrainer):
+        algo = "mean-logprob"
+        loss_stats = ("rows",)
+
+        def loss(self, mb, logits, values, logp, mask, weight):
+            seen.append(list(mb))
+            return logp.mean() * -weight, {"rows": float(len(mb))}
+
+    policy, ref = tiny_policy(seed=2)
+    cfg = RLOOConfig(group_size=2, minibatch_size=3, epochs=2, **SMALL)
+    trainer = MeanLogprob(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)
+    roll = trainer.make_rollout(trainer.next_prompts())
+    updates = trainer.update(roll.sequences, roll.logprobs, 8, 2, weight=1.0)
+    assert seen[:3] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert sorted(sum(seen[3:], [])) == list(range(8))
+    metrics = updates.metrics()
+    assert metrics["first_ratio_dev"] == 0.0 and metrics["updates"] == 6 and metrics["skipped"] == 0
+    assert metrics["rows"] == pytest.approx(8 / 3) and np.isfinite(metrics["loss"])
+    assert "clipfrac" not in metrics and metrics["early_stop"] is False

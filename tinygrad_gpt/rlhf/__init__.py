@@ -8,9 +8,9 @@ advantage.py     KL per token (exact / sampled), shaped rewards, GAE, fixed and 
 losses.py        PolicyLoss, ValueLoss, Entropy, KLToReference, Whiten, BradleyTerryLoss: forward/backward
                  side by side
 reward_model.py  preference pairs labelled by the scorer, RewardModel, Bradley-Terry training, accuracy
-trainer.py       SampledTrainer: what every method shares (prompts, rollouts, normaliser, metrics, kept
-                 steps and the non-finite check, run() with SIGINT / SIGTERM, saving)
-ppo.py           PPOTrainer.step(): rollout, rewards, GAE, clipped PPO epochs, early stop, metrics
+trainer.py       RLHFTrainer: what every method shares (prompts, rollouts, normaliser, the update loop,
+                 metrics, kept steps and the non-finite check, run() with SIGINT / SIGTERM, saving)
+ppo.py           PPOTrainer: rollout, rewards, GAE; its loss (clipped ratio, value, entropy, KL), early stop
 grpo.py          group advantages (GRPO, Dr. GRPO), GRPOLoss (clipped ratio + k3 KL), GRPOTrainer
 rloo.py          leave-one-out baseline, ReinforceLoss, RLOOTrainer (REINFORCE or clipped)
 dpo.py           DPOLoss on scorer-labelled pairs, DPOTrainer (offline or online)

@@ -11,6 +11,7 @@ Deliberately does not: hold model or reward-model settings (GPTConfig and Reward
 from dataclasses import dataclass
 
 from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.rlhf.scorers import POSITIVE_THRESHOLD
 
 
 @dataclass
@@ -42,8 +43,8 @@ class PPOConfig:
     # added to a score above positive_threshold (before normalising): under the KL-regularised objective (pi* ~
     # pi_ref exp(r / beta)) an indicator reward is what buys the most "positive at all" per nat; 0 = off
     positive_bonus: float = setting(0.0, ge=0)
-    # VADER's own line for a positive text (compound >= 0.05, its README)
-    positive_threshold: float = setting(0.05, ge=-1, le=1)
+    # a score above it is "positive": positive_bonus's line, and the metrics' score_pos_frac; VADER's own line
+    positive_threshold: float = setting(POSITIVE_THRESHOLD, ge=-1, le=1)
     norm_batches: int = setting(2, ge=1)  # reference batches sampled to measure the score's mean and std (normaliser)
     # ---- advantages ----
     gamma: float = setting(1.0, ge=0, le=1)  # discount; 1 for text (the episode is 64 tokens, nothing to discount)
@@ -111,7 +112,7 @@ class SampledConfig:
     score_power: float = setting(1.0, gt=0)  # the score enters as sign(s) |s|^p before normalising; 1 = s itself
     # added to a score above positive_threshold before normalising; 0 = off
     positive_bonus: float = setting(0.0, ge=0)
-    positive_threshold: float = setting(0.05, ge=-1, le=1)  # VADER's own line for a positive text
+    positive_threshold: float = setting(POSITIVE_THRESHOLD, ge=-1, le=1)  # "positive" above it (as PPOConfig)
     norm_batches: int = setting(2, ge=1)  # reference batches sampled to fit the score normaliser (mean 0, std 1)
     # ---- optimisation ----
     epochs: int = setting(2, ge=1)  # passes over each step's batch (PPO's ppo_epochs)

@@ -4,7 +4,8 @@ For a GPT `model` (the tuned policy, or the reference itself) and fixed prompts 
 prompt gets `samples` responses drawn with seeded generators (seed k for sample k, so two models
 see the same random numbers), and per character:
 
-    score     VADER (or any scorer) of each response, mean and fraction above `positive` (+0.05)
+    score     VADER (or any scorer) of each response, mean and fraction above `positive` (the
+              config's positive_threshold; VADER's +0.05 by default)
     kl        exact KL( model || reference ) per token, at the sampling temperature, averaged
     ref_nll   -log q_ref(a_t | s_t) at temperature 1: the reference's loss on these completions
 
@@ -23,6 +24,7 @@ from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.rlhf.advantage import kl_per_token
 from tinygrad_gpt.rlhf.policy import response_logprobs, response_windows
 from tinygrad_gpt.rlhf.rollout import sample_responses
+from tinygrad_gpt.rlhf.scorers import POSITIVE_THRESHOLD
 
 
 @dataclass
@@ -40,8 +42,8 @@ class EvalResult:
                 "kl_per_char": round(self.kl_per_char, 4), "ref_nll_per_char": round(self.ref_nll_per_char, 4)}
 
 
-def evaluate(model, reference, prompts, response_len, temperature, scorer, decode, samples=2, positive=0.05,
-             stride=None, batch_size=64):
+def evaluate(model, reference, prompts, response_len, temperature, scorer, decode, samples=2,
+             positive=POSITIVE_THRESHOLD, stride=None, batch_size=64):
     """EvalResult of GPT `model` on prompts (N, P); see the module docstring."""
     prompts = np.asarray(prompts, dtype=np.int64)
     N, P = prompts.shape

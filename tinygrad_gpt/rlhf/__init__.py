@@ -1,8 +1,8 @@
 """RLHF on the tinygrad_gpt engine: a GPT tuned by PPO, GRPO, RLOO or DPO on scores given to text after it is written.
 
 config.py        PPOConfig, GRPOConfig, RLOOConfig, DPOConfig: one commented field per knob
-policy.py        PolicyWithValue (GPT + zero-initialised value head), frozen_copy, response windows
-rollout.py       prompts -> KV-cache sampled responses -> logprobs, reference logprobs, values, KL
+policy.py        PolicyWithValue (GPT + zero-initialised value head), frozen_copy, windowed scoring
+rollout.py       prompts -> sampled responses (GPT.generate) -> logprobs, reference logprobs, values, KL
 scorers.py       VaderScorer (response only, trailing partial word dropped), ScoreNormalizer, shaped_score
 advantage.py     KL per token (exact / sampled), shaped rewards, GAE, fixed and adaptive KL controllers
 losses.py        PolicyLoss, ValueLoss, Entropy, KLToReference, Whiten, BradleyTerryLoss: forward/backward
@@ -29,7 +29,7 @@ from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, dpo_loss
 from tinygrad_gpt.rlhf.grpo import GRPOLoss, GRPOTrainer, group_advantages, grpo_loss
 from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, Entropy, KLToReference, PolicyLoss, ValueLoss, Whiten,
                                       bradley_terry_loss, entropy, kl_to_reference, policy_loss, value_loss, whiten)
-from tinygrad_gpt.rlhf.policy import PolicyWithValue, frozen_copy, response_windows, score_windows, token_logprobs
+from tinygrad_gpt.rlhf.policy import PolicyWithValue, frozen_copy, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.ppo import PPOTrainer
 from tinygrad_gpt.rlhf.reward_model import (PooledScore, PreferencePairs, RewardModel, RewardModelConfig,
                                             WordRewardModel, WordSum, make_preference_pairs, make_reward_model,

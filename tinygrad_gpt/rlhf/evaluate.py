@@ -22,7 +22,8 @@ import numpy as np
 
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.rlhf.advantage import kl_per_token
-from tinygrad_gpt.rlhf.policy import response_logprobs, response_windows
+from tinygrad_gpt.model import context_windows
+from tinygrad_gpt.rlhf.policy import response_logprobs
 from tinygrad_gpt.rlhf.rollout import sample_responses
 from tinygrad_gpt.rlhf.scorers import POSITIVE_THRESHOLD
 
@@ -47,7 +48,7 @@ def evaluate(model, reference, prompts, response_len, temperature, scorer, decod
     """EvalResult of GPT `model` on prompts (N, P); see the module docstring."""
     prompts = np.asarray(prompts, dtype=np.int64)
     N, P = prompts.shape
-    windows = response_windows(P, response_len, model.config.block_size, stride)
+    windows = context_windows(P, response_len, model.config.block_size, stride)
     xp = get_xp(model.device)
     scores, texts, kls, nlls = [], [], [], []
     for k in range(samples):

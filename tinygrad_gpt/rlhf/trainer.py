@@ -60,11 +60,12 @@ import numpy as np
 
 from tinygrad_gpt import backend, checkpoint
 from tinygrad_gpt.backend import get_xp
+from tinygrad_gpt.model import context_windows
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController
 from tinygrad_gpt.rlhf.diagnostics import check_health, mean_of, ratio_stats
 from tinygrad_gpt.rlhf.losses import entropy
-from tinygrad_gpt.rlhf.policy import response_windows, score_windows, token_logprobs
+from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
 from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout, sample_responses, score_rollout
 from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, shaped_score
 from tinygrad_gpt.tensor import no_grad
@@ -130,7 +131,7 @@ class RLHFTrainer:
                          betas=config.adam_betas, weight_decay=config.weight_decay)
         self.kl_ctl = None  # set by the methods whose beta a KL controller moves
         self.normalizer = None  # fitted on reference rollouts by fit_normalizer (or on the first step)
-        self.windows = response_windows(config.prompt_len, config.response_len, policy.config.block_size,
+        self.windows = context_windows(config.prompt_len, config.response_len, policy.config.block_size,
                                         config.window_stride)
         self.step_count = 0
         self.completions = 0  # completions generated so far (the normaliser's reference samples excluded)

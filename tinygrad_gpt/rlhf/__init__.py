@@ -15,7 +15,10 @@ grpo.py          group advantages (GRPO, Dr. GRPO), GRPOLoss (clipped ratio + k3
 rloo.py          leave-one-out baseline, ReinforceLoss, RLOOTrainer (REINFORCE or clipped)
 dpo.py           DPOLoss on scorer-labelled pairs, DPOTrainer (offline or online)
 diagnostics.py   per-step health figures (ratio, clip fraction, KL k1/k3, explained variance...) and warnings
-evaluate.py      evaluate(): gold score, exact KL to the reference and fluency on a fixed prompt set
+evaluate.py      evaluate(): gold score, exact KL to the reference and fluency on a fixed prompt set; the
+                 benchmark's targets and its tables (one run; runs by recipe)
+run.py           the driver the scripts call: flags, set-up (checkpoint, prompts, reward model), the
+                 trainer of an --algo (TRAINERS), metrics lines and progress, before / after summary
 
 Follows: Ziegler et al. 2019 "Fine-Tuning Language Models from Human Preferences", Schulman et al.
 2017 (PPO) and 2016 (GAE), Stiennon et al. 2020, Shao et al. 2024 (GRPO), Ahmadian et al. 2024 (RLOO),
@@ -37,6 +40,5 @@ from tinygrad_gpt.rlhf.reward_model import (PooledScore, PreferencePairs, Reward
                                             train_reward_model, vocabulary_of, words_of)
 from tinygrad_gpt.rlhf.rloo import ReinforceLoss, RLOOTrainer, leave_one_out_baseline, reinforce_loss, rloo_advantages
 from tinygrad_gpt.rlhf.rollout import Rollout, prompt_batches, rollout, sample_responses, score_rollout
+from tinygrad_gpt.rlhf.run import TRAINERS
 from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, VaderScorer, drop_partial_word, shaped_score, signed_power
-
-TRAINERS = {"ppo": PPOTrainer, "grpo": GRPOTrainer, "rloo": RLOOTrainer, "dpo": DPOTrainer}

@@ -23,9 +23,9 @@ pairing, reward_model.pairs_from_responses), drops near-ties (min_margin), and r
 of minibatches over those pairs. A larger k buys clearer pairs (a wider score gap) per completion
 generated, at batch_size / k pairs per step.
 Offline DPO (online=False): completions from the frozen reference, the reward model's data drawn
-fresh each step. Online / iterated DPO (online=True, the default: DPOConfig's comments say why, with
-the figures; Guo et al. 2024 "Direct Language Model
-Alignment from Online AI Feedback"): completions from the current policy.
+fresh each step. Online / iterated DPO (online=True, the default: DPOConfig's comments say why;
+Guo et al. 2024 "Direct Language Model Alignment from Online AI Feedback"): completions from the
+current policy.
 
 Dimension legend: N pairs, P prompt tokens, R response tokens, V vocabulary.
 Follows: Rafailov et al. 2023; TRL's DPOTrainer (sigmoid loss, implicit rewards, reward accuracy).

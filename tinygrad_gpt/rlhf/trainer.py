@@ -162,7 +162,8 @@ class RLHFTrainer:
         c, xp = self.cfg, self.xp
         R = old_logprobs.shape[1]
         dtype = self.policy.gpt.wte.weight.dtype
-        ratio_keys = ("ratio_mean", "ratio_std", "approx_kl_k1", "approx_kl") + (("clipfrac",) if self.clip_eps else ())
+        ratio_keys = ("ratio_mean", "ratio_std", "approx_kl_k1", "approx_kl")  # ratio_stats' keys
+        ratio_keys += ("clipfrac",) if self.clip_eps is not None else ()
         up = Updates({key: [] for key in ("loss", "entropy", *ratio_keys, *self.loss_stats)})
         for epoch in range(epochs):
             order = np.arange(items) if epoch == 0 else self.rng.permutation(items)  # (items,) see the subtle note

@@ -36,16 +36,19 @@ def _meta_error(directory, message):
     return checkpoint.CheckpointError(f"{Path(directory) / checkpoint.JSON_NAME}: {message}")
 
 
-def save_run(directory, kind, model, tokenizer, optimizer_state=None, world_size=1, **meta):
+def save_run(directory, kind, model, tokenizer, optimizer_state=None, tensors=None, world_size=1, **meta):
     """Write `model` as a run of `kind` into `directory` (atomically: see checkpoint.save_checkpoint).
 
-    meta: what the kind adds (JSON-serialisable, or arrays: checkpoint.py stores those apart).
+    tensors: {role: {name: array}} saved beside the model (PPO's value head), read back with
+    checkpoint.load_tensors. meta: what the kind adds (JSON-serialisable, or arrays: checkpoint.py
+    stores those apart).
     """
     if kind not in KINDS:
         raise ValueError(f"save_run: kind {kind!r} is not one of {sorted(KINDS)}")
     record = {"kind": kind, "model_config": asdict(model.config), "tokenizer": tokenizer.to_dict(),
               "world_size": world_size, **meta}
-    checkpoint.save_checkpoint(directory, model.state_dict(), record, optimizer_state=optimizer_state)
+    return checkpoint.save_checkpoint(directory, model.state_dict(), record, optimizer_state=optimizer_state,
+                                      tensors=tensors)
 
 
 def tokenizer_of(meta, directory):

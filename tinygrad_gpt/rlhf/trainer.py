@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tinygrad_gpt import backend, checkpoint
+from tinygrad_gpt import backend, runs
 from tinygrad_gpt.backend import get_xp
 from tinygrad_gpt.model import context_windows
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
@@ -439,11 +439,9 @@ class RLHFTrainer:
         """The tuned GPT as a checkpoint `runs.load_model` reads, meta.kind "rlhf-<algo>" (so --resume
         refuses it); a method's own weights (PPO's value head) beside it as tensors. No optimizer
         state: an RLHF run is not resumed."""
-        meta = {"kind": f"rlhf-{self.algo}", "model_config": asdict(self.policy.config),
-                "tokenizer": self.tokenizer.to_dict(), "rlhf_algo": self.algo, "rlhf_config": asdict(self.cfg),
-                "rlhf_steps": self.step_count, "completions": self.completions,
-                "kl_coef": None if self.kl_ctl is None else self.kl_ctl.value,
+        meta = {"rlhf_algo": self.algo, "rlhf_config": asdict(self.cfg), "rlhf_steps": self.step_count,
+                "completions": self.completions, "kl_coef": None if self.kl_ctl is None else self.kl_ctl.value,
                 "normalizer": None if self.normalizer is None else asdict(self.normalizer)}
         meta.update(extra_meta or {})
-        return checkpoint.save_checkpoint(directory, self.policy.gpt.state_dict(), meta,
-                                          tensors=self.extra_tensors())
+        return runs.save_run(directory, f"rlhf-{self.algo}", self.policy.gpt, self.tokenizer,
+                             tensors=self.extra_tensors(), **meta)

@@ -493,7 +493,7 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_orphans(tmp_path, mo
     state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
     checkpoint.save_checkpoint(tmp_path, state, {"step": 1}, optimizer_state={"m": [np.ones(3, np.float32)]})
     before = snapshot(tmp_path)
-    real = checkpoint._safetensors_numpy()
+    real = checkpoint.safetensors_numpy()
     calls = []
 
     class FullDisk:
@@ -505,7 +505,7 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_orphans(tmp_path, mo
                 raise OSError(28, "No space left on device")
             real.save_file(arrays, path, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint, "_safetensors_numpy", lambda: FullDisk)
+    monkeypatch.setattr(checkpoint, "safetensors_numpy", lambda: FullDisk)
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left.*is kept"):
         checkpoint.save_checkpoint(tmp_path, {"w": state["w"] * 2}, {"step": 2},
                                    optimizer_state={"m": [np.zeros(3, np.float32)]})

@@ -9,9 +9,10 @@ tinygrad_gpt, has its own `kernels.reference.get_array_module` and `kernels.for_
 Does not: move data implicitly between devices (an op whose inputs live on different devices is
 an error, raised by `Function.apply` in tensor.py), or manage more than one GPU.
 """
-import importlib
 
 import numpy as np
+
+from tinygrad_gpt.kernels import reference
 
 DEVICES = ("cpu", "cuda")
 
@@ -56,22 +57,15 @@ def get_xp(device):
     return np if device == "cpu" else _import_cupy()
 
 
-def _is_cupy_array(arr):
-    # the package that defines the array's type: "cupy" for cupy's arrays (and "cupy_emulated" for
-    # the CPU emulator's stand-in), asked without importing cupy on CPU-only machines
-    return type(arr).__module__.startswith("cupy")
-
-
 def array_module(arr):
-    """The array module `arr` belongs to: numpy for numpy arrays (and scalars), cupy for cupy's."""
-    if _is_cupy_array(arr):
-        return importlib.import_module(type(arr).__module__.split(".")[0])
-    return np
+    """The array module `arr` belongs to: numpy for numpy arrays (and scalars), cupy for cupy's
+    (kernels.reference.get_array_module: one definition for the engine and the kernels)."""
+    return reference.get_array_module(arr)
 
 
 def device_of_array(arr):
     """"cpu" for a numpy array (or scalar), "cuda" for a cupy array."""
-    return "cuda" if _is_cupy_array(arr) else "cpu"
+    return "cuda" if reference.is_cupy_array(arr) else "cpu"
 
 
 def cuda_available():

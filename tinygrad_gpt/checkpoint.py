@@ -106,7 +106,7 @@ def check_finite(name, array, source, error=CheckpointError):
                               f"{flat[bad]!r}, at flat index {bad}): weights must be finite numbers")
 
 
-def _safetensors_numpy():
+def safetensors_numpy():
     try:
         import safetensors.numpy
     except ImportError as exc:
@@ -422,7 +422,7 @@ def save_checkpoint(directory, state_dict, meta, optimizer_state=None, tensors=N
     Returns the path of checkpoint.json. Raises CheckpointWriteError if the disk fails; the files of
     this save are then removed and the previous checkpoint is kept.
     """
-    st = _safetensors_numpy()
+    st = safetensors_numpy()
     if not isinstance(state_dict, dict):
         raise TypeError(f"save_checkpoint: state_dict must be a dict of name -> numpy array, "
                         f"got {type(state_dict).__name__}")
@@ -514,7 +514,7 @@ def _read_record(directory):
 
 
 def _load_tensors(directory, json_path, entry, verify):
-    st = _safetensors_numpy()
+    st = safetensors_numpy()
     try:
         name = entry["file"]
     except (TypeError, KeyError):
@@ -570,7 +570,7 @@ def load_safetensors_state_dict(path):
 
     Names are returned as stored; nothing is renamed or transposed.
     """
-    st = _safetensors_numpy()
+    st = safetensors_numpy()
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"load_safetensors_state_dict: {str(path)!r} does not exist")

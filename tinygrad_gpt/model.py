@@ -24,7 +24,7 @@ import numpy as np
 from tinygrad_gpt import nn, ops, pretrained
 from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.backend import get_xp, to_numpy
-from tinygrad_gpt.tensor import Tensor, no_grad
+from tinygrad_gpt.tensor import no_grad, unwrap
 
 
 @dataclass
@@ -197,7 +197,7 @@ class GPT(nn.Module):
         The RLHF value head and reward model read these; forward() turns them into logits.
         """
         xp = get_xp(self.wte.weight.device)  # = self.device, without walking every parameter
-        idx = idx.data if isinstance(idx, Tensor) else idx
+        idx = unwrap(idx)
         if not hasattr(idx, "ndim"):
             idx = np.asarray(idx)
         if idx.ndim != 2:
@@ -245,7 +245,7 @@ class GPT(nn.Module):
         logits = self.logits(self.hidden(idx, caches))            # (B, T, V) tied lm_head
         if targets is None:
             return logits, None
-        targets = targets.data if isinstance(targets, Tensor) else get_xp(self.device).asarray(targets)
+        targets = get_xp(self.device).asarray(unwrap(targets))
         return logits, ops.cross_entropy(logits, targets)
 
     def new_caches(self, batch):
@@ -275,7 +275,7 @@ class GPT(nn.Module):
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
         rng = rng if rng is not None else np.random.default_rng(seed)
-        prompt = np.array(to_numpy(idx.data if isinstance(idx, Tensor) else np.asarray(idx)), dtype=np.int64)
+        prompt = np.array(to_numpy(unwrap(idx)), dtype=np.int64)
         if prompt.ndim == 1:
             prompt = prompt[None, :]
         B, T = prompt.shape

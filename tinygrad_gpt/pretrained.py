@@ -347,7 +347,7 @@ def load_tokenizer(directory, vocab_size=None):
 
 def save_pretrained(model, directory, tokenizer=None):
     """Write `model` (and the BPE `tokenizer`, if given) as a folder GPT2LMHeadModel.from_pretrained reads."""
-    st = checkpoint._safetensors_numpy()
+    st = checkpoint.safetensors_numpy()
     directory = pathlib.Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
         raise PretrainedError(f"save_pretrained: {directory} is a file; a GPT-2 folder is a directory "

@@ -318,7 +318,7 @@ class Tensor:
                                    f"reduce it to a scalar (e.g. .sum()) or pass grad= of the same shape")
             grad = self.xp.ones_like(self.data)
         else:
-            grad = self.xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            grad = self.xp.asarray(unwrap(grad), dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has shape {self.shape}")
         order = _toposort(self)
@@ -558,7 +558,7 @@ class Tensor:
 
     def masked_fill(self, mask, value):
         x, _ = self._coerce(value, "masked_fill")  # an integer tensor filled with -inf becomes float64
-        return ops.MaskedFill.apply(x, mask=_unwrap(mask), value=value)
+        return ops.MaskedFill.apply(x, mask=unwrap(mask), value=value)
 
     def sum(self, axis=None, keepdims=False):
         return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
@@ -614,7 +614,7 @@ class Tensor:
 
     def gather(self, index):
         """out[..., j] = self[..., index[..., j]] along the last axis (e.g. log-prob of chosen tokens)."""
-        return ops.Gather.apply(self, index=_unwrap(index))
+        return ops.Gather.apply(self, index=unwrap(index))
 
     def split(self, sizes, axis=-1):
         """Split along `axis` into pieces of `sizes` (an int: equal pieces of that size).
@@ -658,14 +658,15 @@ def _weak_dtype(dtype, kind):
     return np.dtype(np.float64 if kind == "f" else np.int64)
 
 
-def _unwrap(x):
+def unwrap(x):
+    """The array of a Tensor, or x itself (an array, a number): for functions that take either."""
     return x.data if isinstance(x, Tensor) else x
 
 
 def _unwrap_index(index):
     if isinstance(index, tuple):
-        return tuple(_unwrap(i) for i in index)
-    return _unwrap(index)
+        return tuple(unwrap(i) for i in index)
+    return unwrap(index)
 
 
 def tensor(data, requires_grad=False, dtype=None, device=None):

@@ -121,6 +121,6 @@ def for_array(x):
     """The kernel module for the device that array `x` lives on."""
     if not fused_enabled():
         return reference
-    if type(x).__module__.startswith("cupy"):
+    if reference.is_cupy_array(x):
         return _load_cuda()
     return _load_cpu()

@@ -26,14 +26,17 @@ KERNELS = (
 )
 
 
-def get_array_module(x):
-    """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU-only machines).
+def is_cupy_array(x):
+    """Whether x is a cupy array, asked without importing cupy on CPU-only machines: the package
+    that defines x's type is "cupy" (or "cupy_emulated", the CPU stand-in of cuda_emulator). The
+    one test of the project: kernels' dispatch and the engine's backend both ask it."""
+    return type(x).__module__.startswith("cupy")
 
-    The module is the top package that defines x's type: "cupy" for cupy's arrays, and
-    "cupy_emulated" for the arrays of the CPU stand-in (cuda_emulator)."""
-    module = type(x).__module__
-    if module.startswith("cupy"):
-        return importlib.import_module(module.split(".")[0])
+
+def get_array_module(x):
+    """numpy for numpy arrays (and scalars), cupy for cupy arrays (the stand-in's module for its own)."""
+    if is_cupy_array(x):
+        return importlib.import_module(type(x).__module__.split(".")[0])
     return np
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
-from tinygrad_gpt.tensor import Function, Tensor
+from tinygrad_gpt.tensor import Function, Tensor, unwrap
 
 
 def unbroadcast(grad, shape):
@@ -358,7 +358,7 @@ def where(cond, a, b):
     to the tensor's dtype by the rules of Tensor's operators, tinygrad_gpt/tensor.py)."""
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError("where: at least one of a and b must be a Tensor")
-    cond = cond.data if isinstance(cond, Tensor) else cond
+    cond = unwrap(cond)
     if getattr(cond, "dtype", None) is None or cond.dtype != bool:
         raise TypeError(f"where: cond must be a boolean array or Tensor, got {getattr(cond, 'dtype', type(cond))}")
     if isinstance(a, Tensor):

@@ -13,7 +13,7 @@ import numpy as np
 from tinygrad_gpt import kernels
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.ops.elementwise import check_float
-from tinygrad_gpt.tensor import Function, Tensor
+from tinygrad_gpt.tensor import Function, unwrap
 
 
 class Softmax(Function):
@@ -98,7 +98,7 @@ class CrossEntropy(Function):
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean cross-entropy of logits (..., V) against integer targets (...); ignore_index rows skipped."""
-    targets = targets.data if isinstance(targets, Tensor) else targets
+    targets = unwrap(targets)
     return CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index)
 
 
@@ -183,5 +183,5 @@ class EmbeddingOp(Function):
 
 
 def embedding(weight, idx):
-    idx = idx.data if isinstance(idx, Tensor) else idx
+    idx = unwrap(idx)
     return EmbeddingOp.apply(weight, idx=idx)

@@ -37,12 +37,12 @@ import numpy as np
 
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
-from tinygrad_gpt.rlhf.losses import _data, _same_shape
+from tinygrad_gpt.rlhf.losses import check_same_shape
 from tinygrad_gpt.rlhf.policy import response_logprobs
 from tinygrad_gpt.rlhf.reward_model import PreferencePairs
 from tinygrad_gpt.rlhf.rollout import sample_responses
 from tinygrad_gpt.rlhf.trainer import RLHFTrainer
-from tinygrad_gpt.tensor import Function
+from tinygrad_gpt.tensor import Function, unwrap
 
 
 class DPOLoss(Function):
@@ -51,7 +51,7 @@ class DPOLoss(Function):
     @staticmethod
     def forward(ctx, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
         xp = array_module(policy_chosen)
-        _same_shape("dpo_loss", policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen,
+        check_same_shape("dpo_loss", policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen,
                     ref_rejected=ref_rejected)
         if policy_chosen.ndim != 1 or policy_chosen.size == 0:
             raise ValueError(f"dpo_loss: expected (N,) sequence log-probs with N >= 1, got {policy_chosen.shape}")
@@ -75,10 +75,10 @@ class DPOLoss(Function):
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):
     """DPO's loss (a scalar Tensor): policy sequence log-probs (N,) Tensors, reference ones arrays."""
-    pc = _data(policy_chosen)
+    pc = unwrap(policy_chosen)
     xp = array_module(pc)
-    return DPOLoss.apply(policy_chosen, policy_rejected, ref_chosen=xp.asarray(_data(ref_chosen), dtype=pc.dtype),
-                         ref_rejected=xp.asarray(_data(ref_rejected), dtype=pc.dtype), beta=float(beta))
+    return DPOLoss.apply(policy_chosen, policy_rejected, ref_chosen=xp.asarray(unwrap(ref_chosen), dtype=pc.dtype),
+                         ref_rejected=xp.asarray(unwrap(ref_rejected), dtype=pc.dtype), beta=float(beta))
 
 
 def best_worst_pairs(seqs, scores, group_size, min_margin):

@@ -38,9 +38,9 @@ import numpy as np
 
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.diagnostics import zero_spread_fraction
-from tinygrad_gpt.rlhf.losses import _check_mask, _data, _same_shape, kl_to_reference
+from tinygrad_gpt.rlhf.losses import check_mask, check_same_shape, kl_to_reference
 from tinygrad_gpt.rlhf.trainer import RLHFTrainer
-from tinygrad_gpt.tensor import Function
+from tinygrad_gpt.tensor import Function, unwrap
 
 VARIANTS = ("grpo", "dr_grpo")
 
@@ -67,11 +67,11 @@ class GRPOLoss(Function):
     @staticmethod
     def forward(ctx, logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, kl_coef, normaliser):
         xp = array_module(logprobs)
-        _same_shape("grpo_loss", logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
+        check_same_shape("grpo_loss", logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
         if advantages.shape != logprobs.shape[:1]:
             raise ValueError(f"grpo_loss: advantages has shape {advantages.shape}, expected "
                              f"({logprobs.shape[0]},) (one per response of logprobs {logprobs.shape})")
-        _check_mask("grpo_loss", logprobs, mask)
+        check_mask("grpo_loss", logprobs, mask)
         dt = logprobs.dtype.type
         B, T = logprobs.shape
         m = mask.astype(logprobs.dtype, copy=False)                       # (B, T)
@@ -117,11 +117,11 @@ class GRPOLoss(Function):
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps=0.2, kl_coef=0.0,
               normaliser="grpo"):
     """GRPO's loss (a scalar Tensor) for new log-probs `logprobs` (B, T) Tensor; the rest are arrays."""
-    lp = _data(logprobs)
+    lp = unwrap(logprobs)
     xp = array_module(lp)
-    cast = (lambda a: xp.asarray(_data(a), dtype=lp.dtype))
+    cast = (lambda a: xp.asarray(unwrap(a), dtype=lp.dtype))
     return GRPOLoss.apply(logprobs, old_logprobs=cast(old_logprobs), ref_logprobs=cast(ref_logprobs),
-                          advantages=cast(advantages), mask=xp.asarray(_data(mask)), clip_eps=float(clip_eps),
+                          advantages=cast(advantages), mask=xp.asarray(unwrap(mask)), clip_eps=float(clip_eps),
                           kl_coef=float(kl_coef), normaliser=normaliser)
 
 

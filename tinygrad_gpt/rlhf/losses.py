@@ -25,14 +25,10 @@ Deliberately does not: take gradients w.r.t. the old log-probs, old values, adva
 mask (they are constants of a PPO step, passed as keyword parameters), or support second derivatives.
 """
 from tinygrad_gpt.backend import array_module
-from tinygrad_gpt.tensor import Function, Tensor, no_grad
+from tinygrad_gpt.tensor import Function, Tensor, no_grad, unwrap
 
 
-def _data(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _check_mask(name, x, mask):
+def check_mask(name, x, mask):
     if mask.shape != x.shape:
         raise ValueError(f"{name}: mask has shape {mask.shape}, the input has shape {x.shape}")
     count = float(mask.sum())
@@ -41,7 +37,7 @@ def _check_mask(name, x, mask):
     return count
 
 
-def _same_shape(name, x, **others):
+def check_same_shape(name, x, **others):
     for key, value in others.items():
         if value.shape != x.shape:
             raise ValueError(f"{name}: {key} has shape {value.shape}, expected {x.shape} (the shape of the input)")
@@ -51,7 +47,7 @@ def _check_vocab_mask(name, logits, mask):
     """The token count of a mask (B, T) over logits (B, T, V); errors name the shapes."""
     if mask.shape != logits.shape[:-1]:
         raise ValueError(f"{name}: mask has shape {mask.shape}, expected {logits.shape[:-1]} (logits without V)")
-    return _check_mask(name, logits[..., 0], mask)
+    return check_mask(name, logits[..., 0], mask)
 
 
 def _log_softmax(xp, logits):
@@ -67,8 +63,8 @@ class PolicyLoss(Function):
     @staticmethod
     def forward(ctx, logprobs, old_logprobs, advantages, mask, clip_eps):
         xp = array_module(logprobs)
-        _same_shape("policy_loss", logprobs, old_logprobs=old_logprobs, advantages=advantages)
-        n = _check_mask("policy_loss", logprobs, mask)
+        check_same_shape("policy_loss", logprobs, old_logprobs=old_logprobs, advantages=advantages)
+        n = check_mask("policy_loss", logprobs, mask)
         dt = logprobs.dtype.type
         ratio = xp.exp(logprobs - old_logprobs)                           # F1 (B, T) r_t = exp(logp_t - logp_old_t)
         clipped_ratio = xp.clip(ratio, dt(1 - clip_eps), dt(1 + clip_eps))  # F2 (B, T) clip(r_t, 1-eps, 1+eps)
@@ -98,11 +94,11 @@ class PolicyLoss(Function):
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
     """L_CLIP (a scalar Tensor) for new log-probs `logprobs` (B, T) Tensor; the rest are arrays."""
-    lp = _data(logprobs)
+    lp = unwrap(logprobs)
     xp = array_module(lp)
-    return PolicyLoss.apply(logprobs, old_logprobs=xp.asarray(_data(old_logprobs), dtype=lp.dtype),
-                            advantages=xp.asarray(_data(advantages), dtype=lp.dtype),
-                            mask=xp.asarray(_data(mask)), clip_eps=float(clip_eps))
+    return PolicyLoss.apply(logprobs, old_logprobs=xp.asarray(unwrap(old_logprobs), dtype=lp.dtype),
+                            advantages=xp.asarray(unwrap(advantages), dtype=lp.dtype),
+                            mask=xp.asarray(unwrap(mask)), clip_eps=float(clip_eps))
 
 
 class ValueLoss(Function):
@@ -111,8 +107,8 @@ class ValueLoss(Function):
     @staticmethod
     def forward(ctx, values, old_values, returns, mask, clip_range):
         xp = array_module(values)
-        _same_shape("value_loss", values, old_values=old_values, returns=returns)
-        n = _check_mask("value_loss", values, mask)
+        check_same_shape("value_loss", values, old_values=old_values, returns=returns)
+        n = check_mask("value_loss", values, mask)
         dt = values.dtype.type
         delta = values - old_values                                       # F1 (B, T) V_t - V_old_t
         v_clipped = old_values + xp.clip(delta, dt(-clip_range), dt(clip_range))  # F2 (B, T) V_old + clip(., -c, c)
@@ -140,10 +136,10 @@ class ValueLoss(Function):
 
 def value_loss(values, old_values, returns, mask, clip_range=0.2):
     """L_VF (a scalar Tensor) for the value head's `values` (B, T) Tensor; the rest are arrays."""
-    v = _data(values)
+    v = unwrap(values)
     xp = array_module(v)
-    return ValueLoss.apply(values, old_values=xp.asarray(_data(old_values), dtype=v.dtype),
-                           returns=xp.asarray(_data(returns), dtype=v.dtype), mask=xp.asarray(_data(mask)),
+    return ValueLoss.apply(values, old_values=xp.asarray(unwrap(old_values), dtype=v.dtype),
+                           returns=xp.asarray(unwrap(returns), dtype=v.dtype), mask=xp.asarray(unwrap(mask)),
                            clip_range=float(clip_range))
 
 
@@ -156,7 +152,7 @@ class Whiten(Function):
     @staticmethod
     def forward(ctx, x, mask, eps=1e-8):
         xp = array_module(x)
-        n = _check_mask("whiten", x, mask)
+        n = check_mask("whiten", x, mask)
         dt = x.dtype.type
         m = mask.astype(x.dtype, copy=False)                              # (B, T)
         mean = (x * m).sum() / dt(n)                                      # F1 () mean_m(x)
@@ -182,7 +178,7 @@ class Whiten(Function):
 def whiten(x, mask, eps=1e-8):
     """Masked whitening of a Tensor (differentiable) or an array (returns an array)."""
     if isinstance(x, Tensor):
-        return Whiten.apply(x, mask=x.xp.asarray(_data(mask)), eps=eps)
+        return Whiten.apply(x, mask=x.xp.asarray(unwrap(mask)), eps=eps)
     with no_grad():
         return Whiten.apply(Tensor(x), mask=array_module(x).asarray(mask), eps=eps).data
 
@@ -212,7 +208,7 @@ class Entropy(Function):
 
 def entropy(logits, mask):
     """Masked mean entropy (a scalar Tensor) of softmax(logits) for logits (B, T, V)."""
-    return Entropy.apply(logits, mask=logits.xp.asarray(_data(mask)))
+    return Entropy.apply(logits, mask=logits.xp.asarray(unwrap(mask)))
 
 
 class KLToReference(Function):
@@ -226,7 +222,7 @@ class KLToReference(Function):
     @staticmethod
     def forward(ctx, logits, ref_logprobs, mask):
         xp = array_module(logits)
-        _same_shape("kl_to_reference", logits, ref_logprobs=ref_logprobs)
+        check_same_shape("kl_to_reference", logits, ref_logprobs=ref_logprobs)
         n = _check_vocab_mask("kl_to_reference", logits, mask)
         dt = logits.dtype.type
         logp, p = _log_softmax(xp, logits)                                # F1-F2 (B, T, V) log p, p = softmax
@@ -248,8 +244,8 @@ class KLToReference(Function):
 def kl_to_reference(logits, ref_logprobs, mask):
     """Masked mean exact KL(softmax(logits) || exp(ref_logprobs)) (a scalar Tensor); both (B, T, V)."""
     xp = logits.xp
-    return KLToReference.apply(logits, ref_logprobs=xp.asarray(_data(ref_logprobs), dtype=logits.data.dtype),
-                               mask=xp.asarray(_data(mask)))
+    return KLToReference.apply(logits, ref_logprobs=xp.asarray(unwrap(ref_logprobs), dtype=logits.data.dtype),
+                               mask=xp.asarray(unwrap(mask)))
 
 
 class BradleyTerryLoss(Function):
@@ -258,7 +254,7 @@ class BradleyTerryLoss(Function):
     @staticmethod
     def forward(ctx, r_chosen, r_rejected):
         xp = array_module(r_chosen)
-        _same_shape("bradley_terry_loss", r_chosen, r_rejected=r_rejected)
+        check_same_shape("bradley_terry_loss", r_chosen, r_rejected=r_rejected)
         if r_chosen.size == 0:
             raise ValueError("bradley_terry_loss: got no pairs (empty inputs)")
         margin = r_chosen - r_rejected                                    # F1 (N,) r_c - r_r

@@ -31,9 +31,9 @@ import numpy as np
 
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.diagnostics import zero_spread_fraction
-from tinygrad_gpt.rlhf.losses import _check_mask, _data, policy_loss
+from tinygrad_gpt.rlhf.losses import check_mask, policy_loss
 from tinygrad_gpt.rlhf.trainer import RLHFTrainer
-from tinygrad_gpt.tensor import Function
+from tinygrad_gpt.tensor import Function, unwrap
 
 
 def leave_one_out_baseline(rewards, group_size):
@@ -60,7 +60,7 @@ class ReinforceLoss(Function):
         if advantages.shape != logprobs.shape[:1]:
             raise ValueError(f"reinforce_loss: advantages has shape {advantages.shape}, expected "
                              f"({logprobs.shape[0]},) (one per response of logprobs {logprobs.shape})")
-        _check_mask("reinforce_loss", logprobs, mask)
+        check_mask("reinforce_loss", logprobs, mask)
         B = logprobs.shape[0]
         m = mask.astype(logprobs.dtype, copy=False)                       # (B, T)
         seq_logp = (logprobs * m).sum(axis=1)                             # F1 (B,) log pi(y_i) = sum_t m logp
@@ -76,10 +76,10 @@ class ReinforceLoss(Function):
 
 def reinforce_loss(logprobs, advantages, mask):
     """RLOO's REINFORCE loss (a scalar Tensor) for log-probs (B, T) Tensor; advantages (B,), mask arrays."""
-    lp = _data(logprobs)
+    lp = unwrap(logprobs)
     xp = array_module(lp)
-    return ReinforceLoss.apply(logprobs, advantages=xp.asarray(_data(advantages), dtype=lp.dtype),
-                               mask=xp.asarray(_data(mask)))
+    return ReinforceLoss.apply(logprobs, advantages=xp.asarray(unwrap(advantages), dtype=lp.dtype),
+                               mask=xp.asarray(unwrap(mask)))
 
 
 class RLOOTrainer(RLHFTrainer):

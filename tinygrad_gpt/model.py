@@ -224,6 +224,27 @@ class GPT(nn.Module):
             x = block(x, caches[i] if caches else None)           # (B, T, C)
         return self.ln_f(x)                                       # (B, T, C)
 
+    def attention_probs(self, idx):
+        """The attention probabilities of every layer and head for token ids idx (B, T): a list of
+        n_layer arrays (B, nh, T, T), row t of each a distribution over the keys 0..t (see
+        ops.attention_probs). Eval mode, no graph; each block's c_attn is applied once more to the
+        block's input to read its qkv, then the block runs as in hidden()."""
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                xp = get_xp(self.wte.weight.device)
+                idx = xp.asarray(unwrap(idx))                     # (B, T)
+                x = self.wte(idx) + self.wpe(xp.arange(idx.shape[1]))  # (B, T, C)
+                maps = []
+                for block in self.h:
+                    qkv = block.attn.c_attn(block.ln_1(x))        # (B, T, 3C)
+                    maps.append(ops.attention_probs(qkv.data, self.config.n_head))  # (B, nh, T, T)
+                    x = block(x)                                  # (B, T, C)
+        finally:
+            self.train(was_training)
+        return maps
+
     def logits(self, hidden, temperature=1.0):
         """The tied lm_head: hidden states (B, T, C) -> logits (B, T, V) = hidden @ wte^T / temperature.
 

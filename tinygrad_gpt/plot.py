@@ -22,9 +22,9 @@ leave it out. Several runs are overlaid on the same axes, labelled by their dire
 (default: the first run's directory). A metric a run lacks is skipped for that run.
 
 Attention maps (`plot_attention`): the attention probabilities p (T, T) of every layer and head of a
-checkpoint for a prompt, from `attention_probs`, which records each block's c_attn output during the
-model's own forward and recomputes p = exp(q k^T / sqrt(hs) - lse) with the log-sum-exp lse of the
-model's attention kernel, as that kernel's backward does (ops/attention.py).
+checkpoint for a prompt, from `GPT.attention_probs`, which reads each block's qkv and recomputes
+p = exp(q k^T / sqrt(hs) - lse) with the log-sum-exp lse of the model's attention kernel, as that
+kernel's backward does (ops/attention.py attention_probs).
 
 PPO ratios (`plot_ppo_ratios`): the ratio r_t = pi_theta / pi_old of every token the clipped
 objective saw in one PPO step, per epoch, split by the sign of the advantage, with the clip region
@@ -247,58 +247,12 @@ def plot_grad_norms(runs, path):
 
 
 # ---- attention maps ----------------------------------------------------------------------------------
-class _Recording:
-    """Stands in for a block's c_attn (a Linear) during one forward and keeps its output array."""
-
-    def __init__(self, linear):
-        self.linear, self.out = linear, None
-
-    def __call__(self, x):
-        y = self.linear(x)
-        self.out = y.data                                         # (B, T, 3C)
-        return y
-
-
 def attention_probs(model, idx):
-    """The attention probabilities of every layer and head of `model` (a GPT) for token ids idx (B, T).
-
-    Returns a float64 numpy array (n_layer, B, nh, T, T); row t of each map is a distribution over
-    the keys 0..t (the future is 0). The model's own forward runs once (eval mode, no grad) with
-    each block's c_attn recorded; per layer, q and k are split from that qkv as the attention op
-    splits them, the model's attention kernel gives the row log-sum-exp lse, and
-        p = exp(q k^T / sqrt(hs) - lse)                 (masked: 0 above the diagonal)
-    is the recomputation the kernel's backward does (tinygrad_gpt/kernels/reference.py attention_backward), so
-    the rows sum to 1 only if these scores are the kernel's.
-    """
-    from tinygrad_gpt import kernels
-    from tinygrad_gpt.backend import array_module, to_numpy
-    from tinygrad_gpt.ops.attention import split_heads
-    from tinygrad_gpt.tensor import no_grad
-
-    recorders = [_Recording(block.attn.c_attn) for block in model.h]
-    was_training = model.training
-    model.eval()
-    try:
-        for block, rec in zip(model.h, recorders):
-            block.attn.c_attn = rec
-        with no_grad():
-            model.hidden(idx)
-    finally:
-        for block, rec in zip(model.h, recorders):
-            block.attn.c_attn = rec.linear
-        model.train(was_training)
-    maps = []
-    for rec in recorders:
-        xp = array_module(rec.out)
-        q, k, v = (xp.ascontiguousarray(a) for a in split_heads(rec.out, model.config.n_head))  # (B, nh, T, hs)
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        _, lse = kernels.for_array(q).attention_forward(q, k, v, scale, 0)        # (B, nh, T) the model's kernel
-        T = q.shape[2]
-        scores = (q.astype(xp.float64) @ k.astype(xp.float64).swapaxes(-1, -2)) * scale  # (B, nh, T, T)
-        future = xp.arange(T)[None, :] > xp.arange(T)[:, None]                     # (T, T) key after query
-        p = xp.exp(xp.where(future, -xp.inf, scores) - lse.astype(xp.float64)[..., None])  # (B, nh, T, T)
-        maps.append(to_numpy(p))
-    return np.stack(maps)                                         # (n_layer, B, nh, T, T)
+    """The attention probabilities of every layer and head of `model` (a GPT) for token ids idx
+    (B, T), as a float64 numpy array (n_layer, B, nh, T, T): GPT.attention_probs, which recomputes
+    them as the attention kernel's backward does (ops/attention.py attention_probs)."""
+    from tinygrad_gpt.backend import to_numpy
+    return np.stack([to_numpy(p) for p in model.attention_probs(idx)])  # (n_layer, B, nh, T, T)
 
 
 def _token_label(text):

@@ -23,4 +23,4 @@ from tinygrad_gpt.ops.matmul import LinearOp, MatMul, linear
 from tinygrad_gpt.ops.functional import (CrossEntropy, DropoutOp, EmbeddingOp, LayerNormOp, LogSoftmax, Softmax,
                                          cross_entropy, dropout, embedding, layer_norm)
 from tinygrad_gpt.ops.attention import (CausalSelfAttentionOp, CausalSelfAttentionQKVOp, causal_self_attention,
-                                        causal_self_attention_qkv)
+                                        attention_probs, causal_self_attention_qkv)

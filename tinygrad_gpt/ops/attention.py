@@ -127,6 +127,25 @@ class CausalSelfAttentionQKVOp(Function):
         return join_heads(dq, dk[:, :, t0:t0 + T], dv[:, :, t0:t0 + T])  # (B, T, 3C)
 
 
+def attention_probs(qkv, n_head):
+    """The attention probabilities p (B, nh, T, T) float64 of the packed projection qkv (B, T, 3C)
+    (an array), as this op's backward recomputes them from the forward's row log-sum-exp lse:
+
+        p = exp(q k^T / sqrt(hs) - lse)                 (masked: 0 above the diagonal)
+
+    so the rows sum to 1 only if these scores are the kernel's. For pictures (plot.py) and for
+    reading a trained model; it records nothing.
+    """
+    xp = array_module(qkv)
+    q, k, v = (xp.ascontiguousarray(a) for a in split_heads(qkv, n_head))  # (B, nh, T, hs) each
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    _, lse = kernels.for_array(q).attention_forward(q, k, v, scale, 0)      # (B, nh, T) the model's kernel
+    T = q.shape[2]
+    scores = (q.astype(xp.float64) @ k.astype(xp.float64).swapaxes(-1, -2)) * scale  # (B, nh, T, T)
+    future = xp.arange(T)[None, :] > xp.arange(T)[:, None]                   # (T, T) key after query
+    return xp.exp(xp.where(future, -xp.inf, scores) - lse.astype(xp.float64)[..., None])  # (B, nh, T, T)
+
+
 def causal_self_attention_qkv(qkv, n_head, cache=None):
     """Causal attention straight from the packed projection qkv (B, T, 3C); returns (B, T, C).
 

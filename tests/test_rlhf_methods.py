@@ -19,11 +19,11 @@ import pytest
 from tinygrad_gpt.gradcheck import gradcheck
 from tinygrad_gpt.rlhf.config import DPOConfig, GRPOConfig, PPOConfig, RLOOConfig
 from tinygrad_gpt.rlhf.diagnostics import check_health, explained_variance, ratio_stats, zero_spread_fraction
-from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, best_worst_pairs, dpo_loss
+from tinygrad_gpt.rlhf.dpo import DPOLoss, DPOTrainer, dpo_loss
 from tinygrad_gpt.rlhf.grpo import GRPOLoss, GRPOTrainer, group_advantages, grpo_loss
 from tinygrad_gpt.rlhf.rloo import (ReinforceLoss, RLOOTrainer, leave_one_out_baseline, reinforce_loss,
                                     rloo_advantages)
-from tinygrad_gpt.rlhf.reward_model import pairs_from_responses
+from tinygrad_gpt.rlhf.pairs import best_worst_pairs, pairs_from_responses
 from tinygrad_gpt.tensor import Tensor
 from test_rlhf_ppo import TOK, prompt_tokens, tiny_policy, vowel_fraction
 

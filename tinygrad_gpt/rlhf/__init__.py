@@ -34,10 +34,11 @@ from tinygrad_gpt.rlhf.losses import (BradleyTerryLoss, Entropy, KLToReference, 
                                       bradley_terry_loss, entropy, kl_to_reference, policy_loss, value_loss, whiten)
 from tinygrad_gpt.rlhf.policy import PolicyWithValue, frozen_copy, score_windows, token_logprobs
 from tinygrad_gpt.rlhf.ppo import PPOTrainer
-from tinygrad_gpt.rlhf.reward_model import (PooledScore, PreferencePairs, RewardModel, RewardModelConfig,
-                                            WordRewardModel, WordSum, make_preference_pairs, make_reward_model,
-                                            pairs_from_groups, pairs_from_responses, pairwise_accuracy,
-                                            train_reward_model, vocabulary_of, words_of)
+from tinygrad_gpt.rlhf.pairs import (PreferencePairs, best_worst_pairs, make_preference_pairs, pairs_from_groups,
+                                     pairs_from_responses)
+from tinygrad_gpt.rlhf.reward_model import (PooledScore, RewardModel, RewardModelConfig, WordRewardModel, WordSum,
+                                            make_reward_model, pairwise_accuracy, train_reward_model, vocabulary_of,
+                                            words_of)
 from tinygrad_gpt.rlhf.rloo import ReinforceLoss, RLOOTrainer, leave_one_out_baseline, reinforce_loss, rloo_advantages
 from tinygrad_gpt.rlhf.rollout import Rollout, prompt_batches, rollout, sample_responses, score_rollout
 from tinygrad_gpt.rlhf.run import TRAINERS

@@ -19,7 +19,7 @@ Hand-computed example (tests/test_rlhf_methods.py): beta = 0.5, N = 2; pair 1 po
 The pairs (DPOTrainer): each step samples batch_size / k prompts x k completions (k = group_size),
 labels them with the reward (the scorer, or the reward model if one is given), pairs the best- with
 the worst-scored completion of each prompt (`best_worst_pairs`; k = 2 is the reward model's
-pairing, reward_model.pairs_from_responses), drops near-ties (min_margin), and runs `epochs` passes
+pairing, pairs.pairs_from_responses), drops near-ties (min_margin), and runs `epochs` passes
 of minibatches over those pairs. A larger k buys clearer pairs (a wider score gap) per completion
 generated, at batch_size / k pairs per step.
 Offline DPO (online=False): completions from the frozen reference, the reward model's data drawn
@@ -39,7 +39,7 @@ from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
 from tinygrad_gpt.rlhf.losses import check_same_shape
 from tinygrad_gpt.rlhf.policy import response_logprobs
-from tinygrad_gpt.rlhf.reward_model import PreferencePairs
+from tinygrad_gpt.rlhf.pairs import best_worst_pairs
 from tinygrad_gpt.rlhf.rollout import sample_responses
 from tinygrad_gpt.rlhf.trainer import RLHFTrainer
 from tinygrad_gpt.tensor import Function, unwrap
@@ -79,21 +79,6 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
     xp = array_module(pc)
     return DPOLoss.apply(policy_chosen, policy_rejected, ref_chosen=xp.asarray(unwrap(ref_chosen), dtype=pc.dtype),
                          ref_rejected=xp.asarray(unwrap(ref_rejected), dtype=pc.dtype), beta=float(beta))
-
-
-def best_worst_pairs(seqs, scores, group_size, min_margin):
-    """PreferencePairs from groups of `group_size` consecutive rows of seqs (B, T) with scores (B,): per
-    group its best-scored row (the first if several) against its worst (the last if several), kept when
-    their scores differ by >= min_margin. With group_size 2 these are pairs_from_responses' pairs
-    (an exact tie, kept only when min_margin is 0, is ordered the other way)."""
-    k = group_size
-    s = np.asarray(scores).reshape(-1, k)                                 # (B / k, k)
-    base = np.arange(len(s)) * k                                          # (B / k,) first row of each group
-    best = s.argmax(axis=1)                                               # (B / k,)
-    worst = k - 1 - s[:, ::-1].argmin(axis=1)                             # (B / k,) != best unless k == 1
-    margin = s.max(axis=1) - s.min(axis=1)                                # (B / k,) >= 0
-    keep = margin >= min_margin                                           # (B / k,)
-    return PreferencePairs(seqs[(base + best)[keep]], seqs[(base + worst)[keep]], margin[keep])
 
 
 class DPOTrainer(RLHFTrainer):

@@ -38,8 +38,9 @@ from tinygrad_gpt.rlhf.dpo import DPOTrainer
 from tinygrad_gpt.rlhf.grpo import GRPOTrainer
 from tinygrad_gpt.rlhf.policy import PolicyWithValue
 from tinygrad_gpt.rlhf.ppo import PPOTrainer
-from tinygrad_gpt.rlhf.reward_model import (REPORT_MARGIN, RewardModelConfig, make_preference_pairs,
-                                            make_reward_model, pairwise_accuracy, train_reward_model)
+from tinygrad_gpt.rlhf.pairs import make_preference_pairs
+from tinygrad_gpt.rlhf.reward_model import (REPORT_MARGIN, RewardModelConfig, make_reward_model, pairwise_accuracy,
+                                            train_reward_model)
 from tinygrad_gpt.rlhf.rloo import RLOOTrainer
 from tinygrad_gpt.rlhf.rollout import prompt_batches, sample_responses
 from tinygrad_gpt.tokenizers.char import CharTokenizer

@@ -69,7 +69,8 @@ def main(argv=None):
         setattr(cupy, name, counting(name, getattr(cupy, name)))
 
     from tinygrad_gpt.model import GPT, GPTConfig
-    from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
+    from tinygrad_gpt.optim import AdamW, decay_groups
+    from tinygrad_gpt.train import train_step
     cfg = GPTConfig(vocab_size=65, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                     n_embd=args.n_embd, dropout=args.dropout)
     model = GPT(cfg, seed=0, dtype=np.float32, device="cuda")
@@ -78,11 +79,7 @@ def main(argv=None):
     x, y = (cupy.asarray(rng.integers(0, 65, (args.batch_size, args.block_size))) for _ in range(2))
 
     def step():
-        _, loss = model(x, y)
-        model.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, x, y, grad_clip=1.0)
 
     step()
     ops.clear()

@@ -115,18 +115,14 @@ def _batches(n):
 
 def worker_train_ours(args):
     from tinygrad_gpt.model import GPT, GPTConfig
-    from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
+    from tinygrad_gpt.optim import AdamW, decay_groups
+    from tinygrad_gpt.train import train_step
     model = GPT(GPTConfig(**{k: SHAPE[k] for k in SHAPE}), seed=0)
     opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-4, betas=(0.9, 0.99))
     times, rss = [], []
     for i, (x, y) in enumerate(_batches(args.warmup + args.iters)):
         t0 = time.perf_counter()
-        _, loss = model(x, y)
-        model.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        loss_value = loss.item()
+        loss_value = train_step(model, opt, x, y, grad_clip=1.0).item()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
         rss.append(peak_rss_mb())

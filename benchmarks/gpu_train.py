@@ -46,7 +46,8 @@ def preset(name="gpu"):
 def run_ours(cfg, warmup, iters):
     import cupy
     from tinygrad_gpt.model import GPT, GPTConfig
-    from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
+    from tinygrad_gpt.optim import AdamW, decay_groups
+    from tinygrad_gpt.train import train_step
     model = GPT(GPTConfig(**{k: cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd",
                                                   "dropout")}), seed=0, device="cuda")
     opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3, betas=(0.9, 0.99))
@@ -57,12 +58,7 @@ def run_ours(cfg, warmup, iters):
 
     def step(i):
         x, y = batches[i % len(batches)]
-        _, loss = model(x, y)
-        model.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        return loss
+        return train_step(model, opt, x, y, grad_clip=1.0)
 
     for i in range(warmup):
         step(i)

@@ -43,7 +43,8 @@ def worker_ours(cfg, warmup, iters):
 
     from tinygrad_gpt.backend import tune_host_allocator
     from tinygrad_gpt.model import GPT, GPTConfig
-    from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
+    from tinygrad_gpt.optim import AdamW, decay_groups
+    from tinygrad_gpt.train import train_step
 
     tune_host_allocator()  # as the Trainer does: glibc's malloc thresholds, see backend.py
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
@@ -55,12 +56,7 @@ def worker_ours(cfg, warmup, iters):
         x = rng.integers(0, VOCAB, (cfg["batch_size"], cfg["block_size"]))
         y = rng.integers(0, VOCAB, (cfg["batch_size"], cfg["block_size"]))
         t0 = time.perf_counter()
-        _, loss = model(x, y)
-        model.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(train_step(model, opt, x, y, grad_clip=1.0).item())
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times, losses

@@ -249,3 +249,24 @@ def test_check_memory_refuses_what_cannot_fit(monkeypatch):
     check_memory(cfg, TrainConfig(batch_size=12, grad_accum=4), 1000, 4)  # 3 rows a micro-batch fit
     monkeypatch.setattr(train_mod, "memory_of", lambda device: None)  # unknown: nothing is refused
     check_memory(cfg, TrainConfig(batch_size=10 ** 9), 1000, 4)
+
+
+def test_train_step_is_forward_backward_clip_and_adamw_in_that_order(rng):
+    """train_step on one model equals the same calls written out on an identical model, to the bit."""
+    from tinygrad_gpt.model import GPT, GPTConfig
+    from tinygrad_gpt.optim import AdamW, clip_grad_norm
+    from tinygrad_gpt.train import train_step
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    a, b = GPT(cfg, seed=3), GPT(cfg, seed=3)
+    opt_a, opt_b = AdamW(a.parameters(), lr=1e-2), AdamW(b.parameters(), lr=1e-2)
+    x, y = rng.integers(0, 13, (2, 8)), rng.integers(0, 13, (2, 8))
+    for _ in range(2):
+        loss_a = train_step(a, opt_a, x, y, grad_clip=0.5)
+        _, loss_b = b(x, y)
+        b.zero_grad()
+        loss_b.backward()
+        clip_grad_norm(b.parameters(), 0.5)
+        opt_b.step()
+        assert loss_a.item() == loss_b.item()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)

@@ -152,6 +152,19 @@ def preset_configs(name, vocab_size, **overrides):
     return GPTConfig(vocab_size=vocab_size, **model_kw), TrainConfig(**train_kw)
 
 
+def train_step(model, opt, x, y, grad_clip=1.0):
+    """One plain optimizer step on one batch: forward, zero_grad, backward, clip, opt.step; returns
+    the loss Tensor. The step the benchmarks time (Trainer adds accumulation, data parallel,
+    schedules, logging and checkpoints around the same order)."""
+    _, loss = model(x, y)
+    model.zero_grad()
+    loss.backward()
+    if grad_clip:
+        clip_grad_norm(model.parameters(), grad_clip)
+    opt.step()
+    return loss
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 PRESETS = {
     # name: B, T, C, n_head, V, n_layer (tinygrad_gpt/train.py PRESETS; V is the char vocabulary)
@@ -63,9 +62,9 @@ if ARGS is not None:
     # before numba is imported: the pool size is fixed when numba starts
     os.environ["NUMBA_NUM_THREADS"] = str(ARGS.threads)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tinygrad_gpt.kernels import cpu, reference  # noqa: E402
+from tinygrad_gpt.kernels import cpu, reference
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,13 +19,11 @@ whole step).
 import argparse
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tinygrad_gpt import backend  # noqa: E402
+from tinygrad_gpt import backend
 
 
 def timed(fn, repeats, cupy):

@@ -26,10 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout: the cuda_emulator package sits at its root
 
-from tinygrad_gpt.cuda_emulator.nvrtc import CUDA_DIR, OPTIONS, find_all_nvrtc, kernel_sources, module_constants  # noqa: E402
+from tinygrad_gpt.cuda_emulator.nvrtc import CUDA_DIR, OPTIONS, find_all_nvrtc, kernel_sources, module_constants
 
 
 def launch_blocks():

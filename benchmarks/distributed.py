@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# the checkout under test, whatever else is installed
-sys.path.insert(0, str(REPO))
 
 SHAPES = {  # (GPTConfig fields, global batch rows)
     "cpu": (dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128), 12),

@@ -17,12 +17,9 @@ Follows: PyTorch's profiler's "number of calls" column, without a GPU. Does not:
 import argparse
 import collections
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout: tinygrad_gpt, kernels and cuda_emulator
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 NO_LAUNCH = {"reshape", "ravel", "transpose", "ascontiguousarray", "empty", "view", "getitem", "swapaxes"}
 

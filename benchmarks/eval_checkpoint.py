@@ -10,16 +10,14 @@ context and a slightly lower loss).
 """
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt import data  # noqa: E402
-from tinygrad_gpt.tensor import no_grad  # noqa: E402
-from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_gpt.runs import load_model  # noqa: E402
+from tinygrad_gpt import cli
+from tinygrad_gpt import data
+from tinygrad_gpt.tensor import no_grad
+from tinygrad_gpt.tokenizers import tokenizer_from_dict
+from tinygrad_gpt.runs import load_model
 
 
 def split_loss(model, tokens, batch=64):

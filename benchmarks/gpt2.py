@@ -35,8 +35,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the checkout under test, whatever else is installed
-sys.path.insert(1, str(REPO / "benchmarks"))
 SHAPE = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257)
 PROMPT, NEW = 32, 128
 TRAIN_B, TRAIN_T = 4, 256

@@ -26,14 +26,12 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt import backend  # noqa: E402
-from tinygrad_gpt.train import PRESETS  # noqa: E402
+
+from tinygrad_gpt import cli
+from tinygrad_gpt import backend
+from tinygrad_gpt.train import PRESETS
 
 VOCAB = 65
 

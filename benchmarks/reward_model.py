@@ -24,15 +24,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt.rlhf import (RewardModelConfig, VaderScorer, make_reward_model, pairs_from_groups,  # noqa: E402
+from tinygrad_gpt import cli
+from tinygrad_gpt.rlhf import (RewardModelConfig, VaderScorer, make_reward_model, pairs_from_groups,
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
-from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN  # noqa: E402
-from tinygrad_gpt.rlhf.run import load_setup  # noqa: E402
+from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN
+from tinygrad_gpt.rlhf.run import load_setup
 
 CACHE_SAMPLES = 4   # responses per prompt in the cache (configs may use fewer)
 

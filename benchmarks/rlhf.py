@@ -30,13 +30,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.rlhf import VaderScorer, frozen_copy  # noqa: E402
-from tinygrad_gpt.rlhf.evaluate import check_targets, evaluate, results_table  # noqa: E402
-from tinygrad_gpt.rlhf.run import (algo_of, build_parser, build_reward_model, config_from, fixed_prompts,  # noqa: E402
+from tinygrad_gpt import cli
+from tinygrad_gpt.plot import write_plots_if_possible
+from tinygrad_gpt.rlhf import VaderScorer, frozen_copy
+from tinygrad_gpt.rlhf.evaluate import check_targets, evaluate, results_table
+from tinygrad_gpt.rlhf.run import (algo_of, build_parser, build_reward_model, config_from, fixed_prompts,
                                    load_setup, make_trainer, reward_model_config_from, run_rlhf, show_completions)
 
 

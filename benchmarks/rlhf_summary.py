@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_gpt.rlhf.evaluate import (TARGET_KL, TARGET_SCORE, WINDOW, recipe_of, rolling,  # noqa: E402
+from tinygrad_gpt.rlhf.evaluate import (TARGET_KL, TARGET_SCORE, WINDOW, recipe_of, rolling,
                                         time_to_target)
 
 

@@ -19,13 +19,11 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
+from tinygrad_gpt import cli
+from tinygrad_gpt.model import GPT, GPTConfig
 
 PRESETS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),

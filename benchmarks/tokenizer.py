@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt.tokenizers import GPT2_SPLIT_PATTERN, RegexTokenizer, load_gpt2  # noqa: E402
-from tinygrad_gpt.tokenizers import fastbpe  # noqa: E402
-from tinygrad_gpt.tokenizers.formats import bytes_to_unicode  # noqa: E402
-from tinygrad_gpt.tokenizers.pretokenize import chunks, compiled, split_gpt2  # noqa: E402
+from tinygrad_gpt import cli
+from tinygrad_gpt.tokenizers import GPT2_SPLIT_PATTERN, RegexTokenizer, load_gpt2
+from tinygrad_gpt.tokenizers import fastbpe
+from tinygrad_gpt.tokenizers.formats import bytes_to_unicode
+from tinygrad_gpt.tokenizers.pretokenize import chunks, compiled, split_gpt2
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -25,8 +25,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# the checkout under test, whatever else is installed
-sys.path.insert(0, str(REPO))
 PRESETS = {  # the model/batch shapes of examples/shakespeare.py's presets (dropout off for timing)
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8),
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12),

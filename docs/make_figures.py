@@ -3,7 +3,7 @@
 From scratch, on a CPU, in a few minutes:
 
   1. train the Shakespeare GPT (`--preset cpu`, `--iters` steps) with `--log-grad-norms true` into
-     WORK/train, through examples/shakespeare.py's own entry point
+     WORK/train, by examples/shakespeare.py run as a command
   2. attention_maps.png     the attention of every layer and head of that checkpoint for --prompt
                             (tinygrad_gpt/plot.py attention_figure)
   3. grad_norms.png         per-layer-group gradient norms over the run, and
@@ -30,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_gpt import cli, plot  # noqa: E402
+from tinygrad_gpt import cli, plot
 
 FIGURES = ("attention_maps.png", "grad_norms.png", "training_curves.png", "ppo_ratio_clip.png")
 
@@ -57,14 +56,16 @@ def build_parser():
 
 
 def train(args, run_dir):
-    """Step 1: examples/shakespeare.py with --log-grad-norms true; evaluates 8 times over the run."""
-    from examples.shakespeare import main as train_main
+    """Step 1: examples/shakespeare.py with --log-grad-norms true (run as a command: a script does not
+    import a script); evaluates 8 times over the run."""
+    import subprocess
+    script = Path(__file__).resolve().parents[1] / "examples" / "shakespeare.py"
     flags = ["--preset", args.preset, "--max-iters", str(args.iters), "--eval-every", str(max(1, args.iters // 8)),
              "--log-grad-norms", "true", "--log-every", str(max(1, min(10, args.iters // 20))),
              "--out", str(run_dir), "--no-progress"]
     if args.data:
         flags += ["--data", args.data]
-    status = train_main(flags)
+    status = subprocess.run([sys.executable, str(script), *flags]).returncode
     if status != 0:
         raise RuntimeError(f"training into {run_dir} failed (exit status {status})")
 

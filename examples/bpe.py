@@ -25,11 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinygrad_gpt import cli, data  # noqa: E402
-from tinygrad_gpt.tokenizers import BPETokenizer, BasicTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
-from tinygrad_gpt.tokenizers.pretokenize import compiled, resolve_pattern, split  # noqa: E402
+from tinygrad_gpt import cli, data
+from tinygrad_gpt.tokenizers import BPETokenizer, BasicTokenizer, load_tokenizer, save_tokenizer
+from tinygrad_gpt.tokenizers.pretokenize import compiled, resolve_pattern, split
 
 
 def read_text(path):

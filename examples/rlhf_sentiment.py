@@ -31,15 +31,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_gpt import cli, distributed  # noqa: E402
-from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.rlhf import VaderScorer, frozen_copy  # noqa: E402
-from tinygrad_gpt.rlhf.run import (MetricsLog, algo_of, build_parser, build_reward_model, change_summary,  # noqa: E402
+from tinygrad_gpt import cli, distributed
+from tinygrad_gpt.plot import write_plots_if_possible
+from tinygrad_gpt.rlhf import VaderScorer, frozen_copy
+from tinygrad_gpt.rlhf.run import (MetricsLog, algo_of, build_parser, build_reward_model, change_summary,
                                    check_out, config_from, fixed_prompts, load_setup, make_trainer,
                                    reward_model_config_from, show_completions)
-from tinygrad_gpt.train import NonFiniteLoss  # noqa: E402
+from tinygrad_gpt.train import NonFiniteLoss
 
 
 def main(argv=None):

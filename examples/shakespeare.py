@@ -31,19 +31,18 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained, runs  # noqa: E402
-from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
-from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, tokenizer_from_dict  # noqa: E402
-from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
-from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
-from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, describe_presets,  # noqa: E402
+from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained, runs
+from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.plot import write_plots_if_possible
+from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, tokenizer_from_dict
+from tinygrad_gpt.tokenizers.char import CharTokenizer
+from tinygrad_gpt.tokenizers.stream import TextStream
+from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, describe_presets,
                                 preset_configs, preset_settings, resume_configs)
-from tinygrad_gpt.runs import check_resumable, load_model, tokenizer_of  # noqa: E402
+from tinygrad_gpt.runs import check_resumable, load_model, tokenizer_of
 
 METRICS = "metrics.jsonl"
 # which command reads each kind of saved run (runs.KINDS), for the messages that meet another kind

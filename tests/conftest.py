@@ -7,9 +7,11 @@ is found as every script finds it (`data.find_data`: $TINYSHAKESPEARE, then the 
 download); GPT-2's tokenizer files through GPT2_DIR, defaulting to ../shared/data/gpt2 beside the repo.
 """
 import importlib
+import importlib.util
 import os
 import pathlib
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -73,6 +75,18 @@ def ctrl_c_after_step(monkeypatch):
 
         monkeypatch.setattr(optim.AdamW, "step", step)
     return arm
+
+
+def load_script(name):
+    """examples/<name>.py as a module, to call its main() in-process (and patch what it calls):
+    loaded by its path, once per process, with nothing added to sys.path."""
+    key = f"examples.{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 # CI installs the peers (torch, transformers, tiktoken) and sets this, so that a parity test that

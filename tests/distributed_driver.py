@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
+from conftest import load_script  # noqa: E402  (tests/ is this script's folder, so on sys.path)
 
-import shakespeare  # noqa: E402
+shakespeare = load_script("shakespeare")
 from tinygrad_gpt import train  # noqa: E402
 
 

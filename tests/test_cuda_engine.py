@@ -16,7 +16,6 @@ spin kernel (`test_training_step_does_not_sync`), in the emulator by its record 
 Follows: PyTorch's device-parametrised tests. Does not: time anything (benchmarks/gpu_train.py).
 Dimension legend: B batch, T time, V vocabulary.
 """
-import sys
 import time
 from pathlib import Path
 
@@ -218,8 +217,8 @@ def test_example_trains_resumes_and_samples_on_cuda(cuda, tmp_path, capsys, ctrl
     samples, checkpoints; interrupted and resumed it gives the straight run's losses; the checkpoint
     samples on the CPU."""
     import json
-    sys.path.insert(0, str(REPO / "examples"))
-    import shakespeare
+    from conftest import load_script
+    shakespeare = load_script("shakespeare")
     rng = np.random.default_rng(0)
     words = ["the", "king", "shall", "not", "love", "thee", "my", "lord", "good", "night"]
     corpus = tmp_path / "corpus.txt"
@@ -260,8 +259,8 @@ def test_example_trains_the_same_on_both_devices(cuda, tmp_path, capsys):
     every step agrees. Dropout masks are hashed from (seed, index), so both devices drop the same
     elements; what differs is only float rounding (Numba vs CUDA kernels, BLAS vs cuBLAS)."""
     import json
-    sys.path.insert(0, str(REPO / "examples"))
-    import shakespeare
+    from conftest import load_script
+    shakespeare = load_script("shakespeare")
     rng = np.random.default_rng(1)
     words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
     corpus = tmp_path / "corpus.txt"
@@ -353,8 +352,8 @@ def test_kernels_switched_off_run_the_reference_on_cuda(cuda, monkeypatch, rng):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(CUDA_SKIP is None, reason="a GPU is usable here, so there is no error to see")
 def test_device_cuda_without_gpu_says_how_to_install(tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "examples"))
-    import shakespeare
+    from conftest import load_script
+    shakespeare = load_script("shakespeare")
     with pytest.raises(RuntimeError, match=r'pip install -e "\.\[cuda\]"'):
         shakespeare.main(["--device", "cuda", "--preset", "tiny", "--out", str(tmp_path / "out")])
     with pytest.raises(RuntimeError, match="device 'cuda'"):

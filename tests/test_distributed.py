@@ -24,8 +24,9 @@ from tinygrad_gpt import checkpoint, distributed
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "distributed_driver.py"
-sys.path.insert(0, str(REPO / "examples"))
-import shakespeare  # noqa: E402
+from conftest import load_script  # noqa: E402
+
+shakespeare = load_script("shakespeare")
 
 STEPS = 20
 
@@ -129,8 +130,8 @@ def test_shards_split_the_batch():
 
 def test_one_process_imports_no_mpi(corpus, tmp_path):
     """Without an MPI launcher the example runs as before and never imports mpi4py."""
-    code = ("import sys; sys.argv = ['x'] + sys.argv[1:]; sys.path.insert(0, 'examples'); import shakespeare;"
-            "rc = shakespeare.main(sys.argv[1:]); assert 'mpi4py' not in sys.modules, 'mpi4py imported';"
+    code = ("import runpy, sys; main = runpy.run_path('examples/shakespeare.py')['main'];"
+            "rc = main(sys.argv[1:]); assert 'mpi4py' not in sys.modules, 'mpi4py imported';"
             "sys.exit(rc)")
     env = {k: v for k, v in _env().items() if k not in distributed._SIZE_VARIABLES}
     run = subprocess.run([sys.executable, "-c", code, *_flags(corpus, tmp_path / "one", "float32",

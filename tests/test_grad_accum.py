@@ -8,7 +8,6 @@ accumulated gradient equals one backward over the whole batch up to float summat
 classic mistake) and must differ.
 """
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,9 @@ from tinygrad_gpt.tokenizers.char import CharTokenizer
 from tinygrad_gpt.train import Trainer, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-import shakespeare  # noqa: E402
+from conftest import load_script  # noqa: E402
+
+shakespeare = load_script("shakespeare")
 
 TOL = 1e-10
 

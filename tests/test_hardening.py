@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import needs_data, require_shakespeare, shakespeare_path
+from conftest import load_script, needs_data, require_shakespeare, shakespeare_path
 from tinygrad_gpt import Tensor
 from tinygrad_gpt.tokenizers import save_tokenizer
 
@@ -133,14 +133,7 @@ def test_bad_flag_value_exits_2_naming_the_flag(tmp_path, flag, value, says):
 
 
 def _parsers():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from examples import bpe, rlhf_sentiment
-        from examples import shakespeare as shakespeare_example
-    finally:
-        sys.path.remove(str(ROOT))
-    return {"shakespeare": shakespeare_example.build_parser(), "rlhf_sentiment": rlhf_sentiment.build_parser(),
-            "bpe": bpe.build_parser()}
+    return {name: load_script(name).build_parser() for name in ("shakespeare", "rlhf_sentiment", "bpe")}
 
 
 def test_every_numeric_flag_of_every_script_refuses_nan_and_huge_negative():

@@ -13,8 +13,9 @@ from tinygrad_gpt import checkpoint
 from tinygrad_gpt.train import NonFiniteLoss
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-import shakespeare  # noqa: E402
+from conftest import load_script  # noqa: E402
+
+shakespeare = load_script("shakespeare")
 
 
 @pytest.fixture

@@ -141,3 +141,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skips by reason")
         for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
             terminalreporter.write_line(f"{count:4d}  {reason}")
+
+
+def snapshot(directory):
+    """{file name: bytes} of a directory: what must survive a refused command unchanged."""
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(directory).iterdir())}
+
+
+def temp_files(directory):
+    """Names of the temporary files (an atomic write's leftovers) anywhere under `directory`."""
+    return [p.name for p in pathlib.Path(directory).rglob("*") if "tmp" in p.name]

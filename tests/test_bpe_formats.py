@@ -13,7 +13,9 @@ import json
 
 import pytest
 
-from tinygrad_gpt.tokenizers import BasicTokenizer, TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer, save_gpt2, save_tokenizer
+from conftest import temp_files
+from tinygrad_gpt.tokenizers import (BasicTokenizer, TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer,
+                                     save_gpt2, save_tokenizer)
 from tinygrad_gpt.tokenizers.formats import bytes_to_unicode
 
 
@@ -193,3 +195,16 @@ def test_a_huge_token_id_is_refused_before_any_table_is_made(tmp_path):
 def test_folder_with_neither_tokenizer_names_both_kinds(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.json does not exist.*tokenizer.json"):
         load_gpt2(tmp_path)
+
+
+def test_tokenizer_save_into_a_directory_and_load_of_binary(tmp_path):
+    from tinygrad_gpt.tokenizers import BasicTokenizer, TokenizerFileError, load_tokenizer
+    tok = BasicTokenizer().train("aaabdaaabac", 258)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IsADirectoryError, match="dir"):
+        save_tokenizer(tok, tmp_path / "dir")
+    assert temp_files(tmp_path) == []
+    binary = tmp_path / "blob"
+    binary.write_bytes(b"\x00\xff" * 10)
+    with pytest.raises(TokenizerFileError, match="blob:1: not UTF-8"):
+        load_tokenizer(binary)

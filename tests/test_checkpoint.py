@@ -6,6 +6,8 @@ still loads with its old values.
 """
 import json
 import os
+import pathlib
+import stat
 import sys
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 pytest.importorskip("safetensors")
 
+from conftest import snapshot
 from tinygrad_gpt import checkpoint as C
 from tinygrad_gpt.tokenizers.char import CharTokenizer
 
@@ -276,3 +279,42 @@ def test_remove_checkpoint_deletes_the_json_first_and_the_weights(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
     with pytest.raises(FileNotFoundError):
         C.load_checkpoint(tmp_path)
+
+
+# disk full during a save; file modes
+def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_orphans(tmp_path, monkeypatch):
+    from tinygrad_gpt import checkpoint
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    checkpoint.save_checkpoint(tmp_path, state, {"step": 1}, optimizer_state={"m": [np.ones(3, np.float32)]})
+    before = snapshot(tmp_path)
+    real = checkpoint.safetensors_numpy()
+    calls = []
+
+    class FullDisk:
+        @staticmethod
+        def save_file(arrays, path, metadata=None):
+            calls.append(path)
+            if len(calls) == 2:  # the model file went through, the optimizer's hits a full disk
+                pathlib.Path(path).write_bytes(b"partial")
+                raise OSError(28, "No space left on device")
+            real.save_file(arrays, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "safetensors_numpy", lambda: FullDisk)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="No space left.*is kept"):
+        checkpoint.save_checkpoint(tmp_path, {"w": state["w"] * 2}, {"step": 2},
+                                   optimizer_state={"m": [np.zeros(3, np.float32)]})
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before
+    loaded, _, meta = checkpoint.load_checkpoint(tmp_path)
+    assert meta == {"step": 1} and np.array_equal(loaded["w"], state["w"])
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    from tinygrad_gpt import checkpoint
+    old = os.umask(0o022)
+    try:
+        checkpoint.save_checkpoint(tmp_path, {"w": np.ones(2, np.float32)}, {}, optimizer_state={"a": np.ones(1)})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {0o644}, modes

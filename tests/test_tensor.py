@@ -486,3 +486,49 @@ def test_flatten_is_a_reshape_to_one_axis_and_its_gradient_comes_back_in_shape()
     assert y.shape == (6,) and list(y.data) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     (y * Tensor(w)).sum().backward()
     np.testing.assert_array_equal(x.grad, w.reshape(2, 3))
+
+
+# ---- backward through a released graph ----------------------------------------------------------
+
+def _ones3():
+    return Tensor(np.ones(3), requires_grad=True)
+
+
+def test_second_backward_through_released_graph_raises():
+    """y = sum(x*x); the first backward gives 2x = [2,2,2]; the second must refuse, not do nothing."""
+    x = _ones3()
+    y = (x * x).sum()
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])
+    with pytest.raises(RuntimeError, match="backward through the graph a second time.*retain_graph=True"):
+        y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])  # untouched by the refused pass
+
+
+def test_backward_into_released_subgraph_raises_before_touching_grads():
+    """h = x*x is shared: after sum(h).backward() released it, sum(2h).backward() must refuse."""
+    x = _ones3()
+    h = x * x
+    h.sum().backward()
+    with pytest.raises(RuntimeError, match="Mul"):
+        (h * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])
+
+
+def test_retain_graph_keeps_the_graph_and_gradients_add_up():
+    """d/dx sum(x*x) = 2x, d/dx sum(2 x*x) = 4x: with retain_graph the two passes give 6x = [6,6,6]."""
+    x = _ones3()
+    h = x * x
+    h.sum().backward(retain_graph=True)
+    (h * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [6.0, 6.0, 6.0])
+    x2 = Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    y = (x2 * x2).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_array_equal(x2.grad, 4.0 * x2.data)  # two passes of 2x each
+
+
+def test_tensor_of_strings_is_refused():
+    with pytest.raises(TypeError, match="numbers or bools.*str"):
+        Tensor("hello")

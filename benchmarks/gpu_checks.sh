@@ -34,7 +34,7 @@ case "${1:-}" in
     "$PY" -c "import cupy, numpy, numba; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'numba', numba.__version__, cupy.cuda.runtime.getDeviceProperties(0)['name'])" >>"$LOG/gpu.txt" 2>&1
     cat "$LOG/gpu.txt"
     step tests 330 "$PY" -m pytest -q -p no:cacheprovider -k "not emulated" \
-      tests/test_cuda_kernels.py tests/test_cuda_engine.py tests/test_gradcheck_ops.py tests/test_model.py
+      tests/cuda/test_cuda_kernels.py tests/cuda/test_cuda_engine.py tests/engine/test_gradcheck_ops.py tests/model/test_model.py
     step kernel_bench 90 "$PY" benchmarks/cuda_kernels.py
     step train_bench 150 "$PY" benchmarks/gpu_train.py --iters 50
     echo "--- kernel benchmark ---"; tail -n 12 "$LOG/kernel_bench.log"

@@ -20,7 +20,7 @@ The quality check (val loss <= 1.48 after 5000 iterations) is a real training ru
     python examples/shakespeare.py --device cuda --preset gpu --max-iters 5000 --eval-every 500
 
 Follows: benchmarks/train_step.py (the CPU version). Does not: compare numerics
-(tests/test_cuda_engine.py does, against our own CPU path).
+(tests/cuda/test_cuda_engine.py does, against our own CPU path).
 """
 import argparse
 import math

@@ -14,7 +14,7 @@ round reports the median ms/iter over --iters timed steps after --warmup steps, 
 the median over rounds, tokens/s and the ratio ours / torch.
 
 Does not: make PyTorch a dependency (it is only imported in the torch worker), or compare
-numerics (tests/test_torch_parity.py does that).
+numerics (tests/engine/test_torch_parity.py does that).
 """
 import argparse
 import json

@@ -14,7 +14,7 @@ From scratch, on a CPU, in a few minutes:
      WORK/ppo/ratios.npz  ->  ppo_ratio_clip.png (plot.plot_ppo_ratios)
 
 WORK is --work (kept; it must not hold a run already) or a temporary directory removed at the end.
-`--preset tiny --iters 20 --ppo-steps 1 --ppo-batch 8` is the seconds-long version tests/test_plot.py
+`--preset tiny --iters 20 --ppo-steps 1 --ppo-batch 8` is the seconds-long version tests/scripts/test_plot.py
 runs. Every figure is drawn by the functions `python -m tinygrad_gpt.plot` uses, so the CLI draws
 the same pictures from the same files.
 

@@ -28,7 +28,7 @@ text as on a GPU; only the hardware is replaced:
 
 What it cannot check: speed, coalescing, bank conflicts, register or local-memory limits, the
 GPU's float rounding (g++ on the CPU computes expf / tanhf, within a few ulp of CUDA's), and races
-that give the same answer in both orders. A GPU run (tests/test_cuda_kernels.py) is still the
+that give the same answer in both orders. A GPU run (tests/cuda/test_cuda_kernels.py) is still the
 real check.
 
 Follows: the idea of HIP-CPU / the Numba CUDA simulator (run GPU code as CPU threads), for CUDA C

@@ -4,7 +4,7 @@
 kernels.cuda, which imports cupy, is never imported); `find_all_nvrtc()` finds every NVRTC version
 on the machine (cupy's bindings, the `nvidia-cuda-nvrtc-cu12` and `nvidia-cuda-nvrtc` wheels, a
 system toolkit) and wraps each with one `compile(source, name_expressions, options) -> (ptx,
-lowered names)`. Used by tests/test_cuda_compile.py (every kernel compiles for several GPU
+lowered names)`. Used by tests/cuda/test_cuda_compile.py (every kernel compiles for several GPU
 generations) and benchmarks/cuda_resources.py (ptxas registers and spills). It lives beside the
 emulator because both are how the CUDA side is checked on a machine without a GPU.
 

@@ -11,7 +11,7 @@ responses y_c (chosen) and y_r (rejected), with log pi(y | x) = sum_t log pi(a_t
 When the policy is the reference, u = 0 and L = log 2 for every pair; dL/dlog pi(y_c) =
 -beta sigmoid(-u) / N and dL/dlog pi(y_r) = +beta sigmoid(-u) / N.
 
-Hand-computed example (tests/test_rlhf_methods.py): beta = 0.5, N = 2; pair 1 policy = reference
+Hand-computed example (tests/rlhf/test_rlhf_methods.py): beta = 0.5, N = 2; pair 1 policy = reference
 (u = 0: loss log 2, sigmoid(-u) = 1/2); pair 2 delta_policy = 2 log 3 + 1, delta_reference = 1
 (u = log 3: loss log(1 + 1/3) = log 4/3, sigmoid(-u) = 1/4).
     L = (log 2 + log 4/3) / 2,  dL/dlogp_c = -0.5 [1/2, 1/4] / 2 = [-1/8, -1/16],  dL/dlogp_r = [1/8, 1/16].

@@ -19,7 +19,7 @@ With the exact KL (config kl_estimator "exact") the k3 term is left out here (be
 trainer adds beta * losses.KLToReference over the vocabulary instead. (Responses here have a fixed
 length, so the two normalisers agree unless a mask removes tokens.)
 
-Hand-computed example (tests/test_rlhf_grpo.py): one group, scores s = [4, 0, 2]: mean 2, unbiased
+Hand-computed example (tests/rlhf/test_rlhf_methods.py): one group, scores s = [4, 0, 2]: mean 2, unbiased
 std sqrt((4 + 4 + 0) / 2) = 2, so A = [1, -1, 0] ("grpo", eps 0) and [2, -2, 0] ("dr_grpo").
 One token per response, ratios r = [1.5, 0.9, 1.0], eps 0.2, beta 0, "grpo" aggregation:
     l = [max(-1.5, -1.2), max(0.9, 0.9), 0] = [-1.2, 0.9, 0];  L = (-1.2 + 0.9 + 0) / 3 = -0.1

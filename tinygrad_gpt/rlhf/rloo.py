@@ -15,7 +15,7 @@ The baseline leaves the sample out so that it does not depend on y_i: E[b_i grad
 and the gradient stays unbiased (a baseline that includes R_i would shrink A_i by (k-1)/k and
 correlate with it).
 
-Hand-computed example (tests/test_rlhf_rloo.py): rewards R = [4, 0, 2, 6], k = 4: sum 12, baselines
+Hand-computed example (tests/rlhf/test_rlhf_methods.py): rewards R = [4, 0, 2, 6], k = 4: sum 12, baselines
 b = [(12-4)/3, 12/3, (12-2)/3, (12-6)/3] = [8/3, 4, 10/3, 2], A = [4/3, -4, -4/3, 4] (= 4/3 (R - 3)).
 REINFORCE loss for log-probs (one token each) logp = [-1, -2, -1, -0.5]:
     L = -(4/3 (-1) - 4 (-2) - 4/3 (-1) + 4 (-0.5)) / 4 = -(8 - 2) / 4 = -1.5,  dL/dlogp = -A / 4.

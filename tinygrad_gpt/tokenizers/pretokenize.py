@@ -2,7 +2,7 @@
 
 What it is: the GPT-2 and GPT-4 split patterns, a readable splitter that runs them through the
 `regex` package (the spec), and a Numba scanner that implements the GPT-2 pattern by hand over a
-Unicode category table (the fast path; `tests/test_pretokenizer.py` checks it equals the `regex`
+Unicode category table (the fast path; `tests/tokenizers/test_pretokenizer.py` checks it equals the `regex`
 split on the same corpora). Chunks are returned as (starts, ends) arrays of code-point offsets
 into the string, so nothing is copied on the hot path.
 

@@ -9,7 +9,7 @@ path is for gradient checks, where accuracy to 1e-10 matters more than speed.
 
 Follows: Cephes `expf` (Cody-Waite range reduction, degree-5 polynomial, 2^n from the exponent
 bits); Eigen's `generic_fast_tanh_float` (a [13/6] rational approximation, clamped to [-9, 9]).
-Accuracy (float32, measured by tests/test_kernels.py::test_fast_exp_tanh_accuracy): relative error
+Accuracy (float32, measured by tests/kernels/test_kernels.py::test_fast_exp_tanh_accuracy): relative error
 of exp < 3e-7 on [-87, 88], absolute error of tanh < 5e-7 everywhere.
 
 Does not: handle float16 or complex (the wrappers send those to the NumPy reference), or use

@@ -20,10 +20,10 @@ float32 and float64 only; other dtypes, and shapes the kernels do not take (hs >
 run the reference (array-module generic, so on the GPU too). See `_common.py` for the index-check
 policy (TINYGRAD_GPT_CUDA_CHECKS=1).
 
-Status: compiled with NVRTC (tests/test_cuda_compile.py) and run on the CPU by the CUDA emulator
+Status: compiled with NVRTC (tests/cuda/test_cuda_compile.py) and run on the CPU by the CUDA emulator
 (tinygrad_gpt/cuda_emulator/: this CUDA C compiled by g++, one fiber per GPU thread, behind a stand-in
-cupy), against the references (tests/test_cuda_kernels_emulated.py) and in the whole engine
-(tests/test_cuda_engine.py [emulated], the device-parametrised gradient and model tests). Not yet
+cupy), against the references (tests/cuda/test_cuda_kernels_emulated.py) and in the whole engine
+(tests/cuda/test_cuda_engine.py [emulated], the device-parametrised gradient and model tests). Not yet
 run on a GPU: the [gpu] tests and the benchmarks need one, see benchmarks/RESULTS.md.
 """
 from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module

@@ -5,7 +5,7 @@ on the element type `T`, instantiated for float and double) and the list `NAME_E
 instantiations it uses. `module(SOURCE, NAME_EXPRESSIONS)` compiles `PREAMBLE + SOURCE` with NVRTC
 the first time each kernel instantiation is launched (not at import: `import kernels.cuda` works, and
 fails only with ImportError, on a machine without a GPU), and CuPy caches the binary on disk.
-tests/test_cuda_compile.py compiles the same strings with NVRTC on machines without a GPU, reading
+tests/cuda/test_cuda_compile.py compiles the same strings with NVRTC on machines without a GPU, reading
 them with `ast`, so `PREAMBLE` and `SOURCE` must stay plain string literals (no f-strings, no
 concatenation), and `NAME_EXPRESSIONS` an expression over the file's literal constants.
 

@@ -8,7 +8,7 @@ contiguous copy that is written back (correct, one extra pass).
 
 subtle: a RawKernel, not an ElementwiseKernel. ElementwiseKernel would do the same (it generates
 this loop), but its generated code needs CuPy's headers and a GPU to compile, while this source
-compiles with bare NVRTC, so tests/test_cuda_compile.py checks it on machines without a GPU.
+compiles with bare NVRTC, so tests/cuda/test_cuda_compile.py checks it on machines without a GPU.
 
 Follows: Loshchilov & Hutter, "Decoupled Weight Decay Regularization"; llm.c `adamw_kernel2`.
 Does not: clip gradients, launch one kernel for all parameters (one launch per parameter, ~80 for

@@ -31,8 +31,8 @@ Tile sizes (BR, BC): float (64, 32) forward and dq, (32, 32) dk/dv; double (32, 
 so every kernel's static shared memory stays under 48 KiB (16-33 KiB).
 
 The CUDA emulator (tinygrad_gpt/cuda_emulator/) runs these kernels on the CPU against the reference
-(tests/test_cuda_kernels_emulated.py, and mutations in tests/test_cuda_emulator.py);
-tests/test_cuda_kernels.py runs them on a GPU.
+(tests/cuda/test_cuda_kernels_emulated.py, and mutations in tests/cuda/test_cuda_emulator.py);
+tests/cuda/test_cuda_kernels.py runs them on a GPU.
 
 Follows: Dao et al., "FlashAttention" (2022) and "FlashAttention-2" (2023): online softmax,
 lse saved, D = rowsum(dout * out), p recomputed in backward, dq in its own pass instead of atomics.

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # the README is held to the same rules: its snippets run, its links resolve
 DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]

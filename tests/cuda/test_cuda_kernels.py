@@ -1,7 +1,7 @@
-"""The kernel cases of tests/cuda_kernel_cases.py on a GPU: real cupy, real kernels.cuda.
+"""The kernel cases of tests/cuda/cuda_kernel_cases.py on a GPU: real cupy, real kernels.cuda.
 
 Skipped, with the reason, where cupy is not installed or no GPU is usable (CI on CPU machines);
-tests/test_cuda_kernels_emulated.py runs the same cases on the CPU there.
+tests/cuda/test_cuda_kernels_emulated.py runs the same cases on the CPU there.
 """
 import pytest
 

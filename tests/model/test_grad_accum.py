@@ -17,8 +17,7 @@ from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.tokenizers.char import CharTokenizer
 from tinygrad_gpt.train import Trainer, TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-from conftest import load_script  # noqa: E402
+from conftest import REPO, load_script  # noqa: E402
 
 shakespeare = load_script("shakespeare")
 

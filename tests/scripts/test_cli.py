@@ -21,11 +21,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import load_script, needs_data, require_shakespeare, shakespeare_path, snapshot, temp_files
+from conftest import REPO, load_script, needs_data, require_shakespeare, shakespeare_path, snapshot, temp_files
 
 # ---- the command line -----------------------------------------------------------------------------
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = REPO
 DATA = str(shakespeare_path())
 
 
@@ -433,7 +433,7 @@ def test_rlhf_non_finite_exits_3_and_saves_no_broken_policy(trained, tmp_path):
     """lr 1e30 with an entropy bonus (the one gradient an untrained model's all-zero VADER scores
     leave): the first update makes the weights ~1e30 and the next loss overflows. Before, this printed
     "KL nan ... policy saved" with every parameter NaN, exit 0. (Each method's own case, with a
-    reward that moves it: tests/test_rlhf_methods.py.)"""
+    reward that moves it: tests/rlhf/test_rlhf_methods.py.)"""
     out = tmp_path / "rl"
     r = run("rlhf_sentiment.py", "--checkpoint", trained, "--out", out, "--data", DATA, "--steps", 4,
             "--lr", 1e30, "--ent-coef", 1, "--ppo-epochs", 2, *RLHF_SMALL)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from tinygrad_gpt.tokenizers import load_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "none"])

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO
 from tinygrad_gpt import backend, ops
 from tinygrad_gpt.gradcheck import gradcheck
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.tensor import Tensor
 
-REPO = Path(__file__).resolve().parents[1]
 
 try:
     backend.get_xp("cuda")

@@ -6,7 +6,7 @@ The hand-computed numbers are derived in each module's docstring (grpo.py, rloo.
     DPO   policy = reference -> loss log 2 for every pair, whatever beta
 
 Smoke runs: a 2-layer 32-wide GPT from random initialisation and the fraction of vowels of the
-response as the score (the scorer tests/test_rlhf_ppo.py uses), a fixed seed and a few steps; the
+response as the score (the scorer tests/rlhf/test_rlhf_ppo.py uses), a fixed seed and a few steps; the
 tuned policy must beat the reference on 128 fixed prompts.
 """
 import json

@@ -1,6 +1,6 @@
 """The CPU emulator of the CUDA kernels (cuda_emulator) can fail: controls.
 
-tests/test_cuda_kernels_emulated.py passes only if the emulator would have caught a broken kernel.
+tests/cuda/test_cuda_kernels_emulated.py passes only if the emulator would have caught a broken kernel.
 Here each kind of bug it claims to catch is put into a kernel and must be caught:
 - mutations of the real kernel sources, run through kernels.cuda's own wrappers: a missing
   __syncthreads (attention, cross-entropy), a causal mask off by one, attention without its online

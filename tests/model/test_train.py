@@ -12,8 +12,7 @@ import pytest
 from tinygrad_gpt import checkpoint
 from tinygrad_gpt.train import NonFiniteLoss
 
-REPO = Path(__file__).resolve().parents[1]
-from conftest import load_script  # noqa: E402
+from conftest import REPO, load_script  # noqa: E402
 
 shakespeare = load_script("shakespeare")
 

@@ -2,13 +2,13 @@
 
 Not a test module itself: `bind(cupy, cuda, emulated)` gives a fresh copy of these tests bound to
 one backend, and two test modules collect them:
-- tests/test_cuda_kernels.py: real cupy and kernels.cuda on a GPU (skipped, with the reason,
+- tests/cuda/test_cuda_kernels.py: real cupy and kernels.cuda on a GPU (skipped, with the reason,
   where cupy or a GPU is absent);
-- tests/test_cuda_kernels_emulated.py: the same CUDA C run on the CPU by tinygrad_gpt/cuda_emulator/
+- tests/cuda/test_cuda_kernels_emulated.py: the same CUDA C run on the CPU by tinygrad_gpt/cuda_emulator/
   (every CI run), the preset-size shapes (PRESET_SIZE, up to 25 M elements) included: they are
   the only cases whose grid-stride loops wrap (GELU at 25 M > 65,536 blocks x 256 threads).
 
-"Equal" is the norm-wise relative error of tests/test_kernels.py (the CPU issue's tolerances):
+"Equal" is the norm-wise relative error of tests/kernels/test_kernels.py (the CPU issue's tolerances):
     rel_err(a, ref) = ||a - ref||_2 / ||ref||_2  below 1e-5 in float32 and 1e-10 in float64,
 with the same `scale` for outputs that are exact cancellations (layer-norm dx at C = 1, attention
 dq and dk at T = 1). The reference runs in NumPy on the host copies of the same inputs, so on a GPU
@@ -151,7 +151,7 @@ def test_gelu(rng, dtype, shape):
     dout = normal(rng, shape, dtype)
     # subtle: for x below about -4, gelu = 0.5 x (1 + tanh u) is a cancellation (tanh u ~ -1), so
     # one ulp of tanh (the GPU's, g++'s and NumPy's differ) is a large relative error of a tiny
-    # result: measure against the cancelling terms, as tests/test_kernels.py does on the CPU.
+    # result: measure against the cancelling terms, as tests/kernels/test_kernels.py does on the CPU.
     # (Seen in the emulator: shape (1,), float64, 11 of 4000 draws over 1e-10 without the scale.)
     x64 = np.asarray(x, dtype=np.float64)
     fwd_scale = np.linalg.norm(0.5 * x64)

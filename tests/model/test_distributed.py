@@ -1,6 +1,6 @@
 """Data parallel training: 2 MPI ranks train exactly as one process does.
 
-The mpirun tests launch `mpirun -n 2 python tests/distributed_driver.py <example flags>` (the
+The mpirun tests launch `mpirun -n 2 python tests/model/distributed_driver.py <example flags>` (the
 driver adds test-only faults) on the tiny preset, 20+ steps, and compare the per-step losses in
 metrics.jsonl. Why they must be equal: both ranks draw the global batch of 8 rows, each trains on 4
 with its mean loss weighted 4/8, and the all-reduced sum of those gradients is the 8-row mean
@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, load_script
 from tinygrad_gpt import checkpoint, distributed
 
-REPO = Path(__file__).resolve().parents[1]
-DRIVER = REPO / "tests" / "distributed_driver.py"
-from conftest import load_script  # noqa: E402
-
+DRIVER = Path(__file__).resolve().parent / "distributed_driver.py"
 shakespeare = load_script("shakespeare")
 
 STEPS = 20

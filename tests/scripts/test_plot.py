@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO
 from tinygrad_gpt import plot
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("matplotlib")
 

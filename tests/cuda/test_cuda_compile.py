@@ -8,8 +8,8 @@ system toolkit; an architecture a version no longer compiles for (CUDA 13 droppe
 skipped for that version. Without NVRTC the tests skip and say how to get it. What this catches:
 syntax and type errors, template instantiations that do not exist (every name expression the
 wrappers launch is resolved to its lowered name), and shared memory above the 48 KiB static limit
-(checked on the PTX). What it does not: anything about results (tests/test_cuda_kernels_emulated.py
-runs the kernels on the CPU; tests/test_cuda_kernels.py on a GPU).
+(checked on the PTX). What it does not: anything about results (tests/cuda/test_cuda_kernels_emulated.py
+runs the kernels on the CPU; tests/cuda/test_cuda_kernels.py on a GPU).
 
 Follows: llm.c's habit of building every dev/cuda kernel in CI. Does not: run a kernel.
 """

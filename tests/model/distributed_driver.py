@@ -1,4 +1,4 @@
-"""Runs examples/shakespeare.py under mpirun for tests/test_distributed.py, with test-only faults.
+"""Runs examples/shakespeare.py under mpirun for tests/model/test_distributed.py, with test-only faults.
 
 Each rank writes its pid to <out>/pid.<rank> (so a test can signal one rank) and its exit code to
 <out>/exit.<rank>. Faults, from the environment, are applied by patching here, never in the package:
@@ -12,14 +12,14 @@ Each rank writes its pid to <out>/pid.<rank> (so a test can signal one rank) and
                                step's forward to <out>/dropout.<rank> (one line per step)
 """
 import os
+import runpy
 import signal
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-from conftest import load_script  # noqa: E402  (tests/ is this script's folder, so on sys.path)
-
-shakespeare = load_script("shakespeare")
+REPO = Path(__file__).resolve().parents[2]
+# the script's main, loaded by its path (this file runs as a script under mpirun, without conftest)
+shakespeare_main = runpy.run_path(str(REPO / "examples" / "shakespeare.py"))["main"]
 from tinygrad_gpt import train  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main():
         train.Trainer._forward_backward = forward_backward
     code = 1
     try:
-        code = shakespeare.main(argv)
+        code = shakespeare_main(argv)
     finally:
         (out / f"exit.{me}").write_text(str(code))
     sys.exit(code)

@@ -43,7 +43,7 @@ from tinygrad_gpt.train import NonFiniteLoss
 
 def main(argv=None):
     algo = algo_of(sys.argv[1:] if argv is None else argv)
-    args = build_parser(__doc__.split("\n\n")[0], algo=algo).parse_args(argv)
+    args = build_parser(__doc__.split("\nFollows:")[0], algo=algo).parse_args(argv)
     ranks = distributed.launched_size()
     if ranks > 1:  # N copies would tune N policies into one --out; rank 0 alone says so
         if distributed.launched_rank() != 0:

@@ -63,10 +63,12 @@ def build_parser(description=None, algo="ppo"):
     """The flags of an RLHF script (its --help opens with `description`): --algo, --checkpoint, --data,
     --out, --reward, --no-progress, the reward model's RewardModelConfig fields (--rm-*) and every
     field of the --algo's config."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=cli.HelpFormatter)
     p.add_argument("--algo", choices=ALGOS, default="ppo", help="the RLHF method (its config's fields are flags)")
-    p.add_argument("--checkpoint", default=None, help="a Shakespeare GPT checkpoint dir (none: train a tiny one)")
-    p.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $TINYSHAKESPEARE, cache, download)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a Shakespeare GPT checkpoint dir (default: none, train a small one first)")
+    p.add_argument("--data", default=None,
+                   help="path to tinyshakespeare.txt (default: $TINYSHAKESPEARE, then the cache, then a download)")
     p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
     p.add_argument("--reward", choices=["vader", "model"], default="vader",
                    help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 
-from tinygrad_gpt import cli, distributed
+from tinygrad_gpt import checkpoint, cli, distributed
 from tinygrad_gpt.plot import write_plots_if_possible
 from tinygrad_gpt.rlhf import VaderScorer, frozen_copy
 from tinygrad_gpt.rlhf.run import (MetricsLog, algo_of, build_parser, build_reward_model, change_summary,
@@ -53,6 +53,16 @@ def main(argv=None):
                          f"examples/rlhf_sentiment.py without mpirun (or with -n 1)")
     cfg = config_from(args)
     check_out(args.out)
+    # one writer per --out, as the training script: a second run into it is refused, naming this one
+    lock = checkpoint.lock_directory(args.out, "--out")
+    try:
+        return tune(args, cfg)
+    finally:
+        lock.release()
+
+
+def tune(args, cfg):
+    """The RLHF run of main, with --out locked: before/after completions, the steps, the save."""
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args.checkpoint, args.data, args.out)
     reference = frozen_copy(gpt)
     scorer = VaderScorer()

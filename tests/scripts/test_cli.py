@@ -253,6 +253,26 @@ def test_a_second_run_into_a_live_out_is_refused_naming_its_pid(run_copy):
 
 
 @needs_data
+def test_a_second_rlhf_run_into_a_live_out_is_refused_naming_its_pid(trained, tmp_path):
+    """The RLHF script takes --out's lock too: while another process holds it, it exits 2 naming
+    that pid, before loading anything, and leaves the folder as it was."""
+    out = tmp_path / "rl"
+    out.mkdir()
+    code = ("import sys, time; from tinygrad_gpt import checkpoint; "
+            "lock = checkpoint.lock_directory(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(out)
+        r = run("rlhf_sentiment.py", "--checkpoint", trained, "--data", DATA, "--out", out, "--steps", 1)
+        assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr and "--out" in r.stderr, r.stderr
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+@needs_data
 def test_a_fresh_run_does_not_replace_the_run_in_out(run_copy):
     before = snapshot(run_copy)
     r = shakespeare(run_copy)

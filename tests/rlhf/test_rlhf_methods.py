@@ -413,6 +413,7 @@ def _params(trainer):
     return [p.data.copy() for p in trainer.policy.parameters()]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow and NaN it provokes on purpose
 @pytest.mark.parametrize("algo, make_cfg", EVERY_METHOD, ids=[a for a, _ in EVERY_METHOD])
 def test_a_non_finite_step_is_not_kept_and_the_last_finite_policy_is_saved(algo, make_cfg):
     """Step 1 at lr 3e-3 is kept; then lr 1e30: the first update of step 2 makes the weights ~1e30
@@ -437,6 +438,7 @@ def test_a_non_finite_step_is_not_kept_and_the_last_finite_policy_is_saved(algo,
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow and NaN it provokes on purpose
 def test_a_non_finite_first_step_saves_nothing():
     """lr 1e30 from the start: no step is ever kept, so save() is never called (the policy on disk, if
     any, is not replaced by a broken one) and the policy in memory is the starting one again."""
@@ -451,6 +453,7 @@ def test_a_non_finite_first_step_saves_nothing():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow and NaN it provokes on purpose
 def test_a_non_finite_gradient_is_refused_before_the_update():
     """d sqrt(x)/dx at x = 0 is infinite: the loss sqrt(0 * w) is 0, finite, and its gradient is NaN
     (0 * inf). No parameter may change, and the error names the gradient."""

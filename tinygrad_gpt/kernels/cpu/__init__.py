@@ -17,7 +17,7 @@ tinygrad_gpt, or keep any state between calls.
 subtle: Numba's cache is keyed on the file that holds the kernel, not on the helpers it calls;
 after editing `_common.py`, delete `tinygrad_gpt/kernels/cpu/__pycache__` or the kernels keep the old helpers.
 """
-from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module
+from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module, is_cupy_array
 from tinygrad_gpt.kernels.cpu.adamw import adamw_update
 from tinygrad_gpt.kernels.cpu.attention import attention_backward, attention_forward
 from tinygrad_gpt.kernels.cpu.cross_entropy import (softmax_cross_entropy_backward,
@@ -28,4 +28,4 @@ from tinygrad_gpt.kernels.cpu.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cpu.layernorm import layernorm_backward, layernorm_forward
 
 # the same names as the reference, which lists them once (reference.KERNELS)
-__all__ = ["GELU_SCALE", "get_array_module", *KERNELS]
+__all__ = ["GELU_SCALE", "get_array_module", "is_cupy_array", *KERNELS]

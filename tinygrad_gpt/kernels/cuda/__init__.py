@@ -26,7 +26,7 @@ cupy), against the references (tests/cuda/test_cuda_kernels_emulated.py) and in 
 (tests/cuda/test_cuda_engine.py [emulated], the device-parametrised gradient and model tests). Not yet
 run on a GPU: the [gpu] tests and the benchmarks need one, see benchmarks/RESULTS.md.
 """
-from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module
+from tinygrad_gpt.kernels.reference import GELU_SCALE, KERNELS, get_array_module, is_cupy_array
 from tinygrad_gpt.kernels.cuda.adamw import adamw_update
 from tinygrad_gpt.kernels.cuda.attention import attention_backward, attention_forward
 from tinygrad_gpt.kernels.cuda.cross_entropy import (softmax_cross_entropy_backward,
@@ -37,7 +37,7 @@ from tinygrad_gpt.kernels.cuda.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cuda.layernorm import layernorm_backward, layernorm_forward
 
 # the same names as the reference, which lists them once (reference.KERNELS)
-__all__ = ["GELU_SCALE", "get_array_module", *KERNELS]
+__all__ = ["GELU_SCALE", "get_array_module", "is_cupy_array", *KERNELS]
 
 # the files whose SOURCE / NAME_EXPRESSIONS the compile test and the benchmark walk through
 KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout")

@@ -95,20 +95,8 @@ class Graph:
     # ---- building ------------------------------------------------------------------------------
     def _walk(self, root, names):
         """Every tensor reachable from root through op contexts, each after all of its inputs."""
-        order, seen, stack = [], set(), [(root, False)]
-        while stack:
-            t, done = stack.pop()
-            if done:
-                order.append(t)
-                continue
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            stack.append((t, True))
-            if t._ctx is not None:
-                for parent in reversed(t._ctx.parents):
-                    if id(parent) not in seen:
-                        stack.append((parent, False))
+        from tinygrad_gpt.tensor import toposort
+        order = toposort(root, every_input=True)
         for t in order:
             if t._ctx is not None:
                 op = t._ctx.fn.__name__
@@ -192,7 +180,8 @@ class Graph:
         def ident(node):
             return f'"{node.cluster}"' if self._folded(node) else f"n{node.index}"
 
-        for block, s in summary.items():
+        for block in (b for b in self.blocks if b in summary):  # in the model's order
+            s = summary[block]
             out = s["out"]
             shape = _fmt_shape(out.shape) if out is not None else "-"
             grad = f"\\n|grad out| {_fmt_norm(out.grad_norm)}" if out is not None and out.grad_norm is not None else ""

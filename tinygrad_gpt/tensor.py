@@ -130,8 +130,9 @@ class _Discard:
     backward (ctx.x = ...), and nothing keeps it after the op returns."""
 
 
-def _toposort(root):
-    """Tensors reachable from `root` (that require grad), each after all of its inputs.
+def toposort(root, every_input=False):
+    """Tensors reachable from `root` that require grad (every input with `every_input`, as graph.py
+    draws them), each after all of its inputs.
 
     Iterative depth-first search, so a 10,000-op chain does not hit Python's recursion limit.
     """
@@ -148,7 +149,7 @@ def _toposort(root):
         stack.append((node, True))
         if node._ctx is not None:
             for parent in node._ctx.parents:
-                if parent.requires_grad and id(parent) not in visited:
+                if (every_input or parent.requires_grad) and id(parent) not in visited:
                     stack.append((parent, False))
     return order
 
@@ -321,7 +322,7 @@ class Tensor:
             grad = self.xp.asarray(unwrap(grad), dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has shape {self.shape}")
-        order = _toposort(self)
+        order = toposort(self)
         for node in order:
             # subtle: a released op output has no ctx, like a leaf; without this check it would
             # silently take the gradient as if it were a leaf and pass nothing on to the inputs

@@ -185,7 +185,7 @@ def test_training_step_does_not_sync(rng):
     assert np.isfinite(loss.item())
     assert host_s < 0.5, (f"a training step took {host_s:.2f} s of host time behind a 1 s GPU kernel: "
                           f"something in it waits for the GPU (a host copy); see the engine patches "
-                          f"in benchmarks/RESULTS.md")
+                          f"in benchmarks/LOG.md (the CUDA port's entry)")
 
 
 @pytest.mark.parametrize("cuda", ["emulated"], indirect=True)

@@ -219,9 +219,9 @@ def _fast_tanh_overload(x):
 class ThreadPicker:
     """Chooses, per call shape, between a kernel's serial and parallel versions by timing both.
 
-    subtle: on a quiet 2-core machine the parallel attention is ~1.8x faster than the serial one;
-    on the same machine shared with other busy processes it was no faster (thread pool) or ~10x
-    slower (a Numba prange driver: each launch waited a scheduler tick for its second thread).
+    subtle: on a quiet 2-core machine the parallel attention is faster than the serial one; on the
+    same machine shared with other busy processes it was no faster (thread pool) or much slower (a
+    Numba prange driver: each launch waited a scheduler tick for its second thread; benchmarks/LOG.md).
     No fixed rule is right in both, so the
     first calls of each shape run each version once, later calls run the one whose latest time
     was lower, and every `recheck`-th call re-times the other (conditions change while training).

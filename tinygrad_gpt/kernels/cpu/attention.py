@@ -17,10 +17,10 @@ q k^T are a product with contiguous rows of B. The backward keeps the whole head
 and score gradients dS (T, W; 16 KiB each in float32 at the cpu preset), because dv = P^T dout and
 dk = dS^T q need their columns, which `gemm4` reads with a stride instead of a transposed copy.
 
-subtle: with Numba loops (dot products of four rows at a time, padded to whole vector bodies) the
-same heads ran at ~30 GFLOP/s, most of it horizontal sums and loop overhead; the explicit register
-tiles made the backward 2.2x and the forward 1.6x faster (benchmarks/RESULTS.md, Kernels). float32
-exp is `exp_f32` (`fast_exp`).
+subtle: with Numba loops (dot products of four rows at a time, padded to whole vector bodies) most
+of the time went to horizontal sums and loop overhead; the explicit register tiles are what made
+both passes fast (the before/after figures: benchmarks/LOG.md). float32 exp is `exp_f32`
+(`fast_exp`).
 
 Follows: Dao et al., "FlashAttention" (keep lse, recompute p in backward; rowdot = dout . out);
 llm.c `attention_forward` / `attention_backward` (the per-row softmax and its gradient).

@@ -602,7 +602,8 @@ class Trainer:
 KIND = "train"  # meta["kind"] of a checkpoint Trainer.save writes; only these can be resumed
 _READERS = {"train": "examples/shakespeare.py (--resume, --sample)",
             **{f"rlhf-{algo}": "examples/shakespeare.py --sample and examples/rlhf_sentiment.py --checkpoint"
-               for algo in ("ppo", "grpo", "rloo", "dpo")}}
+               for algo in ("ppo", "grpo", "rloo", "dpo")},
+            "sft": "examples/sft.py (--resume), python -m tinygrad_gpt.chat and python -m tinygrad_gpt.serve"}
 
 
 def _meta_error(directory, message):

@@ -27,6 +27,7 @@ parts, and the `python -m tinygrad_gpt.*` commands are the tools that read any r
 plot). Follows: nanochat's chat_sft. Deliberately does not: run under mpirun with several ranks.
 """
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--init-from", default=None, metavar="DIR",
-                   help="the base: a run directory or a Hugging Face GPT-2 folder (not with --resume)")
+                   help="the base: a run directory or a Hugging Face GPT-2 folder (no default: needed unless --resume)")
     p.add_argument("--conversations", default=None, metavar="FILE",
                    help=f"JSONL of {{\"messages\": [...]}} (default: {SHAKESPEARE})")
     p.add_argument("--data", default=None, help="tinyshakespeare.txt for the dialogue (default: $TINYSHAKESPEARE, "
@@ -58,14 +59,17 @@ def build_parser():
     p.add_argument("--out", default="out/sft", help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the SFT run saved in --out, with its settings")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run, deleting it")
-    p.add_argument("--device", choices=backend.DEVICES, default="cpu")
+    p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="where the arrays live (cuda: cupy)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="a GPT-2 base's load dtype (default float32; a run directory keeps its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     p.add_argument("--block-size", type=cli.bounded(int, ge=1), default=argparse.SUPPRESS,
                    help="positions to train on, at most the base's (default: the base's; 256 for a GPT-2 folder)")
-    cli.add_flags(p, TrainConfig, skip=SKIP_TRAIN, title="training (SFT defaults, else TrainConfig's)",
+    cli.add_flags(p, TrainConfig, skip=SKIP_TRAIN, title="training (TrainConfig fields; SFT's own defaults)",
                   presets={"sft": sft.DEFAULTS})
+    for action in p._actions:  # "default 0.001; presets: sft 0.0003" -> "default 0.0003 (pretraining: 0.001)"
+        if action.dest in sft.DEFAULTS:
+            action.help = re.sub(r"default ([^;]*); presets: sft (.*)$", r"default \2 (pretraining: \1)", action.help)
     return p
 
 

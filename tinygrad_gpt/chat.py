@@ -197,7 +197,8 @@ class ChatModel:
 # ---- the terminal ------------------------------------------------------------------------------------
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m tinygrad_gpt.chat", description=__doc__.split("\n\n")[0],
+                                formatter_class=cli.HelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1].split("\nFollows:")[0])
     p.add_argument("run", help="a run directory (--out of examples/sft.py, shakespeare.py, ...) or a GPT-2 folder")
     p.add_argument("--max-tokens", type=cli.bounded(int, ge=1), default=200, help="the longest reply, in tokens")
@@ -205,7 +206,7 @@ def build_parser():
     p.add_argument("--top-k", type=cli.bounded(int, ge=1), default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=cli.bounded(float, gt=0, le=1), default=None, help="nucleus sampling mass")
     p.add_argument("--seed", type=cli.bounded(int, ge=0), default=None, help="the first reply's seed (then +1 each)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (cuda: cupy)")
     return p
 
 

@@ -52,9 +52,9 @@ def build_parser():
                    help=f"JSONL of {{\"messages\": [...]}} (default: {SHAKESPEARE})")
     p.add_argument("--data", default=None, help="tinyshakespeare.txt for the dialogue (default: $TINYSHAKESPEARE, "
                                                 "then the cache, then a download)")
-    p.add_argument("--max-user-chars", type=cli.bounded(int, ge=1), default=160,
+    p.add_argument("--max-user-chars", type=cli.bounded(int, ge=1), default=120,
                    help="the dialogue: a speech keeps its last lines within this many characters")
-    p.add_argument("--max-reply-chars", type=cli.bounded(int, ge=1), default=160,
+    p.add_argument("--max-reply-chars", type=cli.bounded(int, ge=1), default=120,
                    help="the dialogue: a reply keeps its first lines within this many characters")
     p.add_argument("--out", default="out/sft", help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the SFT run saved in --out, with its settings")

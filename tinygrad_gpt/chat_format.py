@@ -281,8 +281,10 @@ def _first_lines(text, limit):
     return "\n".join(kept) if kept else text[:limit].rstrip()
 
 
-def shakespeare_dialogue(text, max_user_chars=160, max_reply_chars=160):
+def shakespeare_dialogue(text, max_user_chars=120, max_reply_chars=120):
     """Conversations from tiny Shakespeare: each speech, then the next speaker's reply.
+
+    The limits' defaults, 120 + 120 characters and three turn tokens, fit a row of a 256-token block.
 
     Hand example: "A:\\nHello there.\\n\\nB:\\nGood day.\\n\\nB:\\nAgain." gives one conversation,
     [user "Hello there.", assistant "Good day."] (B answering B is not a reply).
@@ -385,8 +387,8 @@ if __name__ == "__main__":
                                     formatter_class=cli.HelpFormatter)
         p.add_argument("out", help="the JSONL file to write")
         p.add_argument("--data", default=None, help="tinyshakespeare.txt (default: $TINYSHAKESPEARE, the cache)")
-        p.add_argument("--max-user-chars", type=cli.bounded(int, ge=1), default=160)
-        p.add_argument("--max-reply-chars", type=cli.bounded(int, ge=1), default=160)
+        p.add_argument("--max-user-chars", type=cli.bounded(int, ge=1), default=120)
+        p.add_argument("--max-reply-chars", type=cli.bounded(int, ge=1), default=120)
         args = p.parse_args()
         conversations = shakespeare_dialogue(data.load_text(data.find_data(args.data)), args.max_user_chars,
                                              args.max_reply_chars)

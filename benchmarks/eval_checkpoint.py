@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt import data  # noqa: E402
 from tinygrad_gpt.tensor import no_grad  # noqa: E402
 from tinygrad_gpt.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_gpt.train import load_model  # noqa: E402
+from tinygrad_gpt.runs import load_model  # noqa: E402
 
 
 def split_loss(model, tokens, batch=64):
@@ -35,8 +36,6 @@ def split_loss(model, tokens, batch=64):
 
 
 def main():
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--data", default=None)
@@ -57,4 +56,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
+from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt import backend  # noqa: E402
 from tinygrad_gpt.train import PRESETS  # noqa: E402
 
@@ -111,8 +112,6 @@ def run_torch(cfg, warmup, iters):
 
 
 def main(argv=None):
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
@@ -154,4 +153,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

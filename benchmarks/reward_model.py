@@ -21,18 +21,18 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from examples.rlhf_sentiment import load_setup  # noqa: E402
 from tinygrad_gpt import cli  # noqa: E402
-from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN  # noqa: E402
 from tinygrad_gpt.rlhf import (RewardModelConfig, VaderScorer, make_reward_model, pairs_from_groups,  # noqa: E402
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
+from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN  # noqa: E402
+from tinygrad_gpt.rlhf.run import load_setup  # noqa: E402
 
 CACHE_SAMPLES = 4   # responses per prompt in the cache (configs may use fewer)
 
@@ -76,8 +76,7 @@ def main(argv=None):
     cli.add_flags(p, RewardModelConfig, prefix="rm_", title="reward model (RewardModelConfig fields)")
     args = p.parse_args(argv)
     cfg = RewardModelConfig(**cli.values_from(args, cli.flag_fields(RewardModelConfig), prefix="rm_"))
-    args.out = None
-    gpt, tokenizer, prompt_tokens, _ = load_setup(args)
+    gpt, tokenizer, prompt_tokens, _ = load_setup(args.checkpoint, args.data)
     responses, scores = sample_cache(args.samples, gpt, tokenizer, prompt_tokens, args.cache_prompts, seed=1)
     N = len(scores)
     n_held = int(round(N * cfg.heldout_fraction))

@@ -16,8 +16,9 @@ Targets: score >= +0.40 and >= reference + 0.30; fraction >= 0.70; kl <= 0.10;
 fluency <= 0.15. Writes metrics.jsonl (per step) and results.json into --out; prints a Markdown
 table for benchmarks/RESULTS.md and 8 completions before and after.
 
-Every field of the --algo's config is a flag (see examples/rlhf_sentiment.py); results.json has the
-same keys for every method ("algo" names it, "config" holds its fields). The machine's BLAS threads are
+Every field of the --algo's config is a flag (see examples/rlhf_sentiment.py; both call
+tinygrad_gpt/rlhf/run.py, and the targets and the table are tinygrad_gpt/rlhf/evaluate.py's);
+results.json has the same keys for every method ("algo" names it, "config" holds its fields). The machine's BLAS threads are
 whatever OPENBLAS_NUM_THREADS says (the figures in RESULTS.md name it).
 Deliberately does not: repeat runs over seeds (one run is 10-20 minutes on 2 cores; loop over --seed).
 """
@@ -29,26 +30,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-
-from examples.rlhf_sentiment import (algo_of, build_parser, build_reward_model, config_from,  # noqa: E402
-                                     fixed_prompts, load_setup, make_trainer, run_rlhf, show_completions)
 from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
 from tinygrad_gpt.rlhf import VaderScorer, frozen_copy  # noqa: E402
-from tinygrad_gpt.rlhf.evaluate import evaluate  # noqa: E402
-
-
-def fluency_cell(before_nll, after_nll):
-    """The policy's reference loss and its gap to the reference's own, signed once: "1.8401 (-0.0237)"."""
-    return f"{after_nll:.4f} ({after_nll - before_nll:+.4f})"
+from tinygrad_gpt.rlhf.evaluate import check_targets, evaluate, results_table  # noqa: E402
+from tinygrad_gpt.rlhf.run import (algo_of, build_parser, build_reward_model, config_from, fixed_prompts,  # noqa: E402
+                                   load_setup, make_trainer, reward_model_config_from, run_rlhf, show_completions)
 
 
 def main(argv=None):
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
-    p = build_parser(description=__doc__.split("\n\n")[0], algo=algo_of(sys.argv[1:] if argv is None else argv))
+    p = build_parser(__doc__.split("\n\n")[0], algo=algo_of(sys.argv[1:] if argv is None else argv))
     p.add_argument("--eval-prompts", type=cli.bounded(int, ge=1), default=128)
     p.add_argument("--eval-samples", type=cli.bounded(int, ge=1), default=2)
     p.set_defaults(out="out/bench-rlhf")
@@ -56,7 +49,7 @@ def main(argv=None):
     cfg = config_from(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args)
+    gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args.checkpoint, args.data, args.out)
     reference = frozen_copy(gpt)
     scorer = VaderScorer()
     eval_prompts = fixed_prompts(heldout_tokens, args.eval_prompts, cfg.prompt_len, seed=2024)
@@ -69,27 +62,21 @@ def main(argv=None):
 
     reward_model, rm_info = None, None
     if args.reward == "model":
-        reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, args)
-    trainer = make_trainer(args, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
+        reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer,
+                                                   reward_model_config_from(args, cfg.seed))
+    trainer = make_trainer(args.algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
     policy = trainer.policy
     t0 = time.perf_counter()
     history = run_rlhf(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)
     wall = time.perf_counter() - t0
     trainer.save(out / "policy", extra_meta={"reward": args.reward, "reward_model": rm_info})
     after = ev(policy.gpt)
+    checks = check_targets(before, after)
     fluency = after.ref_nll_per_char - before.ref_nll_per_char
-    gain = after.score_mean - before.score_mean
-    checks = {
-        "score >= 0.40": after.score_mean >= 0.40,
-        "score >= reference + 0.30": gain >= 0.30,
-        "fraction > +0.05 >= 0.70": after.pos_frac >= 0.70,
-        "KL <= 0.10 nats/char": after.kl_per_char <= 0.10,
-        "fluency <= +0.15 nats/char": fluency <= 0.15,
-    }
     results = {"before": before.summary(), "after": after.summary(), "fluency_gap": round(fluency, 4),
-               "score_gain": round(gain, 4), "wall_s": round(wall, 1), "s_per_step": round(wall / cfg.steps, 2),
-               "completions": trainer.completions, "checks": checks, "algo": args.algo, "config": asdict(cfg),
-               "reward": args.reward, "reward_model": rm_info,
+               "score_gain": round(after.score_mean - before.score_mean, 4), "wall_s": round(wall, 1),
+               "s_per_step": round(wall / cfg.steps, 2), "completions": trainer.completions, "checks": checks,
+               "algo": args.algo, "config": asdict(cfg), "reward": args.reward, "reward_model": rm_info,
                "checkpoint": args.checkpoint, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "cpu_count": os.cpu_count(), "python": platform.python_version(),
                "final_beta": trainer.kl_ctl.value, "warnings": sum(len(m["warnings"]) for m in history),
@@ -104,22 +91,10 @@ def main(argv=None):
     for text, s in zip(after.texts[:8], after.scores[:8]):
         print(f"[{s:+.3f}] {text.replace(chr(10), '/')}")
     show_completions(f"8 fixed prompts after {name}", policy.gpt, eval_prompts[:8], cfg, tokenizer, scorer)
-    print(f"\n| figure | reference | after {name} | target | met |")
-    print("|---|---|---|---|---|")
-    print(f"| mean VADER ({len(eval_prompts)} prompts x {args.eval_samples}) | {before.score_mean:+.3f} | "
-          f"{after.score_mean:+.3f} | >= +0.40 and >= ref + 0.30 | "
-          f"{'yes' if checks['score >= 0.40'] and checks['score >= reference + 0.30'] else 'NO'} |")
-    print(f"| fraction > +0.05 | {before.pos_frac:.3f} | {after.pos_frac:.3f} | >= 0.70 | "
-          f"{'yes' if checks['fraction > +0.05 >= 0.70'] else 'NO'} |")
-    print(f"| exact KL to reference (nats/char) | 0 | {after.kl_per_char:.4f} | <= 0.10 | "
-          f"{'yes' if checks['KL <= 0.10 nats/char'] else 'NO'} |")
-    print(f"| reference loss on completions (nats/char) | {before.ref_nll_per_char:.4f} | "
-          f"{fluency_cell(before.ref_nll_per_char, after.ref_nll_per_char)} | <= +0.15 | "
-          f"{'yes' if checks['fluency <= +0.15 nats/char'] else 'NO'} |")
-    print(f"| wall time, {cfg.steps} {name} steps, {trainer.completions} completions | | {wall:.0f} s "
-          f"({wall / cfg.steps:.2f} s/step) | | |")
+    print()
+    print("\n".join(results_table(before, after, name, wall, cfg.steps, trainer.completions)))
     return 0 if all(checks.values()) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

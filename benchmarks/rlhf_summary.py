@@ -19,56 +19,21 @@ With --plot it draws score against KL per char: left, every run's evaluation (on
 the median as a larger mark); right, every run's training rollouts as a path (10-step means of
 score and exact KL per token, which for the character tokenizer is per char).
 
+A run's recipe, the rolling mean and the time to target are tinygrad_gpt/rlhf/evaluate.py's.
 Deliberately does not: re-evaluate anything (it reads what the runs wrote), or merge runs of
 different recipes into one row.
 """
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_gpt.rlhf.config import CONFIGS  # noqa: E402
-
-WINDOW = 10  # steps in the rolling mean of the training curves
-
-
-def rolling(values, window=WINDOW):
-    """Means of each `window` consecutive values (len - window + 1 of them; none if fewer)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < window:
-        return np.array([])
-    c = np.cumsum(np.concatenate([[0.0], v]))
-    return (c[window:] - c[:-window]) / window
-
-
-def time_to_target(records, target, window=WINDOW):
-    """(completions, seconds) when the rolling `window`-step mean rollout score first reaches target."""
-    if any(r.get("score_of") == "reference" for r in records):
-        return None, None
-    means = rolling([r["score"] for r in records], window)
-    elapsed = np.cumsum([r["step_s"] for r in records])
-    hits = np.nonzero(means >= target)[0]
-    if not len(hits):
-        return None, None
-    i = hits[0] + window - 1
-    return records[i]["completions"], float(elapsed[i])
-
-
-def recipe_of(algo, config):
-    """The run's method and the config fields that differ from the method's defaults, seed aside."""
-    cls = CONFIGS.get(algo)
-    if cls is None or not config:
-        return algo
-    defaults = json.loads(json.dumps(asdict(cls())))  # tuples -> lists, as results.json holds them
-    diffs = [f"{k}={v}" for k, v in config.items() if k not in ("seed", "device") and defaults.get(k, v) != v]
-    # a field the run's config lacks predates it (the run used whatever the code did then): say so
-    diffs += [f"no {k}" for k in defaults if k not in config]
-    return " ".join([algo] + diffs)
+from tinygrad_gpt.rlhf.evaluate import (TARGET_KL, TARGET_SCORE, WINDOW, recipe_of, rolling,  # noqa: E402
+                                        time_to_target)
 
 
 def load_run(run_dir, target):
@@ -135,8 +100,8 @@ def plot(by_recipe, path):
                               label=recipe if j == 0 else None)
                 ax_curve.plot(r["curve_kl"][-1:], r["curve_score"][-1:], "o", color=colour, markersize=4)
     for ax in (ax_eval, ax_curve):
-        ax.axhline(0.40, ls="--", color="grey", lw=0.8)
-        ax.axvline(0.10, ls="--", color="grey", lw=0.8)
+        ax.axhline(TARGET_SCORE, ls="--", color="grey", lw=0.8)
+        ax.axvline(TARGET_KL, ls="--", color="grey", lw=0.8)
         ax.grid(alpha=0.3)
     ax_eval.set_xlabel("exact KL to the reference (nats / char), evaluation")
     ax_eval.set_ylabel("mean VADER")
@@ -153,7 +118,7 @@ def plot(by_recipe, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--target", type=float, default=0.40, help="rollout score for the time-to-target columns")
+    p.add_argument("--target", type=float, default=TARGET_SCORE, help="rollout score for the time-to-target columns")
     p.add_argument("--plot", default=None, help="write score against KL per char to this PNG")
     args = p.parse_args(argv)
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
 
 PRESETS = {
@@ -53,8 +54,6 @@ def time_generate(model, prompt, tokens, repeats, use_cache):
 
 
 def main():
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--tokens", type=positive, default=256, help="new tokens per generate call")
@@ -90,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

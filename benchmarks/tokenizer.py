@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tinygrad_gpt import cli  # noqa: E402
 from tinygrad_gpt.tokenizers import GPT2_SPLIT_PATTERN, RegexTokenizer, load_gpt2  # noqa: E402
 from tinygrad_gpt.tokenizers import fastbpe  # noqa: E402
 from tinygrad_gpt.tokenizers.formats import bytes_to_unicode  # noqa: E402
@@ -159,8 +160,6 @@ def bench_encoding(text, gpt2_dir, repeats, rows):
 
 
 def main():
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("TINYSHAKESPEARE", str(DATA / "tinyshakespeare.txt")))
     ap.add_argument("--gpt2-dir", default=os.environ.get("GPT2_DIR", str(DATA / "gpt2")))
@@ -186,4 +185,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

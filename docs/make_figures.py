@@ -8,7 +8,8 @@ From scratch, on a CPU, in a few minutes:
                             (tinygrad_gpt/plot.py attention_figure)
   3. grad_norms.png         per-layer-group gradient norms over the run, and
      training_curves.png    its loss / val loss, lr and tokens/s (plot.plot_runs on WORK/train)
-  4. --ppo-steps PPO steps from that checkpoint against VADER (the RLHF example's task), the ratios
+  4. --ppo-steps PPO steps from that checkpoint against VADER (the RLHF example's task, through the
+     driver it calls, tinygrad_gpt/rlhf/run.py), the ratios
      of the last step kept by the PPOTrainer.on_ratios hook (plot.RatioRecorder) in
      WORK/ppo/ratios.npz  ->  ppo_ratio_clip.png (plot.plot_ppo_ratios)
 
@@ -70,11 +71,10 @@ def train(args, run_dir):
 
 def ppo_ratios(args, run_dir, ppo_dir):
     """Step 4: a few PPO steps from the checkpoint; returns the last step's ratio file."""
-    from examples.rlhf_sentiment import load_setup, run_rlhf
     from tinygrad_gpt.rlhf import PolicyWithValue, PPOConfig, PPOTrainer, VaderScorer, frozen_copy
+    from tinygrad_gpt.rlhf.run import load_setup, run_rlhf
 
-    gpt, tokenizer, prompt_tokens, _ = load_setup(argparse.Namespace(checkpoint=str(run_dir), data=args.data,
-                                                                     out=str(ppo_dir)))
+    gpt, tokenizer, prompt_tokens, _ = load_setup(run_dir, args.data)
     half = gpt.config.block_size // 2  # prompt and response fill one block: one window per sequence
     cfg = PPOConfig(steps=args.ppo_steps, batch_size=args.ppo_batch, prompt_len=half, response_len=half,
                     minibatch_size=args.ppo_batch // 4, ppo_epochs=4, lr=args.ppo_lr, norm_batches=1,
@@ -98,7 +98,7 @@ def make_figures(args, work):
     times["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     block = load_model(run_dir)[0].config.block_size
     prompt = args.prompt if args.prompt is not None else plot.DEFAULT_PROMPT[:block]
     plot.attention_figure(run_dir, prompt, out)

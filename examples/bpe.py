@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinygrad_gpt import cli, data  # noqa: E402
-from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, load_tokenizer  # noqa: E402
+from tinygrad_gpt.tokenizers import BPETokenizer, BasicTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.pretokenize import compiled, resolve_pattern, split  # noqa: E402
 
 
@@ -129,8 +129,6 @@ def build_parser():
 
 
 def main(argv=None):
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     ap = build_parser()
     args = ap.parse_args(argv)
 
@@ -178,7 +176,7 @@ def main(argv=None):
     print(f"round trip: {args.sample!r} -> {sample_ids} -> {back!r} ({'ok' if back == args.sample else 'MISMATCH'})")
     check_round_trip(text, tok.decode(ids), f"the training text {data_path}")
     check_round_trip(args.sample, back, "--sample")
-    tok.save(args.out)
+    save_tokenizer(tok, args.out)
     saved = load_tokenizer(args.out)
     if (saved.encode(args.sample, allowed_special="all") if isinstance(saved, BPETokenizer)
             else saved.encode(args.sample)) != sample_ids:

@@ -34,7 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from tinygrad_gpt import backend, chat_format, checkpoint, cli, data, distributed, sft  # noqa: E402
-from tinygrad_gpt.train import NonFiniteLoss, TrainConfig, load_model, resume_configs, tokenizer_of  # noqa: E402
+from tinygrad_gpt.runs import load_model, tokenizer_of  # noqa: E402
+from tinygrad_gpt.train import NonFiniteLoss, TrainConfig, resume_configs  # noqa: E402
 
 METRICS = "metrics.jsonl"
 SHAKESPEARE = "tiny Shakespeare's dialogue"
@@ -101,7 +102,6 @@ def fresh_out(out_dir, overwrite):
 
 
 def main(argv=None):
-    backend.tune_host_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     if distributed.from_environment(args.device) is not None:

@@ -17,9 +17,9 @@ epoch, on Ctrl-C or SIGTERM, and at the end; metrics.jsonl beside them. A run lo
 writes (a second run there is refused), and a fresh run does not replace the run an --out holds
 unless given --overwrite; --resume continues with the checkpoint's settings. A flag the chosen
 mode does not read (--lr with --sample, --temperature when training) is named in a warning. Every
-GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked before anything
-runs. Exit status:
-0 done, 1 runtime error, 2 usage error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
+GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked as declared in
+tinygrad_gpt/settings.py before anything runs. Exit status: 0 done, 1 runtime error, 2 usage
+error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
 the tokens as they are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the
 model and the GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json,
 model.safetensors, vocab.json, merges.txt); --export-pretrained writes a checkpoint back as one.
@@ -35,17 +35,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained  # noqa: E402
+from tinygrad_gpt import backend, checkpoint, cli, data, distributed, pretrained, runs  # noqa: E402
 from tinygrad_gpt.model import GPT, GPTConfig  # noqa: E402
 from tinygrad_gpt.plot import write_plots_if_possible  # noqa: E402
-from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_from_dict  # noqa: E402
+from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, tokenizer_from_dict  # noqa: E402
 from tinygrad_gpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygrad_gpt.tokenizers.stream import TextStream  # noqa: E402
-from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, check_resumable,  # noqa: E402
-                                describe_presets, load_model, preset_configs, preset_settings, resume_configs,
-                                tokenizer_of)
+from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, describe_presets,  # noqa: E402
+                                preset_configs, preset_settings, resume_configs)
+from tinygrad_gpt.runs import check_resumable, load_model, tokenizer_of  # noqa: E402
 
 METRICS = "metrics.jsonl"
+# which command reads each kind of saved run (runs.KINDS), for the messages that meet another kind
+READERS = {f"rlhf-{m}": "sample it with --sample, tune it further with examples/rlhf_sentiment.py --checkpoint"
+           for m in runs.RLHF_METHODS}
 
 
 def build_parser():
@@ -140,7 +143,7 @@ def sample_only(args, out_dir):
     """Stream --num-tokens sampled tokens after --prompt; Ctrl-C keeps what was printed (exit 130)."""
     if init_from(args):
         model = GPT.from_pretrained(init_from(args), dtype=np.dtype(args.dtype or "float32"), device=args.device)
-        tokenizer = pretrained.load_tokenizer(init_from(args), model.config)
+        tokenizer = pretrained.load_tokenizer(init_from(args), model.config.vocab_size)
     else:
         model, meta, _ = load_model(out_dir, device=args.device)
         tokenizer = tokenizer_of(meta, out_dir)
@@ -162,7 +165,7 @@ def export_pretrained(args, out_dir):
     """Write the checkpoint in --out as a Hugging Face GPT-2 folder (weights, config, tokenizer)."""
     model, meta, _ = load_model(out_dir, device="cpu")
     tokenizer = tokenizer_of(meta, out_dir)
-    if not hasattr(tokenizer, "save_gpt2"):
+    if not isinstance(tokenizer, BasicTokenizer):  # every byte-level BPE tier has a GPT-2 form
         raise ValueError(f"--export-pretrained: the checkpoint in {out_dir} uses a character tokenizer; a GPT-2 "
                          f"folder needs a byte-level BPE one (train with --init-from or --tokenizer bpe)")
     directory = model.save_pretrained(args.export_pretrained, tokenizer=tokenizer)
@@ -184,8 +187,6 @@ def pretrained_model(args, gpt_cfg, dtype):
 
 
 def main(argv=None):
-    from tinygrad_gpt.backend import tune_host_allocator
-    tune_host_allocator()  # glibc's malloc thresholds, for this process: see backend.py
     parser = build_parser()
     args = parser.parse_args(argv)
     args.given = cli.given_flags(parser, argv)  # {dest: flag} of what the command line holds
@@ -252,7 +253,7 @@ def resume_state(args, out_dir, root, world):
     if root:  # a checkpoint rank 0 refuses raises here and aborts the job with its message
         resumed = load_model(out_dir, device=args.device)
         meta = resumed[1]
-        check_resumable(meta, out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        check_resumable(meta, out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size, readers=READERS)
         dtype = str(resumed[0].wte.weight.dtype)
         if args.dtype is not None and args.dtype != dtype:
             raise ValueError(f"--resume: --dtype {args.dtype}, but the checkpoint in {out_dir} was trained in {dtype}; "
@@ -313,7 +314,7 @@ def train_run(args, parser, world, out_dir, flags, say, root):
         overrides = dict(flags, device=args.device, out_dir=str(out_dir))
         if init_from(args):
             hf = pretrained.config_from_hf(pretrained.read_config(init_from(args)), init_from(args))
-            overrides.update({name: getattr(hf, name) for name in PRETRAINED_SHAPE})
+            overrides.update({name: hf[name] for name in PRETRAINED_SHAPE})
         try:
             gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
         except ValueError as exc:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinygrad_gpt.tokenizers import BPETokenizer, GPT2_SPLIT_PATTERN, load_gpt2
+from tinygrad_gpt.tokenizers import BPETokenizer, GPT2_SPLIT_PATTERN, load_gpt2, tokenizer_from_dict
 from tinygrad_gpt.tokenizers.formats import bytes_to_unicode
 
 from conftest import gpt2_dir, peer, require_shakespeare
@@ -82,7 +82,7 @@ def test_gpt2_corpus_matches_reference_ids(gpt2, name, fast):
 def test_control_wrong_split_pattern_is_caught(gpt2):
     """Control: the corpus test must be able to fail. The same GPT-2 merges behind the GPT-4 split
     (digits in runs of at most 3, no space before digits) give other ids for "numbers"."""
-    wrong = BPETokenizer.from_dict({**gpt2.to_dict(), "pattern": "gpt4"})
+    wrong = tokenizer_from_dict({**gpt2.to_dict(), "pattern": "gpt4"})
     text, expected = CORPUS["numbers"]
     assert wrong.encode(text) != expected
     assert wrong.decode(wrong.encode(text)) == text
@@ -188,3 +188,15 @@ def test_bad_arguments_name_themselves():
         BPETokenizer().encode(b"bytes")
     with pytest.raises(ValueError, match="lone surrogate U\\+D800 at index 1"):
         BPETokenizer().encode("a\ud800")
+
+
+def test_register_special_tokens_adds_ids_that_encode_and_decode():
+    """A trained tokenizer of 258 ids (256 bytes + "ab" + <|endoftext|>): registering <|user|> as
+    258 makes it one id when allowed, and ordinary text (its bytes) when not."""
+    tok = BPETokenizer(special_tokens=["<|endoftext|>"]).train("ab ab ab", 258)
+    assert tok.vocab_size == 258
+    tok.register_special_tokens({"<|user|>": 258})
+    assert tok.vocab_size == 259 and tok.special_tokens["<|user|>"] == 258
+    assert tok.encode("<|user|>ab", allowed_special="all") == [258, 256]
+    assert tok.decode([258, 256]) == "<|user|>ab"
+    assert tok.encode("<|user|>", disallowed_special=()) == list(b"<|user|>")

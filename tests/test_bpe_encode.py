@@ -15,7 +15,7 @@ import random
 import pytest
 
 from tinygrad_gpt import kernels
-from tinygrad_gpt.tokenizers import BasicTokenizer, BPETokenizer, RegexTokenizer
+from tinygrad_gpt.tokenizers import BPETokenizer, BasicTokenizer, RegexTokenizer, tokenizer_from_dict
 from tinygrad_gpt.tokenizers import fastbpe
 from tinygrad_gpt.tokenizers.bpe import bpe_reference
 
@@ -24,7 +24,7 @@ TEXT = ("So shaken as we are, so wan with care, find we a time for frighted peac
 
 
 def _reference_ids(tok, text):
-    ref = type(tok).from_dict(tok.to_dict())
+    ref = tokenizer_from_dict(tok.to_dict())
     ref.fast = False
     return ref.encode(text)
 
@@ -87,7 +87,7 @@ def test_kernel_switch_reaches_the_tokenizer(monkeypatch):
         # the references do the work then: same ids as the kernels give
         tok = RegexTokenizer()
         tok.train(TEXT, 300)
-        fast = type(tok).from_dict(tok.to_dict())
+        fast = tokenizer_from_dict(tok.to_dict())
         fast.fast = True
         assert tok.encode(TEXT) == fast.encode(TEXT)
     finally:

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tinygrad_gpt.tokenizers import BasicTokenizer, TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer
+from tinygrad_gpt.tokenizers import BasicTokenizer, TokenizerFileError, load_gpt2, load_tiktoken, load_tokenizer, save_gpt2, save_tokenizer
 from tinygrad_gpt.tokenizers.formats import bytes_to_unicode
 
 
@@ -89,7 +89,7 @@ def test_tiktoken_errors_name_file_and_line(tmp_path):
 def test_own_format_errors_name_file_and_line(tmp_path):
     tok = BasicTokenizer().train("aaabdaaabac", 259)
     p = tmp_path / "t.bpe"
-    tok.save(p)
+    save_tokenizer(tok, p)
     lines = p.read_text(encoding="utf-8").split("\n")
     assert lines[0] == "tinygrad_gpt.bpe 1" and lines[2:5] == ["97 97 256", "97 98 257", "256 257 258"]
     assert load_tokenizer(p).encode("aaabdaaabac") == [258, 100, 258, 97, 99]
@@ -121,7 +121,7 @@ def test_save_gpt2_writes_tokenizer_json_that_loads_alone_with_the_same_ids(tmp_
     """The same tiny vocabulary as above, written by save_gpt2: vocab.json, merges.txt and
     tokenizer.json. With vocab.json and merges.txt removed, the folder loads from tokenizer.json to
     the same merges, specials and ids (" hehe" -> [257, 256], "<|x|>" -> 258)."""
-    _gpt2_tiny_tokenizer(tmp_path).save_gpt2(tmp_path / "out")
+    save_gpt2(_gpt2_tiny_tokenizer(tmp_path), tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "tokenizer.json", "vocab.json"]
     doc = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
@@ -138,7 +138,7 @@ def test_tokenizer_json_merges_as_strings_and_a_split_pattern_load(tmp_path):
     """Older tokenizers wrote merges as "left right" strings; a pattern other than GPT-2's is a Split
     before a ByteLevel without its own regex. Pattern r"\\S+|\\s+" keeps " he" apart as " " + "he"."""
     tok = _gpt2_tiny_tokenizer(tmp_path)
-    tok.save_gpt2(tmp_path / "out")
+    save_gpt2(tok, tmp_path / "out")
     path = tmp_path / "out" / "tokenizer.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     doc["model"]["merges"] = [" ".join(m) for m in doc["model"]["merges"]]
@@ -161,7 +161,7 @@ def test_tokenizer_json_merges_as_strings_and_a_split_pattern_load(tmp_path):
     (lambda d: d["added_tokens"][0].update(id=7), "added_tokens"),
 ])
 def test_tokenizer_json_that_is_not_gpt2s_kind_is_refused_naming_the_field(tmp_path, change, field):
-    _gpt2_tiny_tokenizer(tmp_path).save_gpt2(tmp_path / "out")
+    save_gpt2(_gpt2_tiny_tokenizer(tmp_path), tmp_path / "out")
     path = tmp_path / "out" / "tokenizer.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     change(doc)

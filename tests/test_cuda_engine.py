@@ -305,7 +305,7 @@ def test_gpu_benchmark_scripts_run(cuda, capsys, monkeypatch):
 @pytest.mark.parametrize("save_on,load_on", [("cuda", "cpu"), ("cpu", "cuda")])
 def test_checkpoint_moves_between_devices(cuda, tmp_path, rng, save_on, load_on):
     from tinygrad_gpt import checkpoint
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     model = _model(save_on)
     opt = AdamW(model.parameters(), lr=1e-3)
     x, y = _batch(rng)

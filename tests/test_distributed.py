@@ -319,7 +319,7 @@ def test_signalling_mpirun_itself_leaves_a_loadable_checkpoint(corpus, tmp_path,
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0                       # Open MPI: 1, after it forwarded a signal
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     model, meta, _ = load_model(out)
     assert meta["state"]["step"] == 5 and meta["world_size"] == 2
     assert not [p.name for p in out.iterdir() if "tmp" in p.name]

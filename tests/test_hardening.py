@@ -23,6 +23,7 @@ import pytest
 
 from conftest import needs_data, require_shakespeare, shakespeare_path
 from tinygrad_gpt import Tensor
+from tinygrad_gpt.tokenizers import save_tokenizer
 
 
 # ---- engine: backward through a released graph ---------------------------------------------------
@@ -169,16 +170,16 @@ def test_a_new_float_field_becomes_a_float_flag():
     """Flags follow the dataclass types: a float field is parsed as float, an int | None field takes 'none'."""
     from dataclasses import dataclass
 
-    from tinygrad_gpt import cli
+    from tinygrad_gpt import cli, settings
 
     @dataclass
     class Config:
-        rate: float = cli.setting(0.5, gt=0)
-        limit: int | None = cli.setting(None, ge=1)
+        rate: float = settings.setting(0.5, gt=0)
+        limit: int | None = settings.setting(None, ge=1)
         on: bool = True
 
         def __post_init__(self):
-            cli.check_fields(self)
+            settings.check_fields(self)
 
     p = argparse.ArgumentParser()
     assert cli.add_flags(p, Config) == ["rate", "limit", "on"]
@@ -478,7 +479,7 @@ def test_tokenizer_save_into_a_directory_and_load_of_binary(tmp_path):
     tok = BasicTokenizer().train("aaabdaaabac", 258)
     (tmp_path / "dir").mkdir()
     with pytest.raises(IsADirectoryError, match="dir"):
-        tok.save(tmp_path / "dir")
+        save_tokenizer(tok, tmp_path / "dir")
     assert no_temp_files(tmp_path) == []
     binary = tmp_path / "blob"
     binary.write_bytes(b"\x00\xff" * 10)
@@ -582,7 +583,7 @@ def test_rlhf_signal_saves_the_last_finished_step_and_exits(trained, tmp_path, s
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
     assert f"stopped at step {steps[-1]} of 100000" in stdout, stdout[-2000:]
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     model, meta, _ = load_model(out)
     assert meta["kind"] == "rlhf-ppo" and meta["rlhf_steps"] == steps[-1]
     assert all(np.isfinite(p.data).all() for p in model.parameters())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import Tensor, backend, gradcheck, ops
-from tinygrad_gpt.model import GPT, GPTConfig, sample_from_logits
+from tinygrad_gpt.model import GPT, GPTConfig, context_windows, sample_from_logits
 
 TINY = GPTConfig(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=8, dropout=0.0)
 
@@ -168,6 +168,49 @@ def test_generate_logits_are_forwards_last_row(rng, monkeypatch):
         full, _ = model.eval()(prompt)
         np.testing.assert_allclose(seen[0][0], full.numpy()[:, -1, :], rtol=1e-12, atol=1e-12)
         assert seen[0][1] == 0.5
+
+
+def test_context_windows_fill_the_block_then_step_by_stride():
+    """Block 8, stride 4 (8 // 2). Prompt 2 + 20 new tokens: the first window fills the block (tokens
+    2..8 from seq[0:t]); then 4 tokens a window, each ending on a full block (start = b - 1 - 8):
+    (4, 9, 13), (8, 13, 17), (12, 17, 21) and the last token (13, 21, 22). A prompt that leaves less
+    than a stride of room (7 of 8) gets a first window of one stride: (2, 7, 11)."""
+    assert context_windows(2, 20, 8) == [(0, 2, 9), (4, 9, 13), (8, 13, 17), (12, 17, 21), (13, 21, 22)]
+    assert context_windows(7, 6, 8) == [(2, 7, 11), (4, 11, 13)]
+    assert context_windows(2, 7, 8) == [(0, 2, 9)]                        # fits: 2 + 7 - 1 <= 8
+    with pytest.raises(ValueError, match=r"stride must be in \[1, block_size=8\], got 9"):
+        context_windows(2, 20, 8, stride=9)
+    with pytest.raises(ValueError, match="new tokens need >= 1"):
+        context_windows(2, 0, 8)
+
+
+@pytest.mark.parametrize("prompt_len, stride", [(1, None), (4, 3), (12, None)])
+def test_generate_past_block_size_draws_each_token_from_its_window(rng, monkeypatch, prompt_len, stride):
+    """Past block_size 9, with and without the cache: the logits of token t of window (start, a, b)
+    are forward's last row over seq[start:t], so the cached and the uncached loop draw the same
+    tokens (a prompt of 1 and of 4, and one longer than the block)."""
+    import tinygrad_gpt.model as model_module
+    model = GPT(TINY, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    prompt = rng.integers(0, TINY.vocab_size, (2, prompt_len))
+    seen, real = [], model_module.sample_from_logits
+
+    def spy(logits, rng, top_k=None, top_p=None, temperature=1.0):
+        seen.append(logits.copy())
+        return real(logits, rng, top_k=top_k, top_p=top_p, temperature=temperature)
+
+    monkeypatch.setattr(model_module, "sample_from_logits", spy)
+    new = 3 * TINY.block_size
+    outs = {}
+    for use_cache in (True, False):
+        seen.clear()
+        outs[use_cache] = model.generate(prompt, new, seed=4, use_cache=use_cache, stride=stride)
+        seq = outs[use_cache]
+        t_seen = iter(seen)
+        for start, a, b in context_windows(prompt_len, new, TINY.block_size, stride):
+            for t in range(a, b):
+                full, _ = model.eval()(seq[:, start:t])
+                np.testing.assert_allclose(next(t_seen), full.numpy()[:, -1, :], rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(outs[True], outs[False])
 
 
 def test_generate_is_seeded_and_builds_no_graph():

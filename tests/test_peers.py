@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, gpt2_dir, peer
 from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.tokenizers import BPETokenizer
+from tinygrad_gpt.tokenizers import load_gpt2
 
 TEXT = "Hello world, ROMEO:\n  thou art 123 héllo 🙂<|endoftext|> done"
 
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     from tinygrad_gpt import kernels as fused, Tensor
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.optim import AdamW
-    from tinygrad_gpt.tokenizers import BPETokenizer
+    from tinygrad_gpt.tokenizers import load_gpt2
 
     repo = pathlib.Path(sys.argv[1]).resolve()
     assert repo not in pathlib.Path(kernels.__file__).resolve().parents, kernels.__file__
@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent('''
     assert fused.for_array(np.zeros(1)).__name__ == "tinygrad_gpt.kernels.cpu"
 
     # ours: a few training steps through every fused kernel, then sampling
-    tok = BPETokenizer.from_gpt2(sys.argv[2])
+    tok = load_gpt2(sys.argv[2])
     ids = tok.encode("Hello world")
     assert ids == [15496, 995], ids
     cfg = GPTConfig(vocab_size=50257, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
@@ -114,8 +114,8 @@ def test_transformers_5_folder_with_only_tokenizer_json_loads_with_gpt2_ids(tmp_
     torch.manual_seed(int(rng.integers(1 << 30)))
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=16, n_embd=8, n_layer=1, n_head=2))
     hf.save_pretrained(folder)
-    tok = BPETokenizer.from_gpt2(folder)
-    want = BPETokenizer.from_gpt2(gpt2_dir()).encode(TEXT, allowed_special="all")
+    tok = load_gpt2(folder)
+    want = load_gpt2(gpt2_dir()).encode(TEXT, allowed_special="all")
     assert tok.encode(TEXT, allowed_special="all") == want == hf_tok.encode(TEXT)
     assert tok.special_tokens == {"<|endoftext|>": 50256}
     model = GPT.from_pretrained(folder)
@@ -130,7 +130,7 @@ def test_save_pretrained_tokenizer_reads_in_transformers_both_ways(tmp_path):
     fast one tokenizer.json, and both give our ids."""
     transformers = peer("transformers")
     needs_gpt2_files()
-    tok = BPETokenizer.from_gpt2(gpt2_dir())
+    tok = load_gpt2(gpt2_dir())
     model = GPT(GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=1, n_embd=4))
     folder = model.save_pretrained(tmp_path / "out", tokenizer=tok)
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
@@ -147,7 +147,7 @@ def test_init_from_a_folder_with_only_tokenizer_json(tmp_path):
     from conftest import require_shakespeare
     needs_gpt2_files()
     model = GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=8), seed=3)
-    folder = model.save_pretrained(tmp_path / "gpt2", tokenizer=BPETokenizer.from_gpt2(gpt2_dir()))
+    folder = model.save_pretrained(tmp_path / "gpt2", tokenizer=load_gpt2(gpt2_dir()))
     (folder / "vocab.json").unlink()
     (folder / "merges.txt").unlink()
     text = tmp_path / "small.txt"

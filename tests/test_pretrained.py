@@ -15,6 +15,7 @@ import pytest
 from conftest import gpt2_dir, peer
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.pretrained import PretrainedError, config_from_hf, config_to_hf, read_safetensors
+from tinygrad_gpt.tokenizers import load_gpt2
 
 safetensors = pytest.importorskip("safetensors")
 import safetensors.numpy  # noqa: E402
@@ -125,9 +126,9 @@ def test_every_gpt2_size_from_its_config(name, layers, heads, embd):
     """The published configs of the five sizes (n_layer, n_head, n_embd; 1024 positions, 50257 tokens)."""
     hf = {"model_type": "gpt2", "activation_function": "gelu_new", "vocab_size": 50257, "n_positions": 1024,
           "n_ctx": 1024, "n_layer": layers, "n_head": heads, "n_embd": embd, "layer_norm_epsilon": 1e-5}
-    cfg = config_from_hf(hf, name)
+    cfg = GPTConfig(**config_from_hf(hf, name))
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (layers, heads, embd, 1024, 50257)
-    assert config_from_hf(config_to_hf(cfg), name) == cfg
+    assert GPTConfig(**config_from_hf(config_to_hf(cfg), name)) == cfg
 
 
 def test_layer_norm_epsilon_is_read_from_the_config(tmp_path, rng):
@@ -213,15 +214,14 @@ def test_save_pretrained_onto_a_file_names_it_and_leaves_it(tmp_path, rng):
 
 def test_tokenizer_from_the_folder_round_trips(tmp_path):
     """The real GPT-2 vocabulary: <|endoftext|> is 50256, and save_pretrained writes the same files."""
-    from tinygrad_gpt.tokenizers import BPETokenizer
     if not (gpt2_dir() / "vocab.json").is_file():
         pytest.skip(f"no GPT-2 vocab.json in {gpt2_dir()}")
-    tok = BPETokenizer.from_gpt2(gpt2_dir())
+    tok = load_gpt2(gpt2_dir())
     assert tok.special_tokens == {"<|endoftext|>": 50256} and tok.vocab_size == 50257
     text = "Hello world, ROMEO:\n  thou art"
     model = GPT(GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=1, n_embd=4))
     out = model.save_pretrained(tmp_path / "out", tokenizer=tok)
-    again = BPETokenizer.from_gpt2(out)
+    again = load_gpt2(out)
     assert again.encode(text) == tok.encode(text)
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2's published ids
     assert json.loads((out / "vocab.json").read_text()) == json.loads((gpt2_dir() / "vocab.json").read_text())
@@ -344,11 +344,10 @@ def test_text_stream_holds_back_a_split_utf8_character():
 @pytest.fixture
 def gpt2_folder(tmp_path):
     """A small random model with GPT-2's real tokenizer, saved as a GPT-2 folder."""
-    from tinygrad_gpt.tokenizers import BPETokenizer
     if not (gpt2_dir() / "vocab.json").is_file():
         pytest.skip(f"no GPT-2 vocab.json in {gpt2_dir()}")
     model = GPT(GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=8), seed=3)
-    return model.save_pretrained(tmp_path / "gpt2", tokenizer=BPETokenizer.from_gpt2(gpt2_dir()))
+    return model.save_pretrained(tmp_path / "gpt2", tokenizer=load_gpt2(gpt2_dir()))
 
 
 def _example(*args, **kw):
@@ -436,7 +435,7 @@ def test_fine_tune_resume_export_and_reload(gpt2_folder, tmp_path):
     """--init-from trains with the folder's tokenizer and weights (position table cropped to the run's
     block), resumes, and --export-pretrained writes a folder equal to the checkpoint."""
     from conftest import require_shakespeare
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     text = tmp_path / "small.txt"
     text.write_text(require_shakespeare().read_text(encoding="utf-8")[:20000], encoding="utf-8")
     out = tmp_path / "ft"
@@ -559,9 +558,8 @@ def test_a_config_that_contradicts_the_weights_is_refused_before_allocating(tmp_
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_expected_shapes_are_the_model_parameters(bias):
-    from tinygrad_gpt.pretrained import expected_shapes
     cfg = GPTConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, n_embd=4, bias=bias)
-    assert expected_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
+    assert GPT.parameter_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
 
 
 def test_weights_are_loaded_without_a_random_initialisation_first(tmp_path, rng, monkeypatch):

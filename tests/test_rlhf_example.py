@@ -1,5 +1,11 @@
-"""examples/rlhf_sentiment.py end to end on a tiny untrained checkpoint: prints, metrics, a loadable policy."""
+"""examples/rlhf_sentiment.py end to end on a tiny untrained checkpoint: prints, metrics, a loadable policy.
+
+The scripts run as a person runs them, in a process of their own (`run_script`); what they share,
+tinygrad_gpt/rlhf/run.py, is tested by calling it.
+"""
 import json
+import os
+import subprocess
 import sys
 from dataclasses import asdict
 
@@ -8,7 +14,12 @@ import pytest
 
 from conftest import REPO, require_shakespeare
 
-sys.path.insert(0, str(REPO))
+
+def run_script(path, *flags, timeout=600):
+    """`python <path relative to the repository> flags...` from the repository root: the CompletedProcess."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / path), *map(str, flags)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 def _tiny_checkpoint(tmp_path, data_path):
@@ -30,15 +41,15 @@ def _flags(tmp_path, data_path, reward):
             "--rm-prompts", "16", "--rm-steps", "2"]
 
 
-def test_example_runs_and_saves(tmp_path, capsys):
+def test_example_runs_and_saves(tmp_path):
     data_path = require_shakespeare()
-    from examples.rlhf_sentiment import main
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
 
     cfg = _tiny_checkpoint(tmp_path, data_path)
     out = tmp_path / "rlhf"
-    assert main(_flags(tmp_path, data_path, "vader")) == 0
-    printed = capsys.readouterr().out
+    r = run_script("examples/rlhf_sentiment.py", *_flags(tmp_path, data_path, "vader"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    printed = r.stdout
     assert "before PPO" in printed and "after PPO" in printed and printed.count(" >>> ") == 16
     # the short names of the progress line are explained once, before the first step's line
     assert printed.count("columns: ") == 1 and printed.index("columns: ") < printed.index("step 1: ")
@@ -56,20 +67,55 @@ def test_example_runs_and_saves(tmp_path, capsys):
 def test_example_reward_model_without_pairs_says_what_to_do(tmp_path):
     """An untrained model writes no words: VADER scores every sample 0, so there are no pairs."""
     data_path = require_shakespeare()
-    from examples.rlhf_sentiment import main
-
     _tiny_checkpoint(tmp_path, data_path)
-    with pytest.raises(ValueError, match="--rm-prompts"):
-        main(_flags(tmp_path, data_path, "model"))
+    r = run_script("examples/rlhf_sentiment.py", *_flags(tmp_path, data_path, "model"))
+    assert r.returncode == 2 and "error: reward model: " in r.stderr and "--rm-prompts" in r.stderr, r.stderr[-3000:]
 
 
 def test_change_summary_says_when_the_change_is_noise():
     """Paired per-prompt changes: [0.2, 0.0] -> mean 0.1, sample std sqrt(0.02) = 0.1414, standard
     error 0.1414 / sqrt(2) = 0.1: 0.1 is within 2 standard errors. [0.1, 0.1, 0.1, 0.1] -> mean 0.1,
     std 0: beyond. The sentence must not call noise progress."""
-    from examples.rlhf_sentiment import change_summary
+    from tinygrad_gpt.rlhf.run import change_summary
     noisy = change_summary([0.0, 0.0], [0.2, 0.0], steps=3)
     assert "+0.000 before, +0.100 after (+0.100, standard error 0.100)" in noisy
     assert "within 2 standard errors" in noisy and "3 step(s) show no measurable effect" in noisy
     clear = change_summary([0.0] * 4, [0.1] * 4, steps=50)
     assert "more than 2 standard errors from no change" in clear
+
+
+def test_without_a_checkpoint_the_library_trains_the_small_model(tmp_path):
+    """load_setup with no checkpoint trains the cpu preset's character GPT into OUT/pretrained (here 2
+    steps on 20,000 characters): a training run load_model reads, whose validation split gives the
+    prompts, 80% for the run and 20% held out (10% of 20,000 = 2,000 tokens -> 1,600 and 400)."""
+    from tinygrad_gpt.rlhf.run import load_setup, train_small_model
+    from tinygrad_gpt.runs import load_model
+    small = tmp_path / "small.txt"
+    small.write_text(open(require_shakespeare(), encoding="utf-8").read()[:20000], encoding="utf-8")
+    gpt, tokenizer, run_tokens, heldout = load_setup(None, small, tmp_path / "rl", log=lambda *a: None,
+                                                     small_model_iters=2)
+    model, meta, optimizer_state = load_model(tmp_path / "rl" / "pretrained")
+    assert meta["kind"] == "train" and meta["state"]["step"] == 2 and optimizer_state is not None
+    assert gpt.config == model.config and (gpt.config.n_layer, gpt.config.block_size) == (4, 64)
+    assert len(run_tokens) == 1600 and len(heldout) == 400 and tokenizer.decode(run_tokens[:5].tolist())
+    # a directory that cannot hold it is refused before any training
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a directory"):
+        train_small_model(tmp_path / "file", small, max_iters=2, log=lambda *a: None)
+
+
+def test_rlhf_scripts_import_the_library_not_a_script():
+    """No script imports a script: the RLHF example and benchmarks import tinygrad_gpt only (their
+    shared driver is tinygrad_gpt/rlhf/run.py), never examples/ or another benchmark module."""
+    import ast
+    scripts = ["examples/rlhf_sentiment.py", "benchmarks/rlhf.py", "benchmarks/rlhf_summary.py",
+               "benchmarks/reward_model.py"]
+    local = {p.stem for folder in ("examples", "benchmarks") for p in (REPO / folder).glob("*.py")} | {
+        "examples", "benchmarks"}
+    for script in scripts:
+        tree = ast.parse((REPO / script).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in local, f"{script} imports {name}"

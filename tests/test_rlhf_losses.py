@@ -205,15 +205,15 @@ def test_gradcheck_control_catches_a_kl_backward_without_the_centring(rng):
 
 def test_whole_ppo_objective_gradcheck(rng):
     """The PPO loss through a float64 policy (GPT + value head), w.r.t. a sample of its parameters."""
-    from tinygrad_gpt.model import GPT, GPTConfig
-    from tinygrad_gpt.rlhf.policy import PolicyWithValue, response_windows, score_windows, token_logprobs
+    from tinygrad_gpt.model import GPT, GPTConfig, context_windows
+    from tinygrad_gpt.rlhf.policy import PolicyWithValue, score_windows, token_logprobs
 
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
     policy = PolicyWithValue(GPT(cfg, seed=int(rng.integers(1000)), dtype=np.float64))
     policy.v_head.weight.data[...] = rng.normal(0, 0.3, policy.v_head.weight.shape)
     B, P, R = 3, 4, 6
     seq = rng.integers(0, 11, (B, P + R))
-    windows = response_windows(P, R, cfg.block_size, stride=3)            # two windows: exercises the chunks
+    windows = context_windows(P, R, cfg.block_size, stride=3)            # two windows: exercises the chunks
     assert len(windows) == 2
     old = rng.normal(-2.4, 0.1, (B, R))
     adv = _away_from(rng.normal(0, 1, (B, R)), [0.0], 0.01)

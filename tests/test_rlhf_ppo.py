@@ -7,10 +7,9 @@ already writes words, which is what examples/rlhf_sentiment.py and benchmarks/rl
 import numpy as np
 import pytest
 
-from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.model import GPT, GPTConfig, context_windows
 from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, VaderScorer, drop_partial_word, frozen_copy,
-                               response_windows, rollout, sample_responses, shaped_score,
-                               signed_power)
+                               rollout, sample_responses, shaped_score, signed_power)
 from tinygrad_gpt.tokenizers.char import CharTokenizer
 
 ALPHABET = "\n !',.?abcdefghijklmnopqrstuvwxyz"
@@ -33,13 +32,13 @@ def prompt_tokens(n=4000, seed=0):
 
 def test_response_windows():
     # fits: one window holding everything
-    assert response_windows(16, 16, 32) == [(0, 16, 32)]
+    assert context_windows(16, 16, 32) == [(0, 16, 32)]
     # the benchmark: 64 + 64 with block 64 -> two chunks of 32, each window 64 long
-    assert response_windows(64, 64, 64) == [(31, 64, 96), (63, 96, 128)]
-    for start, a, b in response_windows(64, 64, 64) + response_windows(5, 30, 8, stride=3):
+    assert context_windows(64, 64, 64) == [(31, 64, 96), (63, 96, 128)]
+    for start, a, b in context_windows(64, 64, 64) + context_windows(5, 30, 8, stride=3):
         assert b - 1 - start <= 64 and start < a
     with pytest.raises(ValueError, match="stride"):
-        response_windows(64, 64, 64, stride=65)
+        context_windows(64, 64, 64, stride=65)
 
 
 def test_sampling_uses_the_context_it_is_scored_with():
@@ -52,7 +51,7 @@ def test_sampling_uses_the_context_it_is_scored_with():
     from tinygrad_gpt.tensor import no_grad
     gpt = policy.gpt
     seq = roll.sequences
-    for start, a, b in response_windows(12, 12, 16):
+    for start, a, b in context_windows(12, 12, 16):
         caches = gpt.new_caches(3)
         with no_grad():
             logits, _ = gpt(seq[:, start:a], caches=caches)
@@ -64,6 +63,18 @@ def test_sampling_uses_the_context_it_is_scored_with():
         logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
         picked = np.take_along_axis(logp, seq[:, a:b, None], -1)[..., 0]
         np.testing.assert_allclose(picked, roll.logprobs[:, a - 12:b - 12], atol=2e-5)
+
+
+@pytest.mark.parametrize("prompt_len, response_len, stride", [(12, 12, None), (3, 30, 5), (20, 5, None)])
+def test_rollouts_sample_through_generate(prompt_len, response_len, stride):
+    """One sampling loop: sample_responses draws the tokens GPT.generate draws from the same
+    generator, windows and temperature (block 16: a sequence past the block, a short prompt with a
+    long response, a prompt longer than the block)."""
+    policy, _ = tiny_policy(block_size=16)
+    prompts = np.random.default_rng(0).integers(0, TOK.vocab_size, (3, prompt_len))
+    ours = sample_responses(policy.gpt, prompts, response_len, 0.8, np.random.default_rng(5), stride)
+    theirs = policy.gpt.generate(prompts, response_len, temperature=0.8, rng=np.random.default_rng(5), stride=stride)
+    np.testing.assert_array_equal(ours, theirs[:, prompt_len:])
 
 
 def test_first_step_ratio_is_one_and_kl_is_zero():
@@ -175,7 +186,7 @@ def test_trainer_optimises_the_powered_score():
 
 
 def test_save_loads_with_load_model(tmp_path):
-    from tinygrad_gpt.train import load_model
+    from tinygrad_gpt.runs import load_model
     policy, ref = tiny_policy()
     cfg = PPOConfig(batch_size=4, prompt_len=8, response_len=8, minibatch_size=4, ppo_epochs=1, norm_batches=1)
     trainer = PPOTrainer(policy, ref, TOK, prompt_tokens(), vowel_fraction, cfg, log=lambda *a: None)

@@ -16,7 +16,7 @@ from tinygrad_gpt import chat_format as cf
 from tinygrad_gpt import checkpoint, cli, sft
 from tinygrad_gpt.chat import ChatModel, Sampling
 from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.tokenizers import BPETokenizer, CharTokenizer
+from tinygrad_gpt.tokenizers import BPETokenizer, CharTokenizer, load_gpt2
 
 import chat_runs
 from conftest import gpt2_dir, needs_data, require_shakespeare
@@ -98,7 +98,7 @@ def test_gpt2_tokenizer_gets_ids_50257_to_50259():
     path = gpt2_dir()
     if not (path / "vocab.json").is_file():
         pytest.skip(f"no GPT-2 tokenizer files in {path} (set GPT2_DIR)")
-    chat = cf.add_chat_tokens(BPETokenizer.from_gpt2(path))
+    chat = cf.add_chat_tokens(load_gpt2(path))
     assert [chat.special_tokens[n] for n in ("<|endoftext|>", *cf.CHAT_TOKENS)] == [50256, 50257, 50258, 50259]
     assert chat.vocab_size == 50260
 

@@ -476,3 +476,13 @@ def test_malloc_setting_refuses_a_typo(monkeypatch):
         backend.tune_host_allocator()
     monkeypatch.setenv("TINYGRAD_GPT_MALLOC", "default")
     assert backend.tune_host_allocator() is False  # glibc's own behaviour kept, nothing changed
+
+
+def test_flatten_is_a_reshape_to_one_axis_and_its_gradient_comes_back_in_shape():
+    """x (2, 3) -> (6,) in C order; d sum(w * flatten(x)) / dx = w reshaped to (2, 3)."""
+    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    w = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y = x.flatten()
+    assert y.shape == (6,) and list(y.data) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    (y * Tensor(w)).sum().backward()
+    np.testing.assert_array_equal(x.grad, w.reshape(2, 3))

@@ -182,17 +182,18 @@ def test_import_changes_no_allocator_and_the_trainer_tunes_it(tmp_path):
 def test_nonfinite_loss_on_a_fresh_run_says_no_checkpoint_exists(corpus, tmp_path, capsys):
     """Step 1 of a fresh run is NaN: nothing was saved, and the message says so (no "last good" one)."""
     from tinygrad_gpt import train as train_mod
-    original = train_mod.Trainer.__init__
+    original = train_mod.Trainer.train
 
-    def poisoned_init(self, model, *args, **kwargs):
-        original(self, model, *args, **kwargs)
-        model.ln_f.weight.data[:] = np.nan
+    def poisoned_train(self, *args, **kwargs):
+        # after the untrained sample (the sampler refuses NaN logits), before step 1
+        self.model.ln_f.weight.data[:] = np.nan
+        return original(self, *args, **kwargs)
 
-    train_mod.Trainer.__init__ = poisoned_init
+    train_mod.Trainer.train = poisoned_train
     try:
         assert shakespeare.main(_args(corpus, tmp_path / "o5")) == 3
     finally:
-        train_mod.Trainer.__init__ = original
+        train_mod.Trainer.train = original
     err = capsys.readouterr().err
     assert "no checkpoint exists in" in err and "o5" in err and "last good" not in err, err
     assert not (tmp_path / "o5" / "checkpoint.json").exists()
@@ -203,12 +204,13 @@ def test_a_resumed_run_keeps_no_second_copy_of_the_loaded_state(corpus, tmp_path
     nothing holds them: when training starts, every array load_model returned is the model's or gone."""
     import gc
     import weakref
+    from tinygrad_gpt import runs
     from tinygrad_gpt import train as train_mod
     out = tmp_path / "run"
     ctrl_c_after_step(2)
     assert shakespeare.main(_args(corpus, out)) == 130
     loaded = {}
-    real_load, real_train = train_mod.load_model, train_mod.Trainer.train
+    real_load, real_train = runs.load_model, train_mod.Trainer.train
 
     def load_model(*args, **kwargs):
         model, meta, optimizer_state = real_load(*args, **kwargs)

@@ -99,15 +99,15 @@ class ChatModel:
     def load(cls, directory, device="cpu"):
         """A run directory (checkpoint.json: examples/shakespeare.py, sft.py, rlhf_sentiment.py) or a
         Hugging Face GPT-2 folder (config.json + model.safetensors)."""
-        from tinygrad_gpt import checkpoint, pretrained, train
+        from tinygrad_gpt import checkpoint, pretrained, runs
         directory = Path(directory)
         if (directory / checkpoint.JSON_NAME).is_file():
-            model, meta, _ = train.load_model(directory, device=device)
-            tokenizer = train.tokenizer_of(meta, directory)
+            model, meta, _ = runs.load_model(directory, device=device)
+            tokenizer = runs.tokenizer_of(meta, directory)
         elif (directory / pretrained.CONFIG_NAME).is_file():
             from tinygrad_gpt.model import GPT
             model = GPT.from_pretrained(directory, device=device)
-            tokenizer = pretrained.load_tokenizer(directory, model.config)
+            tokenizer = pretrained.load_tokenizer(directory, model.config.vocab_size)
         else:
             raise FileNotFoundError(f"{directory}: neither a run directory ({checkpoint.JSON_NAME}) nor a GPT-2 "
                                     f"folder ({pretrained.CONFIG_NAME}): give the --out of a training run")

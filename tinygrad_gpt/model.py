@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinygrad_gpt import nn, ops
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt import nn, ops, pretrained
+from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.backend import get_xp, to_numpy
 from tinygrad_gpt.tensor import Tensor, no_grad
 
@@ -122,7 +122,7 @@ class _NoInit:
 class GPT(nn.Module):
     def __init__(self, config, seed=0, dtype=np.float32, device="cpu", init=True):
         """GPT-2's initialisation from `seed`; init=False leaves the weights zero (no random draws,
-        for a loader that replaces every one of them next: from_pretrained, train.load_model)."""
+        for a loader that replaces every one of them next: from_pretrained, runs.load_model)."""
         self.config = config
         rng = np.random.default_rng(seed) if init else _NoInit()
         drop_rng = np.random.default_rng(seed + 1)  # one stream shared by every Dropout (resumable)
@@ -135,18 +135,51 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(C, bias=config.bias, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
         # self.device is Module.device: read from the parameters, so model.to(device) keeps it right
 
+    @staticmethod
+    def parameter_shapes(config):
+        """{name: shape} of every parameter a GPT of `config` has, in named_parameters' order, without
+        allocating one (from_pretrained checks a file's headers against it before building)."""
+        C, V, T = config.n_embd, config.vocab_size, config.block_size
+        vector = {"weight": (C,)} | ({"bias": (C,)} if config.bias else {})
+
+        def linear(prefix, n_in, n_out):
+            return {f"{prefix}.weight": (n_in, n_out)} | ({f"{prefix}.bias": (n_out,)} if config.bias else {})
+
+        shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+        for i in range(config.n_layer):
+            h = f"h.{i}"
+            shapes |= {f"{h}.ln_1.{k}": v for k, v in vector.items()}
+            shapes |= linear(f"{h}.attn.c_attn", C, 3 * C) | linear(f"{h}.attn.c_proj", C, C)
+            shapes |= {f"{h}.ln_2.{k}": v for k, v in vector.items()}
+            shapes |= linear(f"{h}.mlp.c_fc", C, 4 * C) | linear(f"{h}.mlp.c_proj", 4 * C, C)
+        shapes |= {f"ln_f.{k}": v for k, v in vector.items()}
+        return shapes
+
     @classmethod
     def from_pretrained(cls, directory, dtype=np.float32, device="cpu", dropout=0.0):
         """A GPT with the weights of a Hugging Face GPT-2 folder (config.json + model.safetensors).
 
-        The tokenizer of the same folder: `BPETokenizer.from_gpt2(directory)`. See pretrained.py.
+        config.json gives the config; every tensor header is checked against its shapes before the
+        model is built, without a random initialisation, and filled tensor by tensor (pretrained.py
+        reads the files). The tokenizer of the same folder: `pretrained.load_tokenizer(directory)`.
         """
-        from tinygrad_gpt import pretrained
-        return pretrained.from_pretrained(directory, dtype=dtype, device=device, dropout=dropout)
+        import pathlib
+        directory = pathlib.Path(directory).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"from_pretrained: {directory} is not a directory")
+        source = directory / pretrained.CONFIG_NAME
+        try:
+            config = GPTConfig(**pretrained.config_from_hf(pretrained.read_config(directory), source, dropout=dropout))
+        except pretrained.PretrainedError:
+            raise
+        except ValueError as exc:
+            raise pretrained.PretrainedError(f"{source}: {exc}") from None
+        plan = pretrained.plan_weights(directory, cls.parameter_shapes(config))
+        model = cls(config, seed=0, dtype=np.dtype(dtype), device=device, init=False)
+        return pretrained.load_weights(model, plan, dtype=np.dtype(dtype))
 
     def save_pretrained(self, directory, tokenizer=None):
         """Write a folder that transformers' GPT2LMHeadModel.from_pretrained loads (see pretrained.py)."""
-        from tinygrad_gpt import pretrained
         return pretrained.save_pretrained(self, directory, tokenizer=tokenizer)
 
     def crop_block_size(self, block_size):
@@ -220,18 +253,20 @@ class GPT(nn.Module):
         return [KVCache(batch, self.config, self.wte.weight.dtype, xp) for _ in self.h]
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 use_cache=True, rng=None, on_token=None):
+                 use_cache=True, rng=None, on_token=None, stride=None):
         """Sample max_new_tokens after the prompt idx (B, T); returns (B, T + max_new_tokens) numpy ids.
 
         temperature divides the logits; top_k keeps the k most likely tokens; top_p keeps the
-        smallest set whose probability reaches p (nucleus). With use_cache, keys and values of past
-        positions are kept (KVCache) and each step runs the model on one new token only.
+        smallest set whose probability reaches p (nucleus). Past block_size the tokens are drawn
+        window by window (`context_windows`, `stride` new tokens per window after the first): a
+        token of window (start, a, b) sees seq[start:t]. With use_cache, each window's keys and
+        values are kept (KVCache): its context seq[start:a] is fed once (the prefill), then one new
+        token a step; without, the model reruns the whole context for each token. Either way only
+        the last position goes through the lm head, and both see the same context, so they draw
+        the same tokens. The RLHF rollouts (rlhf/rollout.sample_responses) sample through this loop.
         on_token(ids) is called with each step's new ids (B,) as soon as they are sampled (streaming,
         e.g. tokenizers.stream.TextStream for B == 1); an exception it raises, or Ctrl-C, ends the
         loop, and what it was given has already been handed over.
-        # subtle: when the context fills block_size the cache is rebuilt from the last
-        # block_size // 2 tokens (and then grows again), where the uncached path slides a full
-        # window every token; both see only real past tokens, at most block_size of them.
         """
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"generate: temperature must be a finite number > 0, got {temperature}")
@@ -240,38 +275,74 @@ class GPT(nn.Module):
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
         rng = rng if rng is not None else np.random.default_rng(seed)
-        out = np.array(to_numpy(idx.data if isinstance(idx, Tensor) else np.asarray(idx)), dtype=np.int64)
-        if out.ndim == 1:
-            out = out[None, :]
-        if out.shape[1] == 0:
+        prompt = np.array(to_numpy(idx.data if isinstance(idx, Tensor) else np.asarray(idx)), dtype=np.int64)
+        if prompt.ndim == 1:
+            prompt = prompt[None, :]
+        B, T = prompt.shape
+        if T == 0:
             raise ValueError("generate: the prompt must hold at least one token")
-        block = self.config.block_size
+        new = max(max_new_tokens, 0)
+        out = np.concatenate([prompt, np.zeros((B, new), dtype=np.int64)], axis=1)  # (B, T + new)
+        windows = context_windows(T, new, self.config.block_size, stride) if new else []
         was_training = self.training
         self.eval()
         try:
             with no_grad():
-                caches, fed = None, 0  # fed: how many tokens of `out` the caches hold
-                for _ in range(max_new_tokens):
-                    if use_cache:
-                        if caches is None or caches[0].length >= block:
-                            keep = out.shape[1] if caches is None else block // 2
-                            keep = min(keep, block)
-                            caches, fed = self.new_caches(out.shape[0]), out.shape[1] - keep
-                        hidden = self.hidden(out[:, fed:], caches=caches)  # (B, t, C) host ids: checked, uploaded
-                        fed = out.shape[1]
-                    else:
-                        hidden = self.hidden(out[:, -block:])                  # (B, t, C)
-                    if hidden.shape[1] > 1:
-                        hidden = hidden[:, -1:]                                # (B, 1, C) only the next token's
-                    logits = self.logits(hidden)                               # (B, 1, V)
-                    logits = to_numpy(logits.data[:, -1, :]).astype(np.float64)                # (B, V)
-                    nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p, temperature=temperature)  # (B,)
-                    out = np.concatenate([out, nxt[:, None]], axis=1)
-                    if on_token is not None:
-                        on_token(nxt)
+                for start, a, b in windows:
+                    caches, fed = (self.new_caches(B), start) if use_cache else (None, None)  # fed: cached up to
+                    for t in range(a, b):
+                        if use_cache:
+                            hidden = self.hidden(out[:, fed:t], caches=caches)  # (B, t - fed, C) host ids: checked
+                            fed = t
+                        else:
+                            hidden = self.hidden(out[:, start:t])             # (B, t - start, C)
+                        if hidden.shape[1] > 1:
+                            hidden = hidden[:, -1:]                            # (B, 1, C) only the next token's
+                        logits = to_numpy(self.logits(hidden).data[:, -1, :]).astype(np.float64)  # (B, V)
+                        nxt = sample_from_logits(logits, rng, top_k=top_k, top_p=top_p, temperature=temperature)
+                        out[:, t] = nxt                                        # (B,)
+                        if on_token is not None:
+                            on_token(nxt)
         finally:
             self.train(was_training)
         return out
+
+
+def context_windows(prompt_len, new_tokens, block_size, stride=None):
+    """[(start, a, b), ...]: the tokens seq[a:b] are drawn (or scored) from the window seq[start:b-1].
+
+    The one rule of every sampler and scorer past block_size W (GPT.generate, the RLHF rollouts,
+    rlhf.policy.score_windows): a sequence of P + N tokens that fits (P + N - 1 <= W) is one window.
+    Otherwise the first window runs from the prompt until the block is full (P + N = W + 1), or for
+    `stride` tokens if the prompt leaves less room than that; each later window holds `stride`
+    tokens (default W // 2), and every window ends on a full block, start = b - 1 - W (0 at the
+    least). Token t of a window sees seq[start:t]: at most W tokens, and past the first window at
+    least W + 1 - stride. Sampling runs a fresh KV cache per window (the prefill feeds seq[start:a]);
+    scoring runs one forward per window, so both see each token's context alike.
+
+        context_windows(2, 20, 8) == [(0, 2, 9), (4, 9, 13), (8, 13, 17), (12, 17, 21), (13, 21, 22)]
+
+    # subtle: stride trades context for work. A window costs one forward of up to W tokens (scoring)
+    # or one prefill (sampling): stride 1 slides a full window every token (always W tokens of
+    # context, a forward per token); W // 2 halves the context at worst for two windows per W tokens.
+    # A prompt that nearly fills the block (P > W + 1 - stride) starts on W + 1 - stride tokens of it,
+    # so that 64 + 64 tokens at W = 64 are two windows, not three.
+    """
+    if prompt_len < 1 or new_tokens < 1:
+        raise ValueError(f"context_windows: the prompt and the new tokens need >= 1 token each, got {prompt_len} "
+                         f"and {new_tokens}")
+    end = prompt_len + new_tokens
+    if end - 1 <= block_size:
+        return [(0, prompt_len, end)]
+    stride = block_size // 2 if stride is None else stride
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"context_windows: stride must be in [1, block_size={block_size}], got {stride}")
+    windows, a, b = [], prompt_len, min(end, max(prompt_len + stride, block_size + 1))
+    while True:
+        windows.append((max(0, b - 1 - block_size), a, b))
+        if b == end:
+            return windows
+        a, b = b, min(b + stride, end)
 
 
 def sample_from_logits(logits, rng, top_k=None, top_p=None, temperature=1.0):

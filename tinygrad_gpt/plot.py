@@ -475,8 +475,8 @@ DEFAULT_PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 
 def attention_figure(checkpoint_dir, prompt, out_dir):
-    """attention_maps.png in out_dir for a checkpoint (train.load_model) and its own tokenizer."""
-    from tinygrad_gpt.train import load_model, tokenizer_of
+    """attention_maps.png in out_dir for a checkpoint (runs.load_model) and its own tokenizer."""
+    from tinygrad_gpt.runs import load_model, tokenizer_of
     out_dir = _out_dir(out_dir)
     model, meta, _ = load_model(checkpoint_dir)
     tokenizer = tokenizer_of(meta, checkpoint_dir)

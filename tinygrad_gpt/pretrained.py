@@ -3,7 +3,7 @@
 A folder as users download it from the Hugging Face hub holds
     config.json          n_layer, n_head, n_embd, n_positions, vocab_size, layer_norm_epsilon, ...
     model.safetensors    the weights (or model.safetensors.index.json + shards for the big sizes)
-    vocab.json merges.txt   the byte-level BPE tokenizer (`BPETokenizer.from_gpt2`)
+    vocab.json merges.txt   the byte-level BPE tokenizer (`tokenizers.load_gpt2`; or tokenizer.json)
 Every GPT-2 size reads from config.json alone (distilgpt2, gpt2, gpt2-medium, -large, -xl).
 
 The weight names are ours already (`wte.weight`, `h.0.attn.c_attn.weight`, ...; Linear weights
@@ -46,6 +46,7 @@ import re
 import numpy as np
 
 from tinygrad_gpt import backend, checkpoint
+from tinygrad_gpt.tokenizers import BasicTokenizer, load_gpt2, save_gpt2
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -66,8 +67,8 @@ class PretrainedError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 def config_from_hf(hf, source, dropout=0.0):
-    """GPTConfig from the dict of a GPT-2 config.json (`source` names the file in errors)."""
-    from tinygrad_gpt.model import GPTConfig
+    """{GPTConfig field: value} from the dict of a GPT-2 config.json (`source` names the file in
+    errors); what is GPT-2's and not supported is refused here, the fields' ranges by GPTConfig."""
 
     def need(key):
         if key not in hf:
@@ -96,12 +97,8 @@ def config_from_hf(hf, source, dropout=0.0):
     eps = hf.get("layer_norm_epsilon", 1e-5)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise PretrainedError(f"{source}: layer_norm_epsilon must be a number > 0, got {eps!r}")
-    try:
-        return GPTConfig(vocab_size=need("vocab_size"), block_size=need("n_positions"), n_layer=need("n_layer"),
-                         n_head=need("n_head"), n_embd=n_embd, dropout=dropout, bias=True,
-                         layer_norm_epsilon=float(eps))
-    except ValueError as exc:
-        raise PretrainedError(f"{source}: {exc}") from None
+    return dict(vocab_size=need("vocab_size"), block_size=need("n_positions"), n_layer=need("n_layer"),
+                n_head=need("n_head"), n_embd=n_embd, dropout=dropout, bias=True, layer_norm_epsilon=float(eps))
 
 
 def config_to_hf(config, dtype="float32"):
@@ -246,7 +243,7 @@ def _weight_files(directory):
 
 
 # ---------------------------------------------------------------------------------------------
-# the two entry points (GPT.from_pretrained / GPT.save_pretrained call these)
+# the entry points (GPT.from_pretrained and GPT.save_pretrained call these)
 # ---------------------------------------------------------------------------------------------
 
 def read_config(directory):
@@ -263,38 +260,16 @@ def read_config(directory):
     return hf
 
 
-def expected_shapes(config):
-    """{name: shape} of every parameter a GPT of `config` has (GPT.named_parameters, no allocation).
-
-    The file's headers are checked against these before the model is built, so a config.json that
-    contradicts its weights (a vocab_size of 10**12, a missing layer) is refused before any memory
-    is spent on it; a test holds this table to the model's own.
-    """
-    C, V, T = config.n_embd, config.vocab_size, config.block_size
-    vector = {"weight": (C,)} | ({"bias": (C,)} if config.bias else {})
-
-    def linear(prefix, n_in, n_out):
-        return {f"{prefix}.weight": (n_in, n_out)} | ({f"{prefix}.bias": (n_out,)} if config.bias else {})
-
-    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
-    for i in range(config.n_layer):
-        h = f"h.{i}"
-        shapes |= {f"{h}.ln_1.{k}": v for k, v in vector.items()}
-        shapes |= linear(f"{h}.attn.c_attn", C, 3 * C) | linear(f"{h}.attn.c_proj", C, C)
-        shapes |= {f"{h}.ln_2.{k}": v for k, v in vector.items()}
-        shapes |= linear(f"{h}.mlp.c_fc", C, 4 * C) | linear(f"{h}.mlp.c_proj", 4 * C, C)
-    shapes |= {f"ln_f.{k}": v for k, v in vector.items()}
-    return shapes
-
-
-def _plan(directory, files, config):
-    """{path: {file name: our name}} of the tensors to load, after checking every header against config.
+def plan_weights(directory, want):
+    """{path: {file name: our name}} of the tensors to load, after checking every header against
+    `want` ({our name: shape}: GPT.parameter_shapes of config.json's config).
 
     Drops the attention-mask buffers; keeps "lm_head.weight" (the tied copy, compared, not loaded).
     Raises PretrainedError for a malformed header, a tensor twice, missing or extra tensors, or a
     shape config.json does not give, all before anything is allocated.
     """
-    want = expected_shapes(config)
+    directory = pathlib.Path(directory).expanduser()
+    files = _weight_files(directory)
     plan, seen, extra = {}, {}, []
     for path in files:
         entries, _ = read_header(path)
@@ -319,40 +294,28 @@ def _plan(directory, files, config):
             plan[path][name] = key
     missing = [n for n in want if n not in seen]
     if missing or extra:
-        raise PretrainedError(f"{directory}: the weights do not match config.json (n_layer {config.n_layer}): "
+        raise PretrainedError(f"{directory}: the weights do not match config.json (n_layer "
+                              f"{sum(1 for k in want if k.endswith('.ln_1.weight'))}): "
                               f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                               f"extra {extra[:8]}{'...' if len(extra) > 8 else ''}")
     return plan
 
 
-def from_pretrained(directory, dtype=np.float32, device="cpu", dropout=0.0):
-    """A GPT with the weights of the Hugging Face GPT-2 folder `directory` (see the file docstring).
-
-    Every header is checked against config.json first (`_plan`); then the model is built without
-    a random initialisation (GPT(init=False): every weight is about to be replaced) and each
-    tensor, checked finite, replaces its zero twin, one at a time, so peak memory stays near one model.
-    """
-    from tinygrad_gpt.model import GPT
-
-    directory = pathlib.Path(directory).expanduser()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"from_pretrained: {directory} is not a directory")
-    hf = read_config(directory)
-    config = config_from_hf(hf, directory / CONFIG_NAME, dropout=dropout)
-    dtype = np.dtype(dtype)
-    files = _weight_files(directory)
-    plan = _plan(directory, files, config)
-    model = GPT(config, seed=0, dtype=dtype, device=device, init=False)
+def load_weights(model, plan, dtype=np.float32):
+    """Fill `model` (built without a random initialisation: GPT(init=False)) from the files of
+    `plan` (plan_weights'), each tensor checked finite and replacing its zero twin one at a time,
+    so peak memory stays near one model. The lm_head, where a file has one, must equal wte."""
+    device = model.device
     params = dict(model.named_parameters())
-    lm_head = None
-    for path in files:
+    lm_head, source = None, None
+    for path, names in plan.items():
         for name, a in iter_safetensors(path, dtype):
-            key = plan[path].get(name)
+            key = names.get(name)
             if key is None:
                 continue
             checkpoint.check_finite(name, a, str(path), error=PretrainedError)
             if key == "lm_head.weight":
-                lm_head = a  # the tied copy of wte: compared below, never loaded
+                lm_head, source = a, path  # the tied copy of wte: compared below, never loaded
                 continue
             p = params[key]
             p.data = backend.to_device(np.ascontiguousarray(a), device)
@@ -360,27 +323,25 @@ def from_pretrained(directory, dtype=np.float32, device="cpu", dropout=0.0):
     if lm_head is not None:
         wte = backend.to_numpy(model.wte.weight.data)
         if lm_head.shape != wte.shape or not np.array_equal(lm_head, wte):
-            raise PretrainedError(f"{directory}: lm_head.weight (shape {lm_head.shape}) differs from wte.weight "
+            raise PretrainedError(f"{source}: lm_head.weight (shape {lm_head.shape}) differs from wte.weight "
                                   f"(shape {wte.shape}); only a head tied to the embedding loads")
     return model
 
 
-def load_tokenizer(directory, config=None):
-    """The byte-level BPE tokenizer of the GPT-2 folder `directory` (vocab.json, merges.txt).
+def load_tokenizer(directory, vocab_size=None):
+    """The byte-level BPE tokenizer of the GPT-2 folder `directory` (vocab.json + merges.txt, or
+    tokenizer.json).
 
-    With `config` (the folder's GPTConfig; read from its config.json when None), the tokenizer
-    may not have more ids than the model has embedding rows: an id >= vocab_size would fail at
-    the first sample, so it is refused here, naming both numbers.
+    It may not have more ids than the model has embedding rows (`vocab_size`; config.json's when
+    None): an id >= vocab_size would fail at the first sample, so it is refused here, naming both.
     """
-    from tinygrad_gpt.tokenizers import BPETokenizer
     directory = pathlib.Path(directory).expanduser()
-    if config is None:
-        config = config_from_hf(read_config(directory), directory / CONFIG_NAME)
-    tokenizer = BPETokenizer.from_gpt2(directory)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise PretrainedError(f"{directory}: the tokenizer (vocab.json, merges.txt) has {tokenizer.vocab_size} ids, "
-                              f"more than config.json's vocab_size {config.vocab_size}: the model has no embedding "
-                              f"for ids {config.vocab_size} and up")
+    if vocab_size is None:
+        vocab_size = config_from_hf(read_config(directory), directory / CONFIG_NAME)["vocab_size"]
+    tokenizer = load_gpt2(directory)
+    if tokenizer.vocab_size > vocab_size:
+        raise PretrainedError(f"{directory}: the tokenizer has {tokenizer.vocab_size} ids, more than config.json's "
+                              f"vocab_size {vocab_size}: the model has no embedding for ids {vocab_size} and up")
     return tokenizer
 
 
@@ -412,8 +373,8 @@ def save_pretrained(model, directory, tokenizer=None):
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # temp files are made 0600; give them a plain file's mode
         os.chmod(directory / name, 0o666 & ~umask)
     if tokenizer is not None:
-        if not hasattr(tokenizer, "save_gpt2"):
+        if not isinstance(tokenizer, BasicTokenizer):  # every byte-level BPE tier
             raise TypeError(f"save_pretrained: tokenizer must be a BPETokenizer (it writes vocab.json and "
                             f"merges.txt), got {type(tokenizer).__name__}")
-        tokenizer.save_gpt2(os.fspath(directory))
+        save_gpt2(tokenizer, os.fspath(directory))
     return directory

@@ -64,7 +64,7 @@ from pathlib import Path
 from tinygrad_gpt import chat_format, cli
 from tinygrad_gpt.chat import ChatModel, Sampling
 from tinygrad_gpt.chat_format import ConversationError
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.settings import check_fields, setting
 
 PAGE_DIR = Path(__file__).resolve().parent / "serve_page"
 PAGES = {"/static/app.js": ("app.js", "text/javascript; charset=utf-8"),

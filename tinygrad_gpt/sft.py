@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_gpt import chat_format, checkpoint, data
+from tinygrad_gpt import chat_format, checkpoint, data, runs
 from tinygrad_gpt.backend import to_device, to_numpy
 from tinygrad_gpt.chat_format import IGNORE_INDEX
 from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.tensor import no_grad
 from tinygrad_gpt.train import Trainer
 
-KIND = "sft"  # meta["kind"] of the checkpoints SFTTrainer.save writes
+KIND = runs.SFT  # meta["kind"] of the checkpoints SFTTrainer.save writes
 # the TrainConfig values an SFT run starts from (a flag overrides each): a gentler lr than
 # pretraining, a short warmup, a few passes over a few thousand conversations
 DEFAULTS = dict(lr=3e-4, min_lr=3e-5, warmup_iters=20, epochs=3, batch_size=8, eval_batches=8, sample_tokens=160,
@@ -46,15 +46,15 @@ GPT2_BLOCK = 256  # a GPT-2 base is cropped to this many positions unless --bloc
 def load_base(path, device="cpu", dtype=None):
     """(model, tokenizer, kind) of a base: a run directory (checkpoint.json; kind its meta.kind) or a
     Hugging Face GPT-2 folder (config.json; kind "gpt2"). dtype: a GPT-2 folder's load dtype."""
-    from tinygrad_gpt import pretrained, train
+    from tinygrad_gpt import pretrained
     from tinygrad_gpt.model import GPT
     path = Path(path)
     if (path / checkpoint.JSON_NAME).is_file():
-        model, meta, _ = train.load_model(path, device=device)
-        return model, train.tokenizer_of(meta, path), meta.get("kind", train.KIND)
+        model, meta, _ = runs.load_model(path, device=device)
+        return model, runs.tokenizer_of(meta, path), meta.get("kind", runs.TRAIN)
     if (path / pretrained.CONFIG_NAME).is_file():
         model = GPT.from_pretrained(path, dtype=np.dtype(dtype or "float32"), device=device)
-        return model, pretrained.load_tokenizer(path, model.config), "gpt2"
+        return model, pretrained.load_tokenizer(path, model.config.vocab_size), "gpt2"
     raise FileNotFoundError(f"--init-from {path}: neither a run directory ({checkpoint.JSON_NAME}) nor a GPT-2 "
                             f"folder ({pretrained.CONFIG_NAME})")
 
@@ -189,17 +189,10 @@ class SFTTrainer(Trainer):
         return f"user: {self.sample_messages[-1]['content']}\nmodel: {reply.text}{ending}"
 
     def save(self):
-        meta = {
-            "kind": KIND,
-            "model_config": asdict(self.model.config),
-            "train_config": asdict(self.cfg),
-            "tokenizer": self.tokenizer.to_dict(),
-            "state": asdict(self.state),
-            "dropout_rng": checkpoint.rng_state(self.model.drop_rng),
-            "world_size": 1,
-            "sft": self.sft_meta,
-        }
-        checkpoint.save_checkpoint(self.out_dir, self.model.state_dict(), meta, optimizer_state=self.opt.state_dict())
+        """Write the run as kind "sft": the Trainer's meta, and meta.sft (the base and the data)."""
+        runs.save_run(self.out_dir, KIND, self.model, self.tokenizer, optimizer_state=self.opt.state_dict(),
+                      train_config=asdict(self.cfg), state=asdict(self.state),
+                      dropout_rng=checkpoint.rng_state(self.model.drop_rng), sft=self.sft_meta)
         self._saved_at = (self.state.step, self.state.epoch, self.state.batch)
 
 

@@ -5,13 +5,12 @@ the RLHF example and the benchmarks reuse the same loop. One epoch is one shuffl
 training split in block_size windows (`epoch_mode="windows"`), or over every start position
 (`"all_starts"`, the `original` preset's epoch). After each epoch: train and val loss (estimated on
 `eval_batches` held-out batches drawn with a fixed seed, so epochs are comparable), a sample, and a
-checkpoint. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves, and exits; a NaN/Inf loss
-stops the run and keeps the last good checkpoint. A checkpoint's meta is checked on load
-(`check_meta`: every field named in the error), and `--resume` accepts only a training run
-(`meta["kind"] == "train"`) whose tokenizer describes the data, and continues with the
-checkpoint's own settings (`resume_configs`: a flag may change what a run can change as it goes
-on, and is refused where it contradicts what was trained); metrics.jsonl keeps one record per
-step across a crash and resume. Before training, `check_memory` refuses a batch whose step cannot
+checkpoint (a saved run of kind "train": runs.py writes, reads and checks it). Ctrl-C (SIGINT) or
+SIGTERM finishes the current step, saves, and exits; a NaN/Inf loss stops the run and keeps the
+last good checkpoint. `--resume` (runs.check_resumable) continues with the checkpoint's own
+settings (`resume_configs`: a flag may change what a run can change as it goes on, and is refused
+where it contradicts what was trained); metrics.jsonl keeps one record per step across a crash
+and resume. Before training, `check_memory` refuses a batch whose step cannot
 fit in the device's memory at all, instead of failing at the first evaluation an epoch later.
 With `log_grad_norms`, each logged step's record also carries the L2 norm of the gradient of each
 layer group (wte, wpe, each block h.i, ln_f) and their total, before clipping (`grad_norms`; drawn
@@ -45,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_gpt import backend, checkpoint, data
+from tinygrad_gpt import backend, checkpoint, data, runs
 from tinygrad_gpt.backend import DEVICES, array_module, get_xp, to_numpy
-from tinygrad_gpt.cli import check_fields, setting
-from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.settings import check_fields, setting
+from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
 from tinygrad_gpt.tensor import no_grad
 
@@ -336,17 +335,9 @@ class Trainer:
         """Write the checkpoint (rank 0 only; the other ranks hold the same state)."""
         if not self.is_root:
             return
-        meta = {
-            "kind": KIND,
-            "model_config": asdict(self.model.config),
-            "train_config": asdict(self.cfg),
-            "tokenizer": self.tokenizer.to_dict(),
-            "state": asdict(self.state),
-            "dropout_rng": checkpoint.rng_state(self.model.drop_rng),
-            "world_size": 1 if self.world is None else self.world.size,
-        }
-        checkpoint.save_checkpoint(self.out_dir, self.model.state_dict(), meta,
-                                   optimizer_state=self.opt.state_dict())
+        runs.save_run(self.out_dir, runs.TRAIN, self.model, self.tokenizer, optimizer_state=self.opt.state_dict(),
+                      world_size=1 if self.world is None else self.world.size, train_config=asdict(self.cfg),
+                      state=asdict(self.state), dropout_rng=checkpoint.rng_state(self.model.drop_rng))
         self._saved_at = (self.state.step, self.state.epoch, self.state.batch)
 
     def restore(self, meta, optimizer_state):
@@ -599,89 +590,6 @@ class Trainer:
         return record
 
 
-KIND = "train"  # meta["kind"] of a checkpoint Trainer.save writes; only these can be resumed
-_READERS = {"train": "examples/shakespeare.py (--resume, --sample)",
-            **{f"rlhf-{algo}": "examples/shakespeare.py --sample and examples/rlhf_sentiment.py --checkpoint"
-               for algo in ("ppo", "grpo", "rloo", "dpo")},
-            "sft": "examples/sft.py (--resume), python -m tinygrad_gpt.chat and python -m tinygrad_gpt.serve"}
-
-
-def _meta_error(directory, message):
-    return checkpoint.CheckpointError(f"{Path(directory) / checkpoint.JSON_NAME}: {message}")
-
-
-def tokenizer_of(meta, directory):
-    """The tokenizer `meta["tokenizer"]` describes (meta as load_model returned it, so already checked)."""
-    from tinygrad_gpt.tokenizers import tokenizer_from_dict
-    if "tokenizer" not in meta:
-        raise _meta_error(directory, "meta.tokenizer is missing: the checkpoint cannot encode or decode text")
-    try:
-        return tokenizer_from_dict(meta["tokenizer"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _meta_error(directory, f"meta.tokenizer is not a valid tokenizer: {exc}") from None
-
-
-def check_meta(meta, directory):
-    """Raise CheckpointError naming the field unless `meta` describes a GPT this code can build.
-
-    Checks meta.model_config (exactly GPTConfig's fields, each in range), meta.tokenizer if there
-    is one (rebuildable, its vocabulary the model's vocab_size), meta.kind, and meta.world_size if
-    there is one (a positive integer). Returns the GPTConfig.
-    """
-    config = meta.get("model_config")
-    if not isinstance(config, dict):
-        raise _meta_error(directory, "meta.model_config is missing or not an object")
-    names = {f.name for f in fields(GPTConfig)}
-    unknown = sorted(set(config) - names)
-    # subtle: layer_norm_epsilon came after the first checkpoints, which all used its default 1e-5
-    missing = sorted(names - set(config) - {"layer_norm_epsilon"})
-    if unknown or missing:
-        raise _meta_error(directory, "meta.model_config " + "; ".join(
-            part for part in (f"has unknown field(s) {unknown}" if unknown else "",
-                              f"lacks field(s) {missing}" if missing else "") if part))
-    try:
-        gpt_config = GPTConfig(**config)
-    except ValueError as exc:
-        raise _meta_error(directory, f"meta.model_config: {exc}") from None
-    # subtle: a tokenizer is optional (weights saved by hand need none); tokenizer_of reports its absence
-    tokenizer = tokenizer_of(meta, directory) if "tokenizer" in meta else None
-    if tokenizer is not None and tokenizer.vocab_size != gpt_config.vocab_size:
-        raise _meta_error(directory, f"meta.tokenizer has {tokenizer.vocab_size} tokens but meta.model_config."
-                                     f"vocab_size is {gpt_config.vocab_size}: the checkpoint is inconsistent")
-    kind = meta.get("kind", KIND)
-    if kind not in _READERS:
-        raise _meta_error(directory, f"meta.kind {kind!r} is not one of {sorted(_READERS)}")
-    world_size = meta.get("world_size", 1)  # absent from checkpoints that one process wrote by hand
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise _meta_error(directory, f"meta.world_size must be an integer >= 1 (the number of processes that "
-                                     f"trained it), got {world_size!r}")
-    return gpt_config
-
-
-def check_resumable(meta, directory, tokenizer=None, vocab_size=None):
-    """Raise ValueError unless `meta` (checked by load_model) is a training run --resume can continue.
-
-    tokenizer / vocab_size: what the command line asked for (None = not given); they must agree
-    with the checkpoint's tokenizer, which a resumed run always keeps.
-    """
-    kind = meta.get("kind", KIND)
-    if kind != KIND:
-        raise ValueError(f"--resume: {directory} holds a {kind!r} checkpoint (read by {_READERS[kind]}), not a "
-                         f"training run that examples/shakespeare.py can continue; choose another --out")
-    for key in ("state", "dropout_rng", "train_config"):
-        if key not in meta:
-            raise _meta_error(directory, f"meta.{key} is missing, which --resume needs")
-    saved = meta["tokenizer"].get("type", "bpe") if isinstance(meta["tokenizer"], dict) else None
-    if tokenizer is not None and tokenizer != saved:
-        raise ValueError(f"--resume: --tokenizer {tokenizer}, but the checkpoint in {directory} was trained with "
-                         f"--tokenizer {saved}; leave --tokenizer out to use the checkpoint's")
-    if vocab_size is not None:
-        have = tokenizer_of(meta, directory).vocab_size
-        if vocab_size != have:
-            raise ValueError(f"--resume: --vocab-size {vocab_size}, but the checkpoint's tokenizer has {have} "
-                             f"tokens; leave --vocab-size out to use the checkpoint's")
-
-
 # what a continued run must keep: they decide which tokens form the training and validation splits
 # and what "batch 17 of epoch 3" (the saved position) means; every other TrainConfig flag may change
 RESUME_FIXED = ("batch_size", "epoch_mode", "iters_per_epoch", "val_fraction", "init_from")
@@ -719,18 +627,3 @@ def resume_configs(saved, directory, flags, preset=None):
     train_kw = dict(train_saved)
     train_kw.update((k, v) for k, v in flags.items() if k in train_names)
     return GPTConfig(**model_saved), TrainConfig(**train_kw)
-
-
-def load_model(directory, device="cpu"):
-    """(model, meta, optimizer_state) from a checkpoint directory written by Trainer.save (or an RLHF
-    trainer); the meta is checked first (CheckpointError naming the field), `tokenizer_of(meta,
-    directory)` gives the tokenizer."""
-    state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
-    config = check_meta(meta, directory)
-    dtype = next(iter(state_dict.values())).dtype
-    model = GPT(config, seed=0, dtype=dtype, device=device, init=False)  # every weight is loaded next
-    try:
-        model.load_state_dict(state_dict)
-    except (KeyError, ValueError) as exc:
-        raise _meta_error(directory, f"the weights do not fit meta.model_config: {exc}") from None
-    return model, meta, optimizer_state

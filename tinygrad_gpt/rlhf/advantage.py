@@ -22,9 +22,9 @@ With gamma = lambda = 1 and V = 0, A_t = sum_{l >= t} r_l, the reward-to-go.
 # credits r_t to the action a_t through log pi(a_t | s_t). The sampled KL_t = log pi(a_t) - log q(a_t)
 # depends on a_t, and E[grad log pi(a_t) (log pi(a_t) - log q(a_t))] = grad KL_t: the penalty pulls
 # the policy back. The exact KL_t is a function of the state s_t only, so for a_t it is a baseline
-# (no gradient); only earlier actions, which led to s_t, feel it. Measured on the cpu preset (30
-# steps, beta 0.2): "exact" let the KL grow 0.009 nats/char per step whatever beta was. "exact" is
-# the better *measure* (no variance, never < 0); "sampled" is the one that restrains (Ziegler, TRL).
+# (no gradient); only earlier actions, which led to s_t, feel it: on the cpu preset "exact" let the
+# KL grow whatever beta was (benchmarks/LOG.md, 2026-11-22). "exact" is the better *measure* (no
+# variance, never < 0); "sampled" is the one that restrains (Ziegler, TRL).
 
 KL coefficient beta: fixed, or adapted (Ziegler et al. 2019, section 2.2) so the mean KL per
 sequence tracks a target:  e = clip(KL / target - 1, -0.2, 0.2);  beta <- beta (1 + e n / horizon)

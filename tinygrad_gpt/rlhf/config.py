@@ -2,7 +2,7 @@
 
 Usual values are those of Ziegler et al. 2019 / Stiennon et al. 2020 and TRL's PPOConfig (and each
 method's paper), adjusted where a 65-character model on a CPU wants something else (said per field).
-Each field declares its range with `setting(...)` (tinygrad_gpt/cli.py): checked in __post_init__,
+Each field declares its range with `setting(...)` (tinygrad_gpt/settings.py): checked in __post_init__,
 and the scripts' flags come from the fields (cli.add_flags in examples/rlhf_sentiment.py,
 benchmarks/rlhf.py); CONFIGS maps each `--algo` to its class.
 
@@ -10,7 +10,8 @@ Deliberately does not: hold model or reward-model settings (GPTConfig and Reward
 """
 from dataclasses import dataclass
 
-from tinygrad_gpt.cli import check_fields, setting
+from tinygrad_gpt.settings import check_fields, setting
+from tinygrad_gpt.rlhf.scorers import POSITIVE_THRESHOLD
 
 
 @dataclass
@@ -42,20 +43,20 @@ class PPOConfig:
     # added to a score above positive_threshold (before normalising): under the KL-regularised objective (pi* ~
     # pi_ref exp(r / beta)) an indicator reward is what buys the most "positive at all" per nat; 0 = off
     positive_bonus: float = setting(0.0, ge=0)
-    # VADER's own line for a positive text (compound >= 0.05, its README)
-    positive_threshold: float = setting(0.05, ge=-1, le=1)
+    # a score above it is "positive": positive_bonus's line, and the metrics' score_pos_frac; VADER's own line
+    positive_threshold: float = setting(POSITIVE_THRESHOLD, ge=-1, le=1)
     norm_batches: int = setting(2, ge=1)  # reference batches sampled to measure the score's mean and std (normaliser)
     # ---- advantages ----
     gamma: float = setting(1.0, ge=0, le=1)  # discount; 1 for text (the episode is 64 tokens, nothing to discount)
     lam: float = setting(1.0, ge=0, le=1)  # GAE lambda; TRL / Ziegler 0.95. 1 here: the score comes at the last of 64
                                      # tokens, and at 0.95 the first token's advantage keeps 0.95^63 = 4% of it,
-                                     # the rest left to a value head that starts at zero. Needs kl_loss_coef:
-                                     # alone it learned 3x faster, overshot the KL and diverged at step 148
+                                     # the rest left to a value head that starts at zero. Stable only with
+                                     # kl_loss_coef (benchmarks/LOG.md, 2026-11-22, PPO's recipe)
     whiten_advantages: bool = True   # masked whitening of advantages over the batch; always on in practice
     # ---- optimisation ----
     ppo_epochs: int = setting(4, ge=1)  # passes over each rollout batch; TRL 4
     minibatch_size: int = setting(16, ge=1)  # sequences per gradient step; batch_size / minibatch_size steps per epoch
-    lr: float = setting(2e-5, gt=0)  # AdamW learning rate; TRL 1.41e-5 (GPT-2); 3e-5 reached the KL limit by step 50
+    lr: float = setting(2e-5, gt=0)  # AdamW learning rate; TRL 1.41e-5 (GPT-2); higher spends the KL budget early
     anneal_lr: bool = False          # lr falls linearly from lr (step 1) to lr / steps (last step), as in Ziegler
                                      # et al.'s lm-human-preferences and OpenAI baselines ppo2; False = constant
     adam_betas: tuple = (0.9, 0.95)  # AdamW betas
@@ -68,8 +69,8 @@ class PPOConfig:
     vf_coef: float = setting(0.1, ge=0)
     value_trunk_grad: bool = True    # the value loss trains the GPT trunk too (TRL, Ziegler); False: the head only
     # weight of the exact KL(pi_theta || pi_ref) per token added to the loss (GRPO-style, on top of the KL in the
-    # reward); pulls every token's distribution back, not only the sampled one's; 0 = off (TRL). 0.2 with lam 1 gave
-    # the most positive completions per nat of KL (benchmarks/RESULTS.md, RLHF)
+    # reward); pulls every token's distribution back, not only the sampled one's; 0 = off (TRL). With lam 1 it is
+    # what keeps PPO stable; 0.2 gave the most positive completions per nat of KL (benchmarks/LOG.md, 2026-11-22)
     kl_loss_coef: float = setting(0.2, ge=0)
     ent_coef: float = setting(0.0, ge=0)  # weight of the entropy bonus (subtracted from the loss); 0 in RLHF usually
     # early stop: no more minibatches this step once the old->new KL per token (k3 estimator) exceeds it; None =
@@ -111,7 +112,7 @@ class SampledConfig:
     score_power: float = setting(1.0, gt=0)  # the score enters as sign(s) |s|^p before normalising; 1 = s itself
     # added to a score above positive_threshold before normalising; 0 = off
     positive_bonus: float = setting(0.0, ge=0)
-    positive_threshold: float = setting(0.05, ge=-1, le=1)  # VADER's own line for a positive text
+    positive_threshold: float = setting(POSITIVE_THRESHOLD, ge=-1, le=1)  # "positive" above it (as PPOConfig)
     norm_batches: int = setting(2, ge=1)  # reference batches sampled to fit the score normaliser (mean 0, std 1)
     # ---- optimisation ----
     epochs: int = setting(2, ge=1)  # passes over each step's batch (PPO's ppo_epochs)
@@ -174,9 +175,9 @@ class RLOOConfig(SampledConfig):
     init_kl_coef: float = setting(0.15, ge=0)
     adaptive_kl: bool = True         # adapt beta toward kl_target (PPO's controller)
     kl_target: float = setting(5.5, gt=0)  # wanted mean KL per response in nats (PPO's)
-    # sequences over which beta can change by ~e. PPO's 1000 let beta fall to 0.013 while the KL was below target
-    # and climb back too late: final KL 0.120 nats/char (over 0.10) at seed 0; 300 (beta ~3x faster) ended at
-    # 0.063 with every target met (benchmarks/RESULTS.md, RLHF methods side by side)
+    # sequences over which beta can change by ~e; shorter than PPO's 1000: RLOO's KL runs low early and overshoots
+    # in mid-run, and a slower controller lets beta fall too far to pull it back before the run ends
+    # (benchmarks/LOG.md, 2026-12-02, RLHF methods side by side)
     kl_horizon: int = setting(300, ge=1)
 
     def __post_init__(self):
@@ -187,24 +188,21 @@ class RLOOConfig(SampledConfig):
 class DPOConfig(SampledConfig):
     """DPO (Rafailov et al. 2023) on scorer-labelled pairs: batch_size / k prompts x k completions per step.
 
-    Defaults: online, best vs worst of 4, beta 0.63 (benchmarks/RESULTS.md, RLHF methods side by side;
-    9,600 completions, evaluated score / fraction > +0.05 / KL per char, seed 0 unless said)."""
+    Defaults: online, best vs worst of 4, beta 0.63, chosen on the RLHF benchmark's targets at PPO's
+    budget (the search: benchmarks/LOG.md, 2026-12-02, DPO's recipe; the result: benchmarks/RESULTS.md)."""
     # beta of -log sigmoid(beta (delta_policy - delta_reference)); the paper 0.1. DPO's only tie to the reference
-    # (it bounds the log-ratio margin the loss still pays for at ~few / beta nats). Online, best of 4: 0.25 ran
-    # away (+0.957, KL 0.573, entropy 1.85 -> 1.13), 0.5 overshot (+0.644 / 0.875, KL 0.135), 1.0 fell short
-    # (+0.302 / 0.543, KL 0.056). Medians of seeds 0-2: 0.6 +0.563 / 0.793 / KL 0.110 (over), 0.65 +0.451 /
-    # 0.691 / KL 0.085 (fraction short), 0.63 +0.513 / 0.770 / KL 0.093 (all met; seeds 3-4, run after choosing
-    # it: one meets all, one has fraction 0.680). Steep: the end KL moves ~0.005 per 0.01 of beta. Online with
-    # beta 0.1 and pairs of 2 collapsed (KL 1.03)
+    # (it bounds the log-ratio margin the loss still pays for at ~few / beta nats), and there is no KL controller:
+    # beta alone decides where a run stops. Smaller ran away from the reference (the paper's 0.1, online, ended
+    # repeating one word), larger fell short of the score, and the end KL is steep in beta, so 0.63 sits between the
+    # nearest two that each missed a target
     beta: float = setting(0.63, gt=0)
     # k completions per prompt; the prompt's pair is the best- against the worst-scored of them (k = 2: the two),
-    # batch_size / k pairs per step before ties are dropped. 4: 13 of 16 pairs kept per step (k = 2: 15-20 of 32),
-    # each the widest gap of its prompt; online at beta 0.25 the rollouts' 10-step mean reached +0.43 at KL 0.092
-    # per token, where k = 2 at beta 0.1 had +0.25 at KL 0.10
+    # batch_size / k pairs per step before ties are dropped. 4 rather than 2: fewer pairs, each the widest gap of
+    # its prompt, which reached a higher score at the same KL
     group_size: int = setting(4, ge=2)
     # True: pairs from the current policy each step (iterated / online DPO, Guo et al. 2024); False: from the
-    # frozen reference (offline DPO, the reward model's data, drawn fresh each step), which at beta 0.1 spent KL
-    # 0.131 for +0.223 / 0.434: its pairs are of texts the policy moves away from, so its own samples barely improve
+    # frozen reference (offline DPO, the reward model's data, drawn fresh each step), whose pairs are of texts the
+    # policy moves away from: the KL grows while its own samples barely improve
     online: bool = True
     # drop pairs whose scores differ by less (ties; RewardModelConfig's)
     min_margin: float = setting(0.05, ge=0)

@@ -23,9 +23,9 @@ pairing, reward_model.pairs_from_responses), drops near-ties (min_margin), and r
 of minibatches over those pairs. A larger k buys clearer pairs (a wider score gap) per completion
 generated, at batch_size / k pairs per step.
 Offline DPO (online=False): completions from the frozen reference, the reward model's data drawn
-fresh each step. Online / iterated DPO (online=True, the default: DPOConfig's comments say why, with
-the figures; Guo et al. 2024 "Direct Language Model
-Alignment from Online AI Feedback"): completions from the current policy.
+fresh each step. Online / iterated DPO (online=True, the default: DPOConfig's comments say why;
+Guo et al. 2024 "Direct Language Model Alignment from Online AI Feedback"): completions from the
+current policy.
 
 Dimension legend: N pairs, P prompt tokens, R response tokens, V vocabulary.
 Follows: Rafailov et al. 2023; TRL's DPOTrainer (sigmoid loss, implicit rewards, reward accuracy).
@@ -37,12 +37,11 @@ import numpy as np
 
 from tinygrad_gpt.backend import array_module
 from tinygrad_gpt.rlhf.advantage import FixedKLController, kl_per_token
-from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats
-from tinygrad_gpt.rlhf.losses import _data, _same_shape, entropy
-from tinygrad_gpt.rlhf.policy import response_logprobs, score_windows, token_logprobs
+from tinygrad_gpt.rlhf.losses import _data, _same_shape
+from tinygrad_gpt.rlhf.policy import response_logprobs
 from tinygrad_gpt.rlhf.reward_model import PreferencePairs
 from tinygrad_gpt.rlhf.rollout import sample_responses
-from tinygrad_gpt.rlhf.trainer import SampledTrainer
+from tinygrad_gpt.rlhf.trainer import RLHFTrainer
 from tinygrad_gpt.tensor import Function
 
 
@@ -97,10 +96,11 @@ def best_worst_pairs(seqs, scores, group_size, min_margin):
     return PreferencePairs(seqs[(base + best)[keep]], seqs[(base + worst)[keep]], margin[keep])
 
 
-class DPOTrainer(SampledTrainer):
-    """DPO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see SampledTrainer."""
+class DPOTrainer(RLHFTrainer):
+    """DPO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see RLHFTrainer."""
 
     algo = "dpo"
+    loss_stats = ("reward_margin", "reward_acc")
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
@@ -118,7 +118,7 @@ class DPOTrainer(SampledTrainer):
 
     def step(self):
         """Sample, label and filter this step's pairs, then `epochs` passes of DPO; returns the metrics."""
-        c, xp = self.cfg, self.xp
+        c = self.cfg
         t0 = time.perf_counter()
         prompts = self.next_prompts()                                     # (kn, P) each prompt k times
         generator = self.policy.gpt if c.online else self.reference
@@ -131,45 +131,35 @@ class DPOTrainer(SampledTrainer):
         # rows ki .. ki + k - 1 share a prompt; the pair's sequences carry it (identical in both)
         pairs = best_worst_pairs(seqs, raw, c.group_size, c.min_margin)   # <= n pairs
         N, R = len(pairs), c.response_len
-        stats = {k: [] for k in ("loss", "entropy", "approx_kl", "approx_kl_k1", "ratio_mean", "ratio_std",
-                                 "reward_margin", "reward_acc")}
-        first_ratio_dev, updates, kl = None, 0, float("nan")
+        both = np.concatenate([pairs.chosen, pairs.rejected])             # (2N, P + R) chosen, then rejected
+        ref_seq, old_tok, kl = np.zeros(0), np.zeros((0, R)), float("nan")
         if N:
-            both = np.concatenate([pairs.chosen, pairs.rejected])         # (2N, P + R)
             ref_seq, _, logq = self.sequence_logprobs(self.reference, both, R)  # (2N,), (2N, R, V)
-            old_seq, old_tok, logp = self.sequence_logprobs(self.policy, both, R)  # (2N,), (2N, R), (2N, R, V)
+            _, old_tok, logp = self.sequence_logprobs(self.policy, both, R)  # (2N, R), (2N, R, V)
             kl = float(kl_per_token(logp, logq).mean())                   # exact KL to the reference per token
-            dtype = self.policy.gpt.wte.weight.dtype
-            for epoch in range(c.epochs):
-                order = np.arange(N) if epoch == 0 else self.rng.permutation(N)  # (N,)
-                for lo in range(0, N, c.minibatch_size):
-                    mb = order[lo:lo + c.minibatch_size]                  # (M,)
-                    M = len(mb)
-                    rows = np.concatenate([mb, mb + N])                   # (2M,) chosen then rejected
-                    logits, _ = score_windows(self.policy, xp.asarray(both[rows]), self.windows, c.temperature)
-                    tok = token_logprobs(logits, xp.asarray(both[rows, -R:]))  # (2M, R)
-                    seq_lp = tok.sum(axis=1)                              # (2M,) log pi(y)
-                    loss = dpo_loss(seq_lp[:M], seq_lp[M:], ref_seq[mb], ref_seq[mb + N], c.beta)
-                    u = c.beta * ((seq_lp.numpy()[:M] - seq_lp.numpy()[M:]) - (ref_seq[mb] - ref_seq[mb + N]))
-                    ratio = np.exp(tok.numpy().astype(np.float64) - old_tok[rows])  # (2M, R)
-                    if first_ratio_dev is None:
-                        first_ratio_dev = float(np.abs(ratio - 1).max())
-                    stats["entropy"].append(entropy(logits, xp.ones((2 * M, R), dtype=dtype)).item())
-                    self.optimizer_step(loss)
-                    updates += 1
-                    stats["loss"].append(loss.item())
-                    stats["reward_margin"].append(float(u.mean()))
-                    stats["reward_acc"].append(float((u > 0).mean()))
-                    for key, value in ratio_stats(ratio).items():
-                        stats[key].append(value)
-        metrics = {
-            "score": float(gold.mean()), "score_pos_frac": float((gold > 0.05).mean()),
-            "score_of": "policy" if c.online else "reference",            # whose completions "score" is
-            "reward_raw": float(raw.mean()), "pairs": N,
-            "kl": kl, "beta": c.beta, "loss": mean_of(stats, "loss"), "entropy": mean_of(stats, "entropy"),
-            "approx_kl": mean_of(stats, "approx_kl"), "approx_kl_k1": mean_of(stats, "approx_kl_k1"),
-            "ratio_mean": mean_of(stats, "ratio_mean"), "ratio_std": mean_of(stats, "ratio_std"),
-            "first_ratio_dev": first_ratio_dev, "reward_margin": mean_of(stats, "reward_margin"),
-            "reward_acc": mean_of(stats, "reward_acc"), "updates": updates,
-        }
+        updates = self.update(both, old_tok, N, c.epochs, ref_seq=ref_seq)
+        metrics = {**self.rollout_metrics(gold, raw, c.beta),
+                   "score_of": "policy" if c.online else "reference",  # whose completions "score" is
+                   "pairs": N, "kl": kl, **updates.metrics()}
         return self.finish_metrics(metrics, t0, t_rollout, len(responses))
+
+    def minibatch_rows(self, mb, items):
+        """A minibatch of M pairs is 2M rows: the chosen sequences, then the rejected ones."""
+        return np.concatenate([mb, mb + items])                           # (2M,)
+
+    def loss(self, mb, logits, values, logp, mask, ref_seq):
+        """DPO's loss (DPOLoss, the module docstring) on the M pairs of the minibatch, whose 2M rows are
+        the chosen then the rejected responses; ref_seq (2N,) the reference's log q(y) of every row:
+
+            log pi(y) = sum_t logp_t
+            u         = beta ((log pi(y_c) - log pi(y_r)) - (log q(y_c) - log q(y_r)))
+            L         = mean softplus(-u)
+
+        also reports the mean implicit reward margin u and the fraction of pairs with u > 0."""
+        c = self.cfg
+        M, N = len(mb), len(ref_seq) // 2
+        seq_lp = logp.sum(axis=1)                                         # (2M,) log pi(y)
+        loss = dpo_loss(seq_lp[:M], seq_lp[M:], ref_seq[mb], ref_seq[mb + N], c.beta)
+        lp = seq_lp.numpy()                                               # (2M,)
+        u = c.beta * ((lp[:M] - lp[M:]) - (ref_seq[mb] - ref_seq[mb + N]))  # (M,)
+        return loss, {"reward_margin": float(u.mean()), "reward_acc": float((u > 0).mean())}

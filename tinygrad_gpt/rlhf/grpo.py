@@ -37,10 +37,9 @@ import time
 import numpy as np
 
 from tinygrad_gpt.backend import array_module
-from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
-from tinygrad_gpt.rlhf.losses import _check_mask, _data, _same_shape, entropy, kl_to_reference
-from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
-from tinygrad_gpt.rlhf.trainer import SampledTrainer
+from tinygrad_gpt.rlhf.diagnostics import zero_spread_fraction
+from tinygrad_gpt.rlhf.losses import _check_mask, _data, _same_shape, kl_to_reference
+from tinygrad_gpt.rlhf.trainer import RLHFTrainer
 from tinygrad_gpt.tensor import Function
 
 VARIANTS = ("grpo", "dr_grpo")
@@ -126,65 +125,50 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps=0
                           kl_coef=float(kl_coef), normaliser=normaliser)
 
 
-class GRPOTrainer(SampledTrainer):
-    """GRPO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see SampledTrainer."""
+class GRPOTrainer(RLHFTrainer):
+    """GRPO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see RLHFTrainer."""
 
     algo = "grpo"
+    loss_stats = ("kl_loss",)
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
-                         group_size=config.group_size)
+                         group_size=config.group_size, clip_eps=config.clip_eps)
         self.kl_ctl = self.kl_controller(config)
 
     def step(self):
         """One batch of B / G prompts x G responses and its epochs; returns the step's metrics."""
-        c, xp = self.cfg, self.xp
+        c = self.cfg
         t0 = time.perf_counter()
         roll, gold, raw, scores, t_rollout = self.scored_rollout(self.next_prompts(), kl_estimator="sampled")
         advantages = group_advantages(scores, c.group_size, c.advantage, c.adv_eps)  # (B,)
         beta = self.kl_ctl.value
-        B, R = roll.responses.shape
-        seq = roll.sequences                                              # (B, P + R)
-        dtype = self.policy.gpt.wte.weight.dtype
-        stats = {k: [] for k in ("loss", "entropy", "clipfrac", "approx_kl", "approx_kl_k1", "ratio_mean",
-                                 "ratio_std", "kl_loss")}
-        first_ratio_dev, updates = None, 0
-        for epoch in range(c.epochs):
-            # the first epoch keeps the rollout's order and chunking: its first ratio is exactly 1
-            order = np.arange(B) if epoch == 0 else self.rng.permutation(B)  # (B,)
-            for lo in range(0, B, c.minibatch_size):
-                mb = order[lo:lo + c.minibatch_size]                      # (M,)
-                mmask = xp.ones((len(mb), R), dtype=dtype)                # (M, R) fixed length: all count
-                logits, _ = score_windows(self.policy, xp.asarray(seq[mb]), self.windows, c.temperature)
-                logp = token_logprobs(logits, xp.asarray(roll.responses[mb]))  # (M, R)
-                ratio = np.exp(logp.numpy().astype(np.float64) - roll.logprobs[mb])  # (M, R)
-                if first_ratio_dev is None:
-                    first_ratio_dev = float(np.abs(ratio - 1).max())
-                k3_coef = beta if c.kl_estimator == "k3" else 0.0
-                loss = grpo_loss(logp, roll.logprobs[mb], roll.ref_logprobs[mb], advantages[mb], mmask,
-                                 c.clip_eps, k3_coef, c.advantage)
-                if c.kl_estimator == "exact" and beta:
-                    kl_loss = kl_to_reference(logits, roll.ref_logq[mb], mmask)
-                    loss = loss + kl_loss * beta
-                    stats["kl_loss"].append(kl_loss.item())
-                stats["entropy"].append(entropy(logits, mmask).item())
-                self.optimizer_step(loss)
-                updates += 1
-                stats["loss"].append(loss.item())
-                for key, value in ratio_stats(ratio, c.clip_eps).items():
-                    stats[key].append(value)
+        B = len(advantages)
+        updates = self.update(roll.sequences, roll.logprobs, B, c.epochs, roll=roll, advantages=advantages,
+                              beta=beta)
         mean_seq_kl = float(roll.kl_exact.sum(axis=1).mean())             # exact KL per response (nats)
         self.kl_ctl.update(mean_seq_kl, B)
-        metrics = {
-            "score": float(gold.mean()), "score_pos_frac": float((gold > 0.05).mean()),
-            "reward_raw": float(raw.mean()), "reward_norm": float(scores.mean()),
-            "kl": float(roll.kl_exact.mean()), "kl_sampled": float((roll.logprobs - roll.ref_logprobs).mean()),
-            "kl_seq": mean_seq_kl, "beta": beta, "loss": mean_of(stats, "loss"),
-            "clipfrac": mean_of(stats, "clipfrac"), "entropy": mean_of(stats, "entropy"),
-            "approx_kl": mean_of(stats, "approx_kl"), "approx_kl_k1": mean_of(stats, "approx_kl_k1"),
-            "kl_loss": mean_of(stats, "kl_loss"), "ratio_mean": mean_of(stats, "ratio_mean"),
-            "ratio_std": mean_of(stats, "ratio_std"), "first_ratio_dev": first_ratio_dev,
-            "adv_mean": float(advantages.mean()), "adv_std": float(advantages.std()),
-            "zero_spread_frac": zero_spread_fraction(scores, c.group_size), "updates": updates,
-        }
+        metrics = {**self.rollout_metrics(gold, raw, beta, roll, scores, mean_seq_kl), **updates.metrics(),
+                   "adv_mean": float(advantages.mean()), "adv_std": float(advantages.std()),
+                   "zero_spread_frac": zero_spread_fraction(scores, c.group_size)}
         return self.finish_metrics(metrics, t0, t_rollout, B)
+
+    def loss(self, mb, logits, values, logp, mask, roll, advantages, beta):
+        """GRPO's L of the module docstring on the minibatch (grpo_loss): the clipped ratio with A_i on
+        every token of response i, plus beta times the KL to the reference,
+
+            l_it = max(-A_i r_it, -A_i clip(r_it, 1 - eps, 1 + eps)) + beta k3_it      kl_estimator "k3"
+            L    = 1/B sum_i 1/n_i sum_t m_it l_it    ("grpo"; "dr_grpo": 1/(B T) sum_i sum_t m_it l_it)
+
+        or, with kl_estimator "exact", L without the k3 term plus beta L_KL (losses.KLToReference, the
+        exact KL over the vocabulary)."""
+        c = self.cfg
+        k3_coef = beta if c.kl_estimator == "k3" else 0.0
+        loss = grpo_loss(logp, roll.logprobs[mb], roll.ref_logprobs[mb], advantages[mb], mask, c.clip_eps, k3_coef,
+                         c.advantage)
+        stats = {}
+        if c.kl_estimator == "exact" and beta:
+            kl_loss = kl_to_reference(logits, roll.ref_logq[mb], mask)
+            loss = loss + kl_loss * beta
+            stats["kl_loss"] = kl_loss.item()
+        return loss, stats

@@ -12,15 +12,14 @@ loss trains the head alone (the GPT then moves only for the policy loss and the 
 Dropout is off: the GPT is put in eval mode, in which its Dropout modules pass activations through.
 
 Windows. A prompt of P tokens and a response of R tokens can be longer than the model's block_size
-W (the benchmark: 64 + 64 tokens, W = 64). Then the response is scored in chunks of `stride` tokens
-(S = W // 2 by default): chunk [a, b) of the sequence is predicted from the window seq[b-1-W : b-1],
-so its first token sees W - S + 1 tokens of context and its last sees W. Sampling (rollout.py)
-walks the same windows with a fresh KV cache per chunk, so the log-probs recomputed here for PPO
-are those of the distribution the tokens were drawn from. When P + R - 1 <= W there is one window
-holding the whole sequence. (The model's own `generate` rebuilds its cache from block_size // 2
-tokens when full; the chunks here are that idea made regular.)
+W (the benchmark: 64 + 64 tokens, W = 64). Then the response is scored in the chunks of
+model.context_windows: chunk [a, b) of the sequence is predicted from the window seq[start : b-1]
+(start = b-1-W, or 0), one forward per chunk. Sampling (GPT.generate, which rollout.py calls) walks
+the same windows with a fresh KV cache per chunk, so the log-probs recomputed here for PPO are those
+of the distribution the tokens were drawn from. When P + R - 1 <= W there is one window holding the
+whole sequence.
 
-Dimension legend: B batch, L window length, C n_embd, V vocab, P prompt, R response, S stride.
+Dimension legend: B batch, L window length, C n_embd, V vocab, P prompt, R response.
 Follows: Ziegler et al. 2019 (policy + value head on one trunk, frozen reference), TRL's
 AutoModelForCausalLMWithValueHead, HF's strided perplexity evaluation (the windows).
 Deliberately does not: share the reference's weights with the policy (it is a full copy), or
@@ -29,24 +28,6 @@ support padded prompts (prompts have a fixed length).
 from tinygrad_gpt import nn, ops
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.tensor import no_grad
-
-
-def response_windows(prompt_len, response_len, block_size, stride=None):
-    """[(start, a, b), ...]: targets seq[a:b] are predicted from the window seq[start:b-1]."""
-    if prompt_len < 1 or response_len < 1:
-        raise ValueError(f"response_windows: prompt and response need >= 1 token, got {prompt_len}, {response_len}")
-    end = prompt_len + response_len
-    if end - 1 <= block_size:
-        return [(0, prompt_len, end)]
-    stride = block_size // 2 if stride is None else stride
-    if not 1 <= stride <= block_size:
-        raise ValueError(f"response_windows: stride must be in [1, block_size={block_size}], got {stride}")
-    windows, a = [], prompt_len
-    while a < end:
-        b = min(a + stride, end)
-        windows.append((max(0, b - 1 - block_size), a, b))
-        a = b
-    return windows
 
 
 class PolicyWithValue(nn.Module):
@@ -90,7 +71,7 @@ def frozen_copy(gpt):
 def score_windows(model, seq, windows, temperature=1.0):
     """Scaled logits (B, R, V) and values (B, R) (None for a plain GPT) of the response tokens.
 
-    model: a PolicyWithValue or a GPT; seq (B, P + R) token ids; windows from response_windows.
+    model: a PolicyWithValue or a GPT; seq (B, P + R) token ids; windows from model.context_windows.
     Records a graph unless called under no_grad().
     """
     logits_parts, value_parts = [], []

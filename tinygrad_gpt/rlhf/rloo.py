@@ -30,10 +30,9 @@ import time
 import numpy as np
 
 from tinygrad_gpt.backend import array_module
-from tinygrad_gpt.rlhf.diagnostics import mean_of, ratio_stats, zero_spread_fraction
-from tinygrad_gpt.rlhf.losses import _check_mask, _data, entropy, policy_loss
-from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
-from tinygrad_gpt.rlhf.trainer import SampledTrainer
+from tinygrad_gpt.rlhf.diagnostics import zero_spread_fraction
+from tinygrad_gpt.rlhf.losses import _check_mask, _data, policy_loss
+from tinygrad_gpt.rlhf.trainer import RLHFTrainer
 from tinygrad_gpt.tensor import Function
 
 
@@ -83,65 +82,42 @@ def reinforce_loss(logprobs, advantages, mask):
                                mask=xp.asarray(_data(mask)))
 
 
-class RLOOTrainer(SampledTrainer):
-    """RLOO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see SampledTrainer."""
+class RLOOTrainer(RLHFTrainer):
+    """RLOO on `policy` (PolicyWithValue; its value head is not used) against `reference`; see RLHFTrainer."""
 
     algo = "rloo"
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
-                         group_size=config.group_size)
+                         group_size=config.group_size, clip_eps=config.clip_eps)
         self.kl_ctl = self.kl_controller(config)
 
     def step(self):
         """One batch of B / k prompts x k responses and its update(s); returns the step's metrics."""
-        c, xp = self.cfg, self.xp
+        c = self.cfg
         t0 = time.perf_counter()
         roll, gold, raw, scores, t_rollout = self.scored_rollout(self.next_prompts(), kl_estimator=c.kl_estimator)
         beta = self.kl_ctl.value
         seq_kl = roll.kl.sum(axis=1)                                      # (B,) sum_t KL_t (the estimator's)
         rewards = scores - beta * seq_kl                                  # (B,) R_i = s_i - beta KL_i
         advantages = rloo_advantages(rewards, c.group_size)               # (B,)
-        B, R = roll.responses.shape
-        seq = roll.sequences                                              # (B, P + R)
-        dtype = self.policy.gpt.wte.weight.dtype
-        stats = {k: [] for k in ("loss", "entropy", "clipfrac", "approx_kl", "approx_kl_k1", "ratio_mean",
-                                 "ratio_std")}
-        first_ratio_dev, updates = None, 0
+        B = len(advantages)
         epochs = 1 if c.update == "reinforce" else c.epochs   # REINFORCE is on-policy: one pass
-        for epoch in range(epochs):
-            order = np.arange(B) if epoch == 0 else self.rng.permutation(B)  # (B,)
-            for lo in range(0, B, c.minibatch_size):
-                mb = order[lo:lo + c.minibatch_size]                      # (M,)
-                mmask = xp.ones((len(mb), R), dtype=dtype)                # (M, R)
-                logits, _ = score_windows(self.policy, xp.asarray(seq[mb]), self.windows, c.temperature)
-                logp = token_logprobs(logits, xp.asarray(roll.responses[mb]))  # (M, R)
-                ratio = np.exp(logp.numpy().astype(np.float64) - roll.logprobs[mb])  # (M, R)
-                if first_ratio_dev is None:
-                    first_ratio_dev = float(np.abs(ratio - 1).max())
-                if c.update == "reinforce":
-                    loss = reinforce_loss(logp, advantages[mb], mmask)
-                else:
-                    per_token = np.repeat(advantages[mb, None], R, axis=1)   # (M, R) A_i on every token
-                    loss = policy_loss(logp, roll.logprobs[mb], per_token, mmask, c.clip_eps)
-                stats["entropy"].append(entropy(logits, mmask).item())
-                self.optimizer_step(loss)
-                updates += 1
-                stats["loss"].append(loss.item())
-                for key, value in ratio_stats(ratio, c.clip_eps).items():
-                    stats[key].append(value)
+        updates = self.update(roll.sequences, roll.logprobs, B, epochs, roll=roll, advantages=advantages)
         mean_seq_kl = float(seq_kl.mean())
         self.kl_ctl.update(mean_seq_kl, B)
-        metrics = {
-            "score": float(gold.mean()), "score_pos_frac": float((gold > 0.05).mean()),
-            "reward_raw": float(raw.mean()), "reward_norm": float(scores.mean()),
-            "kl": float(roll.kl_exact.mean()), "kl_sampled": float((roll.logprobs - roll.ref_logprobs).mean()),
-            "kl_seq": mean_seq_kl, "beta": beta, "loss": mean_of(stats, "loss"),
-            "clipfrac": mean_of(stats, "clipfrac"), "entropy": mean_of(stats, "entropy"),
-            "approx_kl": mean_of(stats, "approx_kl"), "approx_kl_k1": mean_of(stats, "approx_kl_k1"),
-            "ratio_mean": mean_of(stats, "ratio_mean"), "ratio_std": mean_of(stats, "ratio_std"),
-            "first_ratio_dev": first_ratio_dev,
-            "adv_mean": float(advantages.mean()), "adv_std": float(advantages.std()),
-            "zero_spread_frac": zero_spread_fraction(scores, c.group_size), "updates": updates,
-        }
+        metrics = {**self.rollout_metrics(gold, raw, beta, roll, scores, mean_seq_kl), **updates.metrics(),
+                   "adv_mean": float(advantages.mean()), "adv_std": float(advantages.std()),
+                   "zero_spread_frac": zero_spread_fraction(scores, c.group_size)}
         return self.finish_metrics(metrics, t0, t_rollout, B)
+
+    def loss(self, mb, logits, values, logp, mask, roll, advantages):
+        """RLOO's loss on the minibatch, with A_i = R_i - b_i the leave-one-out advantage of response i:
+
+            "reinforce"  L = -1/M sum_i A_i sum_t m_it logp_it              (reinforce_loss)
+            "clipped"    L = mean_m( max(-A_i r_it, -A_i clip(r_it, 1 - eps, 1 + eps)) )   (losses.policy_loss)"""
+        c = self.cfg
+        if c.update == "reinforce":
+            return reinforce_loss(logp, advantages[mb], mask), {}
+        per_token = np.repeat(advantages[mb, None], logp.shape[1], axis=1)   # (M, R) A_i on every token
+        return policy_loss(logp, roll.logprobs[mb], per_token, mask, c.clip_eps), {}

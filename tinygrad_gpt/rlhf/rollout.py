@@ -1,8 +1,8 @@
 """Rollouts: fixed-length prompts -> fixed-length sampled responses, with everything PPO records.
 
-For a batch of B prompts of P tokens, `rollout` samples R tokens each with the policy's GPT and a
-KV cache (one cache per window of policy.response_windows, so every token is drawn from exactly
-the context it is scored with later), at temperature tau:
+For a batch of B prompts of P tokens, `rollout` samples R tokens each with the policy's GPT
+(`sample_responses`: GPT.generate's loop, one KV cache per window of model.context_windows, so every
+token is drawn from exactly the context it is scored with later), at temperature tau:
 
     a_t ~ softmax(logits_t / tau)
 
@@ -33,11 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinygrad_gpt.backend import get_xp, to_numpy
-from tinygrad_gpt.model import sample_from_logits
+from tinygrad_gpt.backend import get_xp
+from tinygrad_gpt.model import context_windows
 from tinygrad_gpt.rlhf.advantage import kl_per_token
-from tinygrad_gpt.rlhf.policy import response_logprobs, response_windows
-from tinygrad_gpt.tensor import no_grad
+from tinygrad_gpt.rlhf.policy import response_logprobs
 
 
 @dataclass
@@ -68,28 +67,11 @@ def prompt_batches(tokens, batch_size, prompt_len, rng):
 
 
 def sample_responses(gpt, prompts, response_len, temperature, rng, stride=None):
-    """(B, R) tokens sampled after prompts (B, P) at temperature, with a KV cache per window."""
-    if temperature <= 0:
-        raise ValueError(f"sample_responses: temperature must be > 0, got {temperature}")
+    """(B, R) tokens sampled after prompts (B, P) at temperature: GPT.generate's loop, a KV cache per
+    window of model.context_windows (stride: new tokens per window past block_size)."""
     prompts = np.asarray(prompts, dtype=np.int64)
-    B, P = prompts.shape
-    xp = get_xp(gpt.device)
-    seq = np.concatenate([prompts, np.zeros((B, response_len), dtype=np.int64)], axis=1)  # (B, P + R)
-    was_training = gpt.training
-    gpt.eval()
-    try:
-        with no_grad():
-            for start, a, b in response_windows(P, response_len, gpt.config.block_size, stride):
-                caches = gpt.new_caches(B)
-                feed = seq[:, start:a]                                    # (B, a - start) the known context
-                for t in range(a, b):
-                    logits, _ = gpt(xp.asarray(feed), caches=caches)      # (B, n, V)
-                    last = to_numpy(logits.data[:, -1, :]).astype(np.float64)    # (B, V)
-                    seq[:, t] = sample_from_logits(last, rng, temperature=temperature)  # (B,)
-                    feed = seq[:, t:t + 1]                                # (B, 1)
-    finally:
-        gpt.train(was_training)
-    return seq[:, P:]                                                     # (B, R)
+    out = gpt.generate(prompts, response_len, temperature=temperature, rng=rng, stride=stride)  # (B, P + R)
+    return out[:, prompts.shape[1]:]                                      # (B, R)
 
 
 def rollout(policy, reference, prompts, response_len, temperature, rng, decode, kl_estimator="exact",
@@ -106,7 +88,7 @@ def score_rollout(policy, reference, prompts, responses, temperature, decode, kl
     B, P = prompts.shape
     R = responses.shape[1]
     seq = np.concatenate([prompts, responses], axis=1)                    # (B, P + R)
-    windows = response_windows(P, R, policy.config.block_size, stride)
+    windows = context_windows(P, R, policy.config.block_size, stride)
     xp = get_xp(policy.gpt.device)
     chunk = chunk or B
     parts = [response_logprobs(policy, xp.asarray(seq[lo:lo + chunk]), windows, temperature)

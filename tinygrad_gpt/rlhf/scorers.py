@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _TRAILING_WORD = re.compile(r"[A-Za-z']+$")
+POSITIVE_THRESHOLD = 0.05  # VADER's own line for a positive text (compound >= 0.05, its README)
 
 
 def drop_partial_word(text):
@@ -61,7 +62,7 @@ def signed_power(scores, p):
     return s if p == 1 else np.sign(s) * np.abs(s) ** p
 
 
-def shaped_score(scores, power=1.0, bonus=0.0, threshold=0.05):
+def shaped_score(scores, power=1.0, bonus=0.0, threshold=POSITIVE_THRESHOLD):
     """What PPO optimises for a gold score s (before normalising): sign(s) |s|^power + bonus [s > threshold].
 
     power, bonus and threshold are PPOConfig.score_power / positive_bonus / positive_threshold; with the

@@ -1,20 +1,39 @@
-"""What every RLHF trainer shares: prompts, rollouts, scores and their normaliser, the optimiser, saving.
+"""What every RLHF trainer shares: prompts, rollouts, scores, the update loop, the optimiser, saving.
 
-`SampledTrainer` holds a policy (PolicyWithValue: PPO uses its value head, the other methods leave
+`RLHFTrainer` holds a policy (PolicyWithValue: PPO uses its value head, the other methods leave
 it at zero), the frozen reference, the scorer (gold) and an optional reward model (proxy), and
-gives the subclasses (ppo.PPOTrainer, grpo.GRPOTrainer, rloo.RLOOTrainer, dpo.DPOTrainer):
+gives the methods (ppo.PPOTrainer, grpo.GRPOTrainer, rloo.RLOOTrainer, dpo.DPOTrainer):
 
-    next_prompts()    (B / group_size, P) prompts, each repeated group_size times -> (B, P)
-    make_rollout()    sampled responses with log-probs, reference log-probs and KL (rollout.py)
-    scored_rollout()  a rollout with its gold scores, raw rewards and normalised scores
-    raw_rewards()     (gold scores, the reward optimised before normalising)
-    fit_normalizer()  the reward's mean and std on reference samples (scores then mean 0, std 1)
-    optimizer_step()  one update: the loss and the gradient checked finite, clipped, AdamW
-    finish_metrics()  the common step metrics, health warnings logged (diagnostics.py); keeps the step
-    run()             the steps, stopped cleanly by SIGINT / SIGTERM, then save()
-    save()            the tuned GPT as a checkpoint train.load_model reads (meta.kind "rlhf-<algo>")
+    next_prompts()     (B / group_size, P) prompts, each repeated group_size times -> (B, P)
+    make_rollout()     sampled responses with log-probs, reference log-probs and KL (rollout.py)
+    scored_rollout()   a rollout with its gold scores, raw rewards and normalised scores
+    raw_rewards()      (gold scores, the reward optimised before normalising)
+    fit_normalizer()   the reward's mean and std on reference samples (scores then mean 0, std 1)
+    update()           the update loop: epochs of minibatches -> log-probs -> ratio -> the method's
+                       loss -> optimizer_step -> per-minibatch stats (an Updates)
+    optimizer_step()   one update: the loss and the gradient checked finite, clipped, AdamW
+    rollout_metrics()  the step's score (mean, fraction above cfg.positive_threshold), reward and KL
+    finish_metrics()   the common step metrics, health warnings logged (diagnostics.py); keeps the step
+    run()              the steps, stopped cleanly by SIGINT / SIGTERM, then save()
+    save()             the tuned GPT as a checkpoint runs.load_model reads (meta.kind "rlhf-<algo>")
 
-Each subclass's `step()` returns the step's metrics dict (one line of metrics.jsonl).
+A method writes two things: `step()`, which makes the step's data (a rollout and its advantages,
+or preference pairs), calls `update()` and returns the step's metrics dict (one line of
+metrics.jsonl), and `loss()`, its objective on one minibatch, with its equations in its docstring.
+The update loop, for `epochs` passes over the step's items (the first in rollout order, then
+shuffled by self.rng), for each minibatch mb of cfg.minibatch_size items:
+
+    logits, values = policy(windows of the sequences of mb)        (M, R, V), (M, R)  graph recorded
+    logp_t  = log softmax(logits_t)[a_t]                           (M, R)  log pi_theta(a_t | s_t)
+    r_t     = exp(logp_t - logp_old_t)                             (M, R)  float64, for the stats only
+    skip the minibatch if skip_minibatch(epoch, mb, r) (PPO: a ratio far above 1)
+    loss, stats = self.loss(mb, logits, values, logp, mask, **the step's data)
+    optimizer_step(loss); keep loss, entropy, ratio_stats(r) and the loss's stats
+    stop the epochs if stop_early(those ratio stats) (PPO: the old->new KL passed target_kl)
+
+# subtle: the first epoch keeps the rollout's order, so its first minibatch has the very rows (and
+# shapes) of the rollout's scoring chunks; that makes its first ratio exactly 1 (BLAS can round a
+# row differently at another place in M), which `first_ratio_dev` reports and check_health checks.
 
 Kept steps. A step is kept (`self.kept`, a copy of every policy parameter with the step count) only
 when every value it made was finite: each update's loss and gradient norm before AdamW applies it,
@@ -27,6 +46,7 @@ the same for SIGINT and SIGTERM: the step in progress is abandoned at once (an R
 minutes, longer than a scheduler's grace period), the policy goes back to the last kept step and
 is saved.
 
+Dimension legend: B items of a step, M minibatch, P prompt, R response tokens, V vocabulary.
 Follows: TRL's trainers (one base, a loss per method). Deliberately does not: run several methods in
 one trainer, keep optimiser state across separate runs, or run under MPI (one process; the
 example refuses mpirun with several ranks).
@@ -40,10 +60,12 @@ import numpy as np
 
 from tinygrad_gpt import backend, checkpoint
 from tinygrad_gpt.backend import get_xp
+from tinygrad_gpt.model import context_windows
 from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.rlhf.advantage import AdaptiveKLController, FixedKLController
-from tinygrad_gpt.rlhf.diagnostics import check_health
-from tinygrad_gpt.rlhf.policy import response_windows
+from tinygrad_gpt.rlhf.diagnostics import check_health, mean_of, ratio_stats
+from tinygrad_gpt.rlhf.losses import entropy
+from tinygrad_gpt.rlhf.policy import score_windows, token_logprobs
 from tinygrad_gpt.rlhf.rollout import prompt_batches, rollout, sample_responses, score_rollout
 from tinygrad_gpt.rlhf.scorers import ScoreNormalizer, shaped_score
 from tinygrad_gpt.tensor import no_grad
@@ -63,6 +85,23 @@ class KeptStep:
     metrics: dict | None      # that step's metrics (None before the first)
 
 
+@dataclass
+class Updates:
+    """What one step's update loop did: a list per statistic (one value per minibatch update) and counts."""
+    stats: dict                        # name -> [value per update]: loss, entropy, ratio_stats' keys, the loss's
+    first_ratio_dev: float | None = None  # max |r - 1| on the first minibatch: 0 up to rounding (pi_theta = pi_old)
+    updates: int = 0                   # optimizer updates made
+    skipped: int = 0                   # minibatches skipped (skip_minibatch)
+    early_stop: bool = False           # the epochs stopped early (stop_early)
+
+    def metrics(self):
+        """The step's update metrics: the mean of each statistic (nan when no update made one) and the counts."""
+        out = {key: mean_of(self.stats, key) for key in self.stats}
+        out.update(first_ratio_dev=self.first_ratio_dev, updates=self.updates, skipped=self.skipped,
+                   early_stop=self.early_stop)
+        return out
+
+
 class _Abandon(BaseException):
     """Raised by run()'s signal handler: the step in progress is dropped. A BaseException, so that
     no `except Exception` on the way swallows it."""
@@ -72,24 +111,27 @@ class _Abandon(BaseException):
         self.signum = signum
 
 
-class SampledTrainer:
-    """The shared part of the RLHF trainers; see the module docstring. `algo` names the method."""
+class RLHFTrainer:
+    """The shared part of the RLHF trainers; see the module docstring. `algo` names the method;
+    `loss_stats` names the statistics its loss() reports (each a metric, nan in a step without them)."""
 
     algo = None
+    loss_stats = ()
 
     def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print,
-                 group_size=1):
+                 group_size=1, clip_eps=None):
         backend.tune_host_allocator()  # process-wide malloc thresholds: see its docstring
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.scorer, self.reward_model, self.cfg, self.log = scorer, reward_model, config, log
         self.group_size = group_size
+        self.clip_eps = clip_eps  # the clip range of the ratio the clip fraction is counted for (None: not counted)
         self.rng = np.random.default_rng(config.seed)
         self.prompts = prompt_batches(prompt_tokens, config.batch_size // group_size, config.prompt_len, self.rng)
         self.opt = AdamW(decay_groups(policy.named_parameters(), config.weight_decay), lr=config.lr,
                          betas=config.adam_betas, weight_decay=config.weight_decay)
         self.kl_ctl = None  # set by the methods whose beta a KL controller moves
         self.normalizer = None  # fitted on reference rollouts by fit_normalizer (or on the first step)
-        self.windows = response_windows(config.prompt_len, config.response_len, policy.config.block_size,
+        self.windows = context_windows(config.prompt_len, config.response_len, policy.config.block_size,
                                         config.window_stride)
         self.step_count = 0
         self.completions = 0  # completions generated so far (the normaliser's reference samples excluded)
@@ -109,6 +151,69 @@ class SampledTrainer:
         if cfg.adaptive_kl:
             return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         return FixedKLController(cfg.init_kl_coef)
+
+    # ---- the update loop ----------------------------------------------------------------------
+    def update(self, sequences, old_logprobs, items, epochs, **data):
+        """`epochs` passes of minibatches over the step's `items`; returns an Updates (module docstring).
+
+        sequences (N, P + R) token ids and old_logprobs (N, R), log pi_old of their last R tokens;
+        minibatch_rows maps a minibatch of items to its rows (an item is a row, a DPO pair two).
+        `data` (the step's advantages, returns, ...) is passed on to self.loss."""
+        c, xp = self.cfg, self.xp
+        R = old_logprobs.shape[1]
+        dtype = self.policy.gpt.wte.weight.dtype
+        ratio_keys = ("ratio_mean", "ratio_std", "approx_kl_k1", "approx_kl")  # ratio_stats' keys
+        ratio_keys += ("clipfrac",) if self.clip_eps is not None else ()
+        up = Updates({key: [] for key in ("loss", "entropy", *ratio_keys, *self.loss_stats)})
+        for epoch in range(epochs):
+            order = np.arange(items) if epoch == 0 else self.rng.permutation(items)  # (items,) see the subtle note
+            for lo in range(0, items, c.minibatch_size):
+                mb = order[lo:lo + c.minibatch_size]                      # (M,) items
+                rows = self.minibatch_rows(mb, items)                     # (M,) rows (DPO: (2M,))
+                mask = xp.ones((len(rows), R), dtype=dtype)               # (M, R) fixed length: every token counts
+                logits, values = score_windows(self.policy, xp.asarray(sequences[rows]), self.windows,
+                                               c.temperature)             # (M, R, V), (M, R)
+                logp = token_logprobs(logits, xp.asarray(sequences[rows, -R:]))  # (M, R) log pi_theta(a_t | s_t)
+                ratio = np.exp(logp.numpy().astype(np.float64) - old_logprobs[rows])  # (M, R) r_t
+                if up.first_ratio_dev is None:
+                    up.first_ratio_dev = float(np.abs(ratio - 1).max())  # 0 up to rounding: pi_theta = pi_old
+                if self.skip_minibatch(epoch, mb, ratio, **data):
+                    up.skipped += 1
+                    continue
+                loss, stats = self.loss(mb, logits, values, logp, mask, **data)
+                with no_grad():
+                    stats["entropy"] = entropy(logits, mask).item()      # mean entropy per token (nats)
+                self.optimizer_step(loss)
+                up.updates += 1
+                stats["loss"] = loss.item()
+                rs = ratio_stats(ratio, self.clip_eps)                    # ratio, k1 / k3 KL, clip fraction
+                for key, value in {**stats, **rs}.items():
+                    up.stats[key].append(value)
+                if self.stop_early(epoch, rs):
+                    up.early_stop = True
+                    break
+            if up.early_stop:
+                break
+        return up
+
+    def loss(self, mb, logits, values, logp, mask, **data):
+        """The method's objective on minibatch `mb` (item indices): (a scalar Tensor, {stat: float}).
+
+        logits (M, R, V) and values (M, R) of the policy (graph recorded), logp (M, R) the log-probs of
+        the response tokens, mask (M, R) ones; data as given to update()."""
+        raise NotImplementedError(f"{type(self).__name__} has no loss")
+
+    def minibatch_rows(self, mb, items):
+        """The rows of `sequences` that minibatch `mb` of update() covers: the items themselves."""
+        return mb
+
+    def skip_minibatch(self, epoch, mb, ratio, **data):
+        """True to leave minibatch mb out of this step (counted in "skipped"); ratio (M, R) its r_t."""
+        return False
+
+    def stop_early(self, epoch, ratio_stats):
+        """True to end the step's epochs after this update; ratio_stats of its minibatch (diagnostics.py)."""
+        return False
 
     def optimizer_step(self, loss):
         """One update of every method: gradients of `loss`, clipped to cfg.max_grad_norm (0: no clip), AdamW.
@@ -291,6 +396,23 @@ class SampledTrainer:
         return self.normalizer
 
     # ---- metrics ------------------------------------------------------------------------------
+    def rollout_metrics(self, gold, raw, beta, roll=None, scores=None, kl_seq=None):
+        """The metrics of a step's completions: the gold score's mean and the fraction of completions
+        above cfg.positive_threshold, the mean reward optimised (raw) and beta; with the Rollout, the
+        mean normalised score, the exact KL per token to the reference and its sampled estimate, and
+        kl_seq, the mean KL per response that the KL controller was given."""
+        metrics = {"score": float(gold.mean()),                           # gold (VADER) mean of the completions
+                   "score_pos_frac": float((gold > self.cfg.positive_threshold).mean()),
+                   "reward_raw": float(raw.mean())}                       # what was optimised (= score w/o RM)
+        if roll is not None:
+            metrics.update({
+                "reward_norm": float(scores.mean()),
+                "kl": float(roll.kl_exact.mean()),                        # exact KL per token to the reference
+                "kl_sampled": float((roll.logprobs - roll.ref_logprobs).mean()),  # its sampled estimate per token
+                "kl_seq": kl_seq})
+        metrics["beta"] = beta
+        return metrics
+
     def finish_metrics(self, metrics, t0, t_rollout, generated):
         """Add the common fields to a step's metrics, log its health warnings, keep the step (after
         check_policy), and return the metrics."""
@@ -314,7 +436,7 @@ class SampledTrainer:
         return None
 
     def save(self, directory, extra_meta=None):
-        """The tuned GPT as a checkpoint `train.load_model` reads, meta.kind "rlhf-<algo>" (so --resume
+        """The tuned GPT as a checkpoint `runs.load_model` reads, meta.kind "rlhf-<algo>" (so --resume
         refuses it); a method's own weights (PPO's value head) beside it as tensors. No optimizer
         state: an RLHF run is not resumed."""
         meta = {"kind": f"rlhf-{self.algo}", "model_config": asdict(self.policy.config),

@@ -5,11 +5,12 @@
   GPT-4's, or your own), then BPE inside each chunk; merges never cross a chunk boundary.
 - `BPETokenizer`: adds special tokens (`<|endoftext|>` and your own) with tiktoken's
   `allowed_special` / `disallowed_special` rules. Loads the real GPT-2 files and encodes exactly as
-  GPT-2 does (`BPETokenizer.from_gpt2(dir)`).
+  GPT-2 does (`tokenizers.load_gpt2(dir)`).
 
 Every tier has `train(text, vocab_size)`, `encode(text) -> list[int]`, `decode(ids) -> str`,
-`encode_batch(texts)`, `vocab_size`, `to_dict()` / `from_dict()` (JSON-serialisable, for
-checkpoints), and `save` / `load` in three formats (see `formats.py`).
+`encode_batch(texts)`, `vocab_size` and `to_dict()` (JSON-serialisable, for checkpoints;
+`tokenizer_from_dict` and every file reader rebuild a tokenizer with `from_parts`). Files are
+formats.py's: this module knows no file format.
 
 Model. Ids 0..255 need not be the bytes in order (GPT-2 permutes them): `byte_ids[b]` is the id of
 byte b. `merges[r] = (a, b, new)` is the merge of rank r. Encoding a chunk merges, again and again,
@@ -274,7 +275,7 @@ class BasicTokenizer:
     # -- persistence -------------------------------------------------------------------------------
 
     def to_dict(self):
-        """A JSON-serialisable description that `from_dict` turns back into an equal tokenizer."""
+        """A JSON-serialisable description that `tokenizer_from_dict` turns back into an equal tokenizer."""
         return {
             "type": "bpe",  # the key CharTokenizer's dict uses too, so one reader can tell them apart
             "format": FORMAT_NAME,
@@ -285,32 +286,6 @@ class BasicTokenizer:
             "merges": [list(m) for m in self.merges],
             "special_tokens": dict(self.special_tokens),
         }
-
-    @classmethod
-    def from_dict(cls, d, source="from_dict"):
-        """Inverse of `to_dict` (any tier: the dict's "tier" picks the class)."""
-        from tinygrad_gpt.tokenizers import formats
-        return formats.bpe_from_dict(d, source)
-
-    def save(self, path):
-        """Write the project's versioned format (see formats.py)."""
-        from tinygrad_gpt.tokenizers import formats
-        formats.save_tokenizer(self, path)
-
-    @classmethod
-    def load(cls, path):
-        from tinygrad_gpt.tokenizers import formats
-        return formats.load_tokenizer(path)
-
-    def save_gpt2(self, directory):
-        """Write vocab.json + merges.txt (GPT-2's files) into `directory`."""
-        from tinygrad_gpt.tokenizers import formats
-        formats.save_gpt2(self, directory)
-
-    def save_tiktoken(self, path):
-        """Write tiktoken's ranks file (`base64(token) rank` per line; special tokens excluded)."""
-        from tinygrad_gpt.tokenizers import formats
-        formats.save_tiktoken(self, path)
 
     def __repr__(self):
         return (f"{type(self).__name__}(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
@@ -459,19 +434,26 @@ class BPETokenizer(RegexTokenizer):
                 ids.extend(self.encode_ordinary(part))
         return ids
 
-    @classmethod
-    def from_gpt2(cls, directory):
-        """The GPT-2 tokenizer from `directory`/vocab.json and `directory`/merges.txt."""
-        from tinygrad_gpt.tokenizers import formats
-        return formats.load_gpt2(directory)
-
-    @classmethod
-    def from_tiktoken(cls, path, special_tokens=None, pattern="gpt2"):
-        """From a tiktoken ranks file, with {name: id} special tokens (default: none)."""
-        from tinygrad_gpt.tokenizers import formats
-        return formats.load_tiktoken(path, special_tokens=special_tokens, pattern=pattern)
 
 
 TIERS = {cls.tier: cls for cls in (BasicTokenizer, RegexTokenizer, BPETokenizer)}
+
+
+def from_parts(tier, pattern, byte_ids, merges, special_tokens):
+    """A tokenizer of `tier` from its parts (no training): what every file format reads back
+    (formats.py), and what `to_dict` holds."""
+    cls = TIERS[tier]
+    if cls is BPETokenizer:
+        tok = BPETokenizer(pattern, special_tokens={})
+    elif tier == "regex":
+        tok = cls(pattern)
+    else:
+        tok = cls()
+    tok.pattern = resolve_pattern(pattern) if tier != "basic" else None
+    tok.byte_ids = list(byte_ids)
+    tok.merges = [tuple(m) for m in merges]
+    tok.special_tokens = dict(special_tokens)
+    tok._rebuild()
+    return tok
 __all__ = ["BasicTokenizer", "RegexTokenizer", "BPETokenizer", "GPT2_SPLIT_PATTERN", "GPT4_SPLIT_PATTERN",
-           "ENDOFTEXT", "bpe_reference", "train_merges_reference", "TIERS"]
+           "ENDOFTEXT", "bpe_reference", "train_merges_reference", "TIERS", "from_parts"]

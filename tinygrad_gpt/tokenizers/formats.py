@@ -33,9 +33,8 @@ import json
 import os
 
 from tinygrad_gpt.checkpoint import write_atomic
-from tinygrad_gpt.tokenizers.bpe import (
-    FORMAT_NAME, FORMAT_VERSION, TIERS, BPETokenizer, bpe_reference)
-from tinygrad_gpt.tokenizers.pretokenize import GPT2_SPLIT_PATTERN, resolve_pattern
+from tinygrad_gpt.tokenizers.bpe import FORMAT_NAME, FORMAT_VERSION, TIERS, bpe_reference, from_parts
+from tinygrad_gpt.tokenizers.pretokenize import GPT2_SPLIT_PATTERN
 
 
 # Ids are table indices (the vocabulary, the model's embedding rows), so a file may not ask for a
@@ -81,23 +80,6 @@ def _token_to_str(token):
     return "".join(enc[b] for b in token)
 
 
-def assemble(tier, pattern, byte_ids, merges, special_tokens):
-    """A tokenizer of `tier` from its parts (no training)."""
-    cls = TIERS[tier]
-    if cls is BPETokenizer:
-        tok = BPETokenizer(pattern, special_tokens={})
-    elif tier == "regex":
-        tok = cls(pattern)
-    else:
-        tok = cls()
-    tok.pattern = resolve_pattern(pattern) if tier != "basic" else None
-    tok.byte_ids = list(byte_ids)
-    tok.merges = [tuple(m) for m in merges]
-    tok.special_tokens = dict(special_tokens)
-    tok._rebuild()
-    return tok
-
-
 # ----------------------------------------------------------------------------------------------
 # Our own format
 
@@ -118,7 +100,7 @@ def bpe_from_dict(d, source="from_dict"):
     for k, m in enumerate(d["merges"]):
         if not (isinstance(m, (list, tuple)) and len(m) == 3 and all(isinstance(x, int) for x in m)):
             raise ValueError(f"{source}: merges[{k}] must be [left, right, new] ints, got {m!r}")
-    return assemble(d["tier"], d["pattern"], d["byte_ids"], d["merges"], d["special_tokens"])
+    return from_parts(d["tier"], d["pattern"], d["byte_ids"], d["merges"], d["special_tokens"])
 
 
 def save_tokenizer(tok, path):
@@ -180,7 +162,7 @@ def load_tokenizer(path):
         defined.add(new)
         merges.append((a, b, new))
     try:
-        return assemble(header["tier"], header["pattern"], byte_ids, merges, header["special_tokens"])
+        return from_parts(header["tier"], header["pattern"], byte_ids, merges, header["special_tokens"])
     except (ValueError, TypeError, KeyError) as err:
         raise TokenizerFileError(path, 2, str(err)) from None
 
@@ -289,7 +271,7 @@ def _gpt2_from_parts(encoder, merge_pairs, pattern, specials, vocab_at, merge_at
                                                    f"are made by no merge and are not added tokens: are the merges "
                                                    f"cut short?")
     try:
-        return assemble("special", pattern, byte_ids, merges, specials)
+        return from_parts("special", pattern, byte_ids, merges, specials)
     except ValueError as err:
         raise TokenizerFileError(*merge_at(0), str(err)) from None
 
@@ -503,4 +485,4 @@ def load_tiktoken(path, special_tokens=None, pattern="gpt2"):
         merge_ranks[(parts[0], parts[1])] = (len(merges), rank)
         merges.append((parts[0], parts[1], rank))
         vocab[rank] = token
-    return assemble("special", pattern, byte_ids, merges, special_tokens or {})
+    return from_parts("special", pattern, byte_ids, merges, special_tokens or {})

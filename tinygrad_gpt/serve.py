@@ -81,6 +81,7 @@ class Limits:
     max_tokens: int = setting(512, ge=1)           # the longest reply a request may ask for
     default_max_tokens: int = setting(200, ge=1)   # a request that does not say; at most max_tokens
     max_temperature: float = setting(2.0, gt=0)
+    default_temperature: float = setting(0.8, ge=0)  # a request that does not say; at most max_temperature
     max_top_k: int = setting(1000, ge=1)
     max_body_bytes: int = setting(262144, ge=1024)  # a request body larger than this gets 413
     max_queue: int = setting(16, ge=0)             # requests that may wait behind the one generating
@@ -90,6 +91,9 @@ class Limits:
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(f"Limits: default_max_tokens {self.default_max_tokens} is above max_tokens "
                              f"{self.max_tokens}")
+        if self.default_temperature > self.max_temperature:
+            raise ValueError(f"Limits: default_temperature {self.default_temperature:g} is above max_temperature "
+                             f"{self.max_temperature:g}")
 
 
 class RequestError(ValueError):
@@ -124,7 +128,7 @@ def sampling_of(body, limits, vocab_size):
     tokens_field = "max_completion_tokens" if body.get("max_tokens") is None and "max_completion_tokens" in body \
         else "max_tokens"
     max_tokens = _number(body, tokens_field, 1, limits.max_tokens, True, limits.default_max_tokens)
-    temperature = _number(body, "temperature", 0, limits.max_temperature, False, 0.8)
+    temperature = _number(body, "temperature", 0, limits.max_temperature, False, limits.default_temperature)
     top_p = _number(body, "top_p", 0, 1, False, None, lo_open=True)
     top_k = _number(body, "top_k", 1, min(limits.max_top_k, vocab_size), True, None)
     seed = _number(body, "seed", 0, 2 ** 63 - 1, True, None)

@@ -38,9 +38,9 @@ EXTRAS["interactive"] = ["jupyterlab", "jupytext", "ipykernel", "matplotlib", "g
 EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf", "plot", "serve") for dep in EXTRAS[name]})
 # the test suite exercises every CPU feature, so it installs them all, and runs the tour's
 # chapters as notebooks in a real kernel (jupytext, nbclient, ipykernel; no Jupyter front end), calls the
-# server in-process (httpx, FastAPI's TestClient) and drives its page in the system's Chromium
-# (playwright, which is never asked to download a browser of its own)
-EXTRAS["test"] = (["pytest", "hypothesis", "jupytext", "nbclient", "ipykernel", "httpx", "playwright"]
+# server in-process (httpx, FastAPI's TestClient) and with OpenAI's own client (openai), and drives
+# its page in the system's Chromium (playwright, which is never asked to download a browser of its own)
+EXTRAS["test"] = (["pytest", "hypothesis", "jupytext", "nbclient", "ipykernel", "httpx", "openai", "playwright"]
                   + EXTRAS["all"] + EXTRAS["graph"])
 
 setup(

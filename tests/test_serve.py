@@ -103,6 +103,23 @@ def test_max_tokens_ends_a_reply_with_length(base_dir, tmp_path):
         assert r.status_code == 200
 
 
+def test_the_openai_client_talks_to_it(chat_dir, tmp_path):
+    """OpenAI's own Python client, pointed at the server: a reply, a stream, and an error naming the field."""
+    openai = pytest.importorskip("openai")
+    server = make_server(chat_dir, tmp_path)
+    with serve.background(serve.create_app(server)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="run", temperature=0, messages=ASK["messages"])
+        assert reply.choices[0].message.content == "Yes." and reply.choices[0].finish_reason == "stop"
+        assert reply.usage.completion_tokens == 4
+        stream = client.chat.completions.create(model="run", temperature=0, messages=ASK["messages"], stream=True)
+        pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices[0].delta.content]
+        assert pieces == ["Y", "e", "s", "."]
+        with pytest.raises(openai.BadRequestError, match="max_tokens: must be >= 1 and <= 512"):
+            client.chat.completions.create(model="run", messages=ASK["messages"], max_tokens=9999)
+        assert [m.id for m in client.models.list()] == ["run"]
+
+
 LONG = "a" * 4001
 
 
@@ -279,6 +296,20 @@ def test_a_killed_server_keeps_every_judgment_it_acknowledged_and_no_partial_lin
     ids = [json.loads(line)["id"] for line in raw.decode().splitlines()]   # every line is whole JSON
     assert set(acknowledged) <= set(ids) and raw.endswith(b"\n")
     assert serve.JudgmentLog(path).repaired == 0
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signalled_server_stops_with_the_scripts_status(chat_dir, tmp_path, sig, status):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tinygrad_gpt.serve", str(chat_dir), "--port", "0",
+                             "--judgments", str(tmp_path / "j.jsonl")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "serving" in proc.stdout.readline()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == status
+    finally:
+        proc.kill()
 
 
 # ---- one generation at a time ---------------------------------------------------------------------

@@ -169,3 +169,17 @@ def test_sigterm_ends_the_chat_143(chat_dir):
         assert proc.wait(timeout=30) == 143
     finally:
         proc.kill()
+
+
+def test_a_continuation_keeps_the_whole_text_as_the_rlhf_rollouts_sample_it(base_dir):
+    """Block 32: a 40-character prompt is not cut (GPT.generate's windows read its end), and with the
+    same seed the reply is the tokens rlhf.rollout.sample_responses draws for that prompt."""
+    from tinygrad_gpt.rlhf.rollout import sample_responses
+    base = ChatModel.load(base_dir)
+    text = "good morrow my lord what news speak sir "
+    ids, left_out, notes = base.prompt([{"role": "user", "content": text}], max_tokens=10)
+    assert ids.tolist() == base.tokenizer.encode(text) and left_out == 0
+    assert notes == ["the model reads at most the last 32 tokens of the text and its continuation (its block)"]
+    reply = base.generate(ids, Sampling(max_tokens=10, temperature=1.0, seed=4))
+    rollout = sample_responses(base.model, ids[None, :], 10, 1.0, np.random.default_rng(4))
+    assert reply.ids == rollout[0].tolist()

@@ -7,9 +7,10 @@
 A run whose tokenizer has the chat tokens (tinygrad_gpt/chat_format.py) answers each message as the
 assistant, its reply ending at <|end|>; any other model continues the text of the conversation so
 far (plain continuation: every message and every reply, joined). Tokens print as they are sampled.
-The conversation is kept to the model's block: when the prompt and the reply's room
+A chat is kept to the model's block: when the prompt and the reply's room
 (min(max_tokens, block_size // 2) tokens) no longer fit in block_size, the oldest turns are left
-out, whole (a note says how many), and a last message longer than the block keeps its end.
+out, whole (a note says how many), and a last message longer than the block keeps its end. A
+continuation reads the end of the text, window by window, as GPT.generate and the RLHF rollouts do.
 
 Terminal: `/reset` starts a new conversation, `/quit` or Ctrl-D ends it (exit 0); Ctrl-C during a
 reply stops that reply (what was printed stays in the conversation), Ctrl-C at the prompt ends the
@@ -123,15 +124,16 @@ class ChatModel:
 
         Chat: whole turns are left out from the oldest until the rest fits `budget(max_tokens)`; if
         the last message alone does not fit, its end is kept (after <|user|>). Continuation: the
-        last `budget` tokens of the joined text.
+        whole text, as the RLHF rollouts sample (GPT.generate's context windows read its last
+        tokens), so a compare pair of prompt_len + response_len tokens is what an RLHF run samples.
         """
         budget = self.budget(max_tokens)
         notes, left_out = [], 0
         if self.mode == "continuation":
             ids = chat_format.render_plain(self.tokenizer, messages, field)
-            if len(ids) > budget:
-                notes.append(f"the text was cut to its last {budget} tokens (the model reads {self.block_size})")
-                ids = ids[-budget:]
+            if len(ids) + max_tokens - 1 > self.block_size:
+                notes.append(f"the model reads at most the last {self.block_size} tokens of the text and its "
+                             f"continuation (its block)")
             return ids, 0, notes
         ids = chat_format.render_prompt(self.tokenizer, messages, field)
         if len(ids) <= budget:

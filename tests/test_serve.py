@@ -176,9 +176,15 @@ def test_nothing_in_a_request_reaches_the_filesystem(client):
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
 
 
-def test_the_server_binds_the_loopback_unless_told():
+def test_the_server_binds_the_loopback_unless_told_and_answers_only_loopback_names(chat_dir, tmp_path):
     args = serve.build_parser().parse_args(["somewhere"])
     assert args.host == "127.0.0.1"
+    app = serve.create_app(make_server(chat_dir, tmp_path), allowed_hosts=serve.LOOPBACK_HOSTS)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/info").status_code == 200
+        assert c.get("/api/info", headers={"Host": "localhost:8000"}).status_code == 200
+        rebound = c.post("/v1/chat/completions", json=ASK, headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400 and c.app.state.server.generator.tokens == 0
 
 
 # ---- compare and judge ----------------------------------------------------------------------------

@@ -34,7 +34,9 @@ browser asking first). One model generates for one request at a time: requests w
 them; a client that disconnects, streaming or not, stops its generation at the next token (or
 before it starts). Nothing in a request reaches the filesystem: the model, the pages, the prompts
 and the judgments file are fixed at start-up; the request's "model" is not read. The server
-listens on 127.0.0.1 unless --host says otherwise.
+listens on 127.0.0.1 unless --host says otherwise, and there answers only requests addressed to
+127.0.0.1 or localhost (a page of another site whose name is made to resolve to 127.0.0.1 gets a
+400).
 
 The ASGI server is uvicorn, the framework FastAPI (the `serve` extra): both are what nanochat's web
 chat used, FastAPI's StreamingResponse is the plain way to stream server-sent events, and its
@@ -402,10 +404,15 @@ class Server:
         return self.prompts[next(self.prompt_order) % len(self.prompts)]
 
 
-def create_app(server):
-    """The FastAPI app of a Server."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def create_app(server, allowed_hosts=("*",)):
+    """The FastAPI app of a Server. allowed_hosts: the Host headers it answers (a name another site
+    resolves to 127.0.0.1, DNS rebinding, gets a 400); main() gives LOOPBACK_HOSTS on the loopback."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -413,6 +420,7 @@ def create_app(server):
         server.generator.close()  # the generation in progress stops at its next token
 
     app = FastAPI(title="tinygrad_gpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.server = server
     page = (PAGE_DIR / "index.html").read_text(encoding="utf-8")
     assets = {route: ((PAGE_DIR / name).read_bytes(), kind) for route, (name, kind) in PAGES.items()}
@@ -671,7 +679,8 @@ def main(argv=None):
     prompts = read_prompts(args.prompts) if args.prompts else None
     server = Server(chat, limits, judgments=args.judgments, prompts=prompts, identity=checkpoint_identity(args.run),
                     seed=args.seed)
-    app = create_app(server)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    app = create_app(server, allowed_hosts=LOOPBACK_HOSTS if loopback else ("*",))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
     web = uvicorn.Server(config)
     signal.signal(signal.SIGTERM, _terminate)  # uvicorn shuts down, then raises the signal again: exit 143

@@ -71,7 +71,8 @@ def build_parser(description=None, algo="ppo"):
                    help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")
     p.add_argument("--preferences", default=None, metavar="FILE",
                    help="judgments from the compare page (python -m tinygrad_gpt.serve): the reward model (--reward "
-                        "model) or DPO (--algo dpo) trains on their pairs in place of pairs the scorer labels")
+                        "model) or DPO (--algo dpo) trains on their pairs in place of pairs the scorer labels "
+                        "(default: none, the scorer labels them)")
     p.add_argument("--no-progress", action="store_true")
     cli.add_flags(p, RewardModelConfig, prefix="rm_", skip=("seed",),
                   title="reward model, with --reward model (RewardModelConfig fields)")

@@ -154,7 +154,7 @@ def test_ctrl_c_stops_a_reply_then_at_the_prompt_ends_the_chat_130(base_dir):
         out.wait_for("you> ", count=2)
         assert " [stopped]\n" in out.text
         proc.send_signal(signal.SIGINT)                                   # at the prompt: the chat ends
-        assert proc.wait(timeout=30) == 130
+        assert proc.wait(timeout=30) == 130, (proc.stderr.read().decode()[-2000:], out.text[-500:])
     finally:
         proc.kill()
 

@@ -253,20 +253,21 @@ def run_chat(chat, args, read=input, out=sys.stdout):
             say(f"(note: {note})")
         out.write("model> ")
         out.flush()
-        pieces = []
 
         def show(piece):
-            pieces.append(piece)
             out.write(piece)
             out.flush()
+        # subtle: Ctrl-C during a reply sets a flag the sampler reads after each token, rather than
+        # raising KeyboardInterrupt somewhere inside numpy or the model; at the prompt it raises
+        # (input() is interrupted) and the chat ends with 130
+        asked = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
         try:
-            reply = chat.generate(ids, sampling, on_text=show)
-            text = reply.text
-            say("" if reply.finish_reason == "stop" else " [max tokens]")
-        except KeyboardInterrupt:  # the reply so far was printed piece by piece: it stays
-            text = "".join(pieces)
-            say(" [stopped]")
-        messages = attempt + [{"role": "assistant", "content": text}]
+            reply = chat.generate(ids, sampling, on_text=show, cancelled=lambda: bool(asked))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        say({"stop": "", "length": " [max tokens]"}.get(reply.finish_reason, " [stopped]"))
+        messages = attempt + [{"role": "assistant", "content": reply.text}]  # what was printed stays
         turn += 1
 
 

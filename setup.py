@@ -9,8 +9,8 @@ through extras: `test` (pytest, hypothesis), `cuda` (cupy), `bpe` (regex), `chec
 (safetensors), `rlhf` (vaderSentiment), `plot` (matplotlib, for `python -m tinygrad_gpt.plot`),
 `mpi` (mpi4py and Open MPI's wheel: `mpirun` with no system packages), `nvrtc` (the CUDA compiler
 alone, for the compile checks of tinygrad_gpt/kernels/cuda on machines without a GPU), `graph` (the
-picture of the autograd graph), `interactive` (the gradient tour as notebooks in Jupyter). `all` is
-everything a CPU user needs.
+picture of the autograd graph), `interactive` (the gradient tour as notebooks in Jupyter), `serve`
+(FastAPI and uvicorn, for `python -m tinygrad_gpt.serve`). `all` is everything a CPU user needs.
 """
 from setuptools import find_packages, setup
 
@@ -29,14 +29,19 @@ EXTRAS = {
     # the picture of the autograd graph (tinygrad_gpt/graph.py); rendering also needs Graphviz's
     # `dot` program from the system's packages (e.g. apt-get install graphviz)
     "graph": ["graphviz"],
+    # the chat page and OpenAI-style API (tinygrad_gpt/serve.py): an ASGI app and its server
+    "serve": ["fastapi", "uvicorn"],
 }
 # the gradient tour as notebooks: Jupyter, jupytext (opens docs/*.md as notebooks: one source),
 # a kernel, and what the chapters draw with
 EXTRAS["interactive"] = ["jupyterlab", "jupytext", "ipykernel", "matplotlib", "graphviz"]
-EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf", "plot") for dep in EXTRAS[name]})
+EXTRAS["all"] = sorted({dep for name in ("bpe", "checkpoint", "rlhf", "plot", "serve") for dep in EXTRAS[name]})
 # the test suite exercises every CPU feature, so it installs them all, and runs the tour's
-# chapters as notebooks in a real kernel (jupytext, nbclient, ipykernel; no Jupyter front end)
-EXTRAS["test"] = ["pytest", "hypothesis", "jupytext", "nbclient", "ipykernel"] + EXTRAS["all"] + EXTRAS["graph"]
+# chapters as notebooks in a real kernel (jupytext, nbclient, ipykernel; no Jupyter front end), calls the
+# server in-process (httpx, FastAPI's TestClient) and with OpenAI's own client (openai), and drives
+# its page in the system's Chromium (playwright, which is never asked to download a browser of its own)
+EXTRAS["test"] = (["pytest", "hypothesis", "jupytext", "nbclient", "ipykernel", "httpx", "openai", "playwright"]
+                  + EXTRAS["all"] + EXTRAS["graph"])
 
 setup(
     name="tinygrad_gpt",
@@ -45,7 +50,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tinygrad_gpt", "tinygrad_gpt.*"]),
-    package_data={"tinygrad_gpt.cuda_emulator": ["emulator.h", "README.md"]},
+    package_data={"tinygrad_gpt.cuda_emulator": ["emulator.h", "README.md"],
+                  "tinygrad_gpt": ["serve_page/*.html", "serve_page/*.js", "serve_page/*.css"]},
     python_requires=">=3.10",
     install_requires=["numpy", "numba", "tqdm"],
     extras_require=EXTRAS,

@@ -3,6 +3,8 @@
     python examples/rlhf_sentiment.py --checkpoint out/shakespeare-cpu  # PPO against VADER
     python examples/rlhf_sentiment.py --checkpoint DIR --algo grpo         # or rloo, dpo (same budget)
     python examples/rlhf_sentiment.py --checkpoint DIR --reward model      # against a learned reward model
+    python examples/rlhf_sentiment.py --checkpoint DIR --reward model --preferences judged.jsonl  # people's pairs
+    python examples/rlhf_sentiment.py --checkpoint DIR --algo dpo --preferences judged.jsonl
     python examples/rlhf_sentiment.py                                       # trains a tiny model first (minutes)
 
 Prints 8 completions of fixed validation prompts with their VADER scores, then a progress bar over
@@ -10,7 +12,10 @@ PPO steps (mean score, KL per char to the reference, beta, clip fraction, value 
 then the same 8 prompts after. With --reward model, 4 reference samples per prompt are compared in
 pairs by VADER, a reward model is trained on the pairs (per-word valences; --rm-model gpt for a GPT
 backbone with a pooled head; held-out pairwise accuracy printed) and PPO optimises
-it, while the bar shows both the learned reward (proxy) and VADER (gold). Metrics per step go to
+it, while the bar shows both the learned reward (proxy) and VADER (gold). --preferences FILE takes
+the pairs from judgments made on the compare page (python -m tinygrad_gpt.serve; see
+tinygrad_gpt/preferences.py): the reward model trains on them, or DPO takes its pairs from them,
+in place of pairs VADER labels. Metrics per step go to
 --out/metrics.jsonl; the tuned policy is saved to --out (loadable with runs.load_model, or
 `python examples/shakespeare.py --sample --out OUT`).
 
@@ -34,6 +39,7 @@ from pathlib import Path
 
 from tinygrad_gpt import checkpoint, cli, distributed
 from tinygrad_gpt.plot import write_plots_if_possible
+from tinygrad_gpt.preferences import load_preferences
 from tinygrad_gpt.rlhf import VaderScorer, frozen_copy
 from tinygrad_gpt.rlhf.run import (MetricsLog, algo_of, build_parser, build_reward_model, change_summary,
                                    check_out, config_from, fixed_prompts, load_setup, make_trainer,
@@ -52,6 +58,9 @@ def main(argv=None):
         raise ValueError(f"RLHF runs in one process, but mpirun started {ranks}: run "
                          f"examples/rlhf_sentiment.py without mpirun (or with -n 1)")
     cfg = config_from(args)
+    if args.preferences and args.reward != "model" and args.algo != "dpo":
+        raise ValueError(f"--preferences: the judgments train a reward model (--reward model) or DPO (--algo dpo), "
+                         f"not {args.algo} against VADER")
     check_out(args.out)
     # one writer per --out, as the training script: a second run into it is refused, naming this one
     lock = checkpoint.lock_directory(args.out, "--out")
@@ -70,11 +79,16 @@ def tune(args, cfg):
     name = args.algo.upper()
     before = show_completions(f"before {name}", reference, shown, cfg, tokenizer, scorer)
 
+    preferences = None
+    if args.preferences:
+        preferences = load_preferences(args.preferences, cfg.prompt_len, cfg.response_len, gpt.config.vocab_size)
+        print(f"--preferences {args.preferences}: {preferences.summary()}")
     reward_model, rm_info = None, None
     if args.reward == "model":
         reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer,
-                                                   reward_model_config_from(args, cfg.seed))
-    trainer = make_trainer(args.algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
+                                                   reward_model_config_from(args, cfg.seed), preferences=preferences)
+    trainer = make_trainer(args.algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model,
+                           preferences=preferences if args.algo == "dpo" else None)
     out = Path(args.out)
     t0 = time.perf_counter()
     log = MetricsLog(trainer, cfg.steps, out / "metrics.jsonl", progress=not args.no_progress)

@@ -3,8 +3,9 @@
 A run directory is a checkpoint (checkpoint.py: safetensors weights, a JSON record with the
 meta, atomic writes) whose meta says what the run was:
 
-    kind          "train" (a training run: resumable) or "rlhf-<method>" (a policy an RLHF method
-                  tuned: sampled from, or tuned further, never resumed as training); see KINDS
+    kind          "train" (a training run: resumable), "sft" (a chat-tuned run, tinygrad_gpt/sft.py)
+                  or "rlhf-<method>" (a policy an RLHF method tuned: sampled from, or tuned further,
+                  never resumed as training); see KINDS
     model_config  the GPTConfig fields, each checked on load
     tokenizer     the tokenizer's to_dict(), so a run encodes and decodes text by itself
     world_size    how many processes wrote it (data parallel)
@@ -27,8 +28,10 @@ from tinygrad_gpt import checkpoint
 from tinygrad_gpt.model import GPT, GPTConfig
 
 TRAIN = "train"  # the kind train.Trainer.save writes; only these can be resumed
+SFT = "sft"      # the kind sft.SFTTrainer.save writes: a chat-tuned run (its own --resume continues it)
 RLHF_METHODS = ("ppo", "grpo", "rloo", "dpo")
 KINDS = {TRAIN: "a training run (resumable)",
+         SFT: "a chat-tuned run (supervised on conversations; chat with it, or continue its tuning)",
          **{f"rlhf-{m}": f"a policy tuned by RLHF ({m}; sample from it or tune it further)" for m in RLHF_METHODS}}
 
 

@@ -125,6 +125,25 @@ def test_cross_entropy_ignore_index_gradient(rng):
     assert result.ok, str(result)
 
 
+def _chat_targets(rng, shape, V):
+    """Targets as chat tuning makes them: -100 (the default ignore index) on about half the
+    positions (user turns, padding), in runs, with at least one learned target."""
+    targets = rng.integers(0, V, shape)
+    targets[rng.random(shape) < 0.5] = -100
+    targets[..., :2] = -100                   # a row that opens with a user turn
+    targets[0, -1] = int(rng.integers(0, V))
+    return targets
+
+
+def test_cross_entropy_default_ignore_index_gradient_both_backends(kernel_backend, rng):
+    """The loss SFT trains with: mean over the learned targets only, ignore_index -100 (the
+    default), through the reference and the fused kernels."""
+    logits = Tensor(rng.standard_normal((3, 9, 13)), requires_grad=True, dtype=np.float64)
+    targets = _chat_targets(rng, (3, 9), 13)
+    result = gradcheck(lambda a: ops.cross_entropy(a, targets), [logits], tol=TOL)
+    assert result.ok, f"{kernel_backend}: {result}"
+
+
 @pytest.mark.parametrize("name", ["gelu", "layer_norm", "cross_entropy", "embedding", "attention",
                                   "attention_offset", "attention_decode_step", "attention_qkv_cached"])
 def test_fused_op_gradient_both_backends(name, kernel_backend, rng):
@@ -173,6 +192,30 @@ def test_control_wrong_gradient_is_caught(wrong, rng):
     result = gradcheck(lambda a: wrong.apply(a), [a], tol=TOL)
     assert not result.ok, f"gradcheck missed a wrong gradient: {result}"
     assert result.max_rel_error > TOL
+
+
+class LeakyIgnoreCrossEntropy(Function):
+    """cross_entropy's forward (ignored targets add nothing), but a backward that forgets them:
+    ignored rows get softmax - onehot(0) and the mean is taken over every row. Must be caught."""
+
+    @staticmethod
+    def forward(ctx, logits, targets=None):
+        from tinygrad_gpt.ops.functional import CrossEntropy
+        return CrossEntropy.forward(ctx, logits, targets)    # keeps logits (N, V), targets (N,), in_shape
+
+    @staticmethod
+    def backward(ctx, dout):
+        z = ctx.logits - ctx.logits.max(axis=-1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)             # (..., V)
+        onehot = np.eye(p.shape[-1])[np.where(ctx.targets == -100, 0, ctx.targets)]
+        return (dout * (p - onehot) / ctx.targets.size).reshape(ctx.in_shape)
+
+
+def test_control_a_backward_that_leaks_into_ignored_targets_is_caught(rng):
+    logits = Tensor(rng.standard_normal((3, 9, 13)), requires_grad=True, dtype=np.float64)
+    targets = _chat_targets(rng, (3, 9), 13)
+    result = gradcheck(lambda a: LeakyIgnoreCrossEntropy.apply(a, targets=targets), [logits], tol=TOL)
+    assert not result.ok, f"gradcheck missed gradients leaking into ignored targets: {result}"
 
 
 def test_gradcheck_refuses_float32():

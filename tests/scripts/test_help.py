@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 from tinygrad_gpt.train import PRESETS
 
-SCRIPTS = ["shakespeare.py", "bpe.py", "rlhf_sentiment.py"]
+SCRIPTS = ["shakespeare.py", "bpe.py", "rlhf_sentiment.py", "sft.py"]
 
 
 def help_text(script):

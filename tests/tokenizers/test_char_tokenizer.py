@@ -101,3 +101,35 @@ def test_tiny_shakespeare_has_65_characters_and_round_trips():
     ids = tok.encode_array(text)
     assert ids.shape == (1_115_394,) and ids[:5].tolist() == tok.encode("First")
     assert tok.decode(ids) == text
+
+
+def test_special_tokens_take_the_ids_after_the_alphabet():
+    """"hello" (e 0, h 1, l 2, o 3) with <|user|>, <|end|>: ids 4 and 5, vocab_size 6; decode writes
+    their names; text never encodes to them (a typed "<|user|>" is characters, unknown here)."""
+    tok = CharTokenizer.from_text("hello", special_tokens=["<|user|>", "<|end|>"])
+    assert tok.special_tokens == {"<|user|>": 4, "<|end|>": 5} and tok.vocab_size == 6
+    assert tok.decode([4, 1, 0, 2, 2, 3, 5, 5, 3]) == "<|user|>hello<|end|><|end|>o"
+    assert tok.encode("hello") == [1, 0, 2, 2, 3]
+    with pytest.raises(UnknownCharacterError, match=r"'<' \(U\+003C\) at position 0 is not in the vocabulary of 4 "
+                                                     r"characters"):
+        tok.encode("<|user|>")
+    with pytest.raises(ValueError, match=r"id 6 at position 1 is out of range for vocab_size 6"):
+        tok.decode([4, 6])
+
+
+def test_special_tokens_round_trip_and_a_dict_without_them_has_none():
+    tok = CharTokenizer.from_text("hello").with_special_tokens(["<|a|>", "<|b|>"])
+    d = json.loads(json.dumps(tok.to_dict()))
+    assert d["special_tokens"] == ["<|a|>", "<|b|>"] and CharTokenizer.from_dict(d) == tok
+    plain = CharTokenizer.from_text("hello")
+    assert "special_tokens" not in plain.to_dict() and plain != tok
+    assert tok.with_special_tokens(["<|b|>", "<|c|>"]).special_tokens == {"<|a|>": 4, "<|b|>": 5, "<|c|>": 6}
+
+
+def test_bad_special_tokens_are_named():
+    with pytest.raises(ValueError, match=r"special_tokens\[0\] must be a name of at least two characters"):
+        CharTokenizer("ab", ["c"])
+    with pytest.raises(ValueError, match=r"special_tokens\[1\] = '<\|x\|>' is given twice"):
+        CharTokenizer("ab", ["<|x|>", "<|x|>"])
+    with pytest.raises(TypeError, match="not the string|the string"):
+        CharTokenizer("ab", "<|x|>")

@@ -22,6 +22,9 @@ the worst-scored completion of each prompt (`best_worst_pairs`; k = 2 is the rew
 pairing, pairs.pairs_from_responses), drops near-ties (min_margin), and runs `epochs` passes
 of minibatches over those pairs. A larger k buys clearer pairs (a wider score gap) per completion
 generated, at batch_size / k pairs per step.
+Judged pairs (`preferences`, a preferences.Judged from the compare page's judgments): each step's
+pairs are the next batch_size / k of them instead (reshuffled after each pass); the completions the
+step samples then only report the policy's score.
 Offline DPO (online=False): completions from the frozen reference, the reward model's data drawn
 fresh each step. Online / iterated DPO (online=True, the default: DPOConfig's comments say why;
 Guo et al. 2024 "Direct Language Model Alignment from Online AI Feedback"): completions from the
@@ -87,10 +90,25 @@ class DPOTrainer(RLHFTrainer):
     algo = "dpo"
     loss_stats = ("reward_margin", "reward_acc")
 
-    def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print):
+    def __init__(self, policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model=None, log=print,
+                 preferences=None):
         super().__init__(policy, reference, tokenizer, prompt_tokens, scorer, config, reward_model, log,
                          group_size=config.group_size)
         self.kl_ctl = FixedKLController(config.beta)   # DPO's beta, reported as "beta" like the others'
+        # judged pairs (preferences.Judged) to train on in place of sampled ones: batch_size / group_size a
+        # step, in a shuffled order that starts again when it runs out
+        self.judged = preferences.sequence_pairs() if preferences is not None else None
+        self.judged_order, self.judged_at = np.zeros(0, dtype=np.int64), 0
+
+    def next_judged(self, n):
+        """The next n judged pairs (PreferencePairs of sequences), reshuffled after each pass."""
+        picked = []
+        while len(picked) < min(n, len(self.judged)):
+            if self.judged_at >= len(self.judged_order):
+                self.judged_order, self.judged_at = self.rng.permutation(len(self.judged)), 0
+            picked.append(self.judged_order[self.judged_at])
+            self.judged_at += 1
+        return self.judged.take(np.asarray(picked, dtype=np.int64))
 
     def sequence_logprobs(self, model, seq, R):
         """No-graph (log pi(y) (N,), full log-softmax (N, R, V)) of responses (the last R tokens of seq)."""
@@ -115,6 +133,8 @@ class DPOTrainer(RLHFTrainer):
         seqs = np.concatenate([prompts, responses], axis=1)               # (kn, P + R)
         # rows ki .. ki + k - 1 share a prompt; the pair's sequences carry it (identical in both)
         pairs = best_worst_pairs(seqs, raw, c.group_size, c.min_margin)   # <= n pairs
+        if self.judged is not None:  # a person's pairs instead; the samples above only report the score
+            pairs = self.next_judged(len(prompts) // c.group_size)
         N, R = len(pairs), c.response_len
         both = np.concatenate([pairs.chosen, pairs.rejected])             # (2N, P + R) chosen, then rejected
         ref_seq, old_tok, kl = np.zeros(0), np.zeros((0, R)), float("nan")

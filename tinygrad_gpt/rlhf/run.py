@@ -72,6 +72,10 @@ def build_parser(description=None, algo="ppo"):
     p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
     p.add_argument("--reward", choices=["vader", "model"], default="vader",
                    help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")
+    p.add_argument("--preferences", default=None, metavar="FILE",
+                   help="judgments from the compare page (python -m tinygrad_gpt.serve): the reward model (--reward "
+                        "model) or DPO (--algo dpo) trains on their pairs in place of pairs the scorer labels "
+                        "(default: none, the scorer labels them)")
     p.add_argument("--no-progress", action="store_true")
     cli.add_flags(p, RewardModelConfig, prefix="rm_", skip=("seed",),
                   title="reward model, with --reward model (RewardModelConfig fields)")
@@ -153,23 +157,34 @@ def show_completions(title, gpt, prompts, cfg, tokenizer, scorer, seed=0):
 
 
 # ---- the reward model and the trainer -----------------------------------------------------------
-def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, rm_cfg, log=print):
+def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, rm_cfg, log=print, preferences=None):
     """Sample responses from the reference, label every pair with the scorer, train and report the
-    reward model of rm_cfg (a RewardModelConfig); returns (reward model, a dict of its figures)."""
+    reward model of rm_cfg (a RewardModelConfig); returns (reward model, a dict of its figures).
+
+    preferences (preferences.Judged): train on these judged pairs instead (held out by prompt too;
+    every pair counts, a person's choice having no score margin)."""
     rng = np.random.default_rng(cfg.seed + 1)
-    prompts = prompt_batches(prompt_tokens, cfg.batch_size, cfg.prompt_len, rng)
     t0 = time.perf_counter()
-    pairs = make_preference_pairs(gpt, prompts, rm_cfg.prompts, cfg.response_len, cfg.temperature, scorer,
-                                  tokenizer.decode, rng, min(rm_cfg.min_margin, REPORT_MARGIN), cfg.window_stride,
-                                  samples_per_prompt=rm_cfg.samples_per_prompt)
-    train, heldout = pairs.split(rm_cfg.heldout_fraction, rng)
-    train, heldout = train.with_margin(rm_cfg.min_margin), heldout.with_margin(REPORT_MARGIN)
-    if len(train) < 2 or len(heldout) < 1:
-        raise ValueError(f"reward model: only {len(pairs)} pairs of the responses to {rm_cfg.prompts} prompts differ in "
-                         f"VADER score by >= {rm_cfg.min_margin}; sample more with --rm-prompts (or start from a "
-                         f"model that writes words)")
-    log(f"reward model data: {rm_cfg.prompts} prompts x {rm_cfg.samples_per_prompt} samples -> {len(pairs)} non-tied "
-        f"pairs ({len(train)} train, {len(heldout)} held out by prompt), {time.perf_counter() - t0:.0f} s")
+    if preferences is not None:
+        pairs = preferences.response_pairs()
+        train, heldout = pairs.split(rm_cfg.heldout_fraction, rng)
+        if len(train) < 2 or len(heldout) < 1:
+            raise ValueError(f"reward model: {len(pairs)} judged pairs leave {len(train)} to train on and {len(heldout)} "
+                             f"to hold out: judge more comparisons (--preferences)")
+        log(f"reward model data: {preferences.summary()} ({len(train)} train, {len(heldout)} held out by prompt)")
+    else:
+        prompts = prompt_batches(prompt_tokens, cfg.batch_size, cfg.prompt_len, rng)
+        pairs = make_preference_pairs(gpt, prompts, rm_cfg.prompts, cfg.response_len, cfg.temperature, scorer,
+                                      tokenizer.decode, rng, min(rm_cfg.min_margin, REPORT_MARGIN), cfg.window_stride,
+                                      samples_per_prompt=rm_cfg.samples_per_prompt)
+        train, heldout = pairs.split(rm_cfg.heldout_fraction, rng)
+        train, heldout = train.with_margin(rm_cfg.min_margin), heldout.with_margin(REPORT_MARGIN)
+        if len(train) < 2 or len(heldout) < 1:
+            raise ValueError(f"reward model: only {len(pairs)} pairs of the responses to {rm_cfg.prompts} prompts differ "
+                             f"in VADER score by >= {rm_cfg.min_margin}; sample more with --rm-prompts (or start from "
+                             f"a model that writes words)")
+        log(f"reward model data: {rm_cfg.prompts} prompts x {rm_cfg.samples_per_prompt} samples -> {len(pairs)} "
+            f"non-tied pairs ({len(train)} train, {len(heldout)} held out by prompt), {time.perf_counter() - t0:.0f} s")
     rm = make_reward_model(rm_cfg, gpt, tokenizer.decode, train)
     t1 = time.perf_counter()
     losses = train_reward_model(rm, train, rm_cfg, log=log)
@@ -182,10 +197,15 @@ def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, rm_cfg, log=p
     return rm, info
 
 
-def make_trainer(algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model=None):
-    """The trainer of `algo` on a PolicyWithValue around gpt (only PPO trains its value head)."""
+def make_trainer(algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model=None, preferences=None):
+    """The trainer of `algo` on a PolicyWithValue around gpt (only PPO trains its value head); DPO takes
+    its pairs from `preferences` (preferences.Judged) when given."""
+    extra = {"preferences": preferences} if preferences is not None else {}
+    if extra and algo != "dpo":
+        raise ValueError(f"--preferences: {algo} trains on rewards, not pairs; give --reward model (a reward model "
+                         f"learned from the judgments) or --algo dpo")
     return TRAINERS[algo](PolicyWithValue(gpt), reference, tokenizer, prompt_tokens, scorer, cfg,
-                          reward_model=reward_model)
+                          reward_model=reward_model, **extra)
 
 
 def check_out(out):

@@ -1,6 +1,6 @@
 """CharTokenizer: one token per character, ids in the order of a fixed alphabet.
 
-Dimensions: N = number of characters in a text, V = vocab_size (size of the alphabet).
+Dimensions: N = number of characters in a text, V = vocab_size (the alphabet, then any special tokens).
 
 Follows nanoGPT's `data/shakespeare_char/prepare.py` (`chars = sorted(set(text))`, `stoi`/`itos`):
 tiny Shakespeare gives 65 characters, "\\n" = 0, " " = 1, ... "z" = 64. Characters are Unicode code
@@ -11,8 +11,13 @@ points (Python `str` elements), not bytes and not grapheme clusters.
 for the 1 MB of Shakespeare on 2 CPU cores), instead of a Python loop per character. `decode` goes the other
 way through a NumPy array of the alphabet and one UTF-32 decode.
 
+Special tokens (`special_tokens=["<|user|>", ...]`, as the chat format's turn markers need) get
+the ids after the alphabet, V = len(chars) + len(special_tokens): the model reserves a row for each.
+Text never encodes to them (a "<|user|>" typed in a message is the characters it is made of); a
+caller inserts their ids (`special_tokens[name]`), and `decode` writes each as its name.
+
 Deliberately does not: map unknown characters to an <unk> id (it raises, naming the character and
-its position), add special tokens (BOS/EOS/padding), or normalise Unicode.
+its position), add special tokens around text by itself (BOS/EOS/padding), or normalise Unicode.
 """
 import numpy as np
 
@@ -32,9 +37,11 @@ class CharTokenizer:
 
     chars: the alphabet, a sequence of distinct one-character strings (or a string of distinct
     characters); token id i is chars[i]. `from_text` sorts the characters of the text.
+    special_tokens: names (longer than one character) whose ids follow the alphabet, in the order
+    given: `special_tokens` maps each name to its id, as BPETokenizer's attribute does.
     """
 
-    def __init__(self, chars):
+    def __init__(self, chars, special_tokens=()):
         if isinstance(chars, str):
             chars = list(chars)
         chars = list(chars)
@@ -56,21 +63,37 @@ class CharTokenizer:
         # (128 entries for ASCII, at most 8.9 MB for an alphabet reaching U+10FFFF)
         self._table = np.full(int(codepoints.max()) + 1, -1, dtype=np.int64)    # (max_cp + 1,)
         self._table[codepoints] = np.arange(len(chars))
+        if isinstance(special_tokens, str):
+            raise TypeError(f"CharTokenizer: special_tokens must be a list of names, got the string {special_tokens!r}")
+        self.special_tokens = {}
+        for k, name in enumerate(special_tokens):
+            if not isinstance(name, str) or len(name) < 2:
+                raise ValueError(f"CharTokenizer: special_tokens[{k}] must be a name of at least two characters "
+                                 f"(one character is a character of the alphabet), got {name!r}")
+            if name in self.special_tokens:
+                raise ValueError(f"CharTokenizer: special_tokens[{k}] = {name!r} is given twice")
+            self.special_tokens[name] = len(chars) + k
+
+    def with_special_tokens(self, names):
+        """A tokenizer with the same alphabet and ids, plus the special tokens of `names` it lacks
+        (their ids after the ones it has)."""
+        have = list(self.special_tokens)
+        return CharTokenizer(self._chars, have + [n for n in names if n not in self.special_tokens])
 
     @classmethod
-    def from_text(cls, text):
-        """The alphabet of `text`: its distinct characters, sorted by code point."""
+    def from_text(cls, text, special_tokens=()):
+        """The alphabet of `text`: its distinct characters, sorted by code point (then `special_tokens`)."""
         if not isinstance(text, str):
             raise TypeError(f"CharTokenizer.from_text: text must be a str, got {type(text).__name__}")
         if not text:
             raise ValueError("CharTokenizer.from_text: text is empty, so there is no alphabet")
         # np.unique sorts code points, the same order as sorted(set(text)), ~5x faster on 1 MB
         codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")  # (N,)
-        return cls([chr(c) for c in np.unique(codepoints).tolist()])
+        return cls([chr(c) for c in np.unique(codepoints).tolist()], special_tokens)
 
     @property
     def vocab_size(self):
-        return len(self._chars)
+        return len(self._chars) + len(self.special_tokens)
 
     @property
     def chars(self):
@@ -89,7 +112,7 @@ class CharTokenizer:
         ids[~in_table] = -1
         if ids.size and ids.min() < 0:
             position = int(np.argmax(ids < 0))
-            raise UnknownCharacterError(text[position], position, self.vocab_size)
+            raise UnknownCharacterError(text[position], position, len(self._chars))
         return ids                                                                          # (N,)
 
     def encode(self, text):
@@ -109,11 +132,22 @@ class CharTokenizer:
             position = int(np.argmax(bad))
             raise ValueError(f"decode: id {int(ids[position])} at position {position} is out of "
                              f"range for vocab_size {self.vocab_size} (valid ids 0..{self.vocab_size - 1})")
+        n = len(self._chars)
+        if self.special_tokens and ids.max() >= n:  # subtle: special names are several characters each
+            names = list(self.special_tokens)
+            pieces = [self._itos[run].tobytes().decode("utf-32-le", "surrogatepass") if run[0] < n
+                      else "".join(names[i - n] for i in run.tolist())
+                      for run in np.split(ids, np.flatnonzero(np.diff(ids >= n)) + 1)]
+            return "".join(pieces)
         return self._itos[ids].tobytes().decode("utf-32-le", "surrogatepass")
 
     def to_dict(self):
-        """A JSON-serialisable description: {"type": "char", "chars": [...]}."""
-        return {"type": "char", "chars": list(self._chars)}
+        """A JSON-serialisable description: {"type": "char", "chars": [...]}, and "special_tokens":
+        [names] when there are any (so a tokenizer without them writes the dict it always wrote)."""
+        d = {"type": "char", "chars": list(self._chars)}
+        if self.special_tokens:
+            d["special_tokens"] = list(self.special_tokens)
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -125,15 +159,21 @@ class CharTokenizer:
         if not isinstance(d.get("chars"), list):
             raise ValueError(f"CharTokenizer.from_dict: expected 'chars' to be a list of characters, "
                              f"got {type(d.get('chars')).__name__}")
-        return cls(d["chars"])
+        special = d.get("special_tokens", [])
+        if not isinstance(special, list):
+            raise ValueError(f"CharTokenizer.from_dict: expected 'special_tokens' to be a list of names, "
+                             f"got {type(special).__name__}")
+        return cls(d["chars"], special)
 
     def __eq__(self, other):
-        return isinstance(other, CharTokenizer) and self._chars == other._chars
+        return (isinstance(other, CharTokenizer) and self._chars == other._chars
+                and self.special_tokens == other.special_tokens)
 
     def __hash__(self):
-        return hash(tuple(self._chars))
+        return hash((tuple(self._chars), tuple(self.special_tokens)))
 
     def __repr__(self):
         preview = "".join(self._chars[:20])
         more = "..." if self.vocab_size > 20 else ""
-        return f"CharTokenizer(vocab_size={self.vocab_size}, chars={preview!r}{more})"
+        special = f", special_tokens={list(self.special_tokens)}" if self.special_tokens else ""
+        return f"CharTokenizer(vocab_size={self.vocab_size}, chars={preview!r}{more}{special})"

@@ -35,8 +35,12 @@ class TextStream:
         else:
             self.write(self.tokenizer.decode([token_id]))
 
-    def close(self):
-        """Write what an unfinished UTF-8 character left behind (as U+FFFD) and a newline."""
+    def flush(self):
+        """Write what an unfinished UTF-8 character left behind (as U+FFFD): the text is complete."""
         if self.byte_level:
             self.write(self._utf8.decode(b"", final=True))
+
+    def close(self):
+        """flush(), then a newline."""
+        self.flush()
         self.write("\n")

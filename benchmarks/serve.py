@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinygrad_gpt import cli, preferences, serve  # noqa: E402
-from tinygrad_gpt.chat import ChatModel, Sampling  # noqa: E402
+from tinygrad_gpt import cli, preferences, serve
+from tinygrad_gpt.chat import ChatModel, Sampling
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -31,13 +31,11 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_gpt import backend, chat_format, checkpoint, cli, data, distributed, sft  # noqa: E402
-from tinygrad_gpt.runs import load_model, tokenizer_of  # noqa: E402
-from tinygrad_gpt.train import NonFiniteLoss, TrainConfig, resume_configs  # noqa: E402
+from tinygrad_gpt import backend, chat_format, checkpoint, cli, data, distributed, runs, sft
+from tinygrad_gpt.runs import load_model, tokenizer_of
+from tinygrad_gpt.train import NonFiniteLoss, TrainConfig, resume_configs
 
-METRICS = "metrics.jsonl"
 SHAKESPEARE = "tiny Shakespeare's dialogue"
 # TrainConfig fields that are not flags here: the base is --init-from, one process, windows of text
 SKIP_TRAIN = ("init_from", "epoch_mode", "bucket_mb", "overlap_comm")
@@ -90,16 +88,6 @@ def conversations_of(args, saved=None):
                    "max_user_chars": users, "max_reply_chars": replies}
 
 
-def fresh_out(out_dir, overwrite):
-    """A fresh run's --out must not hold another run, unless --overwrite deletes it."""
-    held = [name for name in (checkpoint.JSON_NAME, METRICS) if (out_dir / name).exists()]
-    if held and not overwrite:
-        raise ValueError(f"--out {out_dir} already holds a run ({', '.join(held)}): continue it with --resume, "
-                         f"start afresh there with --overwrite (which deletes it), or choose another --out")
-    if held:
-        checkpoint.remove_checkpoint(out_dir)
-        (out_dir / METRICS).unlink(missing_ok=True)
-
 
 def main(argv=None):
     parser = build_parser()
@@ -139,7 +127,7 @@ def run(args, parser, out_dir):
                                                                 out_dir=str(out_dir)))
         sft_meta = meta["sft"]
     else:
-        fresh_out(out_dir, args.overwrite)
+        runs.start_fresh(out_dir, args.overwrite)
         conversations, source = conversations_of(args)
         model, tokenizer, base_kind = sft.load_base(args.init_from, device=args.device, dtype=args.dtype)
         block = model_flags.get("block_size", min(model.config.block_size, sft.GPT2_BLOCK) if base_kind == "gpt2"

@@ -44,7 +44,6 @@ from tinygrad_gpt.train import (PRESETS, NonFiniteLoss, Trainer, TrainConfig, de
                                 preset_configs, preset_settings, resume_configs)
 from tinygrad_gpt.runs import check_resumable, load_model, tokenizer_of
 
-METRICS = "metrics.jsonl"
 # which command reads each kind of saved run (runs.KINDS), for the messages that meet another kind
 READERS = {f"rlhf-{m}": "sample it with --sample, tune it further with examples/rlhf_sentiment.py --checkpoint"
            for m in runs.RLHF_METHODS}
@@ -234,16 +233,6 @@ def check_flags(args, parser):
                          f"{init_from(args)}/config.json")
 
 
-def fresh_out(out_dir, overwrite):
-    """A fresh run's --out (locked by the caller) must not hold another run, unless --overwrite deletes it."""
-    held = [name for name in (checkpoint.JSON_NAME, METRICS) if (out_dir / name).exists()]
-    if held and not overwrite:
-        raise ValueError(f"--out {out_dir} already holds a run ({', '.join(held)}): continue it with --resume, "
-                         f"start afresh there with --overwrite (which deletes it), or choose another --out")
-    if held:
-        checkpoint.remove_checkpoint(out_dir)
-        (out_dir / METRICS).unlink(missing_ok=True)
-
 
 def resume_state(args, out_dir, root, world):
     """--resume: rank 0's (model, meta, optimizer_state) and, on every rank, what the configs are built
@@ -308,7 +297,7 @@ def train_run(args, parser, world, out_dir, flags, say, root):
         dtype = np.dtype(saved["dtype"])
     else:
         if root:
-            fresh_out(out_dir, args.overwrite)
+            runs.start_fresh(out_dir, args.overwrite)
         tokenizer, tokens = load_tokens(args)
         overrides = dict(flags, device=args.device, out_dir=str(out_dir))
         if init_from(args):

@@ -27,6 +27,7 @@ from pathlib import Path
 from tinygrad_gpt import checkpoint
 from tinygrad_gpt.model import GPT, GPTConfig
 
+METRICS = "metrics.jsonl"  # one JSON record per logged step, beside the checkpoint
 TRAIN = "train"  # the kind train.Trainer.save writes; only these can be resumed
 SFT = "sft"      # the kind sft.SFTTrainer.save writes: a chat-tuned run (its own --resume continues it)
 RLHF_METHODS = ("ppo", "grpo", "rloo", "dpo")
@@ -52,6 +53,19 @@ def save_run(directory, kind, model, tokenizer, optimizer_state=None, tensors=No
               "world_size": world_size, **meta}
     return checkpoint.save_checkpoint(directory, model.state_dict(), record, optimizer_state=optimizer_state,
                                       tensors=tensors)
+
+
+def start_fresh(directory, overwrite):
+    """A fresh run into `directory` (locked by the caller): refused if it holds a run (a checkpoint or
+    metrics), unless `overwrite`, which deletes that run's checkpoint and metrics first."""
+    directory = Path(directory)
+    held = [name for name in (checkpoint.JSON_NAME, METRICS) if (directory / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"--out {directory} already holds a run ({', '.join(held)}): continue it with --resume, "
+                         f"start afresh there with --overwrite (which deletes it), or choose another --out")
+    if held:
+        checkpoint.remove_checkpoint(directory)
+        (directory / METRICS).unlink(missing_ok=True)
 
 
 def tokenizer_of(meta, directory):

@@ -136,11 +136,9 @@ def test_preferences_need_a_reward_model_or_dpo(setup):
 
 
 def test_the_example_refuses_preferences_without_a_reward_model_or_dpo(tmp_path, capsys):
-    import sys
-    from conftest import REPO
+    from conftest import load_script
     from tinygrad_gpt import cli
-    sys.path.insert(0, str(REPO / "examples"))
-    import rlhf_sentiment
+    rlhf_sentiment = load_script("rlhf_sentiment")
     status = cli.run_main(lambda: rlhf_sentiment.main(["--preferences", str(tmp_path / "j.jsonl"), "--out",
                                                        str(tmp_path / "out")]))
     assert status == 2

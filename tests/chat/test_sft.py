@@ -6,7 +6,6 @@ Hand derivations are in each test's docstring; the models are tiny (tests/chat/c
 """
 import json
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,10 @@ from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.tokenizers import BPETokenizer, CharTokenizer, load_gpt2
 
 import chat_runs
-from conftest import gpt2_dir, needs_data, require_shakespeare
+from conftest import gpt2_dir, load_script, needs_data, require_shakespeare
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "examples"))
-import sft as sft_script  # noqa: E402  examples/sft.py
+sft_script = load_script("sft")  # examples/sft.py
 
 HIYO = cf.add_chat_tokens(CharTokenizer.from_text("Hiyo"))  # H 0, i 1, o 2, y 3; <|user|> 4, <|assistant|> 5, <|end|> 6
 

@@ -4,34 +4,12 @@ The scripts run as a person runs them, in a process of their own (`run_script`);
 tinygrad_gpt/rlhf/run.py, is tested by calling it.
 """
 import json
-import os
-import subprocess
-import sys
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 
 from conftest import REPO, require_shakespeare
-
-
-def run_script(path, *flags, timeout=600):
-    """`python <path relative to the repository> flags...` from the repository root: the CompletedProcess."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / path), *map(str, flags)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def _tiny_checkpoint(tmp_path, data_path):
-    from tinygrad_gpt import checkpoint, data
-    from tinygrad_gpt.model import GPT, GPTConfig
-    from tinygrad_gpt.tokenizers.char import CharTokenizer
-
-    tok = CharTokenizer.from_text(data.load_text(data_path))
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    checkpoint.save_checkpoint(tmp_path / "ckpt", GPT(cfg, seed=0).state_dict(),
-                               {"model_config": asdict(cfg), "tokenizer": tok.to_dict()})
-    return cfg
+from rlhf_task import run_script, tiny_checkpoint as _tiny_checkpoint
 
 
 def _flags(tmp_path, data_path, reward):

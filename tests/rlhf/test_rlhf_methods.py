@@ -25,7 +25,7 @@ from tinygrad_gpt.rlhf.rloo import (ReinforceLoss, RLOOTrainer, leave_one_out_ba
                                     rloo_advantages)
 from tinygrad_gpt.rlhf.pairs import best_worst_pairs, pairs_from_responses
 from tinygrad_gpt.tensor import Tensor
-from test_rlhf_ppo import TOK, prompt_tokens, tiny_policy, vowel_fraction
+from rlhf_task import TOK, prompt_tokens, tiny_policy, vowel_fraction
 
 
 def t64(x, grad=True):
@@ -302,7 +302,7 @@ def _algo_flags(tmp_path, data_path, algo, out):
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "dpo"])
 def test_example_runs_each_algo(tmp_path, algo):
     from conftest import require_shakespeare
-    from test_rlhf_example import _tiny_checkpoint, run_script
+    from rlhf_task import run_script, tiny_checkpoint as _tiny_checkpoint
     data_path = require_shakespeare()
     from tinygrad_gpt.runs import load_model
 
@@ -329,7 +329,7 @@ def test_example_runs_each_algo(tmp_path, algo):
 
 def test_example_bad_algo_field_names_it(tmp_path):
     from conftest import require_shakespeare
-    from test_rlhf_example import _tiny_checkpoint, run_script
+    from rlhf_task import run_script, tiny_checkpoint as _tiny_checkpoint
     data_path = require_shakespeare()
     _tiny_checkpoint(tmp_path, data_path)
     r = run_script("examples/rlhf_sentiment.py",
@@ -345,7 +345,7 @@ def test_benchmark_fluency_gap_has_one_sign():
 
 def test_benchmark_writes_the_same_results_shape_for_every_algo(tmp_path):
     from conftest import require_shakespeare
-    from test_rlhf_example import _tiny_checkpoint, run_script
+    from rlhf_task import run_script, tiny_checkpoint as _tiny_checkpoint
     data_path = require_shakespeare()
 
     _tiny_checkpoint(tmp_path, data_path)

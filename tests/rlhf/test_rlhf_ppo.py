@@ -7,27 +7,10 @@ already writes words, which is what examples/rlhf_sentiment.py and benchmarks/rl
 import numpy as np
 import pytest
 
-from tinygrad_gpt.model import GPT, GPTConfig, context_windows
-from tinygrad_gpt.rlhf import (PolicyWithValue, PPOConfig, PPOTrainer, VaderScorer, drop_partial_word, frozen_copy,
-                               rollout, sample_responses, shaped_score, signed_power)
-from tinygrad_gpt.tokenizers.char import CharTokenizer
-
-ALPHABET = "\n !',.?abcdefghijklmnopqrstuvwxyz"
-TOK = CharTokenizer(ALPHABET)
-
-
-def vowel_fraction(texts):
-    return np.array([sum(c in "aeiou" for c in t) / len(t) for t in texts])
-
-
-def tiny_policy(seed=1, block_size=32):
-    cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
-    gpt = GPT(cfg, seed=seed)
-    return PolicyWithValue(gpt), frozen_copy(gpt)
-
-
-def prompt_tokens(n=4000, seed=0):
-    return np.random.default_rng(seed).integers(0, TOK.vocab_size, size=n)
+from rlhf_task import TOK, prompt_tokens, tiny_policy, vowel_fraction
+from tinygrad_gpt.model import context_windows
+from tinygrad_gpt.rlhf import (PPOConfig, PPOTrainer, VaderScorer, drop_partial_word, rollout, sample_responses,
+                               shaped_score, signed_power)
 
 
 def test_response_windows():

@@ -33,7 +33,7 @@ def test_plot_training_and_rlhf_runs(tmp_path):
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.rlhf import GRPOConfig, GRPOTrainer
     from tinygrad_gpt.train import TrainConfig, Trainer
-    from test_rlhf_ppo import TOK, prompt_tokens, tiny_policy, vowel_fraction
+    from rlhf_task import TOK, prompt_tokens, tiny_policy, vowel_fraction
 
     tokens = prompt_tokens(3000)
     cfg = TrainConfig(batch_size=4, max_iters=20, log_every=5, eval_every=10, eval_batches=2, warmup_iters=2,
@@ -68,7 +68,7 @@ def test_plot_errors_name_the_file_and_line(tmp_path, capsys):
 def _tiny_trainer(tmp_path, device="cpu", **train_kw):
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.train import TrainConfig, Trainer
-    from test_rlhf_ppo import TOK, prompt_tokens
+    from rlhf_task import TOK, prompt_tokens
 
     tokens = prompt_tokens(3000)
     cfg = TrainConfig(**dict(dict(batch_size=4, max_iters=1, log_every=1, eval_batches=1, warmup_iters=0,
@@ -179,7 +179,7 @@ def test_ratio_recorder_keeps_what_the_clipped_objective_saw(tmp_path):
     """The recorded ratios of step 2 reproduce that step's logged clip fraction (the mean over its
     minibatch updates of |r - 1| > eps); every minibatch of every epoch is there; the figure draws."""
     from tinygrad_gpt.rlhf import PPOConfig, PPOTrainer
-    from test_rlhf_ppo import TOK, prompt_tokens, tiny_policy, vowel_fraction
+    from rlhf_task import TOK, prompt_tokens, tiny_policy, vowel_fraction
 
     policy, ref = tiny_policy(seed=2)
     cfg = PPOConfig(steps=2, batch_size=8, prompt_len=8, response_len=8, minibatch_size=4, ppo_epochs=3,

@@ -76,15 +76,15 @@ def conversations_of(args, saved=None):
     """(conversations, meta.sft fields) of --conversations, or of tiny Shakespeare's dialogue."""
     if args.conversations:
         path = Path(args.conversations)
-        return chat_format.read_conversations(path), {"conversations": str(path), "data_sha256": sft.data_sha256(path)}
+        return chat_format.read_conversations(path), {"conversations": str(path), "data_sha256": checkpoint.file_sha256(path)}
     if saved is not None and saved.get("conversations") not in (None, SHAKESPEARE):  # --resume: the run's file
         path = Path(saved["conversations"])
-        return chat_format.read_conversations(path), {"conversations": str(path), "data_sha256": sft.data_sha256(path)}
+        return chat_format.read_conversations(path), {"conversations": str(path), "data_sha256": checkpoint.file_sha256(path)}
     users = saved.get("max_user_chars", args.max_user_chars) if saved else args.max_user_chars
     replies = saved.get("max_reply_chars", args.max_reply_chars) if saved else args.max_reply_chars
     path = data.find_data(args.data)
     convs = chat_format.shakespeare_dialogue(data.load_text(path), users, replies)
-    return convs, {"conversations": SHAKESPEARE, "data_sha256": sft.data_sha256(path),
+    return convs, {"conversations": SHAKESPEARE, "data_sha256": checkpoint.file_sha256(path),
                    "max_user_chars": users, "max_reply_chars": replies}
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygrad_gpt.jsonl import read_json_lines
+
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (USER, ASSISTANT, END)
 ROLES = ("system", "user", "assistant")
@@ -225,22 +227,15 @@ def read_conversations(path):
     """
     path = Path(path)
     conversations = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict) or "messages" not in record:
-                raise ValueError(f"{path}:{lineno}: expected an object with \"messages\", got "
-                                 f"{type(record).__name__ if not isinstance(record, dict) else sorted(record)}")
-            try:
-                check_messages(record["messages"], "messages", last="assistant")
-            except ConversationError as exc:
-                raise ValueError(f"{path}:{lineno}: {exc}") from None
-            conversations.append(record["messages"])
+    for lineno, record in read_json_lines(path):
+        if not isinstance(record, dict) or "messages" not in record:
+            raise ValueError(f"{path}:{lineno}: expected an object with \"messages\", got "
+                             f"{type(record).__name__ if not isinstance(record, dict) else sorted(record)}")
+        try:
+            check_messages(record["messages"], "messages", last="assistant")
+        except ConversationError as exc:
+            raise ValueError(f"{path}:{lineno}: {exc}") from None
+        conversations.append(record["messages"])
     if not conversations:
         raise ValueError(f"{path}: holds no conversation")
     return conversations

@@ -289,7 +289,8 @@ def remove_checkpoint(directory):
     _remove_stale(directory, keep=set())
 
 
-def _sha256(path):
+def file_sha256(path):
+    """The SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -462,7 +463,7 @@ def save_checkpoint(directory, state_dict, meta, optimizer_state=None, tensors=N
         for role, arrays in to_write.items():
             path = directory / files[role]
             write_atomic(path, lambda tmp, arrays=arrays: st.save_file(arrays, tmp, metadata={"format": "np"}))
-            records[role] = {"file": files[role], "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            records[role] = {"file": files[role], "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         _fsync_dir(directory)
 
         # 2. the commit: checkpoint.json, replaced last
@@ -527,7 +528,7 @@ def _load_tensors(directory, json_path, entry, verify):
         if "bytes" in entry and size != entry["bytes"]:
             raise CheckpointError(f"{str(path)!r} has {size} bytes, but {str(json_path)!r} "
                                   f"recorded {entry['bytes']}: the file is truncated or was replaced")
-        if "sha256" in entry and _sha256(path) != entry["sha256"]:
+        if "sha256" in entry and file_sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{str(path)!r} does not match the SHA-256 recorded in "
                                   f"{str(json_path)!r}: the file is corrupt")
     try:

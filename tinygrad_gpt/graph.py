@@ -23,7 +23,7 @@ Follows: micrograd's `draw_dot` (Graphviz records of data and grad per node) and
 torchviz (ops as nodes, tensors as edges). Needs Graphviz to render (`pip install -e ".[graph]"`
 and the `dot` program, e.g. `apt-get install graphviz`); `Graph.dot` needs neither. Deliberately
 does not: draw the graph of a tensor made under no_grad (there is none), or keep the arrays: the
-snapshot holds shapes, dtypes and norms, and the tensors only until backward releases them.
+snapshot holds shapes, dtypes and norms (nodes are keyed by id() while the graph holds the tensors).
 """
 import math
 import re
@@ -85,7 +85,6 @@ class Graph:
         names = {id(p): name for name, p in params.items()}
         self.blocks = _block_order(list(params))
         self.nodes = {}  # id(tensor) -> _Node, each after its inputs
-        self._tensors = {}
         self._walk(tensor, names)
         self._assign_blocks(names)
         unknown = [b for b in self.expand if b not in self.blocks]
@@ -110,7 +109,6 @@ class Graph:
             if t._ctx is not None:
                 node.inputs = [id(p) for p in t._ctx.parents]
             self.nodes[id(t)] = node
-            self._tensors[id(t)] = t
         if root._ctx is None and getattr(root, "_released", None) is not None:
             raise ValueError(f"Graph: the graph behind this tensor was released by backward() (it was the output "
                              f"of {root._released}); make the Graph before calling backward, or call g.backward()")
@@ -147,7 +145,6 @@ class Graph:
             if node is not None:
                 node.grad_norm = _norm(dout)
         self.root.backward(grad, on_grad=record)
-        self._tensors = {}  # backward released the graph: keep no arrays alive through the snapshot
         return self
 
     # ---- drawing ----------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygrad_gpt.jsonl import read_json_lines
+
 TRAIN_PANELS = [("loss", "train loss (per log interval)"), ("val_loss", "val loss (per evaluation)"),
                 ("lr", "learning rate"), ("tokens_per_s", "tokens / s")]
 RLHF_PANELS = [("score", "gold score (rollout mean)"), ("kl", "exact KL to reference (nats / token)"),
@@ -55,16 +57,10 @@ def read_metrics(run_dir):
     if not path.is_file():
         raise FileNotFoundError(f"plot: no metrics file at {path}")
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"plot: {path} line {lineno} is not JSON: {exc.msg}") from None
+    for lineno, record in read_json_lines(path, where=lambda lineno: f"plot: {path} line {lineno}"):
         if not isinstance(record, dict):  # the scripts write one object per line; anything else is foreign
             raise ValueError(f"plot: {path} line {lineno} is not a JSON object (one record per line), "
-                             f"got {line.strip()[:60]!r}")
+                             f"got {json.dumps(record)[:60]!r}")
         records.append(record)
     if not records:
         raise ValueError(f"plot: {path} holds no records")

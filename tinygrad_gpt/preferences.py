@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygrad_gpt.jsonl import read_json_lines
 from tinygrad_gpt.rlhf.pairs import PreferencePairs
 
 CHOICES = ("a", "b", "tie", "skip")
@@ -42,18 +43,9 @@ def read_judgments(path, source="--preferences"):
     prompt_ids, a_ids and b_ids. A last line a crash cut short (no newline, not JSON) is left out;
     any other bad line is a ValueError naming the file and the line."""
     path = Path(path)
-    raw = path.read_text(encoding="utf-8")
-    lines = raw.split("\n")
     records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if lineno == len(lines):  # the last line, without its newline: cut by a crash, never acknowledged
-                continue
-            raise ValueError(f"{source} {path}:{lineno}: not JSON (one judgment per line)") from None
+    for lineno, record in read_json_lines(path, where=lambda lineno: f"{source} {path}:{lineno}",
+                                          cut_last_line_ok=True):
         if not isinstance(record, dict) or record.get("choice") not in CHOICES:
             raise ValueError(f"{source} {path}:{lineno}: expected a judgment with a choice of "
                              f"{', '.join(CHOICES)}, got {str(record)[:80]}")

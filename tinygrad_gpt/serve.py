@@ -48,7 +48,6 @@ the server (the page sends it whole each turn), or serve several models.
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import os
@@ -63,6 +62,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tinygrad_gpt.jsonl import read_json_lines
 from tinygrad_gpt import chat_format, cli
 from tinygrad_gpt.chat import ChatModel, Sampling
 from tinygrad_gpt.chat_format import ConversationError
@@ -318,23 +318,16 @@ def read_prompts(path):
     """Compare prompts: one per line, a JSON string, {"prompt": text}, or {"messages": [...]} (its first user
     message); blank lines skipped. Errors name the line."""
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                raise ValueError(f"--prompts {path}:{lineno}: not JSON (a string or an object per line)") from None
-            if isinstance(item, dict) and isinstance(item.get("prompt"), str):
-                item = item["prompt"]
-            elif isinstance(item, dict) and isinstance(item.get("messages"), list):
-                item = next((m.get("content") for m in item["messages"] if isinstance(m, dict)
-                             and m.get("role") == "user"), None)
-            if not isinstance(item, str) or not item:
-                raise ValueError(f"--prompts {path}:{lineno}: expected a string, {{\"prompt\": ...}} or "
-                                 f"{{\"messages\": [...]}} with a user message")
-            prompts.append(item)
+    for lineno, item in read_json_lines(path, where=lambda lineno: f"--prompts {path}:{lineno}"):
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            item = item["prompt"]
+        elif isinstance(item, dict) and isinstance(item.get("messages"), list):
+            item = next((m.get("content") for m in item["messages"] if isinstance(m, dict)
+                         and m.get("role") == "user"), None)
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"--prompts {path}:{lineno}: expected a string, {{\"prompt\": ...}} or "
+                             f"{{\"messages\": [...]}} with a user message")
+        prompts.append(item)
     if not prompts:
         raise ValueError(f"--prompts {path}: holds no prompt")
     return prompts
@@ -347,7 +340,7 @@ def checkpoint_identity(source):
     path = Path(source)
     for name in (checkpoint.JSON_NAME, pretrained.CONFIG_NAME):
         if (path / name).is_file():
-            return {"path": str(source), "file": name, "sha256": hashlib.sha256((path / name).read_bytes()).hexdigest()}
+            return {"path": str(source), "file": name, "sha256": checkpoint.file_sha256(path / name)}
     return {"path": str(source)}
 
 

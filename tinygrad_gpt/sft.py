@@ -22,7 +22,6 @@ Follows: nanochat's chat_sft (mask of the assistant's tokens, ignore index), Hew
 initialising new embeddings to the mean. Deliberately does not: run data parallel (one process), use
 LoRA, or weight the gradient accumulation by tokens (micro-batches weigh by rows, as the Trainer's).
 """
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,14 +76,6 @@ def grow_vocab(model, vocab_size):
         model.wte.weight.grad = None
         model.config = GPTConfig(**{**asdict(model.config), "vocab_size": vocab_size})
     return model
-
-
-def data_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class PackedRows:

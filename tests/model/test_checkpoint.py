@@ -240,7 +240,7 @@ def test_non_finite_weights_are_refused_on_save_and_on_load(tmp_path):
     state = weights(1.0)
     state["h.0.attn.c_attn.weight"][1, 0] = -np.inf
     safetensors.numpy.save_file(state, str(path))
-    record["files"]["model"].update(bytes=path.stat().st_size, sha256=C._sha256(path))
+    record["files"]["model"].update(bytes=path.stat().st_size, sha256=C.file_sha256(path))
     (tmp_path / "l" / C.JSON_NAME).write_text(json.dumps(record))
     with pytest.raises(C.CheckpointError, match=r"h\.0\.attn\.c_attn\.weight.*-inf"):
         C.load_checkpoint(tmp_path / "l")

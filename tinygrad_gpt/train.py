@@ -410,7 +410,8 @@ class Trainer:
         return float(self.xp.stack(losses).astype(np.float64).mean())
 
     def whole_split_loss(self, tokens):
-        """The loss over every block_size window of `tokens` (`split_loss`), in batch_size rows."""
+        """The loss over every block_size window of `tokens` (`split_loss`), in batch_size rows (the
+        evaluation batch check_memory allows for)."""
         was_training = self.model.training
         self.model.eval()
         try:

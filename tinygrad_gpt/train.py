@@ -136,13 +136,14 @@ PRESETS = {
                       eval_batches=8, eval_every=100, sample_tokens=100, log_every=5)),
     # time to a target loss (examples/shakespeare.py --preset speedrun --target-val-loss L; benchmarks/
     # speedrun.py): Muon for the blocks' matrices, warm-up / constant / linear cool-down. Muon's
-    # Newton-Schulz costs about as much per step whatever the batch (at width 128, ~30 ms on one
-    # thread, about a third of a 12-row step), so 32 rows of 64 (2,048 tokens) keep it near a tenth of
-    # a step; max_iters is the budget the cool-down is planned for, the whole split is measured every
-    # 50 steps. AdamW (embeddings, the tied head, gains, biases) at 3e-3: with Muon it no longer
-    # trains the matrices, and the modded-nanogpt speedrun runs its embeddings' Adam far hotter still
+    # Newton-Schulz costs the same per step whatever the batch (~5 (4 d^2 n + 2 d^3) FLOPs per d x n
+    # matrix against ~6 d n per token for the step): at width 128 it adds about half a 12-row step;
+    # 32 rows of 64 (2,048 tokens) bring it to about a seventh; max_iters is the budget the cool-down is
+    # planned for, the whole split is measured every 50 steps. Muon at 0.05, the modded-nanogpt
+    # speedrun's rate (0.02, the Muon default, trained slower in a short trial here); AdamW
+    # (embeddings, the tied head, gains, biases) at 3e-3: with Muon it no longer trains the matrices
     "speedrun": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
-                 dict(batch_size=32, max_iters=1000, optimizer="muon", muon_lr=0.02, lr=3e-3, min_lr=3e-4,
+                 dict(batch_size=32, max_iters=1000, optimizer="muon", muon_lr=0.05, lr=3e-3, min_lr=3e-4,
                       warmup_iters=50, schedule="wsd", cooldown_frac=0.4, eval_every=50, eval_batches=4,
                       sample_tokens=100)),
     # the configuration the project started from: 4 heads of 16, AdamW 5e-4, every start position

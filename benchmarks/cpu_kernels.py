@@ -20,7 +20,8 @@ Then the first-call compile time of every kernel, in a subprocess each: cold (an
 NUMBA_CACHE_DIR set to a fresh temporary directory) and cached (the same directory, second process).
 
 AdamW is timed as the optimizer uses it: one call per parameter tensor of the preset's GPT (GPT-2
-layout, lm_head tied to wte), so per-call overhead counts. Embedding backward is the token table's
+layout, lm_head tied to wte), so per-call overhead counts; Muon's momentum and apply passes the same
+way, over the blocks' matrices (its Newton-Schulz matmuls are BLAS, not timed here). Embedding backward is the token table's
 (N = B*T indices into V = 65 rows, so every row repeats).
 
 Follows: llm.c `dev/cuda/*.cu` (validate, then benchmark). Does not: time float64 (the gradient
@@ -136,6 +137,27 @@ def make_cases(preset, rng):
             return state["params"] + state["m"] + state["v"]
         return run
 
+    # Muon's two passes, as the optimizer calls them: per block matrix, the momentum then the apply
+    # of an update (standing for the orthogonalised momentum, which matmuls make between the two)
+    muon_shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * L
+    n_muon = sum(a * b for a, b in muon_shapes)
+
+    def muon_state(seed):
+        r = np.random.default_rng(seed)
+        params = [r.standard_normal(s).astype(f) for s in muon_shapes]
+        return dict(params=params, grads=[r.standard_normal(s).astype(f) for s in muon_shapes],
+                    updates=[r.standard_normal(s).astype(f) for s in muon_shapes],
+                    m=[np.zeros_like(p) for p in params])
+
+    def muon_all(module, state):
+        """One Muon step's elementwise passes; returns params and momenta (updated in place)."""
+        def run():
+            for p, g, u, m in zip(state["params"], state["grads"], state["updates"], state["m"]):
+                module.muon_momentum(g, m, 0.95)
+                module.muon_apply(p, u, 0.02, 1.0, 0.0)
+            return state["params"] + state["m"]
+        return run
+
     causal_pairs = B * nh * T * (T + 1) / 2
     gb = 1e-9 * itemsize
     cases = [
@@ -161,6 +183,9 @@ def make_cases(preset, rng):
     out.append((f"adamw_update ({len(shapes)} tensors, {n_params / 1e6:.2f}M)",
                 adamw_all(reference, adamw_state(seed)), adamw_all(cpu, adamw_state(seed)),
                 gb * 7 * n_params, "GB/s"))
+    # Muon: momentum reads g, m and writes m, u; apply reads p, u and writes p
+    out.append((f"muon_momentum + muon_apply ({len(muon_shapes)} matrices, {n_muon / 1e6:.2f}M)",
+                muon_all(reference, muon_state(seed)), muon_all(cpu, muon_state(seed)), gb * 7 * n_muon, "GB/s"))
     return out
 
 
@@ -217,7 +242,7 @@ def benchmark(presets, repeats):
     for preset in presets:
         rng = np.random.default_rng(0)
         for name, run_ref, run_nb, work, unit in make_cases(preset, rng):
-            if name.startswith("adamw"):
+            if name.startswith(("adamw", "muon")):
                 # one step each from the same state, compared; the timed steps then keep going
                 want = [a.copy() for a in run_ref()]
                 got = [a.copy() for a in run_nb()]
@@ -265,6 +290,7 @@ for dt in (np.float32, np.float64):
         ("attention_backward, threaded driver", (qb, qb, qb, qb, outb, lseb, 0.125)),
         ("embedding_backward", (x, tg, 8)),
         ("adamw_update", (x.copy(), x, x.copy(), x * x, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)),
+        ("muon_momentum", (x, x.copy(), 0.95)), ("muon_apply", (x.copy(), x, 0.02, 1.0, 0.1)),
         ("dropout_forward", (x, 0.2, 7)),
     ]
     for label, args in calls:

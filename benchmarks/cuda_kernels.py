@@ -163,6 +163,28 @@ def main(argv=None):
     gbs = 7 * P * fb / (t_ours * 1e-3) / 1e9                       # read p, g, m, v; write p, m, v
     print(f"{'adamw_update':32s} {t_ours:9.3f} {t_naive:9.3f} {t_naive / t_ours:7.1f}x {gbs:8.0f} "
           f"{gbs / peak:7.0%}  P = {P:,}")
+
+    # Muon's momentum and apply passes over one block's parameters (as one (C, 12C) matrix)
+    shape = (C, 12 * C)
+    w, g2, m2, u2 = (a.reshape(shape) for a in (param.copy(), grad, m1.copy(), randn(P)))
+    mine, theirs = [w.copy(), m2.copy()], [w.copy(), m2.copy()]
+    u_mine = cuda.muon_momentum(g2, mine[1], 0.95)
+    u_ref = reference.muon_momentum(g2, theirs[1], 0.95)
+    cuda.muon_apply(mine[0], u2, 0.02, 1.7, 0.1)
+    reference.muon_apply(theirs[0], u2, 0.02, 1.7, 0.1)
+    errs = [rel_err(a, b) for a, b in zip(mine + [u_mine], theirs + [u_ref])]
+    if max(errs) > 1e-5:
+        print(f"muon_momentum / muon_apply: VALIDATION FAILED, relative errors {errs}")
+        return 1
+    for name, ours, naive, moved in (
+            ("muon_momentum", lambda: cuda.muon_momentum(g2, m2, 0.95), lambda: reference.muon_momentum(g2, m2, 0.95),
+             4),                                                   # read g, m; write m, u
+            ("muon_apply", lambda: cuda.muon_apply(w, u2, 0.02, 1.7, 0.1),
+             lambda: reference.muon_apply(w, u2, 0.02, 1.7, 0.1), 3)):  # read p, u; write p
+        t_ours, t_naive = timed(ours, args.repeats, cupy), timed(naive, args.repeats, cupy)
+        gbs = moved * P * fb / (t_ours * 1e-3) / 1e9
+        print(f"{name:32s} {t_ours:9.3f} {t_naive:9.3f} {t_naive / t_ours:7.1f}x {gbs:8.0f} "
+              f"{gbs / peak:7.0%}  P = {P:,}")
     return 0
 
 

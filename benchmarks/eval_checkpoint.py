@@ -3,9 +3,10 @@
     python benchmarks/eval_checkpoint.py out/shakespeare-cpu [--data PATH] [--train]
 
 The split is cut into consecutive block_size windows (each token predicted once, with up to
-block_size - 1 tokens of context, as in training), evaluated in batches under no_grad. This is the
-figure recorded in RESULTS.md; the per-epoch val loss the training script prints is an estimate on
-eval_batches random batches. Does not: use a sliding window (which would give every token the full
+block_size - 1 tokens of context, as in training), evaluated in batches under no_grad
+(train.split_loss, the loss --target-val-loss compares with). This is the figure recorded in
+RESULTS.md; the per-epoch val loss the training script prints is an estimate on eval_batches
+random batches. Does not: use a sliding window (which would give every token the full
 context and a slightly lower loss).
 """
 import argparse
@@ -15,22 +16,9 @@ import numpy as np
 
 from tinygrad_gpt import cli
 from tinygrad_gpt import data
-from tinygrad_gpt.tensor import no_grad
 from tinygrad_gpt.tokenizers import tokenizer_from_dict
 from tinygrad_gpt.runs import load_model
-
-
-def split_loss(model, tokens, batch=64):
-    T = model.config.block_size
-    n = (len(tokens) - 1) // T
-    x_all = tokens[:n * T].reshape(n, T)
-    y_all = tokens[1:n * T + 1].reshape(n, T)
-    total = 0.0
-    with no_grad():
-        for i in range(0, n, batch):
-            _, loss = model(x_all[i:i + batch], y_all[i:i + batch])
-            total += loss.item() * len(x_all[i:i + batch])
-    return total / n, n * T
+from tinygrad_gpt.train import split_loss
 
 
 def main():
@@ -46,11 +34,12 @@ def main():
     ids = np.asarray(tok.encode_array(text) if hasattr(tok, "encode_array") else tok.encode(text), dtype=np.int64)
     train, val = data.split_train_val(ids, meta["train_config"]["val_fraction"])
     print(f"checkpoint {args.checkpoint}: step {meta['state']['step']}")
-    loss, count = split_loss(model, val)
-    print(f"val loss {loss:.4f} over {count:,} tokens (the whole validation split)")
+    T = model.config.block_size
+    loss = split_loss(model, val)
+    print(f"val loss {loss:.4f} over {(len(val) - 1) // T * T:,} tokens (the whole validation split)")
     if args.train:
-        loss, count = split_loss(model, train)
-        print(f"train loss {loss:.4f} over {count:,} tokens")
+        loss = split_loss(model, train)
+        print(f"train loss {loss:.4f} over {(len(train) - 1) // T * T:,} tokens")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python examples/shakespeare.py                       # the cpu preset, 5 epochs
     python examples/shakespeare.py --preset tiny         # seconds: a smoke test
     python examples/shakespeare.py --max-iters 2000      # the cpu benchmark run
+    python examples/shakespeare.py --preset speedrun --target-val-loss 1.60   # train until the loss is reached
     python examples/shakespeare.py --preset gpu --device cuda --max-iters 5000 --eval-every 500
     python examples/shakespeare.py --resume              # continue the run in --out
     python examples/shakespeare.py --sample --prompt "ROMEO:"
@@ -18,8 +19,12 @@ writes (a second run there is refused), and a fresh run does not replace the run
 unless given --overwrite; --resume continues with the checkpoint's settings. A flag the chosen
 mode does not read (--lr with --sample, --temperature when training) is named in a warning. Every
 GPTConfig and TrainConfig field is a flag (tinygrad_gpt/cli.py), range-checked as declared in
-tinygrad_gpt/settings.py before anything runs. Exit status: 0 done, 1 runtime error, 2 usage
-error, 3 non-finite loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
+tinygrad_gpt/settings.py before anything runs. With --target-val-loss L the run measures the loss over
+the whole validation split at each evaluation (--eval-every N steps, and each epoch's end) and stops
+as soon as it is <= L, printing the training time to the target (evaluation excluded), the tokens
+seen and the loss; every evaluation's record in metrics.jsonl carries train_s and tokens. Exit status:
+0 done (the target reached, if one was given), 1 runtime error, 2 usage error, 3 non-finite loss,
+4 the budget (--max-iters / --epochs) ended above --target-val-loss, 130 Ctrl-C, 143 SIGTERM. --sample streams
 the tokens as they are generated (Ctrl-C keeps what was printed, exit 130). With --init-from DIR the
 model and the GPT-2 tokenizer come from a Hugging Face GPT-2 folder (config.json,
 model.safetensors, vocab.json, merges.txt); --export-pretrained writes a checkpoint back as one.
@@ -354,6 +359,21 @@ def train_run(args, parser, world, out_dir, flags, say, root):
     if root:  # one plot, by the rank that wrote the checkpoint
         write_plots_if_possible(out_dir)  # training.png beside the checkpoint, when matplotlib is installed
         say(next_steps(out_dir))
+    if train_cfg.target_val_loss is not None:
+        return target_summary(trainer, train_cfg.target_val_loss, say)
+    return 0
+
+
+def target_summary(trainer, target, say):
+    """The --target-val-loss result, one line, and the exit status: 0 reached, 4 not reached."""
+    hit = trainer.target_reached
+    if hit is None:
+        st = trainer.state
+        say(f"target val loss {target:g} NOT reached: the budget ended at step {st.step} after {st.train_s:.1f} s of "
+            f"training and {st.tokens:,} tokens (exit status {cli.EXIT_TARGET_MISSED})")
+        return cli.EXIT_TARGET_MISSED
+    say(f"target val loss {target:g} reached at step {hit['step']}: {hit['train_s']:.1f} s of training (evaluation "
+        f"excluded), {hit['tokens']:,} tokens, whole-split val loss {hit['whole_val_loss']:.4f}")
     return 0
 
 

@@ -7,7 +7,8 @@ exit status 2; `X | None` fields also take "none". Scripts list no field by hand
 config becomes a flag of every script that uses it. `HelpFormatter` shows the script's usage
 examples and every default. `run_main` runs a script's main with the process set up as the loops
 want it (`backend.tune_host_allocator`) and gives every script the same exit statuses: 0 done,
-1 runtime error, 2 usage error, 3 non-finite loss (the script returns it), 130 SIGINT, 143 SIGTERM.
+1 runtime error, 2 usage error, 3 non-finite loss (the script returns it), 4 a --target-val-loss
+not reached before the run's budget (iterations) ended, 130 SIGINT, 143 SIGTERM.
 
 Follows: `argparse` `type=` callables. Deliberately does not: read config files or environment
 variables (settings come from flags and presets only).
@@ -141,6 +142,7 @@ def values_from(args, names, prefix=""):
 
 # ---- exit statuses, the same for every script ------------------------------------------------------
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_NONFINITE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 3, 130, 143
+EXIT_TARGET_MISSED = 4  # a training run with a target loss ended its budget above it
 _RESULT_STATUS = {"done": EXIT_OK, "interrupted": EXIT_SIGINT, "terminated": EXIT_SIGTERM}
 
 

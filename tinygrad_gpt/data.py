@@ -230,6 +230,20 @@ def get_batch(data, batch_size, block_size, rng):
     return _rows(data, starts, block_size)
 
 
+def split_windows(data, block_size):
+    """Every non-overlapping window of a split, in order: (x, y), each (n, T) int64, n = (N - 1) // T.
+
+    Row i is x = data[iT : iT + T], y = data[iT + 1 : iT + T + 1]: each token but the first is a
+    target once, with up to T - 1 tokens of context (as in training). The whole-split loss is the
+    mean loss over these rows (train.split_loss; the PyTorch peer of benchmarks/speedrun.py).
+    """
+    data = _token_array(data)
+    block_size = _positive_int(block_size, "block_size")
+    _check_block(data, block_size)
+    n = (len(data) - 1) // block_size
+    return _rows(data, np.arange(n) * block_size, block_size)       # (n, T), (n, T)
+
+
 class ShuffledBatches:
     """One shuffled pass over a fixed set of row starts, in batches; resumable at any batch.
 

@@ -16,6 +16,16 @@ With `log_grad_norms`, each logged step's record also carries the L2 norm of the
 layer group (wte, wpe, each block h.i, ln_f) and their total, before clipping (`grad_norms`; drawn
 by tinygrad_gpt/plot.py).
 
+The optimizer is AdamW, or (`optimizer="muon"`) Muon for the blocks' matrices with AdamW for the
+rest (optim.MuonWithAdamW); the rate follows a linear warm-up, then a cosine decay or (`schedule=
+"wsd"`) a constant phase and a linear cool-down over the last `cooldown_frac` of the steps, Muon's
+rate in proportion to AdamW's. Every evaluation record in metrics.jsonl carries `train_s` (seconds
+spent in training steps so far, evaluation and saving excluded; carried across a resume) and
+`tokens` (training tokens seen so far). With `target_val_loss`, each evaluation also measures the
+loss over the whole validation split (`split_loss`: every block_size window once), and the run
+stops, saving a checkpoint, as soon as it is <= the target (`Trainer.target_reached` holds that
+evaluation's record; None when the budget ended first).
+
 Gradient accumulation (`grad_accum` N) splits each batch of `batch_size` rows into N micro-batches
 of batch_size / N; each micro-batch's mean loss is back-propagated with weight rows_i / rows, so the
 accumulated gradient and the summed loss are the whole batch's (a short last batch included), and
@@ -31,7 +41,8 @@ with the loss each step, so every rank stops after the same step and one checkpo
 saves the last finished step the moment it is signalled, because mpirun, signalled itself, kills
 the ranks 0.25 s after passing SIGTERM on.
 
-Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss, gradient accumulation).
+Follows: nanoGPT train.py (AdamW, warmup + cosine, clipping, estimate_loss, gradient accumulation);
+the modded-nanogpt speedrun (Muon, warm-up / constant / cool-down, training time to a target loss).
 Deliberately does not: mixed precision.
 """
 import json
@@ -48,7 +59,7 @@ from tinygrad_gpt import backend, checkpoint, data, runs
 from tinygrad_gpt.backend import DEVICES, array_module, get_xp, to_numpy
 from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.model import GPTConfig
-from tinygrad_gpt.optim import AdamW, clip_grad_norm, cosine_lr, decay_groups
+from tinygrad_gpt.optim import AdamW, MuonWithAdamW, clip_grad_norm, cosine_lr, decay_groups, wsd_lr
 from tinygrad_gpt.tensor import no_grad
 
 
@@ -62,13 +73,24 @@ class TrainConfig:
     iters_per_epoch: int | None = setting(None, ge=1)  # cap an epoch's length (the tiny smoke-test preset)
     epoch_mode: str = setting("windows", choices=("windows", "all_starts"))  # "windows": non-overlapping
                                         # block_size windows; "all_starts": every start position
-    lr: float = setting(1e-3, gt=0)
-    min_lr: float = setting(1e-4, ge=0)  # cosine decay ends here, at the last step; at most lr
+    lr: float = setting(1e-3, gt=0)       # AdamW's peak rate (with --optimizer muon: of the parameters AdamW trains)
+    min_lr: float = setting(1e-4, ge=0)  # the schedule decays to this, at the last step; at most lr
     warmup_iters: int = setting(100, ge=0)
-    weight_decay: float = setting(0.1, ge=0)  # matrices only; biases and LayerNorm weights get none
+    schedule: str = setting("cosine", choices=("cosine", "wsd"))  # after the linear warm-up: "cosine" decay to
+                                         # min_lr, or "wsd": constant, then a linear cool-down to min_lr
+    cooldown_frac: float = setting(0.4, ge=0, le=1)  # wsd: the last fraction of the iterations cools down
+    weight_decay: float = setting(0.1, ge=0)  # AdamW, matrices only; biases and LayerNorm weights get none
     beta1: float = setting(0.9, ge=0, lt=1)
     beta2: float = setting(0.99, ge=0, lt=1)  # nanoGPT's choice for small data (GPT-2 used 0.95-0.999)
     grad_clip: float = setting(1.0, ge=0)     # 0 turns clipping off
+    optimizer: str = setting("adamw", choices=("adamw", "muon"))  # "muon": Muon for the blocks' matrices,
+                                              # AdamW for embeddings, gains and biases (optim.MuonWithAdamW)
+    muon_lr: float = setting(0.02, gt=0)      # Muon's peak rate (spectral norm per step); follows the schedule's
+                                              # shape: muon_lr * (rate now / lr)
+    muon_momentum: float = setting(0.95, ge=0, lt=1)  # Muon's Nesterov momentum
+    muon_ns_steps: int = setting(5, ge=1)     # Newton-Schulz iterations per matrix and step
+    target_val_loss: float | None = setting(None, gt=0)  # stop once the loss over the whole validation split,
+                                              # measured at each evaluation, is <= this (exit 4 if never)
     eval_batches: int = setting(20, ge=1)     # held-out batches per loss estimate
     eval_every: int | None = setting(None, ge=1)  # also evaluate every N steps (default: only at epoch ends)
     sample_tokens: int = setting(200, ge=1)   # length of the sample printed after each epoch
@@ -89,8 +111,8 @@ class TrainConfig:
     def __post_init__(self):
         check_fields(self)
         if self.min_lr > self.lr:
-            raise ValueError(f"TrainConfig: min_lr {self.min_lr:g} is above lr {self.lr:g}; the cosine schedule "
-                             f"decays from lr to min_lr (set both, e.g. --lr and --min-lr)")
+            raise ValueError(f"TrainConfig: min_lr {self.min_lr:g} is above lr {self.lr:g}; the {self.schedule} "
+                             f"schedule decays from lr to min_lr (set both, e.g. --lr and --min-lr)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig: batch_size {self.batch_size} is not divisible by grad_accum "
                              f"{self.grad_accum} (each micro-batch holds batch_size / grad_accum rows)")
@@ -112,6 +134,18 @@ PRESETS = {
     "finetune": (dict(block_size=256, dropout=0.0),
                  dict(batch_size=4, epochs=1, max_iters=300, lr=3e-5, min_lr=3e-5, warmup_iters=0,
                       eval_batches=8, eval_every=100, sample_tokens=100, log_every=5)),
+    # time to a target loss (examples/shakespeare.py --preset speedrun --target-val-loss L; benchmarks/
+    # speedrun.py): Muon for the blocks' matrices, warm-up / constant / linear cool-down. Muon's
+    # Newton-Schulz costs the same per step whatever the batch (~5 (4 d^2 n + 2 d^3) FLOPs per d x n
+    # matrix against ~6 d n per token for the step): at width 128 it adds about half a 12-row step;
+    # 32 rows of 64 (2,048 tokens) bring it to about a seventh; max_iters is the budget the cool-down is
+    # planned for, the whole split is measured every 50 steps. Muon at 0.05, the modded-nanogpt
+    # speedrun's rate (0.02, the Muon default, trained slower in a short trial here); AdamW
+    # (embeddings, the tied head, gains, biases) at 3e-3: with Muon it no longer trains the matrices
+    "speedrun": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+                 dict(batch_size=32, max_iters=1000, optimizer="muon", muon_lr=0.05, lr=3e-3, min_lr=3e-4,
+                      warmup_iters=50, schedule="wsd", cooldown_frac=0.4, eval_every=50, eval_batches=4,
+                      sample_tokens=100)),
     # the configuration the project started from: 4 heads of 16, AdamW 5e-4, every start position
     "original": (dict(n_layer=4, n_head=4, n_embd=64, block_size=32, dropout=0.0),
                  dict(batch_size=64, lr=5e-4, min_lr=5e-4, warmup_iters=0, weight_decay=0.01, beta2=0.999,
@@ -150,6 +184,37 @@ def preset_configs(name, vocab_size, **overrides):
         else:
             raise ValueError(f"unknown setting {key!r}")
     return GPTConfig(vocab_size=vocab_size, **model_kw), TrainConfig(**train_kw)
+
+
+def make_optimizer(model, config):
+    """The optimizer `config.optimizer` names for a GPT: AdamW (decay_groups), or Muon with AdamW."""
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "muon":
+        return MuonWithAdamW(model.named_parameters(), lr=config.lr, betas=betas, weight_decay=config.weight_decay,
+                             muon_lr=config.muon_lr, muon_momentum=config.muon_momentum,
+                             ns_steps=config.muon_ns_steps)
+    return AdamW(decay_groups(model.named_parameters(), config.weight_decay), lr=config.lr, betas=betas)
+
+
+def split_loss(model, tokens, batch_size=64):
+    """The mean loss of `model` over a whole split: every non-overlapping block_size window
+    (data.split_windows), each token predicted once, in batches of batch_size rows, under no_grad.
+
+    The figure the target of --target-val-loss is compared with (and benchmarks/eval_checkpoint.py
+    prints): the per-epoch val loss is an estimate on eval_batches random batches. Call it with the
+    model in eval mode (dropout off). Returns a float.
+    """
+    x_all, y_all = data.split_windows(tokens, model.config.block_size)   # (n, T), (n, T)
+    xp = get_xp(model.wte.weight.device)
+    losses, rows = [], []
+    with no_grad():
+        for i in range(0, len(x_all), batch_size):
+            x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]     # (b, T), (b, T)
+            _, loss = model(x, xp.asarray(y))
+            losses.append(loss.data)                                     # stays on the device: one sync below
+            rows.append(len(x))
+    means = to_numpy(xp.stack(losses)).astype(np.float64)                # (batches,) each batch's mean
+    return float((means * np.asarray(rows)).sum() / len(x_all))
 
 
 def train_step(model, opt, x, y, grad_clip=1.0):
@@ -258,6 +323,8 @@ class TrainState:
     batch: int = 0           # batches of that epoch already trained on
     epoch_rng: dict = field(default_factory=dict)  # data-shuffle generator state at the epoch's start
     history: list = field(default_factory=list)    # per-epoch {"epoch", "train_loss", "val_loss", ...}
+    train_s: float = 0.0     # seconds spent training so far (steps only: evaluation and saving excluded)
+    tokens: int = 0          # training tokens seen so far (the global batch's, in data parallel)
 
 
 class Trainer:
@@ -281,8 +348,7 @@ class Trainer:
                              val_tokens=np.asarray(val_tokens), dtype=str(model.wte.weight.dtype))
             self.grad_sync = world.gradient_reducer(model.parameters(), int(config.bucket_mb * 2 ** 20),
                                                     overlap=config.overlap_comm)
-        self.opt = AdamW(decay_groups(model.named_parameters(), config.weight_decay), lr=config.lr,
-                         betas=(config.beta1, config.beta2))
+        self.opt = make_optimizer(model, config)
         self.state = TrainState(epoch_rng=np.random.default_rng(config.seed).bit_generator.state)
         # subtle: measured once; building the batches shuffles every start position (1M of them in
         # the "original" preset, 44 ms), and lr_at() needs the epoch length on every step
@@ -294,6 +360,8 @@ class Trainer:
         self._busy = False        # the weights, optimizer or loop state are changing (an early save waits)
         self._save_soon = False   # data parallel, rank 0: a signal asked for a save as soon as that state is whole
         self._saved_at = None     # (step, epoch, batch) of the checkpoint last written
+        self._clock = None        # perf_counter() when the training clock (TrainState.train_s) last started
+        self.target_reached = None  # the evaluation record whose whole-split val loss met target_val_loss
         self.xp = get_xp(config.device)
         # checked here, not at the first evaluation an epoch later: every estimate draws windows of
         # block_size + 1 tokens from each split
@@ -321,7 +389,11 @@ class Trainer:
         return self.cfg.max_iters if self.cfg.max_iters else self.cfg.epochs * self.iters_per_epoch()
 
     def lr_at(self, step):
-        return cosine_lr(step, self.cfg.lr, self.cfg.min_lr, self.cfg.warmup_iters, self.total_iters())
+        """AdamW's rate at `step` (Muon's is muon_lr times this / lr: MuonWithAdamW.set_lr)."""
+        c = self.cfg
+        if c.schedule == "wsd":
+            return wsd_lr(step, c.lr, c.min_lr, c.warmup_iters, self.total_iters(), c.cooldown_frac)
+        return cosine_lr(step, c.lr, c.min_lr, c.warmup_iters, self.total_iters())
 
     # ---- evaluation and sampling ----------------------------------------------------------
     def estimate_loss(self, tokens, seed):
@@ -337,6 +409,16 @@ class Trainer:
                 losses.append(loss.data)                         # stays on the device: one sync below
         self.model.train(was_training)
         return float(self.xp.stack(losses).astype(np.float64).mean())
+
+    def whole_split_loss(self, tokens):
+        """The loss over every block_size window of `tokens` (`split_loss`), in batch_size rows (the
+        evaluation batch check_memory allows for)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return split_loss(self.model, tokens, self.cfg.batch_size)
+        finally:
+            self.model.train(was_training)
 
     def sample(self, seed, prompt="\n", tokens=None):
         ids = np.array([self.tokenizer.encode(prompt)], dtype=np.int64)
@@ -379,7 +461,7 @@ class Trainer:
     def sync_from_root(self):
         """Data parallel: every rank takes rank 0's parameters, optimizer moments and loop state."""
         w = self.world
-        w.broadcast_arrays([p.data for p in self.model.parameters()] + self.opt.m + self.opt.v)
+        w.broadcast_arrays([p.data for p in self.model.parameters()] + self.opt.state_arrays())
         t, state, drop = w.bcast((self.opt.t, asdict(self.state), self.model.drop_rng.bit_generator.state))
         self.opt.t, self.state = t, TrainState(**state)
         self.model.drop_rng.bit_generator.state = drop
@@ -458,6 +540,8 @@ class Trainer:
             self.sync_from_root()  # a resumed rank 0's state (or its fresh one) on every rank
         model, opt, st, cfg = self.model, self.opt, self.state, self.cfg
         model.train()
+        self.target_reached = None
+        self._clock_start()
         try:
             while st.step < total:
                 batches = self.epoch_batches(st.epoch_rng, start_batch=st.batch)
@@ -489,6 +573,7 @@ class Trainer:
                     opt.step()
                     st.step += 1
                     st.batch += 1
+                    st.tokens += x.size
                     tokens_since += x.size
                     bar.update(1)
                     if log_now:
@@ -502,11 +587,21 @@ class Trainer:
                         self._metrics(record)
                         t_last, tokens_since = now, 0
                     self._idle()
-                    if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < total:
+                    # not at the epoch's (or the run's) last step: the epoch's own evaluation follows at once
+                    if cfg.eval_every and st.step % cfg.eval_every == 0 and st.batch < steps_this_epoch:
+                        self._clock_stop()
                         self._evaluate(bar, f"step {st.step}")
-                    if self._stopping() is not None or st.step >= total:
+                        self._clock_start()
+                    if self._stopping() is not None or st.step >= total or self.target_reached:
                         break
                 bar.close()
+                self._clock_stop()
+                if self.target_reached and st.batch < steps_this_epoch:
+                    self._busy = True
+                    self.save()
+                    self._idle()
+                    self._barrier()
+                    return "done"
                 if self._stopping() is not None and st.batch < steps_this_epoch:
                     self._busy = True
                     self.save()
@@ -515,10 +610,11 @@ class Trainer:
                              f"to {self.out_dir}; continue with --resume")
                     self._barrier()
                     return self._stopped()
-                record = self._evaluate(None, f"epoch {st.epoch + 1}")
+                record = self._evaluate(None, f"epoch {st.epoch + 1}") if not self.target_reached else None
                 self._busy = True
-                record.update(epoch=st.epoch + 1)
-                st.history.append(record)
+                if record is not None:
+                    record.update(epoch=st.epoch + 1)
+                    st.history.append(record)
                 # the next epoch: a new shuffle from a generator that follows on from this one
                 next_rng = checkpoint.restore_rng(st.epoch_rng)
                 next_rng.random()  # advance so each epoch's shuffle differs
@@ -528,9 +624,12 @@ class Trainer:
                 self.save()
                 self._idle()
                 self._barrier()
+                if self.target_reached:
+                    return "done"
                 if self._stopping() is not None:
                     self.log(f"stopped after epoch {st.epoch}; checkpoint saved to {self.out_dir}")
                     return self._stopped()
+                self._clock_start()
             return "done"
         finally:
             for sig, handler in previous_handlers.items():
@@ -588,24 +687,46 @@ class Trainer:
             self.grad_sync.reduce()   # the summed weighted gradients: the global batch's mean gradient
         return total
 
+    def _clock_start(self):
+        self._clock = time.perf_counter()
+
+    def _clock_stop(self):
+        """Add the seconds since _clock_start to TrainState.train_s (evaluation and saving run stopped)."""
+        if self._clock is not None:
+            self.state.train_s += time.perf_counter() - self._clock
+            self._clock = None
+
     def _evaluate(self, bar, label):
-        if not self.is_root:  # rank 0 evaluates and samples; the others wait at the next collective
-            return {"step": self.state.step}
-        t0 = time.perf_counter()
-        train_loss = self.estimate_loss(self.train_tokens, seed=1)
-        val_loss = self.estimate_loss(self.val_tokens, seed=2)
-        text = self.sample(seed=self.cfg.seed + self.state.step)
-        record = {"step": self.state.step, "train_loss": round(train_loss, 4), "val_loss": round(val_loss, 4),
-                  "eval_s": round(time.perf_counter() - t0, 2)}
-        self._metrics(dict(record, label=label))
-        self.log(f"{label}: step {self.state.step}, train loss {train_loss:.4f}, val loss {val_loss:.4f}")
-        self.log(f"--- sample ---\n{text}\n--------------")
+        """Estimate the train and val loss, print a sample; with target_val_loss, also the loss over
+        the whole validation split, and mark the target reached when it is <= target_val_loss
+        (data parallel: rank 0 decides, every rank learns it). Returns the record."""
+        st, target = self.state, self.cfg.target_val_loss
+        record = {"step": st.step}
+        if self.is_root:  # rank 0 evaluates and samples; the others wait at the next collective
+            t0 = time.perf_counter()
+            train_loss = self.estimate_loss(self.train_tokens, seed=1)
+            val_loss = self.estimate_loss(self.val_tokens, seed=2)
+            whole = self.whole_split_loss(self.val_tokens) if target is not None else None
+            text = self.sample(seed=self.cfg.seed + st.step)
+            record.update(train_loss=round(train_loss, 4), val_loss=round(val_loss, 4))
+            if whole is not None:
+                record["whole_val_loss"] = round(whole, 4)
+            record.update(train_s=round(st.train_s, 3), tokens=st.tokens, eval_s=round(time.perf_counter() - t0, 2))
+            self._metrics(dict(record, label=label))
+            self.log(f"{label}: step {st.step}, train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+                     + (f", whole-split val loss {whole:.4f} (target {target:g})" if whole is not None else ""))
+            self.log(f"--- sample ---\n{text}\n--------------")
+            if whole is not None and whole <= target:
+                self.target_reached = record
+        if target is not None and self.world is not None:
+            self.target_reached = self.world.bcast(self.target_reached)
         return record
 
 
-# what a continued run must keep: they decide which tokens form the training and validation splits
-# and what "batch 17 of epoch 3" (the saved position) means; every other TrainConfig flag may change
-RESUME_FIXED = ("batch_size", "epoch_mode", "iters_per_epoch", "val_fraction", "init_from")
+# what a continued run must keep: they decide which tokens form the training and validation splits,
+# what "batch 17 of epoch 3" (the saved position) means, and whose state the saved optimizer state
+# is; every other TrainConfig flag may change
+RESUME_FIXED = ("batch_size", "epoch_mode", "iters_per_epoch", "val_fraction", "init_from", "optimizer")
 
 
 def resume_configs(saved, directory, flags, preset=None):

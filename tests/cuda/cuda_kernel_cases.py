@@ -393,6 +393,28 @@ def test_adamw_update(rng, dtype, shape, contiguous):
 
 
 # ------------------------------------------------------------------------------------------------
+# Muon: the momentum pass and the apply pass (in place)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (128, 512), (384, 1536)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_muon_momentum_and_apply(rng, dtype, shape, contiguous):
+    param, momentum = normal(rng, shape, dtype), normal(rng, shape, dtype, 0.1)
+    mine = [cupy.asarray(a) if contiguous else strided(a) for a in (param, momentum)]
+    theirs = [param.copy(), momentum.copy()]
+    for step in range(3):
+        grad, update = normal(rng, shape, dtype), normal(rng, shape, dtype)
+        u = cuda.muon_momentum(cupy.asarray(grad) if contiguous else strided(grad), mine[1], beta=0.95)
+        assert_close(u, reference.muon_momentum(grad, theirs[1], beta=0.95), dtype, f"muon_momentum update {shape}")
+        assert_close(mine[1], theirs[1], dtype, f"muon_momentum momentum {shape} (in place)")
+        wd = 0.1 * step
+        assert cuda.muon_apply(mine[0], cupy.asarray(update) if contiguous else strided(update), lr=0.02,
+                               scale=1.7, weight_decay=wd) is None
+        reference.muon_apply(theirs[0], update, lr=0.02, scale=1.7, weight_decay=wd)
+        assert_close(mine[0], theirs[0], dtype, f"muon_apply param {shape} (in place)")
+
+
+# ------------------------------------------------------------------------------------------------
 # dropout: a hashed mask, equal to the reference bit for bit
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -26,7 +26,7 @@ from conftest import REPO
 from tinygrad_gpt import backend, ops
 from tinygrad_gpt.gradcheck import gradcheck
 from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.optim import AdamW, clip_grad_norm, decay_groups
+from tinygrad_gpt.optim import AdamW, MuonWithAdamW, clip_grad_norm, decay_groups
 from tinygrad_gpt.tensor import Tensor
 
 
@@ -133,6 +133,32 @@ def test_training_steps_match_cpu(cuda, rng):
             opt.step()
             losses[device].append(loss.item())
     np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=2e-4)
+    assert losses["cuda"][-1] < losses["cuda"][0]
+
+
+def test_muon_training_steps_match_cpu(cuda, rng):
+    """Five Muon-with-AdamW steps: momenta on the GPU, Newton-Schulz as stacked device matmuls, the
+    fused momentum / apply kernels; the same losses and weights as on CPU (float64: differences
+    are summation order only)."""
+    batches = [_batch(rng)] * 5
+    losses, weights = {}, {}
+    for device in ("cpu", "cuda"):
+        model = _model(device, np.float64)
+        opt = MuonWithAdamW(model.named_parameters(), lr=3e-3, muon_lr=0.02)
+        assert all(backend.device_of_array(m) == device for m in opt.state_arrays())
+        xp = backend.get_xp(device)
+        losses[device] = []
+        for x, y in batches:
+            _, loss = model(xp.asarray(x), xp.asarray(y))
+            model.zero_grad()
+            loss.backward()
+            clip_grad_norm(model.parameters(), 1.0)
+            opt.step()
+            losses[device].append(loss.item())
+        weights[device] = {n: backend.to_numpy(p.data) for n, p in model.named_parameters()}
+    np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=1e-9)
+    for name, w in weights["cpu"].items():
+        np.testing.assert_allclose(weights["cuda"][name], w, rtol=1e-7, atol=1e-10, err_msg=name)
     assert losses["cuda"][-1] < losses["cuda"][0]
 
 

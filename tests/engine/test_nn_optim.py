@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import Tensor, nn, ops
-from tinygrad_gpt.optim import SGD, AdamW, clip_grad_norm, cosine_lr, decay_groups
+from tinygrad_gpt.optim import SGD, AdamW, clip_grad_norm, cosine_lr, decay_groups, wsd_lr
 
 
 class MLP(nn.Module):
@@ -144,3 +144,23 @@ def test_cosine_schedule_shape():
     lrs = [cosine_lr(s, 1e-3, 1e-4, 10, 110) for s in range(10, 111)]
     assert all(x >= y for x, y in zip(lrs, lrs[1:]))
     assert not math.isnan(cosine_lr(0, 1.0, 0.0, 0, 0))
+
+
+def test_wsd_schedule_by_hand():
+    """warm-up 10 to 1e-3, constant, then a linear cool-down over the last 40% of 100 steps: it
+    starts at step 60 and reaches 1e-4 at step 100, so step 80 (halfway) is 5.5e-4 and step 90 is
+    1e-3 - 0.75 * 9e-4 = 3.25e-4."""
+    lr = lambda step, frac=0.4: wsd_lr(step, 1e-3, 1e-4, 10, 100, frac)  # noqa: E731
+    assert lr(0) == pytest.approx(1e-4) and lr(4) == pytest.approx(5e-4) and lr(9) == pytest.approx(1e-3)
+    assert lr(10) == lr(35) == lr(59) == pytest.approx(1e-3)
+    assert lr(60) == pytest.approx(1e-3)
+    assert lr(80) == pytest.approx(5.5e-4)
+    assert lr(90) == pytest.approx(3.25e-4)
+    assert lr(99) == pytest.approx(1e-3 - 39 / 40 * 9e-4)
+    assert lr(100) == lr(5000) == pytest.approx(1e-4)
+    lrs = [lr(s) for s in range(10, 101)]
+    assert all(x >= y for x, y in zip(lrs, lrs[1:]))
+    # no cool-down: constant to the end; all cool-down: linear from the end of the warm-up
+    assert lr(99, 0.0) == pytest.approx(1e-3) and lr(100, 0.0) == pytest.approx(1e-4)
+    assert lr(50, 1.0) == pytest.approx(1e-3 - 0.5 * 9e-4)
+    assert lr(5, 1.0) == pytest.approx(6e-4)  # the warm-up wins where the two overlap

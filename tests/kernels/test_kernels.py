@@ -648,6 +648,37 @@ def test_adamw_update(rng, dtype, shape, contiguous):
 
 
 # ------------------------------------------------------------------------------------------------
+# Muon: the momentum pass and the apply pass (in place)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (128, 512), (512, 128)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_muon_momentum_and_apply(rng, dtype, shape, contiguous):
+    """Three steps of momentum then apply (the update a fresh array each step, as Newton-Schulz
+    returns one), against the reference; non-contiguous: the param, momentum, gradient and update
+    are strided views (the param and momentum updated through a copy that is written back)."""
+    param, momentum = normal(rng, shape, dtype), normal(rng, shape, dtype, 0.1)
+    mine, theirs = [param.copy(), momentum.copy()], [param.copy(), momentum.copy()]
+    if not contiguous:
+        mine = [noncontig(a) for a in mine]
+    for step in range(3):
+        grad = normal(rng, shape, dtype)                           # shape
+        g_mine = grad if contiguous else noncontig(grad)
+        u_mine = cpu.muon_momentum(g_mine, mine[1], beta=0.95)
+        u_ref = reference.muon_momentum(grad, theirs[1], beta=0.95)
+        assert u_mine.shape == shape and u_mine.dtype == np.dtype(dtype)
+        assert_close(u_mine, u_ref, dtype, f"muon_momentum update {shape}")
+        assert_close(mine[1], theirs[1], dtype, f"muon_momentum momentum {shape} (in place)")
+        wd = 0.1 * step                                            # 0 on the first step: no decay
+        update = normal(rng, shape, dtype)                         # shape: stands for the orthogonalised u
+        assert cpu.muon_apply(mine[0], update if contiguous else noncontig(update), lr=0.02, scale=1.7,
+                              weight_decay=wd) is None
+        reference.muon_apply(theirs[0], update, lr=0.02, scale=1.7, weight_decay=wd)
+        assert_close(mine[0], theirs[0], dtype, f"muon_apply param {shape} (in place)")
+    assert not np.array_equal(mine[0], param)
+
+
+# ------------------------------------------------------------------------------------------------
 # dropout: a hashed mask, so the kernel equals the reference bit for bit
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)

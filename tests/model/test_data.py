@@ -282,3 +282,15 @@ def test_real_tiny_shakespeare():
     assert text.startswith("First Citizen:\n")
     train, val = D.split_train_val(np.frombuffer(text.encode("ascii"), dtype=np.uint8))
     assert (len(train), len(val)) == (1_003_854, 111_540)
+
+
+def test_split_windows_cover_the_split_once_in_order():
+    """arange(10), T = 3: (10 - 1) // 3 = 3 windows x = 0 1 2 | 3 4 5 | 6 7 8, y one token on;
+    arange(9) has only 2 (token 8 would need a target 9). Control: T larger than the split fails."""
+    x, y = D.split_windows(np.arange(10), 3)
+    np.testing.assert_array_equal(x, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    np.testing.assert_array_equal(y, [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    assert x.dtype == y.dtype == np.int64
+    assert D.split_windows(np.arange(9), 3)[0].shape == (2, 3)
+    with pytest.raises(ValueError, match="block_size=9 needs at least 10 tokens"):
+        D.split_windows(np.arange(9), 9)

@@ -271,3 +271,88 @@ def test_train_step_is_forward_backward_clip_and_adamw_in_that_order(rng):
         assert loss_a.item() == loss_b.item()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+
+
+# ---- time to a target loss: train_s and tokens, --target-val-loss, Muon and WSD through a resume ------
+def _evaluations(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "val_loss" in r]
+
+
+def test_every_evaluation_record_carries_train_s_and_tokens(corpus, tmp_path):
+    """--eval-every 4 over 2 epochs of 6 steps: evaluations at steps 4, 6 (epoch end), 8, 12 (the
+    step-8 one mid-epoch; none at 12 twice); tokens = step x 8 rows x 32 positions; train_s grows,
+    and keeps growing across a stop and resume (it is saved with the loop state)."""
+    out = tmp_path / "run"
+    assert shakespeare.main(_args(corpus, out, "--eval-every", "4")) == 0
+    evals = _evaluations(out)
+    assert [r["step"] for r in evals] == [4, 6, 8, 12]
+    assert [r["tokens"] for r in evals] == [s * 8 * 32 for s in (4, 6, 8, 12)]
+    times = [r["train_s"] for r in evals]
+    assert 0 < times[0] and all(a < b for a, b in zip(times, times[1:]))
+    assert checkpoint.load_checkpoint(out)[2]["state"]["tokens"] == 12 * 8 * 32
+
+
+def test_train_s_continues_across_a_resume(corpus, tmp_path, ctrl_c_after_step):
+    out = tmp_path / "run"
+    ctrl_c_after_step(3)
+    assert shakespeare.main(_args(corpus, out)) == 130
+    saved = checkpoint.load_checkpoint(out)[2]["state"]
+    assert saved["tokens"] == 3 * 256 and saved["train_s"] > 0
+    assert shakespeare.main(_args(corpus, out, "--resume")) == 0
+    last = _evaluations(out)[-1]
+    assert last["tokens"] == 12 * 256 and last["train_s"] > saved["train_s"]
+
+
+def test_target_val_loss_stops_at_the_first_evaluation_at_or_below_it(corpus, tmp_path, capsys):
+    """An unreachable target (0.01) runs the whole budget and exits 4, recording the whole-split
+    loss at each evaluation; the same run with the third of those losses as its target stops at
+    exactly that evaluation (the first one at or below it), exits 0, saves that step, and says so.
+    The recorded whole-split loss is the mean over every block_size window of the validation
+    split, recomputed here one window at a time."""
+    from tinygrad_gpt import data
+    from tinygrad_gpt.runs import load_model
+    from tinygrad_gpt.tensor import no_grad
+
+    full = tmp_path / "full"
+    assert shakespeare.main(_args(corpus, full, "--eval-every", "2", "--target-val-loss", "0.01")) == 4
+    said = capsys.readouterr().out
+    assert "target val loss 0.01 NOT reached: the budget ended at step 12" in said
+    losses = [(r["step"], r["whole_val_loss"]) for r in _evaluations(full)]
+    assert [s for s, _ in losses] == [2, 4, 6, 8, 10, 12]
+    target = losses[2][1]
+    stop = next(s for s, loss in losses if loss <= target)
+
+    hit = tmp_path / "hit"
+    assert shakespeare.main(_args(corpus, hit, "--eval-every", "2", "--target-val-loss", str(target))) == 0
+    said = capsys.readouterr().out
+    evals = _evaluations(hit)
+    assert evals[-1]["step"] == stop and evals[-1]["whole_val_loss"] == target
+    assert f"target val loss {target:g} reached at step {stop}: {evals[-1]['train_s']:.1f} s of training" in said
+    assert f"{stop * 256:,} tokens, whole-split val loss {target:.4f}" in said
+    model, meta, _ = load_model(hit)
+    assert meta["state"]["step"] == stop
+
+    val = data.split_train_val(np.asarray(shakespeare.load_tokens(
+        shakespeare.build_parser().parse_args(["--data", str(corpus)]))[1]), 0.1)[1]
+    x_all, y_all = data.split_windows(val, 32)
+    model.eval()
+    with no_grad():
+        by_hand = np.mean([model(x[None], y[None])[1].item() for x, y in zip(x_all, y_all)])
+    assert abs(by_hand - target) < 1e-4
+
+
+def test_muon_and_wsd_resume_equals_an_uninterrupted_run(corpus, tmp_path, ctrl_c_after_step):
+    """As test_resumed_run_equals_uninterrupted_run, with --optimizer muon --schedule wsd: the Muon
+    momentum buffers and AdamW moments survive the checkpoint, so every step's loss is the same."""
+    extra = ("--optimizer", "muon", "--schedule", "wsd", "--cooldown-frac", "0.5", "--warmup-iters", "2")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert shakespeare.main(_args(corpus, straight, *extra)) == 0
+    ctrl_c_after_step(5)
+    assert shakespeare.main(_args(corpus, resumed, *extra)) == 130
+    assert shakespeare.main(_args(corpus, resumed, "--resume")) == 0
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
+    meta = checkpoint.load_checkpoint(resumed)[2]
+    assert meta["train_config"]["optimizer"] == "muon"

@@ -325,6 +325,7 @@ def test_flags_a_mode_does_not_read_are_named_in_a_warning(run_copy, tmp_path):
     (("--val-fraction", 0.5), "--val-fraction 0.1 (this command gives 0.5)"),
     (("--batch-size", 4096), "--batch-size 8 (this command gives 4096)"),
     (("--n-embd", 64), "--n-embd 32 (this command gives 64)"),
+    (("--optimizer", "muon"), "--optimizer 'adamw' (this command gives 'muon')"),
     (("--preset", "cpu"), "--n-layer 2 (--preset cpu gives 4)"),
     (("--dtype", "float64"), "--dtype float64, but the checkpoint in"),
     (("--vocab-size", 300), "--vocab-size 300, but the checkpoint's tokenizer has 65")])

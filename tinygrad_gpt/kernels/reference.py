@@ -22,7 +22,7 @@ KERNELS = (
     "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "attention_forward", "attention_backward", "embedding_backward", "adamw_update",
-    "dropout_forward", "dropout_backward",
+    "dropout_forward", "dropout_backward", "muon_momentum", "muon_apply",
 )
 
 
@@ -293,3 +293,30 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     vhat_scale = dt(1.0 / (1 - beta2 ** step))
     update = (m * mhat_scale) / (xp.sqrt(v * vhat_scale) + dt(eps)) + dt(weight_decay) * param
     param -= dt(lr) * update
+
+
+# ------------------------------------------------------------------------------------------------
+# Muon: Nesterov momentum before the Newton-Schulz orthogonalisation, the update after it
+# ------------------------------------------------------------------------------------------------
+def muon_momentum(grad, momentum, beta):
+    """Muon's Nesterov momentum: updates `momentum` in place, returns what Newton-Schulz orthogonalises.
+
+    m = beta m + (1 - beta) g;  u = beta m + (1 - beta) g   (the new m: one more momentum step ahead)
+    grad and momentum have one shape; u is a new array of it, in momentum's dtype.
+    """
+    dt = momentum.dtype.type
+    momentum *= dt(beta)
+    momentum += dt(1 - beta) * grad                                # m = b m + (1 - b) g
+    return dt(beta) * momentum + dt(1 - beta) * grad               # u = b m + (1 - b) g
+
+
+def muon_apply(param, update, lr, scale, weight_decay):
+    """Muon's step on `param`, in place: param = param * (1 - lr wd) - lr * scale * update.
+
+    update: the orthogonalised momentum (param's shape); scale: the shape factor
+    max(1, fan_out / fan_in) ** 0.5. Both factors are computed in float64 and cast to param's dtype.
+    """
+    dt = param.dtype.type
+    if weight_decay:
+        param *= dt(1 - lr * weight_decay)
+    param -= dt(lr * scale) * update

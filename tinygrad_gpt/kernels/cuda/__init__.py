@@ -15,6 +15,7 @@ Matmuls are not here: the engine's `@` on cupy arrays goes to cuBLAS.
 | embedding_backward              | embedding.py     | thread per element, atomicAdd                    |
 | adamw_update                    | adamw.py         | grid-stride, in place                            |
 | dropout_forward / backward      | dropout.py       | grid-stride, mask hashed from (seed, index)      |
+| muon_momentum / muon_apply      | muon.py          | grid-stride, in place                            |
 
 float32 and float64 only; other dtypes, and shapes the kernels do not take (hs > 64 in attention),
 run the reference (array-module generic, so on the GPU too). See `_common.py` for the index-check
@@ -35,9 +36,10 @@ from tinygrad_gpt.kernels.cuda.dropout import dropout_backward, dropout_forward
 from tinygrad_gpt.kernels.cuda.embedding import embedding_backward
 from tinygrad_gpt.kernels.cuda.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cuda.layernorm import layernorm_backward, layernorm_forward
+from tinygrad_gpt.kernels.cuda.muon import muon_apply, muon_momentum
 
 # the same names as the reference, which lists them once (reference.KERNELS)
 __all__ = ["GELU_SCALE", "get_array_module", "is_cupy_array", *KERNELS]
 
 # the files whose SOURCE / NAME_EXPRESSIONS the compile test and the benchmark walk through
-KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout")
+KERNEL_FILES = ("layernorm", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout", "muon")

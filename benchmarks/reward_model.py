@@ -2,6 +2,7 @@
 
     python benchmarks/reward_model.py --checkpoint out/shakespeare-cpu --samples out/rm-samples.npz
     python benchmarks/reward_model.py --checkpoint DIR --samples FILE --rm-pool mean --rm-steps 800
+    python benchmarks/reward_model.py --checkpoint DIR --samples FILE --rm-model words --save out/rm-words
 
 Samples --rm-prompts prompts x 4 responses from the checkpoint once (the first 80% of the validation
 split, as the RLHF examples draw their prompts; 64 characters each at temperature 1.0), labels them
@@ -12,8 +13,10 @@ distribution of pairs of two independent samples, 4 times as many of them), and 
 every pair that differs at all (> 0), whatever min_margin the configuration trains with.
 Training uses the first samples_per_prompt responses of the first prompts of the rest.
 
-Prints a Markdown row: config, training pairs, train / held-out accuracy (>= 0.05 and > 0) at every
---eval-every steps, seconds of training. Appends the same as one JSON line to --log when given.
+Prints the curve (train / held-out accuracy, >= 0.05 and > 0, against training seconds and pairs seen)
+at every --eval-every steps, then a Markdown row: config, training pairs, accuracies, seconds of
+training. Appends the same as one JSON line to --log when given; --save DIR keeps the trained model
+as a "reward-model" run (what `--reward-model DIR` of the RLHF scripts optimises).
 Deliberately does not: time under contention control (train seconds are wall time on whatever
 machine it runs on), or run PPO (benchmarks/rlhf.py --reward model does).
 """
@@ -30,7 +33,7 @@ import numpy as np
 from tinygrad_gpt import cli
 from tinygrad_gpt.rlhf import (RewardModelConfig, VaderScorer, make_reward_model, pairs_from_groups,
                                pairwise_accuracy, prompt_batches, sample_responses, train_reward_model)
-from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN
+from tinygrad_gpt.rlhf.reward_model import REPORT_MARGIN, save_reward_model
 from tinygrad_gpt.rlhf.run import load_setup
 
 CACHE_SAMPLES = 4   # responses per prompt in the cache (configs may use fewer)
@@ -72,6 +75,7 @@ def main(argv=None):
     p.add_argument("--eval-every", type=cli.bounded(int, ge=1), default=None, help="measure every N steps")
     p.add_argument("--log", default=None, help="append the result as a JSON line here")
     p.add_argument("--name", default="", help="the row's label")
+    p.add_argument("--save", default=None, metavar="DIR", help="save the trained reward model there (default: not saved)")
     cli.add_flags(p, RewardModelConfig, prefix="rm_", title="reward model (RewardModelConfig fields)")
     args = p.parse_args(argv)
     cfg = RewardModelConfig(**cli.values_from(args, cli.flag_fields(RewardModelConfig), prefix="rm_"))
@@ -95,12 +99,12 @@ def main(argv=None):
 
     def measure(step):
         t_train[0] += time.perf_counter() - t0
-        row = {"step": step, "train_s": round(t_train[0], 1),
+        row = {"step": step, "train_s": round(t_train[0], 1), "pairs_seen": step * cfg.batch_size,
                "train_acc": pairwise_accuracy(model, train.take(np.arange(min(len(train), 2000)))),
                "heldout_acc": pairwise_accuracy(model, held_std), "heldout_any_acc": pairwise_accuracy(model, held_any)}
         curve.append(row)
         print(f"  step {step}: train {row['train_acc']:.3f}, held out {row['heldout_acc']:.3f} "
-              f"(> 0: {row['heldout_any_acc']:.3f}), {row['train_s']:.0f} s", flush=True)
+              f"(> 0: {row['heldout_any_acc']:.3f}), {row['train_s']:.0f} s, {row['pairs_seen']} pairs seen", flush=True)
 
     def timed(step):
         nonlocal t0
@@ -113,6 +117,11 @@ def main(argv=None):
     print(f"| {args.name} | {len(train)} | {last['train_acc']:.3f} | {last['heldout_acc']:.3f} | "
           f"{last['heldout_any_acc']:.3f} | {last['train_s']:.0f} | best {best['heldout_acc']:.3f} at step "
           f"{best['step']} |")
+    if args.save:
+        info = {"pairs": len(train), "train_pairs": len(train), "heldout_pairs": len(held_std),
+                "train_accuracy": last["train_acc"], "heldout_accuracy": last["heldout_acc"], "train_s": last["train_s"]}
+        save_reward_model(args.save, model, cfg, tokenizer, info)
+        print(f"saved to {args.save}")
     if args.log:
         with open(args.log, "a", encoding="utf-8") as f:
             f.write(json.dumps({"name": args.name, "config": asdict(cfg), "train_pairs": len(train),

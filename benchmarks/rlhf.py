@@ -35,8 +35,8 @@ from tinygrad_gpt import cli
 from tinygrad_gpt.plot import write_plots_if_possible
 from tinygrad_gpt.rlhf import VaderScorer, frozen_copy
 from tinygrad_gpt.rlhf.evaluate import check_targets, evaluate, results_table
-from tinygrad_gpt.rlhf.run import (algo_of, build_parser, build_reward_model, config_from, fixed_prompts,
-                                   load_setup, make_trainer, reward_model_config_from, run_rlhf, show_completions)
+from tinygrad_gpt.rlhf.run import (algo_of, build_parser, config_from, fixed_prompts, load_setup, make_trainer,
+                                   reward_model_for, reward_of, run_rlhf, show_completions)
 
 
 def main(argv=None):
@@ -46,6 +46,7 @@ def main(argv=None):
     p.set_defaults(out="out/bench-rlhf")
     args = p.parse_args(argv)
     cfg = config_from(args)
+    args.reward = reward_of(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args.checkpoint, args.data, args.out)
@@ -61,8 +62,7 @@ def main(argv=None):
 
     reward_model, rm_info = None, None
     if args.reward == "model":
-        reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer,
-                                                   reward_model_config_from(args, cfg.seed))
+        reward_model, rm_info = reward_model_for(args, gpt, tokenizer, prompt_tokens, cfg, scorer, out)
     trainer = make_trainer(args.algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model)
     policy = trainer.policy
     t0 = time.perf_counter()

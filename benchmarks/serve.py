@@ -36,6 +36,7 @@ from pathlib import Path
 
 
 from tinygrad_gpt import cli, preferences, serve
+from tinygrad_gpt.rlhf.reward_model import MODELS
 from tinygrad_gpt.chat import ChatModel, Sampling
 
 CHROMIUM = "/usr/bin/chromium"
@@ -184,7 +185,7 @@ def loop(args):
     print("before", report["before"], flush=True)
     shape = dict(prompt_len=args.prompt_len, response_len=args.response_len, seed=args.seed)
     rm, info = build_reward_model(gpt, tokenizer, prompt_tokens, PPOConfig(**shape), vader,
-                                  RewardModelConfig(seed=args.seed), preferences=judged)
+                                  RewardModelConfig(model=args.rm_model, seed=args.seed), preferences=judged)
     report["reward_model"] = {k: info[k] for k in ("train_pairs", "heldout_pairs", "heldout_accuracy",
                                                    "train_accuracy")}
     ppo = make_trainer("ppo", PPOConfig(steps=args.steps, **shape), frozen_copy(gpt).train(), reference, tokenizer,
@@ -259,6 +260,8 @@ def main():
     p.add_argument("--reuse", action="store_true", help="loop: use the judgments already in --work")
     p.add_argument("--out", default="docs/images", help="screenshots: where the PNGs go")
     p.add_argument("--seed", type=cli.bounded(int, ge=0), default=0)
+    p.add_argument("--rm-model", choices=MODELS, default="words",
+                   help="loop: the reward model trained on the judgments (words: the figure in RESULTS.md)")
     args = p.parse_args()
     {"speed": speed, "judgments": judgments, "loop": loop, "screenshots": screenshots}[args.what](args)
     return 0

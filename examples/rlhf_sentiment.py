@@ -14,9 +14,9 @@ much (the closing line says whether it is more than noise).
 Prints 8 completions of fixed validation prompts with their VADER scores, then a progress bar over
 PPO steps (mean score, KL per char to the reference, beta, clip fraction, value loss, entropy),
 then the same 8 prompts after. With --reward model, 4 reference samples per prompt are compared in
-pairs by VADER, a reward model is trained on the pairs (per-word valences; --rm-model gpt for a GPT
-backbone with a pooled head; held-out pairwise accuracy printed) and PPO optimises
-it, while the bar shows both the learned reward (proxy) and VADER (gold). --preferences FILE takes
+pairs by VADER, a reward model is trained on the pairs (the policy's trunk with a scalar head read
+at word ends; --rm-model words for per-word valences; held-out pairwise accuracy printed), saved to
+--out/reward_model, and PPO optimises it (--reward-model DIR optimises a saved one again), while the bar shows both the learned reward (proxy) and VADER (gold). --preferences FILE takes
 the pairs from judgments made on the compare page (python -m tinygrad_gpt.serve; see
 tinygrad_gpt/preferences.py): the reward model trains on them, or DPO takes its pairs from them,
 in place of pairs VADER labels. Metrics per step go to
@@ -45,9 +45,9 @@ from tinygrad_gpt import checkpoint, cli, distributed
 from tinygrad_gpt.plot import write_plots_if_possible
 from tinygrad_gpt.preferences import load_preferences
 from tinygrad_gpt.rlhf import VaderScorer, frozen_copy
-from tinygrad_gpt.rlhf.run import (MetricsLog, algo_of, build_parser, build_reward_model, change_summary,
-                                   check_out, config_from, fixed_prompts, load_setup, make_trainer,
-                                   reward_model_config_from, show_completions)
+from tinygrad_gpt.rlhf.run import (MetricsLog, algo_of, build_parser, change_summary, check_out, config_from,
+                                   fixed_prompts, load_setup, make_trainer, reward_model_for, reward_of,
+                                   show_completions)
 from tinygrad_gpt.train import NonFiniteLoss
 
 
@@ -62,6 +62,10 @@ def main(argv=None):
         raise ValueError(f"RLHF runs in one process, but mpirun started {ranks}: run "
                          f"examples/rlhf_sentiment.py without mpirun (or with -n 1)")
     cfg = config_from(args)
+    args.reward = reward_of(args)
+    if args.preferences and args.reward_model:
+        raise ValueError(f"--preferences trains a reward model, --reward-model {args.reward_model} names one "
+                         f"already trained: give one of them")
     if args.preferences and args.reward != "model" and args.algo != "dpo":
         raise ValueError(f"--preferences: the judgments train a reward model (--reward model) or DPO (--algo dpo), "
                          f"not {args.algo} against VADER")
@@ -89,8 +93,8 @@ def tune(args, cfg):
         print(f"--preferences {args.preferences}: {preferences.summary()}")
     reward_model, rm_info = None, None
     if args.reward == "model":
-        reward_model, rm_info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer,
-                                                   reward_model_config_from(args, cfg.seed), preferences=preferences)
+        reward_model, rm_info = reward_model_for(args, gpt, tokenizer, prompt_tokens, cfg, scorer, args.out,
+                                                 preferences=preferences)
     trainer = make_trainer(args.algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model,
                            preferences=preferences if args.algo == "dpo" else None)
     out = Path(args.out)

@@ -3,10 +3,10 @@
 A run directory is a checkpoint (checkpoint.py: safetensors weights, a JSON record with the
 meta, atomic writes) whose meta says what the run was:
 
-    kind          "train" (a training run: resumable), "sft" (a chat-tuned run, tinygrad_gpt/sft.py)
-                  or "rlhf-<method>" (a policy an RLHF method tuned: sampled from, or tuned further,
-                  never resumed as training); see KINDS
-    model_config  the GPTConfig fields, each checked on load
+    kind          "train" (a training run: resumable), "sft" (a chat-tuned run, tinygrad_gpt/sft.py),
+                  "rlhf-<method>" (a policy an RLHF method tuned: sampled from, or tuned further,
+                  never resumed as training) or "reward-model" (rlhf/reward_model.py); see KINDS
+    model_config  the GPTConfig fields, each checked on load (absent for a reward model without a GPT)
     tokenizer     the tokenizer's to_dict(), so a run encodes and decodes text by itself
     world_size    how many processes wrote it (data parallel)
     ...           what the kind adds: a training run's train_config, loop state and dropout
@@ -30,9 +30,11 @@ from tinygrad_gpt.model import GPT, GPTConfig
 METRICS = "metrics.jsonl"  # one JSON record per logged step, beside the checkpoint
 TRAIN = "train"  # the kind train.Trainer.save writes; only these can be resumed
 SFT = "sft"      # the kind sft.SFTTrainer.save writes: a chat-tuned run (its own --resume continues it)
+REWARD_MODEL = "reward-model"  # the kind rlhf.save_reward_model writes: a response's score, learned from pairs
 RLHF_METHODS = ("ppo", "grpo", "rloo", "dpo")
 KINDS = {TRAIN: "a training run (resumable)",
          SFT: "a chat-tuned run (supervised on conversations; chat with it, or continue its tuning)",
+         REWARD_MODEL: "a reward model (scores responses; RLHF optimises it with --reward-model DIR)",
          **{f"rlhf-{m}": f"a policy tuned by RLHF ({m}; sample from it or tune it further)" for m in RLHF_METHODS}}
 
 
@@ -49,8 +51,9 @@ def save_run(directory, kind, model, tokenizer, optimizer_state=None, tensors=No
     """
     if kind not in KINDS:
         raise ValueError(f"save_run: kind {kind!r} is not one of {sorted(KINDS)}")
-    record = {"kind": kind, "model_config": asdict(model.config), "tokenizer": tokenizer.to_dict(),
-              "world_size": world_size, **meta}
+    # subtle: a model without a GPT config (the words reward model) saves no model_config
+    config = {"model_config": asdict(model.config)} if getattr(model, "config", None) is not None else {}
+    record = {"kind": kind, **config, "tokenizer": tokenizer.to_dict(), "world_size": world_size, **meta}
     return checkpoint.save_checkpoint(directory, model.state_dict(), record, optimizer_state=optimizer_state,
                                       tensors=tensors)
 
@@ -147,6 +150,9 @@ def load_model(directory, device="cpu"):
     (CheckpointError naming the field), `tokenizer_of(meta, directory)` gives the tokenizer. The
     model is built once, without a random initialisation, and takes the saved weights."""
     state_dict, optimizer_state, meta = checkpoint.load_checkpoint(directory)
+    if meta.get("kind") == REWARD_MODEL:
+        raise _meta_error(directory, f"meta.kind {REWARD_MODEL!r}: it holds {KINDS[REWARD_MODEL]}, not a GPT to "
+                                     f"sample from or tune (read it with rlhf.load_reward_model)")
     config = check_meta(meta, directory)
     dtype = next(iter(state_dict.values())).dtype
     model = GPT(config, seed=0, dtype=dtype, device=device, init=False)  # every weight is loaded next

@@ -106,7 +106,7 @@ class NoScorer:
 def test_the_reward_model_learns_the_judged_words(setup):
     tok, gpt, judged, tokens = setup
     cfg = PPOConfig(prompt_len=4, response_len=8, batch_size=8, minibatch_size=8)
-    rm, info = build_reward_model(gpt, tok, tokens, cfg, NoScorer(), RewardModelConfig(steps=200, batch_size=8),
+    rm, info = build_reward_model(gpt, tok, tokens, cfg, NoScorer(), RewardModelConfig(model="words", steps=200, batch_size=8),
                                   log=lambda *a: None, preferences=judged)
     assert info["heldout_accuracy"] == 1.0 and info["train_pairs"] + info["heldout_pairs"] == 40
     v = dict(zip(rm.vocabulary, rm.valence.numpy()))

@@ -170,7 +170,7 @@ def test_scripted_labels_train_a_reward_model_and_dpo_that_raise_the_gold_score(
                        train_tokens, vader, preferences=judged)
     for _ in range(30):
         dpo.step()
-    rm, info = build_reward_model(base, tok, train_tokens, dpo.cfg, vader, RewardModelConfig(steps=300),
+    rm, info = build_reward_model(base, tok, train_tokens, dpo.cfg, vader, RewardModelConfig(model="words", steps=300),
                                   log=lambda *a: None, preferences=judged)
     ppo = make_trainer("ppo", PPOConfig(batch_size=32, prompt_len=P, response_len=R, lr=1e-3, minibatch_size=16,
                                         ppo_epochs=2), frozen_copy(base).train(), reference, tok, train_tokens,

@@ -50,6 +50,52 @@ def test_example_reward_model_without_pairs_says_what_to_do(tmp_path):
     assert r.returncode == 2 and "error: reward model: " in r.stderr and "--rm-prompts" in r.stderr, r.stderr[-3000:]
 
 
+def _saved_reward_model(tmp_path, alphabet=None):
+    """A reward model on the tiny checkpoint's trunk with a random head, saved as a run (kind reward-model)."""
+    from tinygrad_gpt.rlhf import RewardModel, RewardModelConfig
+    from tinygrad_gpt.rlhf.reward_model import save_reward_model
+    from tinygrad_gpt.runs import load_model, tokenizer_of
+    from tinygrad_gpt.tokenizers.char import CharTokenizer
+
+    gpt, meta, _ = load_model(tmp_path / "ckpt")
+    tok = tokenizer_of(meta, tmp_path / "ckpt") if alphabet is None else CharTokenizer(alphabet)
+    rm = RewardModel(gpt, tok.decode, head_hidden=8)
+    rm.head.weight.data[...] = np.random.default_rng(0).normal(size=rm.head.weight.shape)
+    save_reward_model(tmp_path / "rm", rm, RewardModelConfig(head_hidden=8), tok, {"heldout_accuracy": 0.5})
+    return tmp_path / "rm"
+
+
+def test_a_saved_reward_model_is_optimised_without_training_one(tmp_path):
+    data_path = require_shakespeare()
+    from tinygrad_gpt.runs import load_model
+
+    _tiny_checkpoint(tmp_path, data_path)
+    rm_dir = _saved_reward_model(tmp_path)
+    flags = [f for f in _flags(tmp_path, data_path, "model") if f not in ("--reward", "model")]
+    r = run_script("examples/rlhf_sentiment.py", *flags, "--reward-model", rm_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"reward model from {rm_dir}" in r.stdout and "reward model data" not in r.stdout  # loaded, not trained
+    metrics = [json.loads(line) for line in (tmp_path / "rlhf" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["reward_raw"]) for m in metrics) and len(metrics) == 2
+    _, meta, _ = load_model(tmp_path / "rlhf")
+    assert meta["reward"] == "model" and meta["reward_model"]["loaded_from"] == str(rm_dir)
+
+    r = run_script("examples/rlhf_sentiment.py", *flags, "--reward", "vader", "--reward-model", rm_dir)
+    assert r.returncode == 2 and "--reward vader optimises VADER itself" in r.stderr, r.stderr[-2000:]
+    r = run_script("examples/rlhf_sentiment.py", *flags, "--reward-model", tmp_path / "ckpt")
+    assert r.returncode == 2 and "not a reward model" in r.stderr, r.stderr[-2000:]
+
+
+def test_a_reward_model_of_another_tokenizer_is_refused(tmp_path):
+    data_path = require_shakespeare()
+    _tiny_checkpoint(tmp_path, data_path)
+    # the same characters in another order: the same vocabulary size, other ids
+    rm_dir = _saved_reward_model(tmp_path, alphabet=sorted(set(data_path.read_text()))[::-1])
+    flags = [f for f in _flags(tmp_path, data_path, "model") if f not in ("--reward", "model")]
+    r = run_script("examples/rlhf_sentiment.py", *flags, "--reward-model", rm_dir)
+    assert r.returncode == 2 and "reads text with another tokenizer" in r.stderr, r.stderr[-2000:]
+
+
 def test_change_summary_says_when_the_change_is_noise():
     """Paired per-prompt changes: [0.2, 0.0] -> mean 0.1, sample std sqrt(0.02) = 0.1414, standard
     error 0.1414 / sqrt(2) = 0.1: 0.1 is within 2 standard errors. [0.1, 0.1, 0.1, 0.1] -> mean 0.1,

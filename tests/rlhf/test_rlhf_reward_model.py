@@ -5,6 +5,8 @@ Hand-computed head (PooledScore, B = 1, R = 3, C = 1, w = 2, b = 0.5, x = [1, -1
     sum 7.5:  dr/dx = [2, 2, 2], dr/dw = 1 - 1 + 3 = 3, dr/db = 3
     mean 2.5: everything of sum divided by R = 3
     max 6.5 (position 2): dr/dx = [0, 0, 2], dr/dw = 3, dr/db = 1
+    last 6.5 (position 2): the same as max here
+    words, mask [1, 0, 1]: 2.5 + 6.5 = 9, dr/dx = [2, 0, 2], dr/dw = 1 + 3 = 4, dr/db = 2
 
 Hand-computed pairs of k = 3 responses with scores [0.5, 0.0, 0.52], min margin 0.05:
     (0, 1) margin 0.5, 0 chosen;  (0, 2) margin 0.02, a tie, dropped;  (1, 2) margin 0.52, 2 chosen.
@@ -21,6 +23,7 @@ from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.rlhf import (PooledScore, RewardModel, RewardModelConfig, WordRewardModel, WordSum,
                                make_preference_pairs, pairs_from_groups, pairs_from_responses, pairwise_accuracy,
                                prompt_batches, train_reward_model, vocabulary_of, words_of)
+from tinygrad_gpt.rlhf.reward_model import load_reward_model, save_reward_model, word_end_table, word_ends
 from tinygrad_gpt.tensor import Tensor
 from tinygrad_gpt.tokenizers.char import CharTokenizer
 
@@ -48,10 +51,12 @@ def t64(x):
     ("sum", 7.5, [2, 2, 2], 3.0, 3.0),
     ("mean", 2.5, [2 / 3, 2 / 3, 2 / 3], 1.0, 1.0),
     ("max", 6.5, [0, 0, 2], 3.0, 1.0),
+    ("last", 6.5, [0, 0, 2], 3.0, 1.0),
+    ("words", 9.0, [2, 0, 2], 4.0, 2.0),
 ])
 def test_pooled_score_hand_example(pool, value, dx, dw, db):
     x, w, b = t64([[[1.0], [-1.0], [3.0]]]), t64([[2.0]]), t64([0.5])
-    r = PooledScore.apply(x, w, b, pool=pool)
+    r = PooledScore.apply(x, w, b, pool=pool, mask=np.array([[1.0, 0.0, 1.0]]))
     assert r.numpy().tolist() == pytest.approx([value], abs=1e-12)
     r.sum().backward()
     np.testing.assert_allclose(x.grad[0, :, 0], dx, atol=1e-12)
@@ -64,14 +69,32 @@ def _head_inputs(rng):
     return t64(rng.normal(size=(3, 7, 5))), t64(rng.normal(size=(5, 1))), t64(rng.normal(size=(1,)))
 
 
-@pytest.mark.parametrize("pool", ["sum", "mean", "max"])
+@pytest.mark.parametrize("pool", ["sum", "mean", "max", "last", "words"])
 def test_pooled_score_gradcheck(pool):
     rng = np.random.default_rng()
     x, w, b = _head_inputs(rng)
     weights = rng.normal(size=3)                                          # (B,) a loss that weighs rows apart
+    mask = (rng.random((3, 7)) < 0.4).astype(np.float64)                  # (B, R) word ends
 
-    res = gradcheck(lambda x, w, b: (PooledScore.apply(x, w, b, pool=pool) * Tensor(weights)).sum(), [x, w, b])
+    res = gradcheck(lambda x, w, b: (PooledScore.apply(x, w, b, pool=pool, mask=mask) * Tensor(weights)).sum(),
+                    [x, w, b])
     assert res.ok, res
+
+
+def test_gradcheck_control_catches_a_words_pool_that_ignores_its_mask():
+    """Control: a words-pool backward that sends dr to every position (the sum's rule) must fail."""
+
+    class UnmaskedBackward(PooledScore):
+        @staticmethod
+        def backward(ctx, dr):
+            ctx.pool = "sum"
+            return PooledScore.backward(ctx, dr)
+
+    rng = np.random.default_rng()
+    x, w, b = _head_inputs(rng)
+    mask = np.zeros((3, 7))
+    mask[:, ::3] = 1.0
+    assert not gradcheck(lambda x, w, b: UnmaskedBackward.apply(x, w, b, pool="words", mask=mask).sum(), [x, w, b]).ok
 
 
 def test_gradcheck_control_catches_a_max_pool_that_spreads_its_gradient():
@@ -92,7 +115,30 @@ def test_pooled_score_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"weight \(4, 1\)"):
         PooledScore.apply(t64(np.zeros((2, 3, 5))), t64(np.zeros((4, 1))), t64(np.zeros(1)))
     with pytest.raises(ValueError, match="pool must be"):
-        PooledScore.apply(t64(np.zeros((2, 3, 5))), t64(np.zeros((5, 1))), t64(np.zeros(1)), pool="last")
+        PooledScore.apply(t64(np.zeros((2, 3, 5))), t64(np.zeros((5, 1))), t64(np.zeros(1)), pool="median")
+    with pytest.raises(ValueError, match=r"needs a mask of shape \(B, R\) = \(2, 3\), got \(3, 2\)"):
+        PooledScore.apply(t64(np.zeros((2, 3, 5))), t64(np.zeros((5, 1))), t64(np.zeros(1)), pool="words",
+                          mask=np.zeros((3, 2)))
+
+
+def test_word_ends_marks_complete_words_only():
+    ids = np.array([TOK.encode("i love thee, sw")])
+    mask = word_ends(ids, word_end_table(TOK.decode, TOK.vocab_size))[0]
+    # "i" ends at 0, "love" at 5, "thee" at 10; "sw" is cut by the length limit: no end
+    assert np.flatnonzero(mask).tolist() == [0, 5, 10]
+
+
+def test_reward_model_gradcheck_through_head_and_trunk():
+    """The whole model in float64: the MLP head, the word-end pool and the trunk's last block."""
+    cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    model = RewardModel(GPT(cfg, seed=0, dtype=np.float64), TOK.decode, head_hidden=6,
+                        seed=int(np.random.default_rng().integers(1 << 30)))
+    rng = np.random.default_rng()
+    model.head.weight.data[...] = rng.normal(size=model.head.weight.shape)  # the head starts at 0: give it values
+    responses = np.array([TOK.encode("my love,"), TOK.encode("i hate i")])  # (2, 8)
+    params = [model.fc.weight, model.head.weight, model.head.bias, model.gpt.h[0].mlp.c_fc.weight, model.gpt.ln_f.weight]
+    res = gradcheck(lambda *ps: model(responses), params, max_checks=40)
+    assert res.ok, res
 
 
 def test_pairs_from_groups_hand_example():
@@ -122,16 +168,17 @@ def test_frozen_trunk_trains_the_head_alone():
     rng = np.random.default_rng(0)
     chosen, rejected = rng.integers(0, TOK.vocab_size, (2, 16, 8))
     pairs = pairs_from_responses(chosen, rejected, np.ones(16), np.zeros(16), 0.05)
-    model = RewardModel(GPT(cfg, seed=0), train_trunk=False)
+    model = RewardModel(GPT(cfg, seed=0), TOK.decode, pool="sum", train_trunk=False)
     before = {n: p.numpy().copy() for n, p in model.named_parameters()}
-    train_reward_model(model, pairs, RewardModelConfig(steps=3, batch_size=8, lr=1e-2))
+    train_reward_model(model, pairs, RewardModelConfig(steps=3, batch_size=8, lr=1e-2, warmup=0))
     moved = {n for n, p in model.named_parameters() if not np.array_equal(p.numpy(), before[n])}
     # (the bias gets no gradient from a Bradley-Terry loss, up to rounding: it shifts both rewards alike)
-    assert "head.weight" in moved and all(n.startswith("head.") for n in moved)
+    assert {"head.weight", "fc.weight"} <= moved and not any(n.startswith("gpt.") for n in moved)
 
 
-@pytest.mark.parametrize("pool, train_trunk", [("sum", True), ("max", True), ("sum", False)])
-def test_reward_model_beats_chance_on_heldout_pairs(pool, train_trunk):
+@pytest.mark.parametrize("pool, head, train_trunk", [("sum", "mlp", True), ("max", "linear", True),
+                                                     ("sum", "linear", False), ("last", "mlp", True)])
+def test_reward_model_beats_chance_on_heldout_pairs(pool, head, train_trunk):
     cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32)
     sampler = GPT(cfg, seed=0)
     rng = np.random.default_rng(0)
@@ -140,11 +187,11 @@ def test_reward_model_beats_chance_on_heldout_pairs(pool, train_trunk):
                                   samples_per_prompt=3)
     train, heldout = pairs.split(0.25, rng)
     assert len(heldout) > 100
-    model = RewardModel(GPT(cfg, seed=1), pool=pool, train_trunk=train_trunk)
+    model = RewardModel(GPT(cfg, seed=1), TOK.decode, pool=pool, head=head, head_hidden=32, train_trunk=train_trunk)
     before = pairwise_accuracy(model, heldout)
     assert before == 0.0  # a zero head scores every response the same: never strictly prefers
-    losses = train_reward_model(model, train, RewardModelConfig(steps=150, batch_size=32, lr=3e-3, pool=pool,
-                                                                train_trunk=train_trunk))
+    losses = train_reward_model(model, train, RewardModelConfig(steps=150, batch_size=32, lr=3e-3, trunk_lr=1e-3,
+                                                                warmup=10, pool=pool, train_trunk=train_trunk))
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     acc = pairwise_accuracy(model, heldout)
     assert acc > 0.75, f"held-out pairwise accuracy {acc:.3f} is not clearly above chance (0.5)"
@@ -154,7 +201,7 @@ def test_train_reward_model_needs_pairs():
     cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8)
     empty = pairs_from_responses(np.zeros((1, 4), int), np.zeros((1, 4), int), [0.0], [0.0], 0.05)
     with pytest.raises(ValueError, match="need >= 2 pairs"):
-        train_reward_model(RewardModel(GPT(cfg)), empty, RewardModelConfig(steps=1))
+        train_reward_model(RewardModel(GPT(cfg), TOK.decode), empty, RewardModelConfig(steps=1))
 
 
 # ---- the per-word valence model ---------------------------------------------------------------
@@ -233,3 +280,46 @@ def test_word_reward_model_learns_a_separable_preference():
 def test_word_reward_model_needs_words():
     with pytest.raises(ValueError, match="vocabulary is empty"):
         WordRewardModel(TOK.decode, {})
+
+
+# ---- the "reward-model" run kind ---------------------------------------------------------------
+def _vowel_pairs(cfg, n=160):
+    rng = np.random.default_rng(0)
+    prompts = prompt_batches(rng.integers(0, TOK.vocab_size, 3000), 32, 4, rng)
+    return make_preference_pairs(GPT(cfg, seed=0), prompts, n, 8, 1.0, vowel_fraction, TOK.decode, rng,
+                                 min_margin=0.05, samples_per_prompt=3)
+
+
+@pytest.mark.parametrize("model_kind", ["gpt", "words"])
+def test_saved_reward_model_scores_as_the_trained_one(tmp_path, model_kind):
+    from tinygrad_gpt.rlhf import make_reward_model
+    cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    pairs = _vowel_pairs(cfg)
+    rm_cfg = RewardModelConfig(model=model_kind, steps=20, batch_size=16, head_hidden=8, warmup=0)
+    model = make_reward_model(rm_cfg, GPT(cfg, seed=1), TOK.decode, pairs) if model_kind == "gpt" else \
+        WordRewardModel(TOK.decode, {"a": 0, "i": 1, "oe": 2})
+    if model_kind == "gpt":
+        train_reward_model(model, pairs, rm_cfg)
+    else:
+        model.valence.data[...] = [0.5, -1.0, 2.0]
+    save_reward_model(tmp_path / "rm", model, rm_cfg, TOK, {"heldout_accuracy": 0.75})
+    loaded, tok, saved = load_reward_model(tmp_path / "rm")
+    assert type(loaded) is type(model) and tok.to_dict() == TOK.to_dict()
+    assert saved["config"]["model"] == model_kind and saved["info"]["heldout_accuracy"] == 0.75
+    responses = np.concatenate([pairs.chosen[:6], np.array([TOK.encode("a i oe x")])[:, :8]])
+    scores = model.score(responses)
+    assert np.ptp(scores) > 0                      # a trained model that tells responses apart
+    np.testing.assert_array_equal(loaded.score(responses), scores)
+
+
+def test_load_reward_model_names_what_a_directory_holds_instead(tmp_path):
+    from tinygrad_gpt import checkpoint, runs
+    cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    runs.save_run(tmp_path / "train", runs.TRAIN, GPT(cfg), TOK)
+    with pytest.raises(checkpoint.CheckpointError, match=r"meta.kind 'train': it holds a training run.*not a reward"):
+        load_reward_model(tmp_path / "train")
+    save_reward_model(tmp_path / "rm", RewardModel(GPT(cfg), TOK.decode), RewardModelConfig(), TOK)
+    with pytest.raises(checkpoint.CheckpointError, match="meta.kind 'reward-model'.*load_reward_model"):
+        runs.load_model(tmp_path / "rm")
+    with pytest.raises(FileNotFoundError):
+        load_reward_model(tmp_path / "missing")

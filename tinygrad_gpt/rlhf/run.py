@@ -3,17 +3,17 @@
     p = build_parser(algo=algo_of(argv))            every field of the --algo's config is a flag
     args = p.parse_args(argv); cfg = config_from(args)
     gpt, tokenizer, prompt_tokens, heldout_tokens = load_setup(args.checkpoint, args.data, args.out)
-    reward_model, info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer,
-                                            reward_model_config_from(args, cfg.seed))   # --reward model
+    reward_model, info = reward_model_for(args, gpt, tokenizer, prompt_tokens, cfg, scorer, out)  # --reward model
     trainer = make_trainer(args.algo, cfg, gpt, frozen_copy(gpt), tokenizer, prompt_tokens, scorer, reward_model)
     trainer.run(cfg.steps, on_step=MetricsLog(trainer, cfg.steps, out / "metrics.jsonl"), save=...)
 
 The pieces:
-    algo_of, build_parser, config_from, reward_model_config_from   the command line of both scripts
+    algo_of, build_parser, config_from, reward_of, reward_model_config_from   the command line of both scripts
     load_setup          a checkpoint (or a small model trained first) -> the GPT, its tokenizer and the
                         validation split's prompt tokens: the first 80% for the run, the rest held out
     fixed_prompts, show_completions   a fixed set of held-out prompts and their completions, scored
     build_reward_model  reference samples labelled by the scorer in pairs -> a trained reward model
+    reward_model_for    a run's reward model: loaded (--reward-model DIR), or built and saved in --out
     make_trainer        the --algo's trainer around a PolicyWithValue
     MetricsLog          one JSON line of metrics per step, the progress bar and the legend of its names
     run_rlhf            steps with a MetricsLog, no signal handling and no save (the benchmark, figures)
@@ -39,8 +39,8 @@ from tinygrad_gpt.rlhf.grpo import GRPOTrainer
 from tinygrad_gpt.rlhf.policy import PolicyWithValue
 from tinygrad_gpt.rlhf.ppo import PPOTrainer
 from tinygrad_gpt.rlhf.pairs import make_preference_pairs
-from tinygrad_gpt.rlhf.reward_model import (REPORT_MARGIN, RewardModelConfig, make_reward_model, pairwise_accuracy,
-                                            train_reward_model)
+from tinygrad_gpt.rlhf.reward_model import (REPORT_MARGIN, RewardModelConfig, load_reward_model, make_reward_model,
+                                            pairwise_accuracy, save_reward_model, train_reward_model)
 from tinygrad_gpt.rlhf.rloo import RLOOTrainer
 from tinygrad_gpt.rlhf.rollout import prompt_batches, sample_responses
 from tinygrad_gpt.tokenizers.char import CharTokenizer
@@ -70,8 +70,12 @@ def build_parser(description=None, algo="ppo"):
     p.add_argument("--data", default=None,
                    help="path to tinyshakespeare.txt (default: $TINYSHAKESPEARE, then the cache, then a download)")
     p.add_argument("--out", default="out/rlhf", help="where the tuned policy and metrics.jsonl go")
-    p.add_argument("--reward", choices=["vader", "model"], default="vader",
-                   help="optimise VADER directly, or a reward model learned from VADER-labelled pairs")
+    p.add_argument("--reward", choices=["vader", "model"], default=None,
+                   help="optimise VADER directly, or a reward model learned from VADER-labelled pairs (saved in "
+                        "--out/reward_model) (default: vader; model with --reward-model)")
+    p.add_argument("--reward-model", default=None, metavar="DIR",
+                   help="optimise the reward model saved in DIR (an earlier run's --out/reward_model) instead of "
+                        "training one (default: none)")
     p.add_argument("--preferences", default=None, metavar="FILE",
                    help="judgments from the compare page (python -m tinygrad_gpt.serve): the reward model (--reward "
                         "model) or DPO (--algo dpo) trains on their pairs in place of pairs the scorer labels "
@@ -82,6 +86,14 @@ def build_parser(description=None, algo="ppo"):
     config_cls = CONFIGS[algo]
     cli.add_flags(p, config_cls, use_defaults=True, title=f"{algo.upper()} ({config_cls.__name__} fields)")
     return p
+
+
+def reward_of(args):
+    """What the run optimises, "vader" or "model", from --reward and --reward-model (which implies model)."""
+    if args.reward_model and args.reward == "vader":
+        raise ValueError(f"--reward vader optimises VADER itself, but --reward-model {args.reward_model} names a "
+                         f"reward model to optimise: give one of them")
+    return args.reward or ("model" if args.reward_model else "vader")
 
 
 def config_from(args):
@@ -195,6 +207,28 @@ def build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, rm_cfg, log=p
     log(f"reward model ({rm_cfg.model}): held-out pairwise accuracy {info['heldout_accuracy']:.3f} "
         f"(train {info['train_accuracy']:.3f}, chance 0.5; {info['train_s']:.0f} s of training)")
     return rm, info
+
+
+def reward_model_for(args, gpt, tokenizer, prompt_tokens, cfg, scorer, out, log=print, preferences=None):
+    """(reward model, its figures) for a run that optimises one: loaded from --reward-model DIR, or
+    trained (build_reward_model) and saved into out/reward_model, where a later run's --reward-model
+    finds it."""
+    if args.reward_model:
+        rm, rm_tokenizer, saved = load_reward_model(args.reward_model, device=gpt.device)
+        if rm_tokenizer.to_dict() != tokenizer.to_dict():
+            raise ValueError(f"--reward-model {args.reward_model} reads text with another tokenizer than the policy "
+                             f"of --checkpoint {args.checkpoint}: train its reward model from the same checkpoint")
+        info = {**saved.get("info", {}), "loaded_from": str(args.reward_model)}
+        log(f"reward model from {args.reward_model} ({saved['config']['model']}; held-out pairwise accuracy "
+            f"{info.get('heldout_accuracy', float('nan')):.3f} when trained)")
+        return rm, info
+    rm_cfg = reward_model_config_from(args, cfg.seed)
+    rm, info = build_reward_model(gpt, tokenizer, prompt_tokens, cfg, scorer, rm_cfg, log=log,
+                                  preferences=preferences)
+    directory = Path(out) / "reward_model"
+    save_reward_model(directory, rm, rm_cfg, tokenizer, info)
+    log(f"reward model saved to {directory} (optimise it again with --reward-model {directory})")
+    return rm, {**info, "saved_to": str(directory)}
 
 
 def make_trainer(algo, cfg, gpt, reference, tokenizer, prompt_tokens, scorer, reward_model=None, preferences=None):

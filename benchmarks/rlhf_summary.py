@@ -15,6 +15,10 @@ prompts, not the held-out evaluation), and its seconds are the summed step times
 (`step_s`), so on a shared machine they carry its load. A closing line names the recipe fastest to
 the target by the median of each, among the recipes that met every target in most of their runs.
 
+Runs against a reward model (`--reward model`, `--reward-model DIR`) are a recipe of their own; for
+each, a line gives the proxy (the reward model's score) against the gold (VADER) over the rollouts
+and the step from which the policy exploits the model (evaluate.exploitation_step), if it does.
+
 With --plot it draws score against KL per char: left, every run's evaluation (one colour per recipe,
 the median as a larger mark); right, every run's training rollouts as a path (10-step means of
 score and exact KL per token, which for the character tokenizer is per char).
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 
-from tinygrad_gpt.rlhf.evaluate import (TARGET_KL, TARGET_SCORE, WINDOW, recipe_of, rolling,
+from tinygrad_gpt.rlhf.evaluate import (TARGET_KL, TARGET_SCORE, WINDOW, exploitation_step, recipe_of, rolling,
                                         time_to_target)
 
 
@@ -45,7 +49,11 @@ def load_run(run_dir, target):
     completions, seconds = time_to_target(records, target)
     algo = res.get("algo", "ppo")
     on_policy = not any(r.get("score_of") == "reference" for r in records)
-    return {"dir": str(run_dir), "algo": algo, "recipe": recipe_of(algo, res.get("config")),
+    recipe = recipe_of(algo, res.get("config")) + (" vs reward model" if res.get("reward") == "model" else "")
+    proxy = rolling([r["reward_raw"] for r in records if "reward_raw" in r])
+    gold = rolling([r["score"] for r in records if "reward_raw" in r])
+    return {"dir": str(run_dir), "algo": algo, "recipe": recipe,
+            "hacking_step": exploitation_step(records), "proxy": proxy, "gold": gold,
             "score": res["after"]["score_mean"], "frac": res["after"]["pos_frac"],
             "kl": res["after"]["kl_per_char"], "fluency": res["fluency_gap"], "wall": res["wall_s"],
             "completions": res.get("completions"), "met": all(res["checks"].values()),
@@ -137,6 +145,14 @@ def main(argv=None):
               f"{_cell(col('kl'), '{:.4f}')} | {_cell(col('fluency'), '{:+.3f}')} | {_cell(col('wall'), '{:.0f}')} | "
               f"{_cell(col('completions'), '{:.0f}')} | {sum(r['met'] for r in rs)} of {len(rs)} | "
               f"{_cell(col('to_target_completions'), '{:.0f}')} / {_cell(col('to_target_s'), '{:.0f}')} |")
+    for r in runs:
+        if len(r["proxy"]):
+            peak = int(np.argmax(r["gold"]))
+            print(f"proxy vs gold ({WINDOW}-step means of the rollouts), {r['dir']}: proxy {r['proxy'][0]:+.2f} -> "
+                  f"{r['proxy'][-1]:+.2f}, gold {r['gold'][0]:+.3f} -> {r['gold'][-1]:+.3f} (peak {r['gold'][peak]:+.3f} "
+                  f"at step {peak + WINDOW}); " + (f"reward hacking from step {r['hacking_step']} (gold falls from its "
+                                                    f"peak while the proxy rises)" if r["hacking_step"] else
+                                                    "no reward hacking (the gold does not fall while the proxy rises)"))
     for key, unit in (("to_target_completions", "completions"), ("to_target_s", "s of training steps")):
         best = fastest(by_recipe, key)
         print(f"fastest to a {WINDOW}-step rollout mean of {args.target:+.2f} by {unit} (median; recipes meeting "

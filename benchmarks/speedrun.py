@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "shakespeare.py"
-# nanoGPT's CPU recipe (README of nanoGPT, "I only have a macbook"), as the issue fixes it
+# nanoGPT's CPU recipe (README of nanoGPT, "I only have a macbook"), the baseline of this benchmark
 BASELINE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4,
                 betas=(0.9, 0.99), weight_decay=0.1, warmup=100, clip=1.0)
 QUICK_BUDGET_S = 3.0

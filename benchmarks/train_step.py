@@ -1,4 +1,4 @@
-"""Time one full training step (forward, backward, clip, AdamW) of the GPT: ours vs PyTorch eager.
+"""Time one full training step (forward, backward, clip, AdamW) of the GPT: ours vs PyTorch eager and compiled.
 
     python benchmarks/train_step.py --preset cpu --threads 2
     python benchmarks/train_step.py --preset cpu --torch-python /path/to/venv/bin/python
@@ -9,6 +9,8 @@ Each variant runs in a fresh subprocess with the thread count pinned through the
   ours-reference  tinygrad_gpt with TINYGRAD_GPT_KERNELS=reference (NumPy references)
   torch-eager     the same architecture, init scheme, batch and optimizer in PyTorch eager
                   (skipped with a note when no interpreter with torch is found)
+  torch-compiled  the same under torch.compile (inductor; its compilation happens in the warm-up
+                  steps, which are not timed; --no-compiled skips it)
 Variants are interleaved over --rounds rounds so that machine noise hits all of them alike; each
 round reports the median ms/iter over --iters timed steps after --warmup steps, and the table shows
 the median over rounds, tokens/s and the ratio ours / torch.
@@ -60,7 +62,7 @@ def worker_ours(cfg, warmup, iters):
     return times, losses
 
 
-def worker_torch(cfg, warmup, iters, threads):
+def worker_torch(cfg, warmup, iters, threads, compiled=False):
     import time
 
     import torch
@@ -71,13 +73,14 @@ def worker_torch(cfg, warmup, iters, threads):
     torch.manual_seed(0)
     model = make_torch_gpt(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["block_size"], VOCAB)
     opt = make_torch_adamw(model)
+    step_model = torch.compile(model) if compiled else model  # the forward and its backward compiled
     g = torch.Generator().manual_seed(0)
     times, losses = [], []
     for i in range(warmup + iters):
         x = torch.randint(0, VOCAB, (cfg["batch_size"], cfg["block_size"]), generator=g)
         y = torch.randint(0, VOCAB, (cfg["batch_size"], cfg["block_size"]), generator=g)
         t0 = time.perf_counter()
-        loss = model(x, y)
+        loss = step_model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -118,7 +121,7 @@ def find_torch_python(explicit):
 
 
 def main():
-    p = argparse.ArgumentParser(description="GPT training-step time: tinygrad_gpt vs PyTorch eager")
+    p = argparse.ArgumentParser(description="GPT training-step time: tinygrad_gpt vs PyTorch eager and compiled")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
@@ -127,13 +130,15 @@ def main():
     p.add_argument("--torch-python", default=None, help="an interpreter with torch (default: this one, "
                                                         "then ../torchvenv/bin/python)")
     p.add_argument("--no-reference", action="store_true", help="skip the kernels-off variant")
+    p.add_argument("--no-compiled", action="store_true", help="skip the torch.compile variant")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     cfg = PRESETS[args.preset]
 
     if args.worker:
-        if args.worker == "torch-eager":
-            times, losses = worker_torch(cfg, args.warmup, args.iters, args.threads)
+        if args.worker.startswith("torch-"):
+            times, losses = worker_torch(cfg, args.warmup, args.iters, args.threads,
+                                         compiled=args.worker == "torch-compiled")
         else:
             times, losses = worker_ours(cfg, args.warmup, args.iters)
         print(json.dumps({"ms": statistics.median(times) * 1000, "first_loss": losses[0]}))
@@ -142,25 +147,26 @@ def main():
     variants = ["ours-fused"] + ([] if args.no_reference else ["ours-reference"])
     torch_python = find_torch_python(args.torch_python)
     if torch_python:
-        variants.append("torch-eager")
+        variants += ["torch-eager"] + ([] if args.no_compiled else ["torch-compiled"])
     else:
         print("note: no interpreter with torch found; PyTorch column skipped (pass --torch-python)")
     results = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            out = run_variant(torch_python if v == "torch-eager" else sys.executable, v, args)
+            out = run_variant(torch_python if v.startswith("torch-") else sys.executable, v, args)
             results[v].append(out["ms"])
             print(f"round {r + 1}: {v:15s} {out['ms']:8.1f} ms/iter  (first loss {out['first_loss']:.3f})",
                   flush=True)
     tokens = cfg["batch_size"] * cfg["block_size"]
     print(f"\npreset {args.preset} {cfg}, {args.threads} threads, median over {args.rounds} rounds of the "
           f"median of {args.iters} steps")
-    print(f"{'variant':15s} {'ms/iter':>9s} {'tokens/s':>10s} {'vs torch':>9s}")
-    torch_ms = statistics.median(results["torch-eager"]) if "torch-eager" in results else None
+    print(f"{'variant':15s} {'ms/iter':>9s} {'tokens/s':>10s} {'vs eager':>9s} {'vs compiled':>12s}")
+    peers = {v: statistics.median(results[v]) for v in ("torch-eager", "torch-compiled") if v in results}
     for v in variants:
         ms = statistics.median(results[v])
-        ratio = f"{ms / torch_ms:9.2f}" if torch_ms else f"{'-':>9s}"
-        print(f"{v:15s} {ms:9.1f} {tokens / ms * 1000:10.0f} {ratio}")
+        ratios = [f"{ms / peers[peer]:{w}.2f}" if peer in peers else f"{'-':>{w}s}"
+                  for peer, w in (("torch-eager", 9), ("torch-compiled", 12))]
+        print(f"{v:15s} {ms:9.1f} {tokens / ms * 1000:10.0f} {' '.join(ratios)}")
 
 
 if __name__ == "__main__":

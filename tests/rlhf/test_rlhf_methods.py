@@ -557,3 +557,14 @@ def test_a_method_is_its_loss_and_the_update_loop_is_shared():
     assert metrics["first_ratio_dev"] == 0.0 and metrics["updates"] == 6 and metrics["skipped"] == 0
     assert metrics["rows"] == pytest.approx(8 / 3) and np.isfinite(metrics["loss"])
     assert "clipfrac" not in metrics and metrics["early_stop"] is False
+
+
+def test_exploitation_step_names_where_gold_falls_as_the_proxy_rises():
+    """Hand example of evaluate.exploitation_step (window 1): the gold peaks at step 3 and falls by 0.2
+    while the proxy climbs on: hacking from step 3; a proxy that falls with the gold is no hacking."""
+    from tinygrad_gpt.rlhf.evaluate import exploitation_step
+    rec = [{"score": g, "reward_raw": p} for g, p in zip([0, 0.2, 0.3, 0.1], [0, 1, 2, 3])]
+    assert exploitation_step(rec, window=1) == 3
+    rec[-1]["reward_raw"] = 1.5
+    assert exploitation_step(rec, window=1) is None
+    assert exploitation_step([{"score": 0.1}] * 5, window=1) is None          # no proxy: VADER itself

@@ -323,3 +323,13 @@ def test_load_reward_model_names_what_a_directory_holds_instead(tmp_path):
         runs.load_model(tmp_path / "rm")
     with pytest.raises(FileNotFoundError):
         load_reward_model(tmp_path / "missing")
+
+
+def test_lr_factor_warms_up_then_falls_to_a_tenth():
+    """steps 10, warmup 2: 1/2, 2/2, then progress (s - 2) / 7 of a cosine from 1 to 0.1: s = 2 gives 1,
+    s = 9 gives 0.1, and halfway (progress 1/2) would give 0.55."""
+    from tinygrad_gpt.rlhf.reward_model import lr_factor
+    f = [lr_factor(s, 10, 2) for s in range(10)]
+    assert f[:3] == pytest.approx([0.5, 1.0, 1.0]) and f[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(f[2:], f[3:]))
+    assert lr_factor(0, 10, 0) == pytest.approx(1.0) and lr_factor(5, 11, 0) == pytest.approx(0.55)

@@ -134,6 +134,25 @@ def rolling(values, window=WINDOW):
     return (c[window:] - c[:-window]) / window
 
 
+def exploitation_step(records, window=WINDOW, drop=0.05):
+    """The step from which a policy exploits its reward model, or None: the step (1-based, the end of
+    its `window`-step mean) where the rolling gold score (`score`) peaks, when afterwards the gold falls
+    by at least `drop` below that peak while the rolling proxy (`reward_raw`) ends above its value
+    there (the proxy still rising, the truth falling: reward hacking). Records without a proxy: None.
+    Hand example (window 1): gold [0, .2, .3, .1], proxy [0, 1, 2, 3] -> 3 (gold peaks at step 3,
+    falls 0.2 while the proxy goes 2 -> 3); proxy [0, 1, 2, 1.5] -> None."""
+    rows = [r for r in records if "reward_raw" in r and "score" in r]
+    if len(rows) < window:
+        return None
+    gold = rolling([r["score"] for r in rows], window)                  # (S - window + 1,)
+    proxy = rolling([r["reward_raw"] for r in rows], window)
+    peak = int(np.argmax(gold))
+    after = gold[peak:]
+    if after.min() <= gold[peak] - drop and proxy[-1] > proxy[peak]:
+        return peak + window                                             # the window's last step, 1-based
+    return None
+
+
 def time_to_target(records, target, window=WINDOW):
     """(completions, seconds) when the rolling `window`-step mean rollout score of a run's metrics
     records first reaches target; (None, None) if never, or for rollouts of the reference (offline DPO)."""

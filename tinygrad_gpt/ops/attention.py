@@ -209,7 +209,7 @@ class CausalSelfAttentionQKVOp(Function):
         check_float("causal_self_attention_qkv", qkv)
         B, T, C3 = qkv.shape
         xp = array_module(qkv)
-        t0 = 0 if cache is None else cache.length
+        t0 = 0 if cache is None else cache.length                  # the queries' first position
         qk, v, ctx.saved = _queries_keys(qkv, n_head, t0, rope_base, qk_norm, eps)  # (2, B, nh, T, hs), view
         q = xp.ascontiguousarray(qk[0])                            # (B, nh, T, hs)
         if cache is None:

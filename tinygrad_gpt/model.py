@@ -112,11 +112,11 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * C, C, bias=config.bias, rng=rng, std=proj_std, dtype=dtype, device=device)
         zero_init_(self.c_proj, config)
         self.dropout = nn.Dropout(config.dropout, rng=drop_rng)
-        self.relu2 = config.activation == "relu2"
+        self.activation = config.activation
 
     def forward(self, x):
         h = self.c_fc(x)                                          # (B, T, 4C)
-        h = h.relu2() if self.relu2 else h.gelu()                 # (B, T, 4C)
+        h = h.relu2() if self.activation == "relu2" else h.gelu()  # (B, T, 4C)
         return self.dropout(self.c_proj(h))                       # (B, T, C)
 
 

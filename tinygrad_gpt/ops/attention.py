@@ -157,6 +157,14 @@ def _queries_keys(qkv, n_head, t0, rope_base, qk_norm, eps):
         1. q, k, v = split_heads(qkv)
         2. q, k = q * rstd_q, k * rstd_k       if qk_norm: gain-free RMSNorm over hs
         3. q, k = R(theta) q, R(theta) k       if rope_base: the rotation at positions t0..t0+T-1
+
+    QK-norm without a gain, as nanochat's: it adds no parameter (the model keeps GPT-2's parameter
+    names, and every gain an optimizer must treat apart is a block norm's), and it commutes with
+    the rotation, which keeps each head's length, so "before rotary" and "after" are one model;
+    a gain per head channel would not commute with it (the pair (i, i + hs/2) would be scaled
+    unequally before turning). What it gives up is a learned temperature: with |q| = |k| = sqrt(hs)
+    every score q . k / sqrt(hs) lies in [-sqrt(hs), sqrt(hs)], and within that range only how
+    c_attn aligns q and k decides how sharp a head attends.
     """
     xp = array_module(qkv)
     heads = split_heads(qkv, n_head)                               # (3, B, nh, T, hs) view       1

@@ -176,8 +176,10 @@ def export_pretrained(args, out_dir):
     return 0
 
 
-# the model's shape comes from --init-from's config.json; these flags would contradict it
-PRETRAINED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "layer_norm_epsilon")
+# the model's shape and architecture come from --init-from's config.json (GPT-2's); these flags
+# would contradict it
+PRETRAINED_SHAPE = ("n_layer", "n_head", "n_embd", "bias", "layer_norm_epsilon", "position", "rope_base", "norm",
+                    "qk_norm", "activation", "logit_softcap", "zero_init")
 
 
 def pretrained_model(args, gpt_cfg, dtype):
@@ -307,7 +309,7 @@ def train_run(args, parser, world, out_dir, flags, say, root):
         overrides = dict(flags, device=args.device, out_dir=str(out_dir))
         if init_from(args):
             hf = pretrained.config_from_hf(pretrained.read_config(init_from(args)), init_from(args))
-            overrides.update({name: hf[name] for name in PRETRAINED_SHAPE})
+            overrides.update({name: hf[name] for name in PRETRAINED_SHAPE if name in hf})
         try:
             gpt_cfg, train_cfg = preset_configs(args.preset, tokenizer.vocab_size, **overrides)
         except ValueError as exc:

@@ -1,9 +1,19 @@
-"""GPT: the GPT-2 architecture on the tinygrad_gpt engine, with a KV-cache sampler.
+"""GPT: the GPT-2 architecture on the tinygrad_gpt engine (and a modern variant), with a KV-cache sampler.
 
     idx (B, T) -> wte[idx] + wpe[0..T) -> n_layer x Block -> ln_f -> x @ wte^T -> logits (B, T, V)
     Block: x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))          (pre-LayerNorm, as GPT-2)
     attn:  qkv = c_attn(x); causal attention per head; c_proj     (one fused op, ops/attention.py)
     mlp:   c_proj(gelu(c_fc(x)))                                   (4x wide, tanh-GELU)
+
+GPTConfig's defaults are GPT-2, bit for bit. Its architecture fields each swap in one idea of the
+recent small-model recipes (modded-nanogpt, nanochat), each off by default:
+    position="rotary"   no wpe table; q and k rotated by their positions inside the attention op
+    norm="rmsnorm"      ln_1, ln_2, ln_f are RMSNorms (a gain, no mean, no bias), names kept
+    qk_norm=True        a gain-free RMSNorm of each head's q and k before attention (and rotary)
+    activation="relu2"  mlp: c_proj(relu(c_fc(x))^2)
+    logit_softcap=c     logits = c * tanh(logits / c) before the loss and the sampler
+    zero_init=True      attn.c_proj and mlp.c_proj start at zero: each block starts as the identity
+A model that uses any of them is not GPT-2: pretrained.py refuses to export it, naming the fields.
 
 Parameter names and layouts are Hugging Face GPT-2's (`wte`, `wpe`, `h.{i}.ln_1`,
 `h.{i}.attn.c_attn`, ..., `ln_f`; Linear weights (in, out)), so a state dict saved here is readable
@@ -36,12 +46,38 @@ class GPTConfig:
     n_embd: int = setting(128, ge=1)      # C; must be divisible by n_head
     dropout: float = setting(0.0, ge=0, lt=1)  # on embeddings, residual branches and the MLP; 0 for small data
     bias: bool = True                     # biases in Linear and LayerNorm, as GPT-2
-    layer_norm_epsilon: float = setting(1e-5, gt=0)  # added to the variance in every LayerNorm (config.json's name)
+    layer_norm_epsilon: float = setting(1e-5, gt=0)  # added to the variance (mean square) in every norm (config.json's name)
+    # the modern architecture, field by field (module docstring); the defaults are GPT-2's
+    position: str = setting("learned", choices=("learned", "rotary"))  # learned: a wpe table; rotary: q, k rotated
+    rope_base: float = setting(10000.0, gt=1)  # rotary: the angle of channel pair i at position p is p * base^(-2i/hs)
+    norm: str = setting("layernorm", choices=("layernorm", "rmsnorm"))  # rmsnorm: no mean, a gain and no bias
+    qk_norm: bool = False                 # a gain-free RMSNorm of each head's q and k before attention (and rotary)
+    activation: str = setting("gelu", choices=("gelu", "relu2"))  # the MLP's: GPT-2's tanh GELU, or relu(x)^2
+    logit_softcap: float = setting(0.0, ge=0)  # 0 = off; else logits = cap * tanh(logits / cap)
+    zero_init: bool = False               # attn.c_proj and mlp.c_proj weights start at zero
 
     def __post_init__(self):
         check_fields(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig: position='rotary' rotates pairs of channels, so the head size "
+                             f"n_embd / n_head must be even, got {self.n_embd} / {self.n_head} = "
+                             f"{self.n_embd // self.n_head}")
+
+
+def make_norm(config, dtype, device):
+    """ln_1, ln_2 or ln_f: GPT-2's LayerNorm (a bias if config.bias), or an RMSNorm (gain only)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
+    return nn.LayerNorm(config.n_embd, bias=config.bias, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
+
+
+def zero_init_(linear, config):
+    """Zero `linear`'s weight if config.zero_init (after its draw, so the other weights stay as
+    without it): a residual branch that starts at zero leaves each block the identity at step 0."""
+    if config.zero_init:
+        linear.weight.data[...] = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -50,12 +86,21 @@ class CausalSelfAttention(nn.Module):
         proj_std = 0.02 / math.sqrt(2 * config.n_layer)  # GPT-2: residual projections scaled down
         self.c_attn = nn.Linear(C, 3 * C, bias=config.bias, rng=rng, std=0.02, dtype=dtype, device=device)
         self.c_proj = nn.Linear(C, C, bias=config.bias, rng=rng, std=proj_std, dtype=dtype, device=device)
+        zero_init_(self.c_proj, config)
         self.resid_dropout = nn.Dropout(config.dropout, rng=drop_rng)
         self.n_head = config.n_head
+        # q, k transforms inside the attention op (none for GPT-2): rotary at the cache offset, QK-norm
+        self.rope_base = config.rope_base if config.position == "rotary" else None
+        self.qk_norm = config.qk_norm
+        self.eps = config.layer_norm_epsilon
+
+    def attention_args(self):
+        """The q, k transform arguments of ops.causal_self_attention_qkv / ops.attention_probs."""
+        return dict(rope_base=self.rope_base, qk_norm=self.qk_norm, eps=self.eps)
 
     def forward(self, x, cache=None):
         qkv = self.c_attn(x)                                      # (B, T, 3C)
-        y = ops.causal_self_attention_qkv(qkv, self.n_head, cache)  # (B, T, C) over cached keys too
+        y = ops.causal_self_attention_qkv(qkv, self.n_head, cache, **self.attention_args())  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))                 # (B, T, C)
 
 
@@ -65,18 +110,21 @@ class MLP(nn.Module):
         proj_std = 0.02 / math.sqrt(2 * config.n_layer)
         self.c_fc = nn.Linear(C, 4 * C, bias=config.bias, rng=rng, std=0.02, dtype=dtype, device=device)
         self.c_proj = nn.Linear(4 * C, C, bias=config.bias, rng=rng, std=proj_std, dtype=dtype, device=device)
+        zero_init_(self.c_proj, config)
         self.dropout = nn.Dropout(config.dropout, rng=drop_rng)
+        self.activation = config.activation
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.c_fc(x).gelu()))     # (B, T, C)
+        h = self.c_fc(x)                                          # (B, T, 4C)
+        h = h.relu2() if self.activation == "relu2" else h.gelu()  # (B, T, 4C)
+        return self.dropout(self.c_proj(h))                       # (B, T, C)
 
 
 class Block(nn.Module):
     def __init__(self, config, rng, drop_rng, dtype, device):
-        eps = config.layer_norm_epsilon
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=eps, dtype=dtype, device=device)
+        self.ln_1 = make_norm(config, dtype, device)
         self.attn = CausalSelfAttention(config, rng, drop_rng, dtype, device)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=eps, dtype=dtype, device=device)
+        self.ln_2 = make_norm(config, dtype, device)
         self.mlp = MLP(config, rng, drop_rng, dtype, device)
 
     def forward(self, x, cache=None):
@@ -129,10 +177,15 @@ class GPT(nn.Module):
         self.drop_rng = drop_rng
         C = config.n_embd
         self.wte = nn.Embedding(config.vocab_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (V, C)
-        self.wpe = nn.Embedding(config.block_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (Tmax, C)
+        if config.position == "learned":
+            self.wpe = nn.Embedding(config.block_size, C, rng=rng, std=0.02, dtype=dtype, device=device)  # (Tmax, C)
+        else:
+            # subtle: the table is drawn and dropped, so that every other weight is the one the
+            # learned-position model of this seed has (an ablation changes only what it names)
+            rng.normal(0.0, 0.02, (config.block_size, C))
         self.drop = nn.Dropout(config.dropout, rng=drop_rng)
         self.h = [Block(config, rng, drop_rng, dtype, device) for _ in range(config.n_layer)]
-        self.ln_f = nn.LayerNorm(C, bias=config.bias, eps=config.layer_norm_epsilon, dtype=dtype, device=device)
+        self.ln_f = make_norm(config, dtype, device)
         # self.device is Module.device: read from the parameters, so model.to(device) keeps it right
 
     @staticmethod
@@ -140,12 +193,12 @@ class GPT(nn.Module):
         """{name: shape} of every parameter a GPT of `config` has, in named_parameters' order, without
         allocating one (from_pretrained checks a file's headers against it before building)."""
         C, V, T = config.n_embd, config.vocab_size, config.block_size
-        vector = {"weight": (C,)} | ({"bias": (C,)} if config.bias else {})
+        vector = {"weight": (C,)} | ({"bias": (C,)} if config.bias and config.norm == "layernorm" else {})
 
         def linear(prefix, n_in, n_out):
             return {f"{prefix}.weight": (n_in, n_out)} | ({f"{prefix}.bias": (n_out,)} if config.bias else {})
 
-        shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+        shapes = {"wte.weight": (V, C)} | ({"wpe.weight": (T, C)} if config.position == "learned" else {})
         for i in range(config.n_layer):
             h = f"h.{i}"
             shapes |= {f"{h}.ln_1.{k}": v for k, v in vector.items()}
@@ -183,11 +236,13 @@ class GPT(nn.Module):
         return pretrained.save_pretrained(self, directory, tokenizer=tokenizer)
 
     def crop_block_size(self, block_size):
-        """Keep the first block_size rows of the position table (train a 1024-context model on 256)."""
+        """Keep the first block_size rows of the position table (train a 1024-context model on 256);
+        a rotary model has no table, only its block_size changes."""
         if not 1 <= block_size <= self.config.block_size:
             raise ValueError(f"crop_block_size: block_size must be in [1, {self.config.block_size}], got {block_size}")
-        self.wpe.weight.data = self.wpe.weight.data[:block_size].copy()   # (block_size, C)
-        self.wpe.weight.grad = None
+        if self.config.position == "learned":
+            self.wpe.weight.data = self.wpe.weight.data[:block_size].copy()   # (block_size, C)
+            self.wpe.weight.grad = None
         self.config = GPTConfig(**{**self.config.__dict__, "block_size": block_size})
         return self
 
@@ -218,8 +273,12 @@ class GPT(nn.Module):
             bad = int(idx.max()) if int(idx.max()) >= self.config.vocab_size else int(idx.min())
             raise IndexError(f"GPT: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
         idx = xp.asarray(idx)                                     # (B, T) uploaded if on the host
-        pos = xp.arange(t0, t0 + T)                               # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))              # (B, T, C)
+        if self.config.position == "rotary":
+            # no position table: each attention rotates q and k by their positions t0..t0+T-1
+            x = self.drop(self.wte(idx))                          # (B, T, C)
+        else:
+            pos = xp.arange(t0, t0 + T)                           # (T,)
+            x = self.drop(self.wte(idx) + self.wpe(pos))              # (B, T, C)
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches else None)           # (B, T, C)
         return self.ln_f(x)                                       # (B, T, C)
@@ -235,24 +294,31 @@ class GPT(nn.Module):
             with no_grad():
                 xp = get_xp(self.wte.weight.device)
                 idx = xp.asarray(unwrap(idx))                     # (B, T)
-                x = self.wte(idx) + self.wpe(xp.arange(idx.shape[1]))  # (B, T, C)
+                x = self.wte(idx)                                 # (B, T, C)
+                if self.config.position == "learned":
+                    x = x + self.wpe(xp.arange(idx.shape[1]))     # (B, T, C)
                 maps = []
                 for block in self.h:
                     qkv = block.attn.c_attn(block.ln_1(x))        # (B, T, 3C)
-                    maps.append(ops.attention_probs(qkv.data, self.config.n_head))  # (B, nh, T, T)
+                    maps.append(ops.attention_probs(qkv.data, self.config.n_head,
+                                                    **block.attn.attention_args()))  # (B, nh, T, T)
                     x = block(x)                                  # (B, T, C)
         finally:
             self.train(was_training)
         return maps
 
     def logits(self, hidden, temperature=1.0):
-        """The tied lm_head: hidden states (B, T, C) -> logits (B, T, V) = hidden @ wte^T / temperature.
+        """The tied lm_head: hidden states (B, T, C) -> logits (B, T, V) = hidden @ wte^T / temperature,
+        soft-capped first if config.logit_softcap (cap * tanh(logits / cap): the model's logits, which
+        the loss, the sampler and the RLHF policy all see; the temperature is the sampler's choice).
 
         Every path that turns hidden states into logits (forward, the RLHF policy and scoring)
         calls this, so they round alike. temperature must be > 0 with 1 / temperature finite in
         the weights' dtype (1e-310 would make every logit inf or NaN).
         """
         logits = hidden @ self.wte.weight.T                       # (B, T, V)
+        if self.config.logit_softcap:
+            logits = logits.softcap(self.config.logit_softcap)    # (B, T, V) in (-cap, cap)
         if temperature != 1.0:
             scale = 1.0 / temperature if temperature > 0 else math.nan
             if not (math.isfinite(scale) and scale <= np.finfo(logits.dtype).max):

@@ -1,4 +1,4 @@
-"""Modules: parameters with names, state dicts, train/eval; Linear, Embedding, LayerNorm, Dropout.
+"""Modules: parameters with names, state dicts, train/eval; Linear, Embedding, LayerNorm, RMSNorm, Dropout.
 
 A Module finds its parameters and sub-modules by looking at its own attributes (Tensors with
 requires_grad, Modules, and lists of Modules), in the order they were assigned, and names them
@@ -158,6 +158,17 @@ class LayerNorm(Module):
 
     def forward(self, x):
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(Module):
+    """x * rstd * weight over the last axis, rstd = 1 / sqrt(mean(x^2) + eps): no mean, no bias."""
+
+    def __init__(self, dim, eps=1e-5, dtype=np.float32, device="cpu"):
+        self.weight = _param(np.ones(dim, dtype=dtype), device)   # (C,)
+        self.eps = eps
+
+    def forward(self, x):
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 class Dropout(Module):

@@ -33,6 +33,13 @@ embeddings), model.safetensors with `transformer.`-prefixed names and no lm_head
 re-ties it from wte, as in the files it writes itself), and vocab.json / merges.txt when a
 tokenizer is given. Files are written atomically (temp file, fsync, rename).
 
+Only GPT-2's architecture crosses this border, both ways. `save_pretrained` refuses a model whose
+GPTConfig leaves it (rotary positions, RMSNorm, QK-norm, ReLU^2, soft-capped logits, no biases:
+`architecture_differences`), and `config_from_hf` a config.json that describes one of those by the
+keys other Hugging Face architectures use for them (rope_theta, rms_norm_eps, ...); either error
+names the GPTConfig fields, e.g. "position='rotary', norm='rmsnorm'". zero_init is not among them:
+it is how a model starts, not what it is, so such a model exports as the GPT-2 it is.
+
 Follows: nanoGPT `GPT.from_pretrained`, the Hugging Face GPT-2 file layout, the safetensors format.
 Deliberately does not: read `pytorch_model.bin` (a pickle; the error says how to convert it),
 download anything, keep weights memory-mapped, or load other architectures.
@@ -62,6 +69,39 @@ class PretrainedError(ValueError):
     """A GPT-2 folder exists but its content does not make a GPT (bad config, missing tensor, ...)."""
 
 
+# the GPTConfig fields that GPT-2's architecture fixes, with GPT-2's value (model.GPTConfig's defaults)
+GPT2_ARCHITECTURE = {"bias": True, "position": "learned", "norm": "layernorm", "qk_norm": False,
+                     "activation": "gelu", "logit_softcap": 0.0}
+
+
+def architecture_differences(config):
+    """The fields of `config` (a GPTConfig) whose value is not GPT-2's, as the errors name them:
+    "position='rotary', norm='rmsnorm'"; "" for GPT-2's architecture."""
+    return ", ".join(f"{name}={getattr(config, name)!r}" for name, gpt2 in GPT2_ARCHITECTURE.items()
+                     if getattr(config, name) != gpt2)
+
+
+def _hf_architecture_fields(hf):
+    """[(GPTConfig field as the errors name it, config.json key)] for each key of `hf` by which
+    another Hugging Face architecture describes one of GPTConfig's non-GPT-2 fields."""
+    found = []
+    for key in ("rope_theta", "rotary_dim", "rotary_pct", "rope_scaling"):
+        if hf.get(key) is not None:
+            found.append(("position='rotary'", key))
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        found.append((f"position={hf['position_embedding_type']!r}", "position_embedding_type"))
+    if hf.get("rms_norm_eps") is not None:
+        found.append(("norm='rmsnorm'", "rms_norm_eps"))
+    for key in ("qk_layernorm", "use_qk_norm", "qk_norm"):
+        if hf.get(key):
+            found.append(("qk_norm=True", key))
+    if hf.get("activation_function") in ("relu2", "relu_squared"):
+        found.append(("activation='relu2'", "activation_function"))
+    if hf.get("final_logit_softcapping"):
+        found.append((f"logit_softcap={hf['final_logit_softcapping']!r}", "final_logit_softcapping"))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # config.json <-> GPTConfig
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +120,11 @@ def config_from_hf(hf, source, dropout=0.0):
 
     if hf.get("model_type", "gpt2") != "gpt2":
         raise PretrainedError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt2' loads")
+    modern = _hf_architecture_fields(hf)
+    if modern:
+        raise PretrainedError(f"{source} describes {', '.join(field for field, _ in modern)} (from the keys "
+                              f"{', '.join(key for _, key in modern)}): not GPT-2's architecture, the only one "
+                              f"that loads from a Hugging Face folder")
     act = hf.get("activation_function", "gelu_new")
     if act not in _GELU_TANH:
         raise PretrainedError(f"{source}: activation_function {act!r} is not supported; the model uses "
@@ -98,14 +143,19 @@ def config_from_hf(hf, source, dropout=0.0):
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise PretrainedError(f"{source}: layer_norm_epsilon must be a number > 0, got {eps!r}")
     return dict(vocab_size=need("vocab_size"), block_size=need("n_positions"), n_layer=need("n_layer"),
-                n_head=need("n_head"), n_embd=n_embd, dropout=dropout, bias=True, layer_norm_epsilon=float(eps))
+                n_head=need("n_head"), n_embd=n_embd, dropout=dropout, layer_norm_epsilon=float(eps),
+                **GPT2_ARCHITECTURE)
 
 
 def config_to_hf(config, dtype="float32"):
-    """The config.json dict GPT2LMHeadModel reads for `config` (a GPTConfig)."""
-    if not config.bias:
-        raise PretrainedError("save_pretrained: GPT-2 has biases in every Linear and LayerNorm; "
-                              "this model was built with bias=False")
+    """The config.json dict GPT2LMHeadModel reads for `config` (a GPTConfig); PretrainedError
+    naming the fields if `config` is not GPT-2's architecture."""
+    differences = architecture_differences(config)
+    if differences:
+        gpt2 = ", ".join(f"{name}={value!r}" for name, value in GPT2_ARCHITECTURE.items()
+                         if getattr(config, name) != value)
+        raise PretrainedError(f"save_pretrained: GPT2LMHeadModel holds GPT-2's architecture only, and this model "
+                              f"has {differences} (GPT-2: {gpt2})")
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -352,14 +402,9 @@ def save_pretrained(model, directory, tokenizer=None):
     if directory.exists() and not directory.is_dir():
         raise PretrainedError(f"save_pretrained: {directory} is a file; a GPT-2 folder is a directory "
                               f"(config.json, model.safetensors, ...): give a directory path")
+    hf = config_to_hf(model.config, dtype=str(model.wte.weight.dtype))  # refuses another architecture: nothing written
     directory.mkdir(parents=True, exist_ok=True)
-    state = {}
-    dtype = None
-    for name, p in model.named_parameters():
-        a = np.ascontiguousarray(backend.to_numpy(p.data))
-        dtype = dtype or a.dtype
-        state[PREFIX + name] = a
-    hf = config_to_hf(model.config, dtype=str(dtype))
+    state = {PREFIX + name: np.ascontiguousarray(backend.to_numpy(p.data)) for name, p in model.named_parameters()}
     checkpoint.write_atomic(directory / WEIGHTS_NAME,
                             lambda tmp: st.save_file(state, tmp, metadata={"format": "pt"}))
 

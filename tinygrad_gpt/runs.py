@@ -38,6 +38,12 @@ KINDS = {TRAIN: "a training run (resumable)",
          **{f"rlhf-{m}": f"a policy tuned by RLHF ({m}; sample from it or tune it further)" for m in RLHF_METHODS}}
 
 
+# subtle: GPTConfig fields that came after the first checkpoints; a checkpoint without one was
+# written before it existed, so with its default (1e-5; GPT-2's architecture), which GPTConfig fills in
+NEWER_MODEL_FIELDS = ("layer_norm_epsilon", "position", "rope_base", "norm", "qk_norm", "activation",
+                      "logit_softcap", "zero_init")
+
+
 def _meta_error(directory, message):
     return checkpoint.CheckpointError(f"{Path(directory) / checkpoint.JSON_NAME}: {message}")
 
@@ -94,8 +100,7 @@ def check_meta(meta, directory):
         raise _meta_error(directory, "meta.model_config is missing or not an object")
     names = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(config) - names)
-    # subtle: layer_norm_epsilon came after the first checkpoints, which all used its default 1e-5
-    missing = sorted(names - set(config) - {"layer_norm_epsilon"})
+    missing = sorted(names - set(config) - set(NEWER_MODEL_FIELDS))
     if unknown or missing:
         raise _meta_error(directory, "meta.model_config " + "; ".join(
             part for part in (f"has unknown field(s) {unknown}" if unknown else "",

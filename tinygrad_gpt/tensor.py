@@ -539,6 +539,14 @@ class Tensor:
     def gelu(self):
         return ops.Gelu.apply(self)
 
+    def relu2(self):
+        """relu(self)^2 (ReLU squared)."""
+        return ops.Relu2.apply(self)
+
+    def softcap(self, cap):
+        """cap * tanh(self / cap): values smoothly bounded to (-cap, cap)."""
+        return ops.Softcap.apply(self, cap=cap)
+
     def sigmoid(self):
         return ops.Sigmoid.apply(self)
 

@@ -141,6 +141,72 @@ def test_layernorm_backward_is_deterministic(rng):
 
 
 # ------------------------------------------------------------------------------------------------
+# RMSNorm (with a gain, and without: QK-norm)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (33, 384), (768, 128), (3072, 32),
+                                   pytest.param((16384, 384), marks=PRESET_SIZE), (5, 1000)])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("gain", [True, False])
+def test_rmsnorm(rng, dtype, shape, contiguous, gain):
+    N, C = shape
+    x = normal(rng, (N, C), dtype, 3.0) + dtype(1.5)               # (N, C) off-centre: no mean is removed
+    weight = normal(rng, C, dtype) if gain else None               # (C,)
+    dout = normal(rng, (N, C), dtype)                              # (N, C)
+    dx_, dd_ = (strided(x), strided(dout)) if not contiguous else dev(x, dout)
+    dw_ = cupy.asarray(weight) if gain else None
+    want = reference.rmsnorm_forward(x, weight)
+    got = cuda.rmsnorm_forward(dx_, dw_)
+    for name, g, w in zip(("out", "rstd"), got, want):
+        assert_close(g, w, dtype, f"rmsnorm_forward {name} {shape}")
+    rstd = want[1]
+    want = reference.rmsnorm_backward(dout, x, weight, rstd)
+    got = cuda.rmsnorm_backward(dd_, dx_, dw_, cupy.asarray(rstd))
+    terms = np.linalg.norm(rstd[:, None] * dout * (weight if gain else 1))
+    assert_close(got[0], want[0], dtype, f"rmsnorm_backward dx {shape}", scale=terms)
+    if gain:
+        assert_close(got[1], want[1], dtype, f"rmsnorm_backward dweight {shape}")
+    else:
+        assert got[1] is None and want[1] is None
+
+
+def test_rmsnorm_backward_is_deterministic(rng):
+    x, dout = normal(rng, (4096, 384), np.float32), normal(rng, (4096, 384), np.float32)
+    w = normal(rng, 384, np.float32)
+    _, rstd = cuda.rmsnorm_forward(*dev(x, w))
+    a = cuda.rmsnorm_backward(*dev(dout, x, w), rstd)
+    b = cuda.rmsnorm_backward(*dev(dout, x, w), rstd)
+    for g, h in zip(a, b):
+        assert bool((g == h).all())
+
+
+# ------------------------------------------------------------------------------------------------
+# rotary position embedding
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (3, 7, 10), (2, 3, 5, 8), (12, 4, 64, 32),
+                                   pytest.param((64, 6, 256, 64), marks=PRESET_SIZE)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_rotary(rng, dtype, shape, contiguous):
+    x = normal(rng, shape, dtype)                                  # (..., T, hs)
+    dout = normal(rng, shape, dtype)                               # (..., T, hs)
+    theta = rng.uniform(-10.0, 10.0, (shape[-2], shape[-1] // 2))  # (T, hs/2) any angles
+    cos, sin = np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
+    dx_, dd_ = (strided(x), strided(dout)) if not contiguous else dev(x, dout)
+    dc_, ds_ = dev(cos, sin)
+    out = cuda.rotary_forward(dx_, dc_, ds_)
+    assert_close(out, reference.rotary_forward(x, cos, sin), dtype, f"rotary_forward {shape}")
+    assert_close(cuda.rotary_backward(dd_, dc_, ds_), reference.rotary_backward(dout, cos, sin), dtype,
+                 f"rotary_backward {shape}")
+    assert_close(cuda.rotary_backward(out, dc_, ds_), x, dtype, f"rotary round trip {shape}")
+
+
+def test_rotary_shape_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"must be \(T, hs // 2\) = \(3, 2\) for x \(1, 3, 4\), got \(2, 2\)"):
+        cuda.rotary_forward(cupy.zeros((1, 3, 4)), cupy.zeros((2, 2)), cupy.zeros((2, 2)))
+
+
+# ------------------------------------------------------------------------------------------------
 # GELU
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -29,9 +29,10 @@ def _idx(shape, high, seed=7):
     return np.random.default_rng(seed).integers(0, high, shape)
 
 
-def _cached_attention(qkv, n_head=2, t0=5, seed=3):
+def _cached_attention(qkv, n_head=2, t0=5, seed=3, **transforms):
     """The packed attention of qkv (B, T, 3C) appended to a KV cache that already holds t0 fixed
-    positions (a fresh cache per call, since the op appends to it): queries at t0..t0+T-1."""
+    positions (a fresh cache per call, since the op appends to it): queries at t0..t0+T-1.
+    transforms: the op's rope_base and qk_norm."""
     from tinygrad_gpt.backend import get_xp
     from tinygrad_gpt.model import GPTConfig, KVCache
     B, T, C3 = qkv.shape
@@ -40,7 +41,7 @@ def _cached_attention(qkv, n_head=2, t0=5, seed=3):
     cache = KVCache(B, config, qkv.data.dtype, xp)
     past = np.random.default_rng(seed).standard_normal((2, B, n_head, t0, C3 // (3 * n_head)))
     cache.append(xp.asarray(past[0]), xp.asarray(past[1]))       # (B, nh, t0, hs) each
-    return ops.causal_self_attention_qkv(qkv, n_head, cache)
+    return ops.causal_self_attention_qkv(qkv, n_head, cache, **transforms)
 
 
 CASES = [
@@ -60,6 +61,10 @@ CASES = [
     ("tanh", lambda a: a.tanh(), [(3, 5)], "normal"),
     ("relu", lambda a: a.relu(), [(3, 7)], "apart"),
     ("gelu", lambda a: a.gelu(), [(3, 7)], "normal"),
+    # relu2's slope is continuous at 0 but its second derivative jumps there, which a difference
+    # straddling 0 misjudges by up to eps: kept apart from 0, as relu is
+    ("relu2", lambda a: a.relu2(), [(3, 7)], "apart"),
+    ("softcap", lambda a: (a * 2.0).softcap(1.5), [(3, 7)], "normal"),  # into the saturating part too
     ("sigmoid", lambda a: a.sigmoid(), [(3, 7)], "normal"),
     ("maximum", lambda a, b: a.maximum(b), [(3, 5), (5,)], "normal"),
     ("minimum", lambda a, b: a.minimum(b), [(3, 5), (3, 1)], "normal"),
@@ -97,6 +102,10 @@ CASES = [
     ("log_softmax", lambda a: a.log_softmax(axis=-1), [(3, 4, 7)], "normal"),
     ("cross_entropy", lambda a: ops.cross_entropy(a, _idx((3, 4), 7)), [(3, 4, 7)], "normal"),
     ("layer_norm", lambda x, w, b: ops.layer_norm(x, w, b), [(3, 4, 9), (9,), (9,)], "normal"),
+    ("rms_norm", lambda x, w: ops.rms_norm(x, w), [(3, 4, 9), (9,)], "normal"),
+    ("rms_norm_no_gain", lambda x: ops.rms_norm(x, eps=1e-3), [(3, 4, 9)], "normal"),
+    ("rotary", lambda x: ops.rotary(x), [(2, 3, 5, 8)], "normal"),
+    ("rotary_offset", lambda x: ops.rotary(x, t0=7, base=100.0), [(2, 3, 5, 6)], "normal"),
     ("dropout", lambda a: ops.dropout(a, 0.3, np.random.default_rng(5)), [(4, 9)], "normal"),
     ("attention", lambda q, k, v: ops.causal_self_attention(q, k, v), [(2, 3, 7, 5)] * 3, "normal"),
     # queries at positions 5..7 over 9 keys: the 9th is past t0 + T (a cache's unused slot, gradient 0)
@@ -106,6 +115,16 @@ CASES = [
      [(1, 2, 1, 7), (1, 2, 7, 7), (1, 2, 7, 7)], "normal"),
     ("attention_qkv", lambda qkv: ops.causal_self_attention_qkv(qkv, 2), [(2, 5, 18)], "normal"),
     ("attention_qkv_cached", lambda qkv: _cached_attention(qkv), [(2, 3, 18)], "normal"),
+    # the modern GPT's attention: q and k rotated (even head size 4), normalised, or both; cached too
+    ("attention_qkv_rotary", lambda qkv: ops.causal_self_attention_qkv(qkv, 2, rope_base=100.0),
+     [(2, 5, 24)], "normal"),
+    ("attention_qkv_qk_norm", lambda qkv: ops.causal_self_attention_qkv(qkv, 2, qk_norm=True), [(2, 5, 18)],
+     "normal"),
+    ("attention_qkv_rotary_qk_norm", lambda qkv: ops.causal_self_attention_qkv(qkv, 2, rope_base=100.0,
+                                                                                 qk_norm=True),
+     [(2, 5, 24)], "normal"),
+    ("attention_qkv_rotary_qk_norm_cached", lambda qkv: _cached_attention(qkv, rope_base=100.0, qk_norm=True),
+     [(2, 3, 24)], "normal"),
 ]
 
 
@@ -145,12 +164,76 @@ def test_cross_entropy_default_ignore_index_gradient_both_backends(kernel_backen
 
 
 @pytest.mark.parametrize("name", ["gelu", "layer_norm", "cross_entropy", "embedding", "attention",
-                                  "attention_offset", "attention_decode_step", "attention_qkv_cached"])
+                                  "attention_offset", "attention_decode_step", "attention_qkv_cached",
+                                  "rms_norm", "rms_norm_no_gain", "rotary_offset",
+                                  "attention_qkv_rotary_qk_norm_cached"])
 def test_fused_op_gradient_both_backends(name, kernel_backend, rng):
     """The fused ops pass the finite-difference check with the reference AND the Numba kernels."""
     _, fn, shapes, kind = next(c for c in CASES if c[0] == name)
     result = gradcheck(fn, _inputs(rng, shapes, kind), tol=TOL)
     assert result.ok, f"{name} ({kernel_backend}): {result}"
+
+
+def test_relu2_and_softcap_by_hand():
+    """relu2: (-2, 0, 3) -> (0, 0, 9), slope 2x -> (0, 0, 6). softcap at cap 2: 2 tanh(x / 2), so
+    x = 0 -> 0 with slope 1, and x = 2 atanh(0.5) -> 1 with slope 1 - 0.5^2 = 0.75."""
+    x = Tensor(np.array([-2.0, 0.0, 3.0]), requires_grad=True)
+    y = x.relu2()
+    y.sum().backward()
+    np.testing.assert_array_equal(y.numpy(), [0.0, 0.0, 9.0])
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 6.0])
+    x = Tensor(np.array([0.0, 2.0 * np.arctanh(0.5)]), requires_grad=True)
+    y = x.softcap(2.0)
+    y.sum().backward()
+    np.testing.assert_allclose(y.numpy(), [0.0, 1.0], rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(x.grad, [1.0, 0.75], rtol=1e-15)
+    with pytest.raises(ValueError, match=r"softcap: cap must be a finite number > 0, got 0"):
+        x.softcap(0)
+
+
+def test_rms_norm_by_hand():
+    """x = (3, 4): mean(x^2) = 12.5, so with eps 0 and gain (1, 2) out = (3, 8) / sqrt(12.5)."""
+    x = Tensor(np.array([[3.0, 4.0]]), requires_grad=True)
+    w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    np.testing.assert_allclose(ops.rms_norm(x, w, eps=0.0).numpy(), [[3.0 / 12.5 ** 0.5, 8.0 / 12.5 ** 0.5]],
+                               rtol=1e-15)
+    with pytest.raises(ValueError, match=r"rms_norm: input has 2 channels but weight is \(3,\), expected \(2,\)"):
+        ops.rms_norm(x, Tensor(np.ones(3)))
+
+
+def test_rotary_by_hand_and_relative():
+    """Position 0 is no rotation; at position p, pair 0 (the fastest, theta = p) turns by p radians.
+    And the point of it: q_p . k_s depends on p - s only, so shifting both positions by 5 (the
+    cache offset t0) leaves every score as it was."""
+    x = Tensor(np.array([[1.0, 0.0, 0.0, 0.0]] * 2))               # (T=2, hs=4)
+    out = ops.rotary(x).numpy()                                    # positions 0, 1
+    np.testing.assert_allclose(out, [[1.0, 0.0, 0.0, 0.0], [np.cos(1.0), 0.0, np.sin(1.0), 0.0]], atol=1e-15)
+    rng = np.random.default_rng(0)
+    q, k = (Tensor(rng.standard_normal((1, 2, 6, 8))) for _ in range(2))
+    scores = [(ops.rotary(q, t0=t0) @ ops.rotary(k, t0=t0).transpose()).numpy() for t0 in (0, 5)]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-12, atol=1e-12)
+
+
+def test_packed_attention_with_rotary_and_qk_norm_is_the_composition(rng, kernel_backend):
+    """The packed op's q and k transforms are the functional ops composed by hand: split, rms_norm
+    without a gain, rotary, attention, merge; the same output and the same gradient."""
+    B, T, nh, hs = 2, 6, 3, 4
+    qkv_np = rng.standard_normal((B, T, 3 * nh * hs))
+    dy = rng.standard_normal((B, T, nh * hs))
+
+    def by_hand(qkv):
+        q, k, v = (qkv[:, :, i * nh * hs:(i + 1) * nh * hs].reshape(B, T, nh, hs).transpose(1, 2) for i in range(3))
+        q, k = (ops.rotary(ops.rms_norm(a, eps=1e-5), base=50.0) for a in (q, k))
+        return ops.causal_self_attention(q, k, v).transpose(1, 2).reshape(B, T, nh * hs)
+
+    results = []
+    for fn in (by_hand, lambda qkv: ops.causal_self_attention_qkv(qkv, nh, rope_base=50.0, qk_norm=True)):
+        qkv = Tensor(qkv_np.copy(), requires_grad=True)
+        y = fn(qkv)
+        (y * Tensor(dy)).sum().backward()
+        results.append((y.numpy(), qkv.grad))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
 
 
 def test_attention_odd_sizes_several_heads(rng):
@@ -216,6 +299,42 @@ def test_control_a_backward_that_leaks_into_ignored_targets_is_caught(rng):
     targets = _chat_targets(rng, (3, 9), 13)
     result = gradcheck(lambda a: LeakyIgnoreCrossEntropy.apply(a, targets=targets), [logits], tol=TOL)
     assert not result.ok, f"gradcheck missed gradients leaking into ignored targets: {result}"
+
+
+class ForwardTurningRotary(Function):
+    """rotary's forward, but a backward that applies the same rotation again (R dout instead of
+    R^T dout): the mistake of forgetting that the transpose of a rotation turns the other way."""
+
+    @staticmethod
+    def forward(ctx, x):
+        from tinygrad_gpt.ops.attention import Rotary
+        return Rotary.forward(ctx, x, t0=3)                # keeps cos, sin
+
+    @staticmethod
+    def backward(ctx, dout):
+        from tinygrad_gpt.kernels import reference
+        return reference.rotary_forward(dout, ctx.cos, ctx.sin)
+
+
+class ConstantRstdRMSNorm(Function):
+    """rms_norm's forward (no gain), but a backward that treats rstd as a constant, dx = dout * rstd,
+    dropping the term through mean(x^2)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        from tinygrad_gpt.ops.functional import RMSNormOp
+        return RMSNormOp.forward(ctx, x)                   # keeps x (N, C), rstd, in_shape
+
+    @staticmethod
+    def backward(ctx, dout):
+        return (dout.reshape(ctx.x.shape) * ctx.rstd[:, None]).reshape(ctx.in_shape)
+
+
+@pytest.mark.parametrize("wrong", [ForwardTurningRotary, ConstantRstdRMSNorm])
+def test_control_wrong_rotary_and_rms_norm_backward_are_caught(wrong, rng):
+    x = Tensor(rng.standard_normal((2, 3, 5, 8)), requires_grad=True, dtype=np.float64)
+    result = gradcheck(lambda a: wrong.apply(a), [x], tol=TOL)
+    assert not result.ok, f"gradcheck missed {wrong.__name__}: {result}"
 
 
 def test_gradcheck_refuses_float32():

@@ -216,6 +216,102 @@ def test_layernorm(rng, dtype, shape, contiguous):
 
 
 # ------------------------------------------------------------------------------------------------
+# RMSNorm (with a gain, and without: QK-norm)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LN_SHAPES + [(96, 32)])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("gain", [True, False])
+def test_rmsnorm(rng, dtype, shape, contiguous, gain):
+    N, C = shape
+    x = normal(rng, (N, C), dtype, 3.0) + dtype(1.5)               # (N, C) off-centre: no mean is removed
+    weight = normal(rng, C, dtype) if gain else None               # (C,)
+    dout = normal(rng, (N, C), dtype)                              # (N, C)
+    if not contiguous:
+        x, dout = noncontig(x), noncontig(dout)
+        weight = noncontig(weight) if gain else None
+    want = reference.rmsnorm_forward(x, weight)
+    got = cpu.rmsnorm_forward(x, weight)
+    for name, g, w in zip(("out", "rstd"), got, want):
+        assert_close(g, w, dtype, f"rmsnorm_forward {name} {shape}")
+    rstd = want[1]
+    want = reference.rmsnorm_backward(dout, x, weight, rstd)
+    got = cpu.rmsnorm_backward(dout, x, weight, rstd)
+    # dx = rstd * (dxhat - xhat * mean(dxhat * xhat)): at C = 1 the two terms cancel to 0
+    terms = np.linalg.norm(rstd[:, None] * dout * (weight if gain else 1))
+    assert_close(got[0], want[0], dtype, f"rmsnorm_backward dx {shape}", scale=terms)
+    if gain:
+        assert_close(got[1], want[1], dtype, f"rmsnorm_backward dweight {shape}")
+    else:
+        assert got[1] is None and want[1] is None
+
+
+def test_rmsnorm_is_layer_norm_of_a_centred_row(rng):
+    """A row of mean 0 normalises alike under both (layer norm's mean is 0, its variance the mean
+    square): the two kernels agree there, and the gain-free RMSNorm is the gain 1."""
+    x = normal(rng, (5, 16), np.float64)                           # (5, 16)
+    x -= x.mean(axis=1, keepdims=True)                             # rows of mean 0
+    ones, zeros = np.ones(16), np.zeros(16)                        # (16,)
+    out, rstd = cpu.rmsnorm_forward(x, ones)
+    ln_out, _, ln_rstd = cpu.layernorm_forward(x, ones, zeros)
+    np.testing.assert_allclose(out, ln_out, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(rstd, ln_rstd, rtol=1e-12)
+    np.testing.assert_array_equal(cpu.rmsnorm_forward(x, None)[0], out)
+
+
+# ------------------------------------------------------------------------------------------------
+# rotary position embedding
+# ------------------------------------------------------------------------------------------------
+ROTARY_SHAPES = [(1, 2), (3, 7, 10), (2, 3, 5, 8), (12, 4, 64, 32)]  # (..., T, hs)
+
+
+def rotary_tables(rng, T, hs, dtype):
+    """cos, sin (T, hs/2) of random angles: the kernels rotate by whatever the tables hold."""
+    theta = rng.uniform(-10.0, 10.0, (T, hs // 2))                 # (T, hs/2)
+    return np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROTARY_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_rotary(rng, dtype, shape, contiguous):
+    x = normal(rng, shape, dtype)                                  # (..., T, hs)
+    dout = normal(rng, shape, dtype)                               # (..., T, hs)
+    cos, sin = rotary_tables(rng, *shape[-2:], dtype)              # (T, hs/2) each
+    if not contiguous:
+        x, dout = noncontig(x), noncontig(dout)
+    out = cpu.rotary_forward(x, cos, sin)
+    assert_close(out, reference.rotary_forward(x, cos, sin), dtype, f"rotary_forward {shape}")
+    assert_close(cpu.rotary_backward(dout, cos, sin), reference.rotary_backward(dout, cos, sin), dtype,
+                 f"rotary_backward {shape}")
+    # a rotation keeps each pair's length, and backward (the transpose) undoes forward
+    h = shape[-1] // 2
+    np.testing.assert_allclose(out[..., :h] ** 2 + out[..., h:] ** 2, x[..., :h] ** 2 + x[..., h:] ** 2,
+                               rtol=TOL[dtype] * 10, atol=TOL[dtype])
+    assert_close(cpu.rotary_backward(out, cos, sin), np.ascontiguousarray(x), dtype, f"rotary round trip {shape}")
+
+
+def test_rotary_by_hand():
+    """hs = 4: the pairs are channels (0, 2) and (1, 3). A quarter turn sends (a, b) to (-b, a),
+    no turn leaves the pair alone; backward turns the other way."""
+    x = np.array([[1.0, 2.0, 3.0, 4.0]])                           # (T=1, hs=4)
+    cos = np.array([[0.0, 1.0]])                                   # (1, 2): pair 0 a quarter turn, pair 1 none
+    sin = np.array([[1.0, 0.0]])
+    for module in (reference, cpu):
+        np.testing.assert_array_equal(module.rotary_forward(x, cos, sin), [[-3.0, 2.0, 1.0, 4.0]])
+        np.testing.assert_array_equal(module.rotary_backward(x, cos, sin), [[3.0, 2.0, -1.0, 4.0]])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_rotary_shape_errors_name_the_shapes(backend):
+    module = {"reference": reference, "cpu": cpu}[backend]
+    with pytest.raises(ValueError, match=r"even head size hs, got shape \(2, 5\)"):
+        module.rotary_forward(np.zeros((2, 5)), np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"must be \(T, hs // 2\) = \(3, 2\) for x \(1, 3, 4\), got \(2, 2\)"):
+        module.rotary_forward(np.zeros((1, 3, 4)), np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+# ------------------------------------------------------------------------------------------------
 # GELU
 # ------------------------------------------------------------------------------------------------
 GELU_SHAPES = [(), (1,), (7, 13), (3, 5, 17), (768, 512)]
@@ -730,6 +826,10 @@ def test_other_dtypes_fall_back_to_the_reference(rng):
     x32 = normal(rng, (4, 6), np.float32)                          # (4, 6)
     for g, w in zip(cpu.layernorm_forward(x32, w64, w64), reference.layernorm_forward(x32, w64, w64)):
         np.testing.assert_array_equal(g, w)
+    for g, w in zip(cpu.rmsnorm_forward(x32, w64), reference.rmsnorm_forward(x32, w64)):
+        np.testing.assert_array_equal(g, w)
+    cos = np.ones((4, 3), np.float64)                              # (T, hs/2) float64 tables, float16 x
+    np.testing.assert_array_equal(cpu.rotary_forward(x, cos, cos), reference.rotary_forward(x, cos, cos))
 
 
 def test_first_compilation_is_announced_once_and_not_when_cached(tmp_path):

@@ -363,3 +363,210 @@ def test_to_device_moves_the_model_and_its_device(rng, device):
     np.testing.assert_allclose(backend.to_numpy(got.data), backend.to_numpy(want.data), rtol=1e-12, atol=1e-12)
     back = moved.to("cpu")
     assert back.device == "cpu" and backend.device_of_array(back(idx)[0].data) == "cpu"
+
+
+# ---- the modern architecture: rotary, RMSNorm, QK-norm, ReLU^2, soft-capped logits, zero init -------
+MODERN = dict(position="rotary", norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=3.0,
+              zero_init=True, bias=False)
+TINY_MODERN = GPTConfig(**{**TINY.__dict__, **MODERN})        # head size 4: rotary needs it even
+
+
+def _perturbed(model, rng, xp_device="cpu"):
+    """Every parameter moved off its init (zero projections, unit gains) so gradients are generic."""
+    xp = backend.get_xp(xp_device)
+    for _, p in model.named_parameters():
+        p.data += xp.asarray(rng.normal(0, 0.1 if p.ndim == 1 else 0.05, p.shape))
+    return model
+
+
+def test_modern_model_gradient_float64(rng, kernel_backend, device):
+    """Sampled entries of every parameter of the modern GPT against central differences: the
+    rotary, QK-norm, RMSNorm and soft-cap backwards inside the whole model (odd T = 7).
+
+    With GELU: ReLU^2's second derivative jumps at 0, and a finite difference whose +-eps straddles
+    one of the MLP's hundreds of pre-activations is off by up to eps there, more than tol 1e-6.
+    relu2 is checked as an op away from 0 (test_gradcheck_ops.py), and in the model by its
+    forward (test_rmsnorm_relu2_and_qk_norm_do_what_they_say) and by training below."""
+    config = GPTConfig(**{**TINY_MODERN.__dict__, "activation": "gelu"})
+    model = _perturbed(GPT(config, seed=int(rng.integers(1 << 30)), dtype=np.float64, device=device), rng, device)
+    idx = rng.integers(0, TINY.vocab_size, (3, 7))
+    targets = rng.integers(0, TINY.vocab_size, (3, 7))
+    params = model.parameters()
+    result = gradcheck(lambda *ps: model(idx, targets)[1], params, max_checks=6, tol=1e-6,
+                       seed=int(rng.integers(1 << 30)))
+    assert result.ok, f"{kernel_backend}: {result} (parameter {list(dict(model.named_parameters()))[result.where[0]]})"
+
+
+def test_modern_parameters_have_gpt2_names_without_wpe_or_norm_biases():
+    model = GPT(TINY_MODERN, seed=0)
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    assert shapes == GPT.parameter_shapes(TINY_MODERN) and list(shapes) == list(GPT.parameter_shapes(TINY_MODERN))
+    assert "wpe.weight" not in shapes and not any(n.endswith(".bias") for n in shapes)
+    assert {"h.0.ln_1.weight", "h.1.ln_2.weight", "ln_f.weight", "h.0.attn.c_attn.weight"} <= set(shapes)
+    # rmsnorm with bias=True: the Linears get biases, the norms none
+    with_bias = GPTConfig(**{**TINY_MODERN.__dict__, "bias": True})
+    names = set(GPT.parameter_shapes(with_bias))
+    assert "h.0.attn.c_attn.bias" in names and "h.0.ln_1.bias" not in names
+    assert names == {n for n, _ in GPT(with_bias, seed=0).named_parameters()}
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("position", "alibi", "position must be one of learned, rotary, got 'alibi'"),
+    ("norm", "batchnorm", "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
+    ("activation", "swiglu", "activation must be one of gelu, relu2, got 'swiglu'"),
+    ("logit_softcap", -1.0, "logit_softcap must be >= 0, got -1.0"),
+    ("rope_base", 1.0, "rope_base must be > 1, got 1.0"),
+])
+def test_modern_fields_are_validated(field, value, says):
+    with pytest.raises(ValueError, match=f"GPTConfig: {says}"):
+        GPTConfig(**{**TINY.__dict__, field: value})
+
+
+def test_rotary_needs_an_even_head_size():
+    with pytest.raises(ValueError, match=r"head size n_embd / n_head must be even, got 12 / 4 = 3"):
+        GPTConfig(n_embd=12, n_head=4, position="rotary")
+    GPTConfig(n_embd=12, n_head=4)                              # learned positions: any head size
+
+
+def test_gpt2_is_the_default_and_each_field_changes_only_what_it_names(rng):
+    """The defaults are GPT-2's; a modern field leaves every weight it does not name as the GPT-2
+    of the same seed draws it (wpe is drawn and dropped by a rotary model)."""
+    assert GPTConfig() == GPTConfig(position="learned", norm="layernorm", qk_norm=False, activation="gelu",
+                                    logit_softcap=0.0, zero_init=False, bias=True)
+    base = GPT(TINY, seed=4).state_dict()
+    for field, value in MODERN.items():
+        if field == "bias":
+            continue
+        changed = GPT(GPTConfig(**{**TINY.__dict__, field: value}), seed=4).state_dict()
+        for name, a in changed.items():
+            if field == "zero_init" and name.endswith("c_proj.weight"):
+                assert not a.any(), name
+            else:
+                np.testing.assert_array_equal(a, base[name], err_msg=f"{field}: {name}")
+        assert set(base) - set(changed) == ({"wpe.weight"} if field == "position" else
+                                            {n for n in base if ".ln_" in f".{n}" and n.endswith(".bias")}
+                                            if field == "norm" else set())
+
+
+def test_softcap_bounds_the_logits_and_the_loss_sees_the_capped_ones(rng):
+    """logit_softcap = c: logits = c tanh(raw / c) of the uncapped model's raw logits (the same
+    weights), |logits| <= c, and the cross-entropy is that of the capped logits. (Sampling reads
+    GPT.logits too: test_generate_logits_are_forwards_last_row.)"""
+    cap = 0.5
+    raw_model = GPT(TINY, seed=2, dtype=np.float64)
+    for p in raw_model.parameters():
+        p.data *= 10.0                                      # raw logits well beyond the cap
+    capped = GPT(GPTConfig(**{**TINY.__dict__, "logit_softcap": cap}), seed=2, dtype=np.float64)
+    capped.load_state_dict(raw_model.state_dict())
+    idx, targets = rng.integers(0, TINY.vocab_size, (2, 6)), rng.integers(0, TINY.vocab_size, (2, 6))
+    raw, _ = raw_model(idx)
+    logits, loss = capped(idx, targets)
+    assert np.abs(raw.numpy()).max() > 4 * cap and np.abs(logits.numpy()).max() <= cap
+    np.testing.assert_allclose(logits.numpy(), cap * np.tanh(raw.numpy() / cap), rtol=1e-12, atol=1e-15)
+    assert loss.item() == pytest.approx(ops.cross_entropy(Tensor(logits.numpy()), targets).item(), rel=1e-12)
+
+
+def test_zero_init_makes_every_block_the_identity_at_the_start(rng):
+    """attn.c_proj and mlp.c_proj start at zero (and bias=False): each residual branch adds 0, so
+    the hidden state is ln_f of the embedding."""
+    config = GPTConfig(**{**TINY.__dict__, "zero_init": True, "bias": False})
+    model = GPT(config, seed=int(rng.integers(1 << 30)), dtype=np.float64)
+    idx = rng.integers(0, TINY.vocab_size, (2, 5))
+    x = model.wte(idx) + model.wpe(np.arange(5))                  # (2, 5, C) the embedding
+    np.testing.assert_array_equal(model.hidden(idx).numpy(), model.ln_f(x).numpy())
+
+
+def test_rmsnorm_relu2_and_qk_norm_do_what_they_say(rng):
+    # epsilon 1e-12: the rescaling test below is then exact to float64 rounding, not to eps / mean(q^2)
+    model = GPT(GPTConfig(**{**TINY.__dict__, "norm": "rmsnorm", "activation": "relu2", "qk_norm": True,
+                             "layer_norm_epsilon": 1e-12}), seed=1, dtype=np.float64)
+    _perturbed(model, rng)
+    x = rng.standard_normal((2, 5, TINY.n_embd))
+    # ln_1: x / rms(x) * gain, no mean removed
+    w = model.h[0].ln_1.weight.numpy()
+    want = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-12) * w
+    np.testing.assert_allclose(model.h[0].ln_1(Tensor(x)).numpy(), want, rtol=1e-12)
+    # mlp: c_proj(relu(c_fc(x))^2)
+    mlp = model.h[0].mlp
+    h = np.maximum(x @ mlp.c_fc.weight.numpy() + mlp.c_fc.bias.numpy(), 0) ** 2
+    np.testing.assert_allclose(mlp(Tensor(x)).numpy(), h @ mlp.c_proj.weight.numpy() + mlp.c_proj.bias.numpy(),
+                               rtol=1e-12, atol=1e-14)
+    # qk_norm: scaling the q and k projections (weights and biases) changes nothing; without it, it does
+    idx = rng.integers(0, TINY.vocab_size, (2, 6))
+    before = model(idx)[0].numpy()
+    for block in model.h:
+        C = TINY.n_embd
+        block.attn.c_attn.weight.data[:, :2 * C] *= 7.0
+        block.attn.c_attn.bias.data[:2 * C] *= 7.0
+    np.testing.assert_allclose(model(idx)[0].numpy(), before, rtol=1e-9, atol=1e-10)
+    for block in model.h:
+        block.attn.qk_norm = False
+    assert not np.allclose(model(idx)[0].numpy(), before, rtol=1e-3)
+
+
+def test_rotary_model_attention_maps_are_the_kernels(rng):
+    """GPT.attention_probs applies the same rotation and QK-norm as the attention op: every row
+    sums to 1 only if its scores are the ones the kernel's lse was computed from."""
+    model = _perturbed(GPT(TINY_MODERN, seed=3, dtype=np.float64), rng)
+    maps = model.attention_probs(rng.integers(0, TINY.vocab_size, (2, TINY.block_size)))
+    assert len(maps) == TINY.n_layer and maps[0].shape == (2, TINY.n_head, TINY.block_size, TINY.block_size)
+    for m in maps:
+        np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-10)
+        assert not np.triu(m, 1).any()
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_rotary_kv_cache_logits_equal_full_forward_in_uneven_chunks(rng, kernel_backend, dtype, rtol):
+    """Prefill 2, then chunks of 3, 1, 2, 1: the cached keys were rotated at their own positions,
+    and each chunk's queries at the cache offset, so every logit equals the uncached forward's."""
+    model = _perturbed(GPT(TINY_MODERN, seed=int(rng.integers(1 << 30)), dtype=dtype), rng).eval()
+    idx = rng.integers(0, TINY.vocab_size, (3, TINY.block_size))
+    full, _ = model(idx)
+    caches = model.new_caches(3)
+    pieces, t = [], 0
+    for n in (2, 3, 1, 2, 1):
+        pieces.append(model(idx[:, t:t + n], caches=caches)[0].numpy())
+        t += n
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full.numpy(), rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3, 8])
+@pytest.mark.parametrize("mode", [dict(top_k=1), dict(seed=7), dict(seed=8, top_p=0.8, temperature=0.7)])
+def test_rotary_generate_cached_equals_uncached_for_prompt_lengths(rng, prompt_len, mode):
+    """Within the block and past it (windows with a fresh cache each), the cached sampler of a
+    rotary model draws the tokens the uncached one draws."""
+    model = _perturbed(GPT(TINY_MODERN, seed=int(rng.integers(1 << 30)), dtype=np.float64), rng)
+    prompt = rng.integers(0, TINY.vocab_size, (2, prompt_len))
+    new = 2 * TINY.block_size
+    a = model.generate(prompt, new, use_cache=True, **mode)
+    b = model.generate(prompt, new, use_cache=False, **mode)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, prompt_len + new)
+
+
+def test_modern_model_trains_with_kernels_on_and_off_identically():
+    """20 AdamW steps of the modern GPT (every field on, zero-initialised projections): the loss
+    falls, and the fused kernels and the NumPy references give the same curve."""
+    from tinygrad_gpt import kernels
+    from tinygrad_gpt.optim import AdamW, decay_groups
+    config = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16, **MODERN)
+    curves = {}
+    for backend_name in ("reference", "fused"):
+        kernels.set_backend(backend_name)
+        try:
+            model = GPT(config, seed=0)
+            opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-3)
+            data_rng = np.random.default_rng(0)
+            losses = []
+            for _ in range(20):
+                x = data_rng.integers(0, 8, (4, 16))
+                _, loss = model(x, (x + 1) % 17)  # next token = this token + 1
+                model.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            curves[backend_name] = np.array(losses)
+        finally:
+            kernels.set_backend(None)
+    np.testing.assert_allclose(curves["fused"], curves["reference"], rtol=2e-4)
+    assert curves["fused"][-1] < curves["fused"][0] - 0.5

@@ -603,3 +603,48 @@ def test_a_tokenizer_with_more_ids_than_the_model_is_refused(tmp_path, rng):
         load_tokenizer(folder)
     roomy = GPT(GPTConfig(**{**SMALL.__dict__, "vocab_size": 304}), seed=1).save_pretrained(tmp_path / "r", tokenizer=tok)
     assert load_tokenizer(roomy).vocab_size == 300  # fewer ids than rows (a padded vocabulary) is fine
+
+
+# ---- only GPT-2's architecture crosses: the modern fields are refused both ways, by name ----------
+@pytest.mark.parametrize("fields, says", [
+    (dict(position="rotary", norm="rmsnorm"), "position='rotary', norm='rmsnorm'"),
+    (dict(qk_norm=True), "qk_norm=True"),
+    (dict(activation="relu2"), "activation='relu2'"),
+    (dict(logit_softcap=15.0), "logit_softcap=15.0"),
+    (dict(bias=False), "bias=False"),
+])
+def test_save_pretrained_refuses_another_architecture_naming_the_fields(tmp_path, fields, says):
+    """The error names each field that is not GPT-2's (and GPT-2's value), and nothing is written."""
+    model = GPT(GPTConfig(**{**SMALL.__dict__, **fields}), seed=0)
+    with pytest.raises(PretrainedError, match=f"this model has {says} \\(GPT-2: "):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(PretrainedError, match=says):
+        config_to_hf(model.config)
+
+
+def test_zero_init_is_how_a_model_starts_and_exports_as_gpt2(tmp_path):
+    model = GPT(GPTConfig(**{**SMALL.__dict__, "zero_init": True}), seed=0)
+    back = GPT.from_pretrained(model.save_pretrained(tmp_path / "out"))
+    assert back.config == SMALL                             # zero_init is not part of config.json
+    assert_same_weights(back, model)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (dict(rope_theta=10000.0, rms_norm_eps=1e-6),
+     r"describes position='rotary', norm='rmsnorm' \(from the keys rope_theta, rms_norm_eps\)"),
+    (dict(final_logit_softcapping=30.0), r"describes logit_softcap=30.0 \(from the keys final_logit_softcapping\)"),
+    (dict(activation_function="relu2"), r"describes activation='relu2'"),
+    (dict(qk_layernorm=True), r"describes qk_norm=True"),
+])
+def test_from_pretrained_refuses_a_config_of_another_architecture_naming_the_fields(tmp_path, rng, extra, says):
+    """A config.json with the keys other Hugging Face architectures use for rotary positions,
+    RMSNorm, soft-capping, ReLU^2 or QK-norm is refused before any weight is read."""
+    write_folder(tmp_path / "m", GPT(SMALL, seed=0), config=hf_config(SMALL, **extra))
+    with pytest.raises(PretrainedError, match=says + ".*not GPT-2's architecture"):
+        GPT.from_pretrained(tmp_path / "m")
+    with pytest.raises(PretrainedError, match=says):
+        config_from_hf(hf_config(SMALL, **extra), "config.json")
+    # the same keys at a GPT-2 value (absent, null, false) load
+    assert GPTConfig(**config_from_hf(hf_config(SMALL, rope_scaling=None, qk_layernorm=False,
+                                                position_embedding_type="absolute"), "config.json")) == SMALL

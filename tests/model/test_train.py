@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -356,3 +355,47 @@ def test_muon_and_wsd_resume_equals_an_uninterrupted_run(corpus, tmp_path, ctrl_
     assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
     meta = checkpoint.load_checkpoint(resumed)[2]
     assert meta["train_config"]["optimizer"] == "muon"
+
+
+MODERN_FLAGS = ["--position", "rotary", "--norm", "rmsnorm", "--qk-norm", "true", "--activation", "relu2",
+                "--logit-softcap", "15", "--zero-init", "true", "--bias", "false"]
+
+
+def test_a_modern_model_is_recorded_resumes_equal_and_samples(corpus, tmp_path, capsys, ctrl_c_after_step):
+    """The architecture fields travel in the checkpoint: 12 steps straight equal 4 + resume for 8
+    (with no architecture flag on --resume: the checkpoint's), the run loads as the same model, and
+    --sample draws from it; --resume with a contradicting architecture flag is refused."""
+    from tinygrad_gpt.runs import load_model
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert shakespeare.main(_args(corpus, straight, *MODERN_FLAGS)) == 0
+    ctrl_c_after_step(4)
+    assert shakespeare.main(_args(corpus, resumed, *MODERN_FLAGS)) == 130
+    assert shakespeare.main(_args(corpus, resumed, "--resume")) == 0
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]
+    model, meta, _ = load_model(resumed)
+    assert {k: meta["model_config"][k] for k in ("position", "norm", "qk_norm", "activation", "logit_softcap",
+                                                  "zero_init", "bias")} == \
+        dict(position="rotary", norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=15.0,
+             zero_init=True, bias=False)
+    assert not hasattr(model, "wpe") and type(model.ln_f).__name__ == "RMSNorm"
+    with pytest.raises(ValueError, match=r"--position 'rotary' \(this command gives 'learned'\)"):
+        shakespeare.main(_args(corpus, resumed, "--resume", "--position", "learned", "--max-iters", "13"))
+    capsys.readouterr()
+    assert shakespeare.main(["--sample", "--out", str(resumed), "--prompt", "The king", "--num-tokens", "30",
+                             "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("The king") and len(text.rstrip("\n")) >= 38
+
+
+def test_a_checkpoint_from_before_the_architecture_fields_loads_as_gpt2(corpus, tmp_path):
+    """A checkpoint written before position, norm, ... existed has no such keys: it loads with
+    their defaults, which are the GPT-2 architecture it was trained with."""
+    from tinygrad_gpt.model import GPTConfig
+    from tinygrad_gpt.runs import NEWER_MODEL_FIELDS, check_meta
+    out = tmp_path / "run"
+    assert shakespeare.main(_args(corpus, out, "--epochs", "1")) == 0
+    meta = checkpoint.load_checkpoint(out)[2]
+    old = {k: v for k, v in meta["model_config"].items() if k not in NEWER_MODEL_FIELDS}
+    assert check_meta({**meta, "model_config": old}, out) == GPTConfig(**meta["model_config"])

@@ -10,7 +10,7 @@ recomputes); FlashAttention (keep only the row log-sum-exp of the attention soft
 probabilities in backward). Does not: import tinygrad_gpt, allocate anything it does not return.
 
 Dimension legend: N rows, C channels, V vocabulary, B batch, nh heads, T time (queries), L keys,
-hs head size.
+hs head size, M any leading axes taken together.
 """
 import importlib
 import math
@@ -19,7 +19,8 @@ import numpy as np
 
 # the names every kernel module (cpu/, cuda/) must provide, with these signatures
 KERNELS = (
-    "layernorm_forward", "layernorm_backward", "gelu_forward", "gelu_backward",
+    "layernorm_forward", "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward",
+    "rotary_forward", "rotary_backward", "gelu_forward", "gelu_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "attention_forward", "attention_backward", "embedding_backward", "adamw_update",
     "dropout_forward", "dropout_backward", "muon_momentum", "muon_apply",
@@ -67,6 +68,80 @@ def layernorm_backward(dout, x, weight, mean, rstd):
     dx = rstd[:, None] * (dxhat - dxhat.mean(axis=1, keepdims=True)
                           - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))  # (N, C)
     return dx, dweight, dbias
+
+
+# ------------------------------------------------------------------------------------------------
+# RMSNorm over the last axis: layer norm without the mean, and a gain without a bias
+# ------------------------------------------------------------------------------------------------
+def rmsnorm_forward(x, weight, eps=1e-5):
+    """out = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps), per row. x (N, C); weight (C,),
+    or None for no gain (out = x * rstd). Returns out, rstd."""
+    xp = get_array_module(x)
+    ms = (x * x).mean(axis=1)                                      # (N,)      1
+    rstd = 1.0 / xp.sqrt(ms + x.dtype.type(eps))                   # (N,)      2
+    xhat = x * rstd[:, None]                                       # (N, C)    3
+    out = xhat if weight is None else xhat * weight                # (N, C)    4
+    return out, rstd.astype(x.dtype, copy=False)
+
+
+def rmsnorm_backward(dout, x, weight, rstd):
+    """Gradients of rmsnorm_forward: dx (N, C), and dweight (C,) (None when weight is None)."""
+    xhat = x * rstd[:, None]                                       # (N, C)  recompute line 3
+    # forward 4: out = xhat * weight, so dweight = sum_n dout * xhat and dxhat = dout * weight
+    dweight = None if weight is None else (dout * xhat).sum(axis=0)  # (C,)
+    dxhat = dout if weight is None else dout * weight              # (N, C)
+    # forward 1-3: xhat_j = x_j * rstd with d rstd / d x_i = -rstd^3 x_i / C, so
+    # dx_i = rstd * dxhat_i - rstd^3 x_i / C * sum_j dxhat_j x_j = rstd * (dxhat_i - xhat_i * mean(dxhat * xhat))
+    # (layer norm's formula without its mean(dxhat) term: there is no mean to subtract)
+    dx = rstd[:, None] * (dxhat - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))  # (N, C)
+    return dx, dweight
+
+
+# ------------------------------------------------------------------------------------------------
+# rotary position embedding: rotate pairs of channels by a position-dependent angle
+# ------------------------------------------------------------------------------------------------
+def _rotary_shapes(x, cos, sin):
+    """hs // 2 for x (..., T, hs) and tables cos, sin (T, hs // 2); ValueError naming the shapes
+    otherwise. Private: the shape rule the cpu and cuda rotary wrappers share."""
+    if x.ndim < 2 or x.shape[-1] % 2:
+        raise ValueError(f"rotary: x must be (..., T, hs) with an even head size hs, got shape {x.shape}")
+    half = x.shape[-1] // 2
+    if cos.shape != (x.shape[-2], half) or sin.shape != cos.shape:
+        raise ValueError(f"rotary: cos and sin must be (T, hs // 2) = {(x.shape[-2], half)} for x {x.shape}, "
+                         f"got {cos.shape} and {sin.shape}")
+    return half
+
+
+def rotary_forward(x, cos, sin):
+    """Rotate each channel pair (i, i + hs/2) of x (..., T, hs) at row t by the angle theta[t, i]
+    whose cosine and sine the tables cos, sin (T, hs/2) hold (the halves layout of GPT-NeoX and
+    Llama; RoFormer pairs neighbours instead, the same rotation in another channel order):
+
+        out[..., t, i]        = x[..., t, i] cos[t, i] - x[..., t, i + hs/2] sin[t, i]     1
+        out[..., t, i + hs/2] = x[..., t, i] sin[t, i] + x[..., t, i + hs/2] cos[t, i]     2
+
+    Returns out, x's shape (contiguous).
+    """
+    xp = get_array_module(x)
+    h = _rotary_shapes(x, cos, sin)
+    x1, x2 = x[..., :h], x[..., h:]                                # (..., T, hs/2) each
+    out = xp.empty(x.shape, dtype=x.dtype)                         # (..., T, hs)
+    out[..., :h] = x1 * cos - x2 * sin                             # 1
+    out[..., h:] = x1 * sin + x2 * cos                             # 2
+    return out
+
+
+def rotary_backward(dout, cos, sin):
+    """dx of rotary_forward: the transposed rotation, which is the rotation by -theta."""
+    xp = get_array_module(dout)
+    h = _rotary_shapes(dout, cos, sin)
+    # forward 1-2: (out1, out2) = R (x1, x2) with R = [[cos, -sin], [sin, cos]] per pair, so
+    # (dx1, dx2) = R^T (dout1, dout2): dx1 = dout1 cos + dout2 sin, dx2 = -dout1 sin + dout2 cos
+    d1, d2 = dout[..., :h], dout[..., h:]                          # (..., T, hs/2) each
+    dx = xp.empty(dout.shape, dtype=dout.dtype)                    # (..., T, hs)
+    dx[..., :h] = d1 * cos + d2 * sin
+    dx[..., h:] = d2 * cos - d1 * sin
+    return dx
 
 
 # ------------------------------------------------------------------------------------------------

@@ -258,6 +258,59 @@ class Relu(Function):
         return dout * ctx.positive
 
 
+class Relu2(Function):
+    """relu(a)^2, the MLP activation of the modern GPT (So et al. 2021, "Primer"; modded-nanogpt).
+
+    Not a fused kernel: forward is two streaming NumPy passes (max, square) and backward two
+    (a product, doubled in place), with no transcendental function; a kernel would save one pass
+    each way. GELU's kernel paid off because its NumPy form makes about ten passes and a tanh.
+    """
+
+    @staticmethod
+    def forward(ctx, a):
+        check_float("relu2", a)
+        xp = array_module(a)
+        r = xp.maximum(a, 0)                                      # (X)  1
+        ctx.r = r
+        return r * r                                              # (X)  2
+
+    @staticmethod
+    def backward(ctx, dout):
+        # forward 2: out = r^2, so dr = 2 r dout; forward 1: r = max(a, 0), so da = dr where a > 0,
+        # and r = 0 (so da = 0) elsewhere: the derivative is continuous at 0, no kink to choose at
+        da = dout * ctx.r                                         # (X)
+        da += da                                                  # (X)  2 r dout, exact
+        return da
+
+
+class Softcap(Function):
+    """cap * tanh(a / cap): a smooth clamp of a to (-cap, cap), the identity near 0 (slope 1).
+
+    Caps the logits before the loss (Gemma 2; modded-nanogpt), so that no logit can run away.
+    Not a fused kernel: its natural fusion is into the cross-entropy kernel (the capped logits
+    then never written out), but the logits it caps here are (N, V) at a character vocabulary, a
+    few passes over an array smaller than any activation of a block.
+    """
+
+    @staticmethod
+    def forward(ctx, a, cap):
+        check_float("softcap", a)
+        if not (isinstance(cap, (int, float, np.floating)) and np.isfinite(cap) and cap > 0):
+            raise ValueError(f"softcap: cap must be a finite number > 0, got {cap!r}")
+        xp = array_module(a)
+        t = xp.tanh(a * a.dtype.type(1.0 / cap))                  # (X)  1
+        ctx.t = t
+        return t * a.dtype.type(cap)                              # (X)  2
+
+    @staticmethod
+    def backward(ctx, dout):
+        # forward 2: out = cap * t, so dt = cap * dout; forward 1: t = tanh(a / cap), so
+        # da = dt * (1 - t^2) / cap = dout * (1 - t^2): the caps cancel
+        da = 1 - ctx.t * ctx.t                                    # (X)
+        da *= dout
+        return da
+
+
 class Gelu(Function):
     """GELU with the tanh approximation, as GPT-2: see tinygrad_gpt/kernels/reference.py for the formulas."""
 

@@ -1,6 +1,6 @@
-"""Neural-network ops: softmax, log_softmax, cross_entropy, layer_norm, dropout, embedding.
+"""Neural-network ops: softmax, log_softmax, cross_entropy, layer_norm, rms_norm, dropout, embedding.
 
-The fused ones (cross_entropy, layer_norm, embedding's backward, gelu) call `kernels.for_array(x)`,
+The fused ones (cross_entropy, layer_norm, rms_norm, embedding's backward, gelu) call `kernels.for_array(x)`,
 which is the Numba kernel on CPU, the CuPy kernel on GPU, or the NumPy reference in
 tinygrad_gpt/kernels/reference.py (where their equations are written out) when TINYGRAD_GPT_KERNELS=reference.
 
@@ -125,6 +125,42 @@ class LayerNormOp(Function):
 
 def layer_norm(x, weight, bias, eps=1e-5):
     return LayerNormOp.apply(x, weight, bias, eps=eps)
+
+
+class RMSNormOp(Function):
+    """Normalise by the root mean square over the last axis, then scale: (..., C) with weight (C,),
+    or without a weight (`rms_norm(x)`: no gain, as the model's QK-norm uses it).
+
+        out = x * rstd * weight,  rstd = 1 / sqrt(mean(x^2) + eps)
+
+    Layer norm without the mean subtraction and without the bias (Zhang & Sennrich 2019). The
+    equations and the backward are written out in tinygrad_gpt/kernels/reference.py.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight=None, eps=1e-5):
+        check_float("rms_norm", x, *(() if weight is None else (weight,)))
+        C = x.shape[-1]
+        if weight is not None and weight.shape != (C,):
+            raise ValueError(f"rms_norm: input has {C} channels but weight is {weight.shape}, expected ({C},)")
+        x2 = x.reshape(-1, C)                                     # (N, C)
+        out, rstd = kernels.for_array(x2).rmsnorm_forward(x2, weight, eps)  # (N, C), (N,)
+        ctx.x, ctx.weight, ctx.rstd, ctx.in_shape = x2, weight, rstd, x.shape
+        return out.reshape(x.shape)                               # (..., C)
+
+    @staticmethod
+    def backward(ctx, dout):
+        dout2 = dout.reshape(ctx.x.shape)                         # (N, C)
+        dx, dweight = kernels.for_array(dout2).rmsnorm_backward(dout2, ctx.x, ctx.weight, ctx.rstd)
+        dx = dx.reshape(ctx.in_shape)                             # (..., C)
+        return dx if ctx.weight is None else (dx, dweight)
+
+
+def rms_norm(x, weight=None, eps=1e-5):
+    """RMSNorm of x (..., C) over its last axis, times weight (C,) if one is given."""
+    if weight is None:
+        return RMSNormOp.apply(x, eps=eps)
+    return RMSNormOp.apply(x, weight, eps=eps)
 
 
 class DropoutOp(Function):

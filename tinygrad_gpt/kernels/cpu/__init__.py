@@ -27,6 +27,8 @@ from tinygrad_gpt.kernels.cpu.embedding import embedding_backward
 from tinygrad_gpt.kernels.cpu.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cpu.layernorm import layernorm_backward, layernorm_forward
 from tinygrad_gpt.kernels.cpu.muon import muon_apply, muon_momentum
+from tinygrad_gpt.kernels.cpu.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from tinygrad_gpt.kernels.cpu.rotary import rotary_backward, rotary_forward
 
 # the same names as the reference, which lists them once (reference.KERNELS)
 __all__ = ["GELU_SCALE", "get_array_module", "is_cupy_array", *KERNELS]

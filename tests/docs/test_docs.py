@@ -7,7 +7,7 @@ For every Markdown file in docs/, and the README:
   * every ```python block runs standalone in a subprocess from the repository root (exit 0, within
     a timeout), and every `worst relative error X (tol Y)` it prints (the str of a GradcheckResult)
     has X <= Y;
-  * every chapter 01-08 has at least one block that prints such a line;
+  * every chapter (01-08, and 05b between 05 and 06) has at least one block that prints such a line;
   * every ```text block is a verbatim excerpt of the code (its lines, each stripped of its
     indentation, appear in that order and unbroken in one source file of the repository), so a
     quoted line that the code no longer has breaks this test; printed output goes in ```console;
@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # the README is held to the same rules: its snippets run, its links resolve
 DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
-CHAPTER = re.compile(r"^(0[1-8])-.*\.md$")
+# a chapter added between two others takes a letter (05b sorts after 05 and before 06), so that
+# the chapters after it keep their numbers and every link to them stays valid
+CHAPTER = re.compile(r"^(0[1-8][a-z]?)-.*\.md$")
 
 REF = re.compile(r"([A-Za-z0-9_./-]+\.py):([A-Za-z_][A-Za-z0-9_.]*)")
 # a code span may wrap onto the next line of its paragraph, never across a blank line
@@ -271,6 +273,14 @@ def _links(pattern):
 def test_tour_exists():
     assert (DOCS / "README.md").is_file(), "docs/README.md (the table of contents) is missing"
     assert any(CHAPTER.match(d.name) for d in DOC_FILES), "docs/ has no chapter 01-08"
+
+
+def test_every_markdown_file_in_docs_is_a_chapter_or_the_contents():
+    """A chapter named outside CHAPTER would silently skip the gradient-check rule here and the
+    notebook run (tests/docs/test_notebooks.py selects its chapters with CHAPTER too)."""
+    others = [d.name for d in DOCS.glob("*.md") if d.name != "README.md" and not CHAPTER.match(d.name)]
+    assert not others, f"docs/ files that are neither README.md nor a chapter (NN-name.md, NNx-name.md): {others}"
+    assert CHAPTER.match("05b-the-modern-gpt.md") and not CHAPTER.match("05bb-x.md") and not CHAPTER.match("5-x.md")
 
 
 @pytest.mark.parametrize("doc, lineno, path, symbol", list(_refs()))

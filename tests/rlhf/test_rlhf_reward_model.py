@@ -81,34 +81,24 @@ def test_pooled_score_gradcheck(pool):
     assert res.ok, res
 
 
-def test_gradcheck_control_catches_a_words_pool_that_ignores_its_mask():
-    """Control: a words-pool backward that sends dr to every position (the sum's rule) must fail."""
+class SumRuleBackward(PooledScore):
+    """A wrong backward for the controls: every pool's dr sent to every position (the sum's rule)."""
 
-    class UnmaskedBackward(PooledScore):
-        @staticmethod
-        def backward(ctx, dr):
-            ctx.pool = "sum"
-            return PooledScore.backward(ctx, dr)
+    @staticmethod
+    def backward(ctx, dr):
+        ctx.pool = "sum"
+        return PooledScore.backward(ctx, dr)
 
+
+@pytest.mark.parametrize("pool", ["max", "words"])
+def test_gradcheck_control_catches_a_pool_that_spreads_its_gradient(pool):
+    """Control: a max pool (one position) or a words pool (the masked ones) whose backward sends dr to
+    every position must fail."""
     rng = np.random.default_rng()
     x, w, b = _head_inputs(rng)
     mask = np.zeros((3, 7))
     mask[:, ::3] = 1.0
-    assert not gradcheck(lambda x, w, b: UnmaskedBackward.apply(x, w, b, pool="words", mask=mask).sum(), [x, w, b]).ok
-
-
-def test_gradcheck_control_catches_a_max_pool_that_spreads_its_gradient():
-    """Control: a max-pool backward that sends dr to every position (the sum's rule) must fail."""
-
-    class SpreadBackward(PooledScore):
-        @staticmethod
-        def backward(ctx, dr):
-            ctx.pool = "sum"
-            return PooledScore.backward(ctx, dr)
-
-    rng = np.random.default_rng()
-    x, w, b = _head_inputs(rng)
-    assert not gradcheck(lambda x, w, b: SpreadBackward.apply(x, w, b, pool="max").sum(), [x, w, b]).ok
+    assert not gradcheck(lambda x, w, b: SumRuleBackward.apply(x, w, b, pool=pool, mask=mask).sum(), [x, w, b]).ok
 
 
 def test_pooled_score_rejects_bad_shapes():

@@ -337,6 +337,34 @@ def test_control_wrong_rotary_and_rms_norm_backward_are_caught(wrong, rng):
     assert not result.ok, f"gradcheck missed {wrong.__name__}: {result}"
 
 
+class SlightlyWrongReciprocal(Function):
+    """forward 1/x, backward -1/x^2 off by 1e-4 relative: a control for the fourth-order recheck."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.a = a
+        return 1.0 / a
+
+    @staticmethod
+    def backward(ctx, dout):
+        return -dout / ctx.a ** 2 * (1 + 1e-4)
+
+
+def test_gradcheck_rechecks_a_large_third_derivative_with_the_fourth_order_difference():
+    """1/x at x = 0.005: f''' = -6/x^4, so the O(eps^2) difference is off by eps^2/6 * f''' = 0.16
+    against f' = -40000, 4e-6 relative, above the tolerance for a correct backward. The recheck with
+    the O(eps^4) stencil passes it; a backward 1e-4 wrong still fails."""
+    x = 0.005 * (1 + np.random.default_rng().uniform(0, 0.05))
+    eps = 1e-5
+    second_order = (1 / (x + eps) - 1 / (x - eps)) / (2 * eps)
+    assert abs(second_order - (-1 / x ** 2)) > TOL / x ** 2      # the premise: the plain estimate misses
+    result = gradcheck(lambda a: 1.0 / a, [Tensor(np.array([x]), requires_grad=True)], eps=eps, tol=TOL)
+    assert result.ok and abs(result.numeric - (-1 / x ** 2)) < 1e-9 / x ** 2, str(result)
+    wrong = gradcheck(lambda a: SlightlyWrongReciprocal.apply(a), [Tensor(np.array([x]), requires_grad=True)],
+                      eps=eps, tol=TOL)
+    assert not wrong.ok and 5e-5 < wrong.max_rel_error < 2e-4, str(wrong)
+
+
 def test_gradcheck_refuses_float32():
     a = Tensor(np.ones((2, 2), np.float32), requires_grad=True)
     with pytest.raises(TypeError, match="float64"):

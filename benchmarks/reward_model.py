@@ -97,18 +97,18 @@ def main(argv=None):
     curve, t_train = [], [0.0]
     t0 = time.perf_counter()
 
-    def measure(step):
+    def measure(step, pairs_seen):
         t_train[0] += time.perf_counter() - t0
-        row = {"step": step, "train_s": round(t_train[0], 1), "pairs_seen": step * cfg.batch_size,
+        row = {"step": step, "train_s": round(t_train[0], 1), "pairs_seen": pairs_seen,
                "train_acc": pairwise_accuracy(model, train.take(np.arange(min(len(train), 2000)))),
                "heldout_acc": pairwise_accuracy(model, held_std), "heldout_any_acc": pairwise_accuracy(model, held_any)}
         curve.append(row)
         print(f"  step {step}: train {row['train_acc']:.3f}, held out {row['heldout_acc']:.3f} "
               f"(> 0: {row['heldout_any_acc']:.3f}), {row['train_s']:.0f} s, {row['pairs_seen']} pairs seen", flush=True)
 
-    def timed(step):
+    def timed(step, pairs_seen):
         nonlocal t0
-        measure(step)
+        measure(step, pairs_seen)
         t0 = time.perf_counter()
 
     train_reward_model(model, train, cfg, every=args.eval_every or cfg.steps, callback=timed)

@@ -194,6 +194,32 @@ def test_train_reward_model_needs_pairs():
         train_reward_model(RewardModel(GPT(cfg), TOK.decode), empty, RewardModelConfig(steps=1))
 
 
+def test_a_step_scores_each_response_once_and_compares_every_pair_of_its_prompts():
+    """InstructGPT's batching: a step of batch_size prompts scores each distinct response of their
+    pairs once (one forward of U rows) and its loss is the Bradley-Terry mean over all their pairs,
+    the same as scoring every pair's two responses apart."""
+    cfg = GPTConfig(vocab_size=TOK.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    rng = np.random.default_rng()
+    N, k = 6, 4
+    pairs = pairs_from_groups(rng.integers(0, TOK.vocab_size, (N, k, 8)), rng.uniform(-1, 1, (N, k)), 0.05)
+    model = RewardModel(GPT(cfg, seed=0), TOK.decode, pool="sum", head="linear")
+    model.head.weight.data[...] = rng.standard_normal(model.head.weight.shape)  # not the zero head: r differs
+    rc, rr = model.score(pairs.chosen), model.score(pairs.rejected)
+    expected = np.mean(np.logaddexp(0.0, -(rc - rr)))                    # -log sigmoid(rc - rr), all pairs
+    rows, forward = [], model.forward
+    model.forward = lambda responses: rows.append(len(responses)) or forward(responses)
+    losses = train_reward_model(model, pairs, RewardModelConfig(steps=1, batch_size=N, lr=1e-3, warmup=0))
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+    assert rows == [len(np.unique(np.concatenate([pairs.chosen, pairs.rejected]), axis=0))]
+    rows.clear()
+    seen = []
+    train_reward_model(model, pairs, RewardModelConfig(steps=3, batch_size=2, lr=1e-3, warmup=0),
+                       every=1, callback=lambda step, pairs_seen: seen.append(pairs_seen))
+    assert all(u <= 2 * k for u in rows) and len(rows) == 3              # two prompts' responses per step
+    per_prompt = np.bincount(pairs.group, minlength=N)
+    assert seen[-1] <= 3 * 2 * per_prompt.max() and np.all(np.diff([0] + seen) > 0)
+
+
 # ---- the per-word valence model ---------------------------------------------------------------
 
 def test_word_sum_hand_example():

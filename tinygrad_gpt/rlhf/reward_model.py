@@ -19,8 +19,9 @@ pairwise accuracy is the fraction of pairs with r_chosen > r_rejected; both mode
 run of kind "reward-model" (save_reward_model, load_reward_model), which any RL method can optimise
 without training it again (--reward-model DIR).
 
-Dimension legend: N pairs, k responses per prompt, R response tokens, C n_embd, H head_hidden, F a
-head layer's input (C or H), W words, V vocabulary.
+Dimension legend: N pairs, G prompts, M pairs and U distinct responses in a step, k responses per
+prompt, R response tokens, C n_embd, H head_hidden, F a head layer's input (C or H), W words,
+V vocabulary.
 Follows: Christiano et al. 2017, Stiennon et al. 2020 (reward model from pairwise comparisons),
 Ouyang et al. 2022 eq. 1 (all pairs of K ranked responses). Deliberately does not: see the prompt
 (the gold score ignores it too), model ties, or give a word the training responses never used a
@@ -67,8 +68,11 @@ class RewardModelConfig:
     head: str = setting("mlp", choices=HEADS)      # model gpt: a per-position MLP (C -> head_hidden -> 1) or a linear
     head_hidden: int = setting(512, ge=1)          # the MLP head's width
     train_trunk: bool = True                       # model gpt: the trunk trains with the head (frozen: the head alone)
-    steps: int = setting(4000, ge=1)               # pairs seen = steps x batch_size; model gpt: ~15 min on 2 cores
-    batch_size: int = setting(32, ge=1)            # pairs per step
+    steps: int = setting(4000, ge=1)               # model gpt: ~15 min on 2 cores
+    batch_size: int = setting(16, ge=1)            # prompts per step: every kept pair among their responses is
+                                                   # compared, each response scored once (~3.9 pairs per prompt
+                                                   # at k = 4 for the cost of 4 responses; pairs drawn one by one
+                                                   # cost 2 responses each)
     lr: float = setting(3e-3, gt=0)                # AdamW for the head (and for words' valences)
     trunk_lr: float = setting(1e-4, gt=0)          # AdamW for the trunk, which starts trained: moved gently
     warmup: int = setting(100, ge=0)               # steps of linear warm-up of both rates, then a cosine to a tenth
@@ -329,11 +333,21 @@ def lr_factor(step, steps, warmup, floor=0.1):
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def pairs_by_prompt(pairs):
+    """The pairs of each prompt: a list of index arrays into `pairs`, one per distinct pairs.group."""
+    order = np.argsort(pairs.group, kind="stable")                        # (N,)
+    return np.split(order, np.flatnonzero(np.diff(pairs.group[order])) + 1)
+
+
 def train_reward_model(model, pairs, config, log=None, every=None, callback=None):
     """Bradley-Terry training on `pairs`; returns the list of per-step losses.
 
-    Both learning rates follow lr_factor (warm-up, then a cosine to a tenth). callback(step), if given,
-    runs after every `every` steps (e.g. to measure a held-out accuracy).
+    A step takes config.batch_size prompts (pairs.group) and compares every pair of their responses,
+    scoring each distinct response once: InstructGPT's batching (Ouyang et al. 2022, sec. 3.5), which
+    gives k - 1 comparisons per response scored instead of 1/2 and keeps the pairs of one prompt, which
+    share their responses, from being seen at different times as if they were independent. Both
+    learning rates follow lr_factor (warm-up, then a cosine to a tenth). callback(step, pairs_seen), if
+    given, runs after every `every` steps (e.g. to measure a held-out accuracy).
     """
     if len(pairs) < 2:
         raise ValueError(f"train_reward_model: need >= 2 pairs, got {len(pairs)} (lower min_margin or sample more)")
@@ -341,27 +355,31 @@ def train_reward_model(model, pairs, config, log=None, every=None, callback=None
     xp = get_xp(model.gpt.device) if hasattr(model, "gpt") else np
     opt = AdamW(parameter_groups(model, config), betas=(0.9, 0.95))
     params = [p for _, p in model.trainable()]
-    losses, order, pos = [], rng.permutation(len(pairs)), 0
-    bs = min(config.batch_size, len(pairs))
+    prompts = pairs_by_prompt(pairs)                                      # G index arrays
+    bs = min(config.batch_size, len(prompts))
+    losses, order, pos, pairs_seen = [], rng.permutation(len(prompts)), 0, 0
     for step in range(config.steps):
         for group in opt.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(step, config.steps, config.warmup)
-        if pos + bs > len(pairs):
-            order, pos = rng.permutation(len(pairs)), 0
-        idx = order[pos:pos + bs]                                         # (M,)
+        if pos + bs > len(prompts):
+            order, pos = rng.permutation(len(prompts)), 0
+        idx = np.concatenate([prompts[g] for g in order[pos:pos + bs]])   # (M,) the pairs of bs prompts
         pos += bs
-        both = np.concatenate([pairs.chosen[idx], pairs.rejected[idx]])   # (2M, R) one forward for both
-        r = model(xp.asarray(both))                                       # (2M,)
-        loss = bradley_terry_loss(r[:bs], r[bs:])
+        both = np.concatenate([pairs.chosen[idx], pairs.rejected[idx]])   # (2M, R)
+        distinct, which = np.unique(both, axis=0, return_inverse=True)    # (U, R), (2M,) both = distinct[which]
+        which = which.reshape(-1)
+        r = model(xp.asarray(distinct))                                   # (U,) one forward per response
+        loss = bradley_terry_loss(r[which[:len(idx)]], r[which[len(idx):]])
         model.zero_grad()
         loss.backward()
         clip_grad_norm(params, 1.0)
         opt.step()
         losses.append(loss.item())
+        pairs_seen += len(idx)
         if log and (step + 1) % 100 == 0:
             log(f"reward model step {step + 1}/{config.steps}: loss {np.mean(losses[-100:]):.4f}")
         if callback and every and (step + 1) % every == 0:
-            callback(step + 1)
+            callback(step + 1, pairs_seen)
     return losses
 
 

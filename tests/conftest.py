@@ -77,6 +77,14 @@ def ctrl_c_after_step(monkeypatch):
     return arm
 
 
+def default_sigint():
+    """preexec_fn for a child that a test sends SIGINT: a shell that starts pytest in the background
+    ignores SIGINT and a child inherits that (Python then installs no KeyboardInterrupt handler, and a
+    program that restores the handler it found restores "ignore"); the program's own Ctrl-C is what
+    the test is about, so the child starts with the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def load_script(name):
     """examples/<name>.py as a module, to call its main() in-process (and patch what it calls):
     loaded by its path, once per process, with nothing added to sys.path."""

@@ -19,6 +19,7 @@ import pytest
 from tinygrad_gpt.chat import ChatModel, Sampling
 
 import chat_runs
+from conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +143,8 @@ class _Reader:
 
 def test_ctrl_c_stops_a_reply_then_at_the_prompt_ends_the_chat_130(base_dir):
     proc = subprocess.Popen([sys.executable, "-m", "tinygrad_gpt.chat", str(base_dir), "--max-tokens", "1000000"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+                            preexec_fn=default_sigint)
     out = _Reader(proc)
     try:
         out.wait_for("you> ")

@@ -25,6 +25,7 @@ from tinygrad_gpt import serve  # noqa: E402
 from tinygrad_gpt.chat import ChatModel, Reply  # noqa: E402
 
 import chat_runs  # noqa: E402
+from conftest import default_sigint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ASK = {"messages": [{"role": "user", "content": "Who goes there?"}], "temperature": 0}
@@ -309,7 +310,7 @@ def test_a_signalled_server_stops_with_the_scripts_status(chat_dir, tmp_path, si
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "tinygrad_gpt.serve", str(chat_dir), "--port", "0",
                              "--judgments", str(tmp_path / "j.jsonl")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)
     try:
         assert "serving" in proc.stdout.readline()
         proc.send_signal(sig)

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import gpt2_dir, peer
+from conftest import default_sigint, gpt2_dir, peer
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.pretrained import PretrainedError, config_from_hf, config_to_hf, read_safetensors
 from tinygrad_gpt.tokenizers import load_gpt2
@@ -365,10 +365,8 @@ def test_sample_streams_and_ctrl_c_keeps_what_was_printed(gpt2_folder):
     import os
     import signal
     import time
-    # subtle: a shell that starts pytest in the background ignores SIGINT, and a child inherits that (Python
-    # then installs no KeyboardInterrupt handler); the sampler's own Ctrl-C is what is tested, so restore it
     proc = _example("--init-from", str(gpt2_folder), "--sample", "--prompt", "ROMEO:", "--num-tokens", "1000000",
-                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                    preexec_fn=default_sigint)
     got = b""
     deadline = time.time() + 120
     while len(got) < 40 and time.time() < deadline:

@@ -9,8 +9,9 @@ estimate. Where that misses the tolerance, the element is measured again with th
 central difference (8 (f(x + eps) - f(x - eps)) - (f(x + 2 eps) - f(x - 2 eps))) / (12 eps), whose
 truncation error is O(eps^4), and that estimate is the one compared: a function with a large third
 derivative (a normalisation of a short vector, 1 / |x|^3) can put the O(eps^2) estimate itself
-off by more than the tolerance, while a wrong backward stays wrong under both. A function with a non-scalar output is reduced to a scalar with fixed random weights,
-sum(w * f(x)), so that every output element is tested with a different weight.
+off by more than the tolerance, while a wrong backward stays wrong under both. A function with a
+non-scalar output is reduced to a scalar with fixed random weights, sum(w * f(x)), so that every
+output element is tested with a different weight.
 
 Error measure, per element: |analytic - numeric| / max(|analytic|, |numeric|, floor). The floor
 (default 1e-3) keeps the measure meaningful where the true gradient is ~0: there it is an absolute
@@ -61,6 +62,22 @@ def _scalar(fn, inputs, weights):
     return (out * Tensor(weights, device=out.device)).sum()
 
 
+def _difference(fn, inputs, weights, t, idx, h):
+    """f(x + h) - f(x - h) with element idx of input t moved, then put back."""
+    original = t.data[idx].item()
+    t.data[idx] = original + h
+    f_plus = _scalar(fn, inputs, weights).item()
+    t.data[idx] = original - h
+    f_minus = _scalar(fn, inputs, weights).item()
+    t.data[idx] = original
+    return f_plus - f_minus
+
+
+def _rel_error(analytic, numeric, floor):
+    """|analytic - numeric| / max(|analytic|, |numeric|, floor): the measure of the module docstring."""
+    return abs(analytic - numeric) / max(abs(analytic), abs(numeric), floor)
+
+
 def _not_finite(name, value):
     """"analytic gradient is nan" / "numeric gradient is inf", or "" for a finite value."""
     return "" if math.isfinite(value) else f"{name} gradient is {value}"
@@ -102,21 +119,12 @@ def gradcheck(fn, inputs, eps=1e-5, tol=1e-6, floor=1e-3, max_checks=None, seed=
             # perturb through an index of t.data itself: reshape(-1) of a non-contiguous
             # array is a copy, and perturbing a copy leaves the input as it was
             idx = _index(e, t.shape)
-            original = t.data[idx].item()
-            t.data[idx] = original + eps
-            f_plus = _scalar(fn, inputs, weights).item()
-            t.data[idx] = original - eps
-            f_minus = _scalar(fn, inputs, weights).item()
-            t.data[idx] = original
-            numeric = (f_plus - f_minus) / (2 * eps)
+            d1 = _difference(fn, inputs, weights, t, idx, eps)                # f(x + eps) - f(x - eps)
+            numeric = d1 / (2 * eps)
             a = float(analytic[e])
-            if not abs(a - numeric) <= tol * max(abs(a), abs(numeric), floor):  # NaN too: look again
-                t.data[idx] = original + 2 * eps
-                f_plus2 = _scalar(fn, inputs, weights).item()
-                t.data[idx] = original - 2 * eps
-                f_minus2 = _scalar(fn, inputs, weights).item()
-                t.data[idx] = original
-                numeric = (8 * (f_plus - f_minus) - (f_plus2 - f_minus2)) / (12 * eps)
+            if not _rel_error(a, numeric, floor) <= tol:                      # NaN too: look again
+                d2 = _difference(fn, inputs, weights, t, idx, 2 * eps)
+                numeric = (8 * d1 - d2) / (12 * eps)
             checked += 1
             # subtle: NaN loses every comparison (err > worst would be False): look for it first
             problem = _not_finite("analytic", a) or _not_finite("numeric", numeric)
@@ -124,7 +132,7 @@ def gradcheck(fn, inputs, eps=1e-5, tol=1e-6, floor=1e-3, max_checks=None, seed=
                 if not worst.problem:  # the first non-finite value is the one reported
                     worst = GradcheckResult(False, math.inf, (pos, idx), a, numeric, 0, tol, problem)
                 continue
-            err = abs(a - numeric) / max(abs(a), abs(numeric), floor)
+            err = _rel_error(a, numeric, floor)
             if not worst.problem and (err > worst.max_rel_error or worst.where[0] is None):
                 worst = GradcheckResult(True, err, (pos, idx), a, numeric, 0, tol)
         bad = np.flatnonzero(~np.isfinite(analytic))  # every element: max_checks may not have sampled it

@@ -23,6 +23,7 @@ from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.rlhf import (PooledScore, RewardModel, RewardModelConfig, WordRewardModel, WordSum,
                                make_preference_pairs, pairs_from_groups, pairs_from_responses, pairwise_accuracy,
                                prompt_batches, train_reward_model, vocabulary_of, words_of)
+from tinygrad_gpt.rlhf.pairs import PreferencePairs
 from tinygrad_gpt.rlhf.reward_model import load_reward_model, save_reward_model, word_end_table, word_ends
 from tinygrad_gpt.tensor import Tensor
 from tinygrad_gpt.tokenizers.char import CharTokenizer
@@ -141,6 +142,12 @@ def test_pairs_from_groups_hand_example():
     np.testing.assert_array_equal(pairs.rejected, [[2, 2], [2, 2]])
     np.testing.assert_allclose(pairs.margin, [0.5, 0.52])
     np.testing.assert_array_equal(pairs.group, [0, 0])
+
+
+def test_by_prompt_lists_each_prompts_pairs():
+    """groups [2, 0, 2, 1, 0] -> prompt 0: pairs 1, 4; prompt 1: pair 3; prompt 2: pairs 0, 2."""
+    pairs = PreferencePairs(np.zeros((5, 2)), np.ones((5, 2)), np.ones(5), np.array([2, 0, 2, 1, 0]))
+    assert [p.tolist() for p in pairs.by_prompt()] == [[1, 4], [3], [0, 2]]
 
 
 def test_split_keeps_each_prompts_pairs_together():

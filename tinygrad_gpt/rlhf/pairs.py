@@ -42,6 +42,11 @@ class PreferencePairs:
         held = np.isin(self.group, groups[:n_held])                       # (N,)
         return self.take(np.flatnonzero(~held)), self.take(np.flatnonzero(held))
 
+    def by_prompt(self):
+        """The pairs of each prompt: a list of index arrays, one per distinct group, in group order."""
+        order = np.argsort(self.group, kind="stable")                     # (N,)
+        return np.split(order, np.flatnonzero(np.diff(self.group[order])) + 1)
+
     def with_margin(self, min_margin):
         """The pairs whose gold scores differ by at least min_margin."""
         return self.take(np.flatnonzero(self.margin >= min_margin))

@@ -333,12 +333,6 @@ def lr_factor(step, steps, warmup, floor=0.1):
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def pairs_by_prompt(pairs):
-    """The pairs of each prompt: a list of index arrays into `pairs`, one per distinct pairs.group."""
-    order = np.argsort(pairs.group, kind="stable")                        # (N,)
-    return np.split(order, np.flatnonzero(np.diff(pairs.group[order])) + 1)
-
-
 def train_reward_model(model, pairs, config, log=None, every=None, callback=None):
     """Bradley-Terry training on `pairs`; returns the list of per-step losses.
 
@@ -355,7 +349,7 @@ def train_reward_model(model, pairs, config, log=None, every=None, callback=None
     xp = get_xp(model.gpt.device) if hasattr(model, "gpt") else np
     opt = AdamW(parameter_groups(model, config), betas=(0.9, 0.95))
     params = [p for _, p in model.trainable()]
-    prompts = pairs_by_prompt(pairs)                                      # G index arrays
+    prompts = pairs.by_prompt()                                           # G index arrays
     bs = min(config.batch_size, len(prompts))
     losses, order, pos, pairs_seen = [], rng.permutation(len(prompts)), 0, 0
     for step in range(config.steps):

@@ -646,7 +646,7 @@ def load():
             del kernels.cuda
     sys.modules["cupy_emulated"] = cp
     # every instantiation of a file in one g++ run (files in parallel), not one run per
-    # instantiation at its first launch as NVRTC does: 7 compilations instead of 42
+    # instantiation at its first launch as NVRTC does: one compilation per kernel file
     jobs = [(preamble + f.SOURCE, tuple(f.NAME_EXPRESSIONS)) for f in files]
     for (code, names), lib in zip(jobs, build_all(jobs)):
         for i, name in enumerate(names):

@@ -165,6 +165,8 @@ def make_cases(preset, rng):
         ("layernorm_backward", (dout_c, x, w, mean, rstd), gb * 3 * N * C, "GB/s"),
         ("gelu_forward", (h,), gb * 2 * N * 4 * C, "GB/s"),
         ("gelu_backward", (dh, h), gb * 3 * N * 4 * C, "GB/s"),
+        ("relu2_forward", (h,), gb * 2 * N * 4 * C, "GB/s"),
+        ("relu2_backward", (dh, h), gb * 3 * N * 4 * C, "GB/s"),
         ("softmax_cross_entropy_forward", (logits, targets), gb * N * V, "GB/s"),
         ("softmax_cross_entropy_backward", (dlosses, logits, lse_ce, targets), gb * 2 * N * V,
          "GB/s"),
@@ -283,6 +285,7 @@ for dt in (np.float32, np.float64):
     calls = [
         ("layernorm_forward", (x, w, w)), ("layernorm_backward", (x, x, w, mean, rstd)),
         ("gelu_forward", (x,)), ("gelu_backward", (x, x)),
+        ("relu2_forward", (x,)), ("relu2_backward", (x, x)),
         ("softmax_cross_entropy_forward", (x, tg)),
         ("softmax_cross_entropy_backward", (mean, x, mean, tg)),
         ("attention_forward", (q, q, q, 0.5)), ("attention_backward", (q, q, q, q, out, lse, 0.5)),

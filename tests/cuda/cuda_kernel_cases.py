@@ -243,6 +243,30 @@ def test_gelu_saturates(dtype):
 
 
 # ------------------------------------------------------------------------------------------------
+# ReLU squared
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (1,), (7, 13), (3, 5, 17),
+                                   pytest.param((64, 256, 512), marks=PRESET_SIZE)])
+def test_relu2(rng, dtype, shape):
+    """One rounding per element both ways: bit for bit the reference, strided input included."""
+    x = normal(rng, shape, dtype, 2.0)
+    dout = normal(rng, shape, dtype)
+    np.testing.assert_array_equal(cuda.relu2_forward(*dev(x)).get(), reference.relu2_forward(x))
+    np.testing.assert_array_equal(cuda.relu2_backward(*dev(dout, x)).get(), reference.relu2_backward(dout, x))
+    if len(shape) >= 1 and shape[-1] > 1:
+        np.testing.assert_array_equal(cuda.relu2_forward(strided(x)).get(), reference.relu2_forward(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu2_edges(dtype):
+    x = np.array([-np.inf, -3.0, -0.0, 0.0, 2.0 ** -100, 0.5, 3.0, np.inf, np.nan], dtype=dtype)
+    dout = np.full_like(x, 1.5)
+    np.testing.assert_array_equal(cuda.relu2_forward(cupy.asarray(x)).get(), reference.relu2_forward(x))
+    np.testing.assert_array_equal(cuda.relu2_backward(*dev(dout, x)).get(), reference.relu2_backward(dout, x))
+
+
+# ------------------------------------------------------------------------------------------------
 # softmax + cross-entropy
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -163,7 +163,7 @@ def test_cross_entropy_default_ignore_index_gradient_both_backends(kernel_backen
     assert result.ok, f"{kernel_backend}: {result}"
 
 
-@pytest.mark.parametrize("name", ["gelu", "layer_norm", "cross_entropy", "embedding", "attention",
+@pytest.mark.parametrize("name", ["gelu", "relu2", "layer_norm", "cross_entropy", "embedding", "attention",
                                   "attention_offset", "attention_decode_step", "attention_qkv_cached",
                                   "rms_norm", "rms_norm_no_gain", "rotary_offset",
                                   "attention_qkv_rotary_qk_norm_cached"])

@@ -357,6 +357,38 @@ def test_gelu_saturates_like_the_reference(dtype):
 
 
 # ------------------------------------------------------------------------------------------------
+# ReLU squared
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GELU_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_relu2(rng, dtype, shape, contiguous):
+    """max(x, 0)^2 and 2 max(x, 0) dout round once per element both ways: bit for bit the reference."""
+    if not contiguous and len(shape) == 0:
+        pytest.skip("a 0-d array has no stride")
+    x = normal(rng, shape, dtype, 2.0)                             # shape
+    dout = normal(rng, shape, dtype)                               # shape
+    if not contiguous:
+        x, dout = noncontig(x), noncontig(dout)
+    out = cpu.relu2_forward(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    np.testing.assert_array_equal(out, reference.relu2_forward(x))
+    np.testing.assert_array_equal(cpu.relu2_backward(dout, x), reference.relu2_backward(dout, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu2_edges_like_the_reference(dtype):
+    """0 and -0 give 0 and slope 0, nan propagates (as numpy.maximum), +inf stays inf, -inf gives 0."""
+    x = np.array([-np.inf, -3.0, -0.0, 0.0, 2.0 ** -100, 0.5, 3.0, np.inf, np.nan], dtype=dtype)  # (9,)
+    dout = np.full_like(x, 1.5)                                    # (9,)
+    expected = np.array([0.0, 0.0, 0.0, 0.0, 2.0 ** -200, 0.25, 9.0, np.inf, np.nan]).astype(dtype)
+    for module in (reference, cpu):
+        np.testing.assert_array_equal(module.relu2_forward(x), expected)
+        np.testing.assert_array_equal(module.relu2_backward(dout, x),
+                                      np.array([0, 0, 0, 0, 3 * 2.0 ** -100, 1.5, 9.0, np.inf, np.nan]).astype(dtype))
+
+
+# ------------------------------------------------------------------------------------------------
 # softmax + cross-entropy
 # ------------------------------------------------------------------------------------------------
 CE_SHAPES = [(1, 1), (7, 13), (768, 65), (5, 1000)]

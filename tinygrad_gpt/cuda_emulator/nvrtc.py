@@ -19,7 +19,7 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1]  # tinygrad_gpt/
 CUDA_DIR = PACKAGE / "kernels" / "cuda"
-KERNEL_FILES = ("layernorm", "rmsnorm", "rotary", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout", "muon")
+KERNEL_FILES = ("layernorm", "rmsnorm", "rotary", "gelu", "relu2", "cross_entropy", "attention", "embedding", "adamw", "dropout", "muon")
 ARCHS = ("compute_70", "compute_75", "compute_80", "compute_90")  # V100, T4, A100, H100/H200
 OPTIONS = ["--std=c++14"]
 STATIC_SHARED_LIMIT = 48 * 1024

@@ -20,7 +20,7 @@ import numpy as np
 # the names every kernel module (cpu/, cuda/) must provide, with these signatures
 KERNELS = (
     "layernorm_forward", "layernorm_backward", "rmsnorm_forward", "rmsnorm_backward",
-    "rotary_forward", "rotary_backward", "gelu_forward", "gelu_backward",
+    "rotary_forward", "rotary_backward", "gelu_forward", "gelu_backward", "relu2_forward", "relu2_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
     "attention_forward", "attention_backward", "embedding_backward", "adamw_update",
     "dropout_forward", "dropout_backward", "muon_momentum", "muon_apply",
@@ -171,6 +171,26 @@ def gelu_backward(dout, x):
     half = x.dtype.type(0.5)
     local = half * (1 + th) + half * x * (1 - th * th) * s * (1 + 3 * c * x * x)
     return dout * local
+
+
+# ------------------------------------------------------------------------------------------------
+# ReLU squared (the modern GPT's MLP activation)
+# ------------------------------------------------------------------------------------------------
+def relu2_forward(x):
+    """out = max(x, 0)^2. Any shape."""
+    xp = get_array_module(x)
+    r = xp.maximum(x, x.dtype.type(0))                             # 1
+    return r * r                                                   # 2
+
+
+def relu2_backward(dout, x):
+    """dx of relu2_forward: 2 max(x, 0) dout."""
+    xp = get_array_module(x)
+    # forward 2: out = r^2, so dr = 2 r dout; forward 1: r = max(x, 0), so dx = dr where x > 0, and
+    # r = 0 (so dx = 0) elsewhere: the derivative is continuous at 0, no kink to choose at
+    dx = dout * xp.maximum(x, x.dtype.type(0))                     # r dout
+    dx += dx                                                       # 2 r dout, exact
+    return dx
 
 
 # ------------------------------------------------------------------------------------------------

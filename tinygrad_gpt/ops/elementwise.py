@@ -261,26 +261,19 @@ class Relu(Function):
 class Relu2(Function):
     """relu(a)^2, the MLP activation of the modern GPT (So et al. 2021, "Primer"; modded-nanogpt).
 
-    Not a fused kernel: forward is two streaming NumPy passes (max, square) and backward two
-    (a product, doubled in place), with no transcendental function; a kernel would save one pass
-    each way. GELU's kernel paid off because its NumPy form makes about ten passes and a tanh.
+    A fused kernel (one pass each way; equations and the backward in kernels/reference.py): in
+    NumPy it is two passes each way over the MLP's (N, 4C) activations, each writing a temporary.
     """
 
     @staticmethod
     def forward(ctx, a):
         check_float("relu2", a)
-        xp = array_module(a)
-        r = xp.maximum(a, 0)                                      # (X)  1
-        ctx.r = r
-        return r * r                                              # (X)  2
+        ctx.a = a
+        return kernels.for_array(a).relu2_forward(a)              # max(a, 0)^2
 
     @staticmethod
     def backward(ctx, dout):
-        # forward 2: out = r^2, so dr = 2 r dout; forward 1: r = max(a, 0), so da = dr where a > 0,
-        # and r = 0 (so da = 0) elsewhere: the derivative is continuous at 0, no kink to choose at
-        da = dout * ctx.r                                         # (X)
-        da += da                                                  # (X)  2 r dout, exact
-        return da
+        return kernels.for_array(dout).relu2_backward(dout, ctx.a)  # 2 max(a, 0) dout
 
 
 class Softcap(Function):

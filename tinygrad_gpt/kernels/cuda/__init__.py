@@ -12,6 +12,7 @@ Matmuls are not here: the engine's `@` on cupy arrays goes to cuBLAS.
 | rmsnorm_forward / backward      | rmsnorm.py       | warp per row; dweight: chunked column sums       |
 | rotary_forward / backward       | rotary.py        | grid-stride, a thread per channel pair           |
 | gelu_forward / backward         | gelu.py          | grid-stride elementwise                          |
+| relu2_forward / backward        | relu2.py         | grid-stride elementwise                          |
 | softmax_cross_entropy_*         | cross_entropy.py | warp (V <= 1024) or block per row; flat backward |
 | attention_forward / backward    | attention.py     | flash-style tiles: forward, dq, dk/dv kernels    |
 | embedding_backward              | embedding.py     | thread per element, atomicAdd                    |
@@ -38,6 +39,7 @@ from tinygrad_gpt.kernels.cuda.dropout import dropout_backward, dropout_forward
 from tinygrad_gpt.kernels.cuda.embedding import embedding_backward
 from tinygrad_gpt.kernels.cuda.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cuda.layernorm import layernorm_backward, layernorm_forward
+from tinygrad_gpt.kernels.cuda.relu2 import relu2_backward, relu2_forward
 from tinygrad_gpt.kernels.cuda.muon import muon_apply, muon_momentum
 from tinygrad_gpt.kernels.cuda.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from tinygrad_gpt.kernels.cuda.rotary import rotary_backward, rotary_forward
@@ -46,4 +48,4 @@ from tinygrad_gpt.kernels.cuda.rotary import rotary_backward, rotary_forward
 __all__ = ["GELU_SCALE", "get_array_module", "is_cupy_array", *KERNELS]
 
 # the files whose SOURCE / NAME_EXPRESSIONS the compile test and the benchmark walk through
-KERNEL_FILES = ("layernorm", "rmsnorm", "rotary", "gelu", "cross_entropy", "attention", "embedding", "adamw", "dropout", "muon")
+KERNEL_FILES = ("layernorm", "rmsnorm", "rotary", "gelu", "relu2", "cross_entropy", "attention", "embedding", "adamw", "dropout", "muon")

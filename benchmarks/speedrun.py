@@ -17,7 +17,7 @@ For each seed, in turn (interleaved, so that machine noise hits every variant al
             and tokens at the first evaluation whose whole-split loss is <= L (exit 4: not reached
             within the preset's --max-iters).
   --ablate  ours again with one idea of the recipe taken out by a flag (--optimizer adamw,
-            --schedule cosine, --position learned, ...); an idea the recipe does not use, or a flag
+            --schedule wsd, --position learned, ...); an idea the recipe does not use, or a flag
             this build does not have, is listed as skipped.
 Prints one line per run as it ends, then medians over seeds: our time to L / budget (the
 target is <= 0.40), tokens to L for both, the loss reached, and the ablation table as Markdown;
@@ -52,7 +52,7 @@ QUICK_OURS = dict(max_iters=300, eval_every=20, eval_batches=2, sample_tokens=10
 # (the idea taken out, the setting that takes it out, its value without the idea)
 ABLATIONS = [
     ("muon", "optimizer", "adamw"),
-    ("wsd", "schedule", "cosine"),
+    ("cosine", "schedule", "wsd"),
     ("rotary", "position", "learned"),
     ("rmsnorm", "norm", "layernorm"),
     ("qk-norm", "qk_norm", False),

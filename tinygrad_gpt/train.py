@@ -135,19 +135,21 @@ PRESETS = {
                  dict(batch_size=4, epochs=1, max_iters=300, lr=3e-5, min_lr=3e-5, warmup_iters=0,
                       eval_batches=8, eval_every=100, sample_tokens=100, log_every=5)),
     # time to a target loss (examples/shakespeare.py --preset speedrun --target-val-loss L; benchmarks/
-    # speedrun.py): Muon for the blocks' matrices, warm-up / constant / linear cool-down. Muon's
-    # Newton-Schulz costs the same per step whatever the batch (~5 (4 d^2 n + 2 d^3) FLOPs per d x n
-    # matrix against ~6 d n per token for the step): at width 128 it adds about half a 12-row step;
-    # 32 rows of 64 (2,048 tokens) bring it to about a seventh; max_iters is the budget the cool-down is
-    # planned for, the whole split is measured every 50 steps. Muon at 0.05, the modded-nanogpt
-    # speedrun's rate (0.02, the Muon default, trained slower in a short trial here); AdamW
-    # (embeddings, the tied head, gains) at 3e-3: with Muon it no longer trains the matrices. The
-    # architecture of the record runs: rotary positions, RMSNorm and QK-norm, ReLU^2, soft-capped
-    # logits, zero-initialised projections, no biases (each idea's worth: benchmarks/speedrun.py --ablate)
+    # speedrun.py): Muon for the blocks' matrices, warm-up then cosine. Muon's Newton-Schulz costs the
+    # same per step whatever the batch (~5 (4 d^2 n + 2 d^3) FLOPs per d x n matrix against ~6 d n per
+    # token for the step): at width 128 it adds about half a 12-row step; 32 rows of 64 (2,048 tokens)
+    # bring it to about a seventh; max_iters is the budget the schedule is planned for, the whole
+    # split is measured every 50 steps. The cosine, not the record runs' warm-up / constant /
+    # cool-down (--schedule wsd): the run stops at its target about three quarters through, where the
+    # cosine's earlier decay got there with fewer tokens. Muon at 0.05, the modded-nanogpt speedrun's
+    # rate (0.02, the Muon default, trained slower in a short trial here); AdamW (embeddings, the tied
+    # head, gains) at 3e-3: with Muon it no longer trains the matrices. The architecture of the record
+    # runs: rotary positions, RMSNorm and QK-norm, ReLU^2, soft-capped logits, zero-initialised
+    # projections, no biases (each idea's worth: benchmarks/speedrun.py --ablate)
     "speedrun": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, position="rotary",
                       norm="rmsnorm", qk_norm=True, activation="relu2", logit_softcap=30.0, zero_init=True),
                  dict(batch_size=32, max_iters=1000, optimizer="muon", muon_lr=0.05, lr=3e-3, min_lr=3e-4,
-                      warmup_iters=50, schedule="wsd", cooldown_frac=0.4, eval_every=50, eval_batches=4,
+                      warmup_iters=50, schedule="cosine", eval_every=50, eval_batches=4,
                       sample_tokens=100)),
     # the configuration the project started from: 4 heads of 16, AdamW 5e-4, every start position
     "original": (dict(n_layer=4, n_head=4, n_embd=64, block_size=32, dropout=0.0),

@@ -19,7 +19,7 @@ def test_quick_speedrun_reports_every_field(tmp_path):
     out = tmp_path / "speedrun"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speedrun.py"), "--quick", "--seeds", "1",
-                           "--threads", "1", "--budget", "2", "--ablations", "wsd,rotary", "--data", str(data),
+                           "--threads", "1", "--budget", "2", "--ablations", "cosine,rotary", "--data", str(data),
                            "--out", str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -27,7 +27,7 @@ def test_quick_speedrun_reports_every_field(tmp_path):
     rows = {row["variant"]: row for row in results["rows"]}
     skipped = dict(results["skipped"])
     # rotary: run where this build has it and the recipe uses it, else listed as skipped, saying why
-    assert set(rows) - {"no rotary"} == {"baseline", "recipe", "no wsd"} and ("no rotary" in rows) != ("no rotary" in skipped)
+    assert set(rows) - {"no rotary"} == {"baseline", "recipe", "no cosine"} and ("no rotary" in rows) != ("no rotary" in skipped)
     assert "no rotary" in rows or skipped["no rotary"] in (
         "--position learned: this build has no such setting", "the recipe does not use it (--position learned is its setting)")
     base = rows["baseline"]
@@ -41,9 +41,9 @@ def test_quick_speedrun_reports_every_field(tmp_path):
             assert row["loss"] <= base["loss"] + 5e-5 and abs(row["ratio"] - row["train_s"] / 2) < 1e-9
         else:
             assert row["ratio"] is None and row["loss"] > base["loss"]
-    assert rows["no wsd"]["flags"] == "--schedule cosine" and rows["recipe"]["flags"] == ""
+    assert rows["no cosine"]["flags"] == "--schedule wsd" and rows["recipe"]["flags"] == ""
     text = proc.stdout
     assert "| seed | baseline loss L | baseline tokens | ours: time to L |" in text
     assert "median over 1 seeds: our time to L / budget" in text
-    assert "| no wsd | --schedule cosine |" in text
+    assert "| no cosine | --schedule wsd |" in text
     assert ("| no rotary | skipped: " in text) == ("no rotary" in skipped)

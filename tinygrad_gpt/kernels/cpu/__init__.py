@@ -26,8 +26,8 @@ from tinygrad_gpt.kernels.cpu.dropout import dropout_backward, dropout_forward
 from tinygrad_gpt.kernels.cpu.embedding import embedding_backward
 from tinygrad_gpt.kernels.cpu.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cpu.layernorm import layernorm_backward, layernorm_forward
-from tinygrad_gpt.kernels.cpu.relu2 import relu2_backward, relu2_forward
 from tinygrad_gpt.kernels.cpu.muon import muon_apply, muon_momentum
+from tinygrad_gpt.kernels.cpu.relu2 import relu2_backward, relu2_forward
 from tinygrad_gpt.kernels.cpu.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from tinygrad_gpt.kernels.cpu.rotary import rotary_backward, rotary_forward
 

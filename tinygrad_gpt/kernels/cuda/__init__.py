@@ -39,8 +39,8 @@ from tinygrad_gpt.kernels.cuda.dropout import dropout_backward, dropout_forward
 from tinygrad_gpt.kernels.cuda.embedding import embedding_backward
 from tinygrad_gpt.kernels.cuda.gelu import gelu_backward, gelu_forward
 from tinygrad_gpt.kernels.cuda.layernorm import layernorm_backward, layernorm_forward
-from tinygrad_gpt.kernels.cuda.relu2 import relu2_backward, relu2_forward
 from tinygrad_gpt.kernels.cuda.muon import muon_apply, muon_momentum
+from tinygrad_gpt.kernels.cuda.relu2 import relu2_backward, relu2_forward
 from tinygrad_gpt.kernels.cuda.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from tinygrad_gpt.kernels.cuda.rotary import rotary_backward, rotary_forward
 

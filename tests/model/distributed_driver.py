@@ -1,7 +1,8 @@
 """Runs examples/shakespeare.py under mpirun for tests/model/test_distributed.py, with test-only faults.
 
 Each rank writes its pid to <out>/pid.<rank> (so a test can signal one rank) and its exit code to
-<out>/exit.<rank> (then, after a run that ended normally or on a signal, waits for the other ranks). Faults, from the environment, are applied by patching here, never in the package:
+<out>/exit.<rank>, then, after a run that ended normally or on a signal, waits for the other ranks.
+Faults, from the environment, are applied by patching here, never in the package:
     DRIVER_RAISE_AT=R:S        rank R raises ArithmeticError at step S (an unexpected exception)
     DRIVER_SKIP_ALLREDUCE=1    gradients stay local (the control of the equality test)
     DRIVER_RANK1_ARGS="..."    extra flags for rank 1 only (the config-mismatch check)

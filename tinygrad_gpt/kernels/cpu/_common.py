@@ -268,6 +268,19 @@ def common_float_dtype(*arrays):
     return dtype if dtype in FLOAT_DTYPES else None
 
 
+def elementwise(kernel, reference_fn, *arrays):
+    """out = kernel(*flat inputs, flat out) over same-shape float32 / float64 arrays of any shape (each
+    flattened, copied to contiguous first where it is not); reference_fn(*arrays) for anything else
+    (other or mixed dtypes, shapes that differ). The wrapper of every one-pass elementwise kernel."""
+    dtype = common_float_dtype(*arrays)
+    if dtype is None or any(a.shape != arrays[0].shape for a in arrays):
+        return reference_fn(*arrays)
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in arrays]   # (n,) each
+    out = np.empty(flat[0].shape, dtype=dtype)                     # (n,)
+    kernel(*flat, out)
+    return out.reshape(arrays[0].shape)                            # the inputs' shape
+
+
 def as_index_array(idx, name, fn):
     """idx as a contiguous int64 array (no copy if it already is one); integers only."""
     idx = np.asarray(idx)

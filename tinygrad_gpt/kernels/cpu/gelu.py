@@ -12,7 +12,7 @@ goes to the NumPy reference).
 import numpy as np
 
 from tinygrad_gpt.kernels import reference
-from tinygrad_gpt.kernels.cpu._common import common_float_dtype, fast_tanh, kernel
+from tinygrad_gpt.kernels.cpu._common import elementwise, fast_tanh, kernel
 
 GELU_SCALE = reference.GELU_SCALE
 
@@ -49,22 +49,9 @@ def _gelu_backward(dout, x, dx):
 
 def gelu_forward(x):
     """out = 0.5 * x * (1 + tanh(s * (x + 0.044715 x^3))), s = sqrt(2/pi). Any shape."""
-    dtype = common_float_dtype(x)
-    if dtype is None:
-        return reference.gelu_forward(x)
-    flat = np.ascontiguousarray(x).reshape(-1)                     # (x.size,)
-    out = np.empty(flat.shape, dtype=dtype)                        # (x.size,)
-    _gelu_forward(flat, out)
-    return out.reshape(x.shape)                                    # x.shape
+    return elementwise(_gelu_forward, reference.gelu_forward, x)
 
 
 def gelu_backward(dout, x):
     """dx of gelu_forward."""
-    dtype = common_float_dtype(dout, x)
-    if dtype is None or dout.shape != x.shape:
-        return reference.gelu_backward(dout, x)
-    flat_x = np.ascontiguousarray(x).reshape(-1)                   # (x.size,)
-    flat_dout = np.ascontiguousarray(dout).reshape(-1)             # (x.size,)
-    dx = np.empty(flat_x.shape, dtype=dtype)                       # (x.size,)
-    _gelu_backward(flat_dout, flat_x, dx)
-    return dx.reshape(x.shape)                                     # x.shape
+    return elementwise(_gelu_backward, reference.gelu_backward, dout, x)

@@ -12,7 +12,7 @@ Does not: fuse the preceding matmul, or handle float16 (that goes to the NumPy r
 import numpy as np
 
 from tinygrad_gpt.kernels import reference
-from tinygrad_gpt.kernels.cpu._common import common_float_dtype, kernel
+from tinygrad_gpt.kernels.cpu._common import elementwise, kernel
 
 
 @kernel()
@@ -36,22 +36,9 @@ def _relu2_backward(dout, x, dx):
 
 def relu2_forward(x):
     """out = max(x, 0)^2. Any shape."""
-    dtype = common_float_dtype(x)
-    if dtype is None:
-        return reference.relu2_forward(x)
-    flat = np.ascontiguousarray(x).reshape(-1)                     # (x.size,)
-    out = np.empty(flat.shape, dtype=dtype)                        # (x.size,)
-    _relu2_forward(flat, out)
-    return out.reshape(x.shape)                                    # x.shape
+    return elementwise(_relu2_forward, reference.relu2_forward, x)
 
 
 def relu2_backward(dout, x):
     """dx of relu2_forward: 2 max(x, 0) dout."""
-    dtype = common_float_dtype(dout, x)
-    if dtype is None or dout.shape != x.shape:
-        return reference.relu2_backward(dout, x)
-    flat_x = np.ascontiguousarray(x).reshape(-1)                   # (x.size,)
-    flat_dout = np.ascontiguousarray(dout).reshape(-1)             # (x.size,)
-    dx = np.empty(flat_x.shape, dtype=dtype)                       # (x.size,)
-    _relu2_backward(flat_dout, flat_x, dx)
-    return dx.reshape(x.shape)                                     # x.shape
+    return elementwise(_relu2_backward, reference.relu2_backward, dout, x)

@@ -116,6 +116,22 @@ def common_float_dtype(*arrays):
     return dtype if dtype in FLOAT_DTYPES else None
 
 
+def elementwise(kernel_of, reference_fn, arrays, scalars=()):
+    """One grid-stride launch of kernel_of(dtype), whose arguments are the inputs, out, n and then
+    `scalars` (cast to the dtype), over same-shape float32 / float64 cupy arrays of any shape
+    (contiguous copies where they are not); reference_fn(*arrays) for anything else. The wrapper of
+    every one-pass elementwise kernel."""
+    dtype = common_float_dtype(*arrays)
+    if dtype is None or any(a.shape != arrays[0].shape for a in arrays):
+        return reference_fn(*arrays)
+    out = cupy.empty(arrays[0].shape, dtype=dtype)                 # the inputs' shape
+    if out.size:
+        kernel_of(dtype)(grid_for(out.size), (THREADS,),
+                         (*(cupy.ascontiguousarray(a) for a in arrays), out, cupy.int64(out.size),
+                          *(dtype.type(v) for v in scalars)))
+    return out
+
+
 def checks_enabled():
     """TINYGRAD_GPT_CUDA_CHECKS=1: raise the reference's IndexError (costs a sync per call)."""
     return os.environ.get("TINYGRAD_GPT_CUDA_CHECKS", "0").strip().lower() in ("1", "true", "yes", "on")

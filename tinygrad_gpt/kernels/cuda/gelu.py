@@ -10,10 +10,10 @@ preceding matmul, or use tanh.approx (accuracy first; the kernel is bandwidth bo
 
 Dimension legend: n elements (any shape, flattened).
 """
-import cupy
+import functools
 
 from tinygrad_gpt.kernels import reference
-from tinygrad_gpt.kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
+from tinygrad_gpt.kernels.cuda._common import ctype, elementwise, get_kernel
 from tinygrad_gpt.kernels.reference import GELU_SCALE
 
 SOURCE = r"""
@@ -54,26 +54,11 @@ def _kernel(name, dtype):
 
 def gelu_forward(x):
     """out = 0.5 * x * (1 + tanh(s * (x + 0.044715 x^3))), s = sqrt(2/pi). Any shape."""
-    dtype = common_float_dtype(x)
-    if dtype is None:
-        return reference.gelu_forward(x)
-    out = cupy.empty(x.shape, dtype=dtype)                         # x.shape
-    if x.size:
-        _kernel("gelu_forward_kernel", dtype)(
-            grid_for(x.size), (THREADS,),
-            (cupy.ascontiguousarray(x), out, cupy.int64(x.size), dtype.type(GELU_SCALE)))
-    return out
+    return elementwise(functools.partial(_kernel, "gelu_forward_kernel"), reference.gelu_forward,
+                       (x,), (GELU_SCALE,))
 
 
 def gelu_backward(dout, x):
     """dx of gelu_forward."""
-    dtype = common_float_dtype(dout, x)
-    if dtype is None or dout.shape != x.shape:
-        return reference.gelu_backward(dout, x)
-    dx = cupy.empty(x.shape, dtype=dtype)                          # x.shape
-    if x.size:
-        _kernel("gelu_backward_kernel", dtype)(
-            grid_for(x.size), (THREADS,),
-            (cupy.ascontiguousarray(dout), cupy.ascontiguousarray(x), dx, cupy.int64(x.size),
-             dtype.type(GELU_SCALE)))
-    return dx
+    return elementwise(functools.partial(_kernel, "gelu_backward_kernel"), reference.gelu_backward,
+                       (dout, x), (GELU_SCALE,))

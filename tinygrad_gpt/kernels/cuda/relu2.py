@@ -9,10 +9,10 @@ Follows: the GELU kernels of this folder. Does not: fuse the preceding matmul.
 
 Dimension legend: n elements (any shape, flattened).
 """
-import cupy
+import functools
 
 from tinygrad_gpt.kernels import reference
-from tinygrad_gpt.kernels.cuda._common import THREADS, common_float_dtype, ctype, get_kernel, grid_for
+from tinygrad_gpt.kernels.cuda._common import ctype, elementwise, get_kernel
 
 SOURCE = r"""
 template <typename T>
@@ -47,24 +47,11 @@ def _kernel(name, dtype):
 
 def relu2_forward(x):
     """out = max(x, 0)^2. Any shape."""
-    dtype = common_float_dtype(x)
-    if dtype is None:
-        return reference.relu2_forward(x)
-    out = cupy.empty(x.shape, dtype=dtype)                         # x.shape
-    if x.size:
-        _kernel("relu2_forward_kernel", dtype)(
-            grid_for(x.size), (THREADS,), (cupy.ascontiguousarray(x), out, cupy.int64(x.size)))
-    return out
+    return elementwise(functools.partial(_kernel, "relu2_forward_kernel"), reference.relu2_forward,
+                       (x,))
 
 
 def relu2_backward(dout, x):
     """dx of relu2_forward: 2 max(x, 0) dout."""
-    dtype = common_float_dtype(dout, x)
-    if dtype is None or dout.shape != x.shape:
-        return reference.relu2_backward(dout, x)
-    dx = cupy.empty(x.shape, dtype=dtype)                          # x.shape
-    if x.size:
-        _kernel("relu2_backward_kernel", dtype)(
-            grid_for(x.size), (THREADS,),
-            (cupy.ascontiguousarray(dout), cupy.ascontiguousarray(x), dx, cupy.int64(x.size)))
-    return dx
+    return elementwise(functools.partial(_kernel, "relu2_backward_kernel"), reference.relu2_backward,
+                       (dout, x))

@@ -38,27 +38,34 @@ Dimension legend for the whole package: B batch, T time (sequence), C channels (
 nh heads, hs head size (C // nh), V vocabulary size, N rows (B * T).
 """
 import contextlib
+import threading
 
 import numpy as np
 
 from tinygrad_gpt import backend
 
-_grad_enabled = True
+
+class _GradMode(threading.local):
+    """Whether ops record a graph, per thread (as PyTorch's grad mode): a no_grad block in one
+    thread does not stop another thread's training (replicas.py runs backward on several)."""
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 @contextlib.contextmanager
 def no_grad():
     """Inside this block ops record nothing: no graph, no memory kept for backward."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    previous, _grad_mode.enabled = _grad_mode.enabled, False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    return _grad_mode.enabled
 
 
 class Context:
@@ -102,7 +109,7 @@ class Function:
                 raise RuntimeError(f"{cls.__name__}: tensors on different devices, {device} and {t.device}; "
                                    f"move them with .to(device) first")
             requires_grad = requires_grad or t.requires_grad
-        if not (requires_grad and _grad_enabled):
+        if not (requires_grad and _grad_mode.enabled):
             # no graph (no_grad, or no input needs a gradient): forward's saved arrays go into a
             # scratch context that is dropped with it; no Context, no parents, no needs_input_grad
             out = cls.forward(_Discard(), *[t.data for t in inputs], **params)

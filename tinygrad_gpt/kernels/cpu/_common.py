@@ -44,9 +44,10 @@ HELPER_OPTIONS = dict(cache=True, error_model="numpy")  # exact IEEE order (no f
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def kernel(nogil=False):
-    """The decorator for a kernel: njit with KERNEL_OPTIONS, optionally releasing the GIL."""
-    return njit(nogil=nogil, **KERNEL_OPTIONS)
+def kernel():
+    """The decorator for a kernel: njit with KERNEL_OPTIONS, releasing the GIL while it runs, so
+    that threads training replicas of one model (replicas.py) and attention's pool run at once."""
+    return njit(nogil=True, **KERNEL_OPTIONS)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -177,9 +177,8 @@ def _attention_backward_head(dout, q, k, v, out, lse, scale, t0, dq, dk, dv, kT,
 
 # drivers: each thread allocates its scratch, claims the next head from counters[0] until none is
 # left, and counts the heads it finished in counters[1]. The serial version is the calling thread
-# alone; the threaded one runs the same driver on the calling thread and the pool at once. nogil
-# for the pool.
-@kernel(nogil=True)
+# alone; the threaded one runs the same driver on the calling thread and the pool at once.
+@kernel()
 def _attention_forward_claim(counters, q, k, v, scale, t0, out, lse):
     BH, T, hs = q.shape
     W = t0 + T                                                     # keys any query sees
@@ -192,7 +191,7 @@ def _attention_forward_claim(counters, q, k, v, scale, t0, out, lse):
         bh = atomic_add(counters, 0, 1)
 
 
-@kernel(nogil=True)
+@kernel()
 def _attention_backward_claim(counters, dout, q, k, v, out, lse, scale, t0, dq, dk, dv):
     BH, T, hs = q.shape
     W = t0 + T                                                     # keys any query sees

@@ -6,6 +6,8 @@
 Each variant runs in a fresh subprocess with the thread count pinned through the environment
 (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS) before numpy, numba or torch are imported:
   ours-fused      tinygrad_gpt with the Numba kernels
+  ours-threads    the same step over --threads threads, each on its rows of the batch
+                  (replicas.Replicas), with OPENBLAS_NUM_THREADS=1 as that class asks
   ours-reference  tinygrad_gpt with TINYGRAD_GPT_KERNELS=reference (NumPy references)
   torch-eager     the same architecture, init scheme, batch and optimizer in PyTorch eager
                   (skipped with a note when no interpreter with torch is found)
@@ -36,7 +38,7 @@ PRESETS = {  # the model/batch shapes of examples/shakespeare.py's presets (drop
 VOCAB = 65
 
 
-def worker_ours(cfg, warmup, iters):
+def worker_ours(cfg, warmup, iters, replica_threads=0):
     import time
 
     import numpy as np
@@ -44,21 +46,25 @@ def worker_ours(cfg, warmup, iters):
     from tinygrad_gpt.backend import tune_host_allocator
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.optim import AdamW, decay_groups
+    from tinygrad_gpt.replicas import Replicas
     from tinygrad_gpt.train import train_step
 
     tune_host_allocator()  # as the Trainer does: glibc's malloc thresholds, see backend.py
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
                           n_head=cfg["n_head"], n_embd=cfg["n_embd"]), seed=0)
     opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=1e-3, betas=(0.9, 0.99))
+    replicas = Replicas(model, replica_threads) if replica_threads else None
     rng = np.random.default_rng(0)
     times, losses = [], []
     for i in range(warmup + iters):
         x = rng.integers(0, VOCAB, (cfg["batch_size"], cfg["block_size"]))
         y = rng.integers(0, VOCAB, (cfg["batch_size"], cfg["block_size"]))
         t0 = time.perf_counter()
-        losses.append(train_step(model, opt, x, y, grad_clip=1.0).item())
+        losses.append(train_step(model, opt, x, y, grad_clip=1.0, replicas=replicas).item())
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    if replicas is not None:
+        replicas.close()
     return times, losses
 
 
@@ -105,8 +111,11 @@ def thread_env(threads, kernels=None):
 def run_variant(python, variant, args):
     cmd = [python, __file__, "--worker", variant, "--preset", args.preset, "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    kernels = {"ours-fused": "fused", "ours-reference": "reference"}.get(variant)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(args.threads, kernels))
+    kernels = {"ours-fused": "fused", "ours-threads": "fused", "ours-reference": "reference"}.get(variant)
+    env = thread_env(args.threads, kernels)
+    if variant == "ours-threads":
+        env["OPENBLAS_NUM_THREADS"] = "1"   # the threads split the batch; see replicas.Replicas
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -140,11 +149,13 @@ def main():
             times, losses = worker_torch(cfg, args.warmup, args.iters, args.threads,
                                          compiled=args.worker == "torch-compiled")
         else:
-            times, losses = worker_ours(cfg, args.warmup, args.iters)
+            times, losses = worker_ours(cfg, args.warmup, args.iters,
+                                        args.threads if args.worker == "ours-threads" else 0)
         print(json.dumps({"ms": statistics.median(times) * 1000, "first_loss": losses[0]}))
         return
 
-    variants = ["ours-fused"] + ([] if args.no_reference else ["ours-reference"])
+    variants = ["ours-fused"] + (["ours-threads"] if args.threads > 1 else []) \
+        + ([] if args.no_reference else ["ours-reference"])
     torch_python = find_torch_python(args.torch_python)
     if torch_python:
         variants += ["torch-eager"] + ([] if args.no_compiled else ["torch-compiled"])

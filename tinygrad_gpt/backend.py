@@ -9,6 +9,7 @@ tinygrad_gpt, has its own `kernels.reference.get_array_module` and `kernels.for_
 Does not: move data implicitly between devices (an op whose inputs live on different devices is
 an error, raised by `Function.apply` in tensor.py), or manage more than one GPU.
 """
+import contextlib
 
 import numpy as np
 
@@ -131,3 +132,52 @@ def tune_host_allocator(mmap_threshold=64 << 20, trim_threshold=256 << 20):
         return False
     _allocator_tuned = ok
     return ok
+
+
+_blas_local = None  # numpy's OpenBLAS openblas_set_num_threads_local, or False where there is none
+
+
+def _blas_thread_setter():
+    """openblas_set_num_threads_local of the OpenBLAS numpy is linked to (found among the libraries
+    this process has loaded), or None: another BLAS, an OpenBLAS older than 0.3.27, not Linux."""
+    global _blas_local
+    if _blas_local is None:
+        _blas_local = False
+        try:
+            import ctypes
+            with open("/proc/self/maps") as maps:
+                paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()
+                                and line.split()[-1].startswith("/")})
+            for path in paths:
+                setter = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+                if setter is not None:
+                    setter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                    _blas_local = setter
+                    break
+        except OSError:  # no /proc (not Linux) or a library that will not load: leave BLAS alone
+            pass
+    return _blas_local or None
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """Inside this block numpy's matrix products run on the calling thread alone (this thread only).
+
+    For threads that each run their own products at once (replicas.py): with BLAS's own threads on
+    top they would ask for twice the cores there are. Afterwards this thread follows the process-wide
+    setting again (OPENBLAS_NUM_THREADS). A no-op where numpy's BLAS is not an OpenBLAS that can set
+    a thread's own count (`blas_threads_settable()` says which)."""
+    setter = _blas_thread_setter()
+    if setter is None:
+        yield
+        return
+    setter(1)
+    try:
+        yield
+    finally:
+        setter(0)  # 0: the process-wide number again
+
+
+def blas_threads_settable():
+    """True when blas_single_thread() can set numpy's BLAS threads per thread."""
+    return _blas_thread_setter() is not None

@@ -60,7 +60,7 @@ from tinygrad_gpt.backend import DEVICES, array_module, get_xp, to_numpy
 from tinygrad_gpt.settings import check_fields, setting
 from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.optim import AdamW, MuonWithAdamW, clip_grad_norm, cosine_lr, decay_groups, wsd_lr
-from tinygrad_gpt.tensor import no_grad
+from tinygrad_gpt.tensor import Tensor, no_grad
 
 
 @dataclass
@@ -222,13 +222,18 @@ def split_loss(model, tokens, batch_size=64):
     return float((means * np.asarray(rows)).sum() / len(x_all))
 
 
-def train_step(model, opt, x, y, grad_clip=1.0):
+def train_step(model, opt, x, y, grad_clip=1.0, replicas=None):
     """One plain optimizer step on one batch: forward, zero_grad, backward, clip, opt.step; returns
-    the loss Tensor. The step the benchmarks time (Trainer adds accumulation, data parallel,
-    schedules, logging and checkpoints around the same order)."""
-    _, loss = model(x, y)
-    model.zero_grad()
-    loss.backward()
+    the loss Tensor. `replicas` (a replicas.Replicas of `model`) runs the forward and backward over
+    its threads; the loss is then a Tensor without a graph. The step the benchmarks time (Trainer
+    adds accumulation, data parallel, schedules, logging and checkpoints around the same order)."""
+    if replicas is not None:
+        model.zero_grad()
+        loss = Tensor(replicas.forward_backward(x, y))
+    else:
+        _, loss = model(x, y)
+        model.zero_grad()
+        loss.backward()
     if grad_clip:
         clip_grad_norm(model.parameters(), grad_clip)
     opt.step()

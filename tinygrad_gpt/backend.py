@@ -166,7 +166,7 @@ def blas_single_thread():
     For threads that each run their own products at once (replicas.py): with BLAS's own threads on
     top they would ask for twice the cores there are. Afterwards this thread follows the process-wide
     setting again (OPENBLAS_NUM_THREADS). A no-op where numpy's BLAS is not an OpenBLAS that can set
-    a thread's own count (`blas_threads_settable()` says which)."""
+    a thread's own count."""
     setter = _blas_thread_setter()
     if setter is None:
         yield
@@ -176,8 +176,3 @@ def blas_single_thread():
         yield
     finally:
         setter(0)  # 0: the process-wide number again
-
-
-def blas_threads_settable():
-    """True when blas_single_thread() can set numpy's BLAS threads per thread."""
-    return _blas_thread_setter() is not None

@@ -81,9 +81,8 @@ class Replicas:
     def __exit__(self, *exc):
         self.close()
 
-    def _sync(self):
-        """Point each copy at the model's arrays, training mode and fresh dropout seeds (see above)."""
-        params = self.model.parameters()
+    def _sync(self, params):
+        """Point each copy at the model's arrays `params`, training mode and fresh dropout seeds."""
         modules = list(self.model.modules())
         for c in self.copies:
             for p, q in zip(params, c.parameters()):
@@ -117,7 +116,8 @@ class Replicas:
         if y.shape[0] != rows:
             raise ValueError(f"Replicas.forward_backward: x has {rows} rows, y has {y.shape[0]}")
         pieces = [r for r in np.array_split(np.arange(rows), self.threads) if len(r)]
-        self._sync()
+        params = self.model.parameters()
+        self._sync(params)
         for c in self.copies:
             c.zero_grad()
         models = [self.model] + self.copies
@@ -129,7 +129,7 @@ class Replicas:
             # every copy has finished (or failed) before the gradients are read or an error leaves
             losses = [f.result() for f in futures]
         for c in self.copies[:len(futures)]:
-            for p, q in zip(self.model.parameters(), c.parameters()):
+            for p, q in zip(params, c.parameters()):
                 if q.grad is None:
                     continue
                 if p.grad is None:

@@ -317,16 +317,22 @@ def test_rotary_shape_errors_name_the_shapes(backend):
 GELU_SHAPES = [(), (1,), (7, 13), (3, 5, 17), (768, 512)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", GELU_SHAPES)
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_gelu(rng, dtype, shape, contiguous):
+def _elementwise_inputs(rng, shape, dtype, contiguous):
+    """x (scale 2) and dout of `shape`, both strided views when not `contiguous` (0-d: skipped)."""
     if not contiguous and len(shape) == 0:
         pytest.skip("a 0-d array has no stride")
     x = normal(rng, shape, dtype, 2.0)                             # shape
     dout = normal(rng, shape, dtype)                               # shape
     if not contiguous:
         x, dout = noncontig(x), noncontig(dout)
+    return x, dout
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GELU_SHAPES)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_gelu(rng, dtype, shape, contiguous):
+    x, dout = _elementwise_inputs(rng, shape, dtype, contiguous)   # shape, shape
     # out = 0.5 x (1 + tanh u): for x << 0 the 1 and tanh u cancel, and both implementations are
     # off by ~eps * 0.5 |x| there (a one-element array makes that the whole norm), so measure
     # against the cancelling terms; the same for the local derivative in backward
@@ -364,12 +370,7 @@ def test_gelu_saturates_like_the_reference(dtype):
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_relu2(rng, dtype, shape, contiguous):
     """max(x, 0)^2 and 2 max(x, 0) dout round once per element both ways: bit for bit the reference."""
-    if not contiguous and len(shape) == 0:
-        pytest.skip("a 0-d array has no stride")
-    x = normal(rng, shape, dtype, 2.0)                             # shape
-    dout = normal(rng, shape, dtype)                               # shape
-    if not contiguous:
-        x, dout = noncontig(x), noncontig(dout)
+    x, dout = _elementwise_inputs(rng, shape, dtype, contiguous)   # shape, shape
     out = cpu.relu2_forward(x)
     assert out.shape == x.shape and out.dtype == x.dtype
     np.testing.assert_array_equal(out, reference.relu2_forward(x))
